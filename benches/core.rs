@@ -1,0 +1,95 @@
+//! Micro-benchmarks of the sans-IO core: marking parse, the may-deliver
+//! decision, envelope seal and verify, and the signature algorithm choice
+//! (Ed25519 against ECDSA P-256) recorded in `envelope.rs`.
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+
+use entente::envelope::{MessageIds, Signer, Unsigned};
+use entente::label::Nation;
+use entente::topic::Topic;
+
+const PAYLOAD: usize = 1024;
+
+fn policy() -> entente::policy::Policy {
+    entente::config::load_network(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/network.toml"))
+        .expect("sample network loads")
+}
+
+fn labels(c: &mut Criterion) {
+    let policy = policy();
+    let scheme = policy.scheme();
+    c.bench_function("marking/parse", |b| {
+        b.iter(|| scheme.parse(black_box("CONFIDENTIAL//AIRDEF/SIGINT//REL TO BALTIC, POL, GBR")))
+    });
+    let label = scheme.parse("SECRET//REL TO GBR, FRA, NORDIC").unwrap();
+    let principal = policy.principal("fin.analyst").unwrap();
+    let topic = Topic::new("sigint.ru.launch").unwrap();
+    let gbr = Nation::parse("GBR").unwrap();
+    c.bench_function("policy/may_deliver", |b| {
+        b.iter(|| policy.may_deliver(black_box(principal), &topic, &label, gbr))
+    });
+}
+
+fn envelopes(c: &mut Criterion) {
+    let policy = policy();
+    let rng = SystemRandom::new();
+    let der = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let signer = Signer::from_pkcs8(der.as_ref()).unwrap();
+    let ids = MessageIds::new([1; 8]);
+    let message = Unsigned {
+        id: ids.next_id(),
+        origin: Nation::parse("GBR").unwrap(),
+        publisher: "gbr.analyst".to_owned(),
+        topic: Topic::new("sigint.ru.launch").unwrap(),
+        label: policy.scheme().parse("SECRET//REL TO GBR, FRA").unwrap(),
+        created_us: 1,
+        payload: vec![0x5a; PAYLOAD],
+    };
+    c.bench_function("envelope/seal_1KiB", |b| {
+        b.iter(|| signer.seal(black_box(message.clone())))
+    });
+    let envelope = signer.seal(message);
+    let public = signer.public_key().to_vec();
+    c.bench_function("envelope/verify_1KiB", |b| {
+        b.iter(|| black_box(&envelope).verify(&public))
+    });
+}
+
+/// The raw algorithms, on the same 1 KiB message, to choose between them.
+fn signature_algorithms(c: &mut Criterion) {
+    let rng = SystemRandom::new();
+    let message = vec![0x5a; PAYLOAD];
+
+    let ed = Ed25519KeyPair::from_pkcs8(Ed25519KeyPair::generate_pkcs8(&rng).unwrap().as_ref()).unwrap();
+    let ed_sig = ed.sign(&message);
+    let ed_pub = UnparsedPublicKey::new(&signature::ED25519, ed.public_key().as_ref().to_vec());
+    c.bench_function("signature/ed25519_sign", |b| {
+        b.iter(|| ed.sign(black_box(&message)))
+    });
+    c.bench_function("signature/ed25519_verify", |b| {
+        b.iter(|| ed_pub.verify(black_box(&message), ed_sig.as_ref()))
+    });
+
+    let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
+    let ec = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).unwrap();
+    let ec_sig = ec.sign(&rng, &message).unwrap();
+    let ec_pub = UnparsedPublicKey::new(
+        &signature::ECDSA_P256_SHA256_FIXED,
+        ec.public_key().as_ref().to_vec(),
+    );
+    c.bench_function("signature/p256_sign", |b| {
+        b.iter(|| ec.sign(&rng, black_box(&message)))
+    });
+    c.bench_function("signature/p256_verify", |b| {
+        b.iter(|| ec_pub.verify(black_box(&message), ec_sig.as_ref()))
+    });
+}
+
+criterion_group!(benches, labels, envelopes, signature_algorithms);
+criterion_main!(benches);

@@ -1,0 +1,533 @@
+//! The network policy (nations, ceilings, principals) and the three release
+//! decisions every node makes: may publish, may deliver (invariant 1) and
+//! may forward (invariant 2). Each decision is an Allow or a Deny with a
+//! stable reason code and a sentence for people.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::label::{Label, Level, MarkingScheme, Nation};
+use crate::topic::{Pattern, Topic};
+
+#[derive(Debug, Clone)]
+pub struct NationPolicy {
+    pub address: String,
+    pub peers: BTreeSet<Nation>,
+    pub default_ceiling: Level,
+    pub ceilings: BTreeMap<Nation, Level>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub name: String,
+    pub nation: Nation,
+    pub clearance: Level,
+    pub compartments: BTreeSet<String>,
+    pub publish: Vec<Pattern>,
+    pub subscribe: Vec<Pattern>,
+}
+
+/// The validated network. Build it with [`crate::config::load_network`].
+#[derive(Debug, Clone)]
+pub struct Policy {
+    scheme: MarkingScheme,
+    nations: BTreeMap<Nation, NationPolicy>,
+    principals: BTreeMap<String, Principal>,
+}
+
+/// A stable, machine-readable reason for a decision; it goes into audit
+/// records, so codes never change meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    NotReleasable,
+    ClearanceTooLow,
+    MissingCompartment,
+    TopicNotPermitted,
+    AboveCeiling,
+}
+
+impl Reason {
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::NotReleasable => "not-releasable",
+            Reason::ClearanceTooLow => "clearance-too-low",
+            Reason::MissingCompartment => "missing-compartment",
+            Reason::TopicNotPermitted => "topic-not-permitted",
+            Reason::AboveCeiling => "above-ceiling",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Deny { reason: Reason, message: String },
+}
+
+impl Decision {
+    pub fn is_allow(&self) -> bool {
+        matches!(self, Decision::Allow)
+    }
+
+    fn deny(reason: Reason, message: String) -> Decision {
+        Decision::Deny { reason, message }
+    }
+
+    /// Runs `next` only if this decision allows, so checks chain in order
+    /// and the first denial wins.
+    fn and_then(self, next: impl FnOnce() -> Decision) -> Decision {
+        match self {
+            Decision::Allow => next(),
+            deny => deny,
+        }
+    }
+}
+
+impl Policy {
+    pub(crate) fn new(
+        scheme: MarkingScheme,
+        nations: BTreeMap<Nation, NationPolicy>,
+        principals: BTreeMap<String, Principal>,
+    ) -> Policy {
+        Policy {
+            scheme,
+            nations,
+            principals,
+        }
+    }
+
+    pub fn scheme(&self) -> &MarkingScheme {
+        &self.scheme
+    }
+
+    pub fn nations(&self) -> &BTreeMap<Nation, NationPolicy> {
+        &self.nations
+    }
+
+    pub fn nation(&self, nation: Nation) -> Option<&NationPolicy> {
+        self.nations.get(&nation)
+    }
+
+    pub fn principals(&self) -> impl Iterator<Item = &Principal> {
+        self.principals.values()
+    }
+
+    pub fn principal(&self, name: &str) -> Option<&Principal> {
+        self.principals.get(name)
+    }
+
+    /// The highest level `origin` releases to `partner`. A nation releases
+    /// everything to itself; an unknown origin releases nothing above the
+    /// lowest level.
+    pub fn ceiling(&self, origin: Nation, partner: Nation) -> Level {
+        if origin == partner {
+            return self.scheme.highest_level();
+        }
+        match self.nations.get(&origin) {
+            Some(policy) => policy
+                .ceilings
+                .get(&partner)
+                .copied()
+                .unwrap_or(policy.default_ceiling),
+            None => Level(0),
+        }
+    }
+
+    fn level(&self, level: Level) -> String {
+        self.scheme.level_name(level)
+    }
+
+    /// May `principal` publish on `topic` with `label`? Never above its own
+    /// clearance, never with a compartment it does not hold.
+    pub fn may_publish(&self, principal: &Principal, topic: &Topic, label: &Label) -> Decision {
+        if !principal.publish.iter().any(|p| p.matches(topic)) {
+            return Decision::deny(
+                Reason::TopicNotPermitted,
+                format!("{} may not publish on {topic}", principal.name),
+            );
+        }
+        self.clearance_covers(principal, label)
+    }
+
+    /// May `principal` see a message with `label` from `origin`, whatever
+    /// its topic? `origin` is `None` when unknown; then only the `REL TO`
+    /// names make a nation releasable.
+    pub fn may_read(&self, principal: &Principal, label: &Label, origin: Option<Nation>) -> Decision {
+        if !self.scheme.releasable_to(label, origin, principal.nation) {
+            return Decision::deny(
+                Reason::NotReleasable,
+                format!(
+                    "{} is not releasable to {} ({})",
+                    self.scheme.format(label),
+                    principal.nation,
+                    principal.name
+                ),
+            );
+        }
+        self.clearance_covers(principal, label)
+    }
+
+    /// Invariant 1: may this message be delivered to `principal`?
+    pub fn may_deliver(
+        &self,
+        principal: &Principal,
+        topic: &Topic,
+        label: &Label,
+        origin: Nation,
+    ) -> Decision {
+        self.may_read(principal, label, Some(origin)).and_then(|| {
+            if principal.subscribe.iter().any(|p| p.matches(topic)) {
+                Decision::Allow
+            } else {
+                Decision::deny(
+                    Reason::TopicNotPermitted,
+                    format!("{} may not subscribe to {topic}", principal.name),
+                )
+            }
+        })
+    }
+
+    /// Invariant 2: may a message with `label` from `origin` be sent to the
+    /// node of `peer`? Checked on egress and again on ingress, at every hop.
+    pub fn may_forward(&self, label: &Label, origin: Nation, peer: Nation) -> Decision {
+        self.may_release_to_nation(label, Some(origin), peer)
+            .and_then(|| {
+                let ceiling = self.ceiling(origin, peer);
+                if label.level <= ceiling {
+                    Decision::Allow
+                } else {
+                    Decision::deny(
+                        Reason::AboveCeiling,
+                        format!(
+                            "{} releases at most {} to {peer}, and this is {}",
+                            origin,
+                            self.level(ceiling),
+                            self.level(label.level)
+                        ),
+                    )
+                }
+            })
+    }
+
+    /// Is `nation` named by the label's releasability (or the origin)?
+    pub fn may_release_to_nation(&self, label: &Label, origin: Option<Nation>, nation: Nation) -> Decision {
+        if self.scheme.releasable_to(label, origin, nation) {
+            Decision::Allow
+        } else {
+            Decision::deny(
+                Reason::NotReleasable,
+                format!("{} is not releasable to {nation}", self.scheme.format(label)),
+            )
+        }
+    }
+
+    fn clearance_covers(&self, principal: &Principal, label: &Label) -> Decision {
+        if label.level > principal.clearance {
+            return Decision::deny(
+                Reason::ClearanceTooLow,
+                format!(
+                    "{} is cleared {}, below {}",
+                    principal.name,
+                    self.level(principal.clearance),
+                    self.level(label.level)
+                ),
+            );
+        }
+        match label.compartments.difference(&principal.compartments).next() {
+            Some(missing) => Decision::deny(
+                Reason::MissingCompartment,
+                format!("{} does not hold compartment {missing}", principal.name),
+            ),
+            None => Decision::Allow,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{NationFile, NetworkFile, PrincipalFile};
+    use proptest::prelude::*;
+    use std::path::Path;
+
+    const CODES: [&str; 6] = ["GBR", "FRA", "POL", "FIN", "USA", "UKR"];
+    const LEVELS: [&str; 5] = [
+        "UNCLASSIFIED",
+        "RESTRICTED",
+        "CONFIDENTIAL",
+        "SECRET",
+        "TOP SECRET",
+    ];
+    const COMPARTMENTS: [&str; 3] = ["AIRDEF", "SIGINT", "HUMINT"];
+    const TOKENS: [&str; 3] = ["sigint", "ru", "launch"];
+
+    fn subset<T: Clone + std::fmt::Debug + 'static>(items: &[T]) -> impl Strategy<Value = Vec<T>> {
+        proptest::sample::subsequence(items.to_vec(), 0..=items.len())
+    }
+
+    fn arb_pattern() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(">".to_owned()),
+            Just("sigint.>".to_owned()),
+            Just("*.ru.*".to_owned()),
+            Just("sigint.ru.launch".to_owned()),
+            Just("ru.*".to_owned()),
+        ]
+    }
+
+    /// A random network: every nation, random communities, random symmetric
+    /// links, random ceilings and random principals.
+    fn arb_network() -> impl Strategy<Value = Policy> {
+        let nations = CODES.len();
+        (
+            proptest::collection::vec(subset(&CODES), 0..3),
+            proptest::collection::vec(any::<bool>(), nations * nations),
+            proptest::collection::vec(
+                (0usize..5, proptest::collection::vec(0usize..6, nations)),
+                nations,
+            ),
+            proptest::collection::vec(
+                (
+                    0usize..nations,
+                    0usize..5,
+                    subset(&COMPARTMENTS),
+                    proptest::collection::vec(arb_pattern(), 0..3),
+                ),
+                1..8,
+            ),
+        )
+            .prop_map(move |(communities, links, ceilings, principals)| {
+                let mut file = NetworkFile::default();
+                file.classification.compartments = COMPARTMENTS.iter().map(|c| c.to_string()).collect();
+                for (index, members) in communities.into_iter().enumerate() {
+                    if !members.is_empty() {
+                        file.communities.insert(
+                            format!("GROUP{index}"),
+                            members.iter().map(|m| m.to_string()).collect(),
+                        );
+                    }
+                }
+                for (i, code) in CODES.iter().enumerate() {
+                    let (default, per_partner) = &ceilings[i];
+                    let peers = CODES
+                        .iter()
+                        .enumerate()
+                        .filter(|&(j, _)| j != i && links[i.min(j) * nations + i.max(j)])
+                        .map(|(_, p)| p.to_string())
+                        .collect();
+                    let ceilings = CODES
+                        .iter()
+                        .enumerate()
+                        .filter(|&(j, _)| j != i && per_partner[j] < 5)
+                        .map(|(j, p)| (p.to_string(), LEVELS[per_partner[j]].to_owned()))
+                        .collect();
+                    file.nations.insert(
+                        code.to_string(),
+                        NationFile {
+                            address: format!("127.0.0.1:{}", 7400 + i),
+                            peers,
+                            default_ceiling: Some(LEVELS[*default].to_owned()),
+                            ceilings,
+                        },
+                    );
+                }
+                for (index, (nation, clearance, compartments, patterns)) in principals.into_iter().enumerate()
+                {
+                    file.principals.push(PrincipalFile {
+                        name: format!("p{index}"),
+                        nation: CODES[nation].to_owned(),
+                        clearance: LEVELS[clearance].to_owned(),
+                        compartments: compartments.iter().map(|c| c.to_string()).collect(),
+                        publish: patterns.clone(),
+                        subscribe: patterns,
+                    });
+                }
+                file.validate(Path::new("generated.toml"))
+                    .expect("generated networks are valid")
+            })
+    }
+
+    fn arb_label(policy: &Policy) -> impl Strategy<Value = Label> {
+        let names: Vec<String> = CODES
+            .iter()
+            .map(|c| c.to_string())
+            .chain(policy.scheme().communities().keys().cloned())
+            .collect();
+        (0u8..5, subset(&COMPARTMENTS), subset(&names)).prop_map(|(level, compartments, rel_to)| Label {
+            level: Level(level),
+            compartments: compartments.iter().map(|c| c.to_string()).collect(),
+            rel_to: rel_to.into_iter().collect(),
+        })
+    }
+
+    fn arb_case() -> impl Strategy<Value = (Policy, Label, Label, Nation, Topic)> {
+        arb_network().prop_flat_map(|policy| {
+            let label = arb_label(&policy);
+            let wider = arb_label(&policy);
+            let origin = proptest::sample::select(CODES.to_vec()).prop_map(|c| Nation::parse(c).unwrap());
+            let topic = proptest::collection::vec(proptest::sample::select(TOKENS.to_vec()), 1..4)
+                .prop_map(|tokens| Topic::new(tokens.join(".")).unwrap());
+            (Just(policy), label, wider, origin, topic)
+        })
+    }
+
+    /// Releasability computed independently of `MarkingScheme`, straight
+    /// from the community lists.
+    fn nations_named(policy: &Policy, label: &Label, origin: Nation) -> BTreeSet<Nation> {
+        let mut out = BTreeSet::from([origin]);
+        for name in &label.rel_to {
+            match policy.scheme().communities().get(name) {
+                Some(members) => out.extend(members),
+                None => out.extend(Nation::parse(name)),
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Invariant 1: an Allow from may_deliver implies every condition.
+        #[test]
+        fn deliver_allow_implies_every_condition((policy, label, _, origin, topic) in arb_case()) {
+            for principal in policy.principals() {
+                if policy.may_deliver(principal, &topic, &label, origin).is_allow() {
+                    prop_assert!(nations_named(&policy, &label, origin).contains(&principal.nation));
+                    prop_assert!(principal.clearance >= label.level);
+                    prop_assert!(label.compartments.is_subset(&principal.compartments));
+                    prop_assert!(principal.subscribe.iter().any(|p| p.matches(&topic)));
+                }
+            }
+        }
+
+        /// Invariant 2: an Allow from may_forward implies the peer is
+        /// releasable and the level is within the origin's ceiling.
+        #[test]
+        fn forward_allow_implies_releasable_and_within_ceiling((policy, label, _, origin, _) in arb_case()) {
+            for &peer in policy.nations().keys() {
+                if policy.may_forward(&label, origin, peer).is_allow() {
+                    prop_assert!(nations_named(&policy, &label, origin).contains(&peer));
+                    let origin_policy = &policy.nations()[&origin];
+                    let ceiling = if peer == origin {
+                        Level(4)
+                    } else {
+                        origin_policy.ceilings.get(&peer).copied().unwrap_or(origin_policy.default_ceiling)
+                    };
+                    prop_assert!(label.level <= ceiling);
+                }
+            }
+        }
+
+        /// Deny is the default: whatever is not explicitly allowed by every
+        /// condition is refused.
+        #[test]
+        fn every_condition_implies_deliver_allow((policy, label, _, origin, topic) in arb_case()) {
+            for principal in policy.principals() {
+                let all_hold = nations_named(&policy, &label, origin).contains(&principal.nation)
+                    && principal.clearance >= label.level
+                    && label.compartments.is_subset(&principal.compartments)
+                    && principal.subscribe.iter().any(|p| p.matches(&topic));
+                prop_assert_eq!(policy.may_deliver(principal, &topic, &label, origin).is_allow(), all_hold);
+            }
+        }
+
+        /// Widening releasability never removes a recipient or a peer.
+        #[test]
+        fn widening_never_removes_a_recipient((policy, label, extra, origin, topic) in arb_case()) {
+            let mut wider = label.clone();
+            wider.rel_to.extend(extra.rel_to);
+            for principal in policy.principals() {
+                if policy.may_deliver(principal, &topic, &label, origin).is_allow() {
+                    prop_assert!(policy.may_deliver(principal, &topic, &wider, origin).is_allow());
+                }
+            }
+            for &peer in policy.nations().keys() {
+                if policy.may_forward(&label, origin, peer).is_allow() {
+                    prop_assert!(policy.may_forward(&wider, origin, peer).is_allow());
+                }
+            }
+        }
+
+        /// A publisher can never publish above its clearance, nor with a
+        /// compartment it does not hold.
+        #[test]
+        fn publish_never_exceeds_the_publisher((policy, label, _, _, topic) in arb_case()) {
+            for principal in policy.principals() {
+                if policy.may_publish(principal, &topic, &label).is_allow() {
+                    prop_assert!(label.level <= principal.clearance);
+                    prop_assert!(label.compartments.is_subset(&principal.compartments));
+                    prop_assert!(principal.publish.iter().any(|p| p.matches(&topic)));
+                }
+            }
+        }
+    }
+
+    fn sample() -> Policy {
+        crate::config::load_network(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/network.toml"))
+            .unwrap()
+    }
+
+    fn reason(decision: Decision) -> Reason {
+        match decision {
+            Decision::Deny { reason, .. } => reason,
+            Decision::Allow => panic!("expected a denial"),
+        }
+    }
+
+    #[test]
+    fn sample_decisions_have_reasons() {
+        let policy = sample();
+        let scheme = policy.scheme();
+        let topic = Topic::new("sigint.ru.launch").unwrap();
+        let gbr = Nation::parse("GBR").unwrap();
+        let clerk = policy.principal("gbr.clerk").unwrap();
+        let fra = policy.principal("fra.analyst").unwrap();
+        let secret_to_fra = scheme.parse("SECRET//REL TO GBR, FRA").unwrap();
+        let secret_gbr_only = scheme.parse("SECRET//REL TO GBR").unwrap();
+
+        assert!(policy.may_deliver(fra, &topic, &secret_to_fra, gbr).is_allow());
+        assert_eq!(
+            reason(policy.may_deliver(fra, &topic, &secret_gbr_only, gbr)),
+            Reason::NotReleasable
+        );
+        assert_eq!(
+            reason(policy.may_deliver(clerk, &topic, &secret_gbr_only, gbr)),
+            Reason::ClearanceTooLow
+        );
+        let compartmented = scheme.parse("SECRET//SIGINT//REL TO FRA").unwrap();
+        assert_eq!(
+            reason(policy.may_deliver(fra, &topic, &compartmented, gbr)),
+            Reason::MissingCompartment
+        );
+
+        let confidential_coalition = scheme.parse("SECRET//REL TO COALITION").unwrap();
+        let tur = Nation::parse("TUR").unwrap();
+        assert_eq!(
+            reason(policy.may_forward(&confidential_coalition, gbr, tur)),
+            Reason::AboveCeiling
+        );
+        assert!(policy
+            .may_forward(&confidential_coalition, gbr, Nation::parse("FRA").unwrap())
+            .is_allow());
+        assert_eq!(
+            reason(policy.may_publish(clerk, &topic, &secret_to_fra)),
+            Reason::TopicNotPermitted
+        );
+        let admin = Topic::new("admin.notice").unwrap();
+        assert_eq!(
+            reason(policy.may_publish(clerk, &admin, &secret_to_fra)),
+            Reason::ClearanceTooLow
+        );
+        let restricted = scheme.parse("R//REL TO GBR").unwrap();
+        assert!(policy.may_publish(clerk, &admin, &restricted).is_allow());
+    }
+}
