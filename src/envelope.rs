@@ -92,7 +92,9 @@ pub struct Envelope {
     pub label: Label,
     /// Microseconds since the Unix epoch, by the origin node's clock.
     pub created_us: u64,
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
 }
 

@@ -18,11 +18,17 @@
 //! - [`pki`]: generating and loading a network's national PKI;
 //! - [`explain`]: who may see a marking, for `entente explain`.
 
+pub mod audit;
+pub mod client;
 pub mod config;
 pub mod envelope;
 pub mod explain;
 pub mod identity;
 pub mod label;
+pub mod node;
 pub mod pki;
 pub mod policy;
+pub mod stream;
+pub mod tls;
 pub mod topic;
+pub mod wire;

@@ -1,12 +1,19 @@
 //! The `entente` command line: argument parsing and dispatch only.
 
+use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
 
+use entente::client::{delivery_json, Client, ClientOptions, Overrides};
 use entente::config::{load_network, DEFAULT_NETWORK_FILE};
+use entente::label::Nation;
+use entente::node::{self, NodeConfig};
 use entente::pki::{self, PkiLayout, DEFAULT_CERTS_DIR};
 
 #[derive(Parser)]
@@ -25,6 +32,79 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run every node of the network in this process, on loopback, until Ctrl-C.
+    #[command(after_help = "Example (creates certs/ on first run):
+  entente up
+  entente up --network config/network.toml --certs certs")]
+    Up {
+        #[arg(long, default_value = DEFAULT_NETWORK_FILE)]
+        network: PathBuf,
+        #[arg(long, default_value = DEFAULT_CERTS_DIR)]
+        certs: PathBuf,
+        /// Parent of each node's data folder (audit log): DIR/<NATION>/.
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+    },
+    /// Run one nation's broker node until Ctrl-C.
+    #[command(after_help = "Example:
+  entente node --nation GBR
+  entente node --nation FRA --listen 0.0.0.0:7402 --data /var/lib/entente/FRA")]
+    Node {
+        /// The nation whose node this is, such as GBR.
+        #[arg(long)]
+        nation: String,
+        #[arg(long, default_value = DEFAULT_NETWORK_FILE)]
+        network: PathBuf,
+        #[arg(long, default_value = DEFAULT_CERTS_DIR)]
+        certs: PathBuf,
+        /// Address to listen on [default: the nation's address in the network file].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Data folder, holding audit.jsonl [default: data/<NATION>].
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Publish one labelled message; exits 0 only once the node has acknowledged it.
+    #[command(after_help = "Examples:
+  entente pub --as gbr.analyst --topic sigint.ru.launch --label 'SECRET//REL TO GBR, FRA' 'launch detected'
+  echo 'from stdin' | entente pub --as gbr.analyst --topic sigint.ru --label 'S//REL TO NORDIC'
+  entente pub --as gbr.analyst --topic imagery.ru --label 'C//REL TO NATO' --file photo.jpg")]
+    Pub {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        /// The topic, such as sigint.ru.launch.
+        #[arg(long)]
+        topic: String,
+        /// The marking, such as 'SECRET//REL TO GBR, FRA'.
+        #[arg(long)]
+        label: String,
+        /// Read the payload from this file.
+        #[arg(long, conflicts_with = "data")]
+        file: Option<PathBuf>,
+        /// The payload; standard input is read when neither this nor --file is given.
+        data: Option<String>,
+    },
+    /// Subscribe and print each message delivered.
+    #[command(after_help = "Examples:
+  entente sub --as fra.analyst --topic 'sigint.>' --json
+  entente sub --as pol.airdef --topic '*.missile' --count 1 --timeout 30s")]
+    Sub {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        /// Pattern: `.`-separated tokens; `*` matches one token, `>` the rest.
+        #[arg(long)]
+        topic: String,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Exit after this long, such as 30s, 500ms or 2m.
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        /// One JSON object per line: id, origin, publisher, topic, marking,
+        /// and payload (or payload_b64 when it is not UTF-8).
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage the national PKI of a network.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -52,6 +132,80 @@ enum Command {
     },
 }
 
+/// How a client finds its node, certificate, key and CA.
+#[derive(Args)]
+struct ConnectArgs {
+    /// The principal to act as, such as gbr.analyst.
+    #[arg(long = "as", value_name = "PRINCIPAL")]
+    principal: String,
+    #[arg(long, default_value = DEFAULT_NETWORK_FILE)]
+    network: PathBuf,
+    #[arg(long, default_value = DEFAULT_CERTS_DIR)]
+    certs: PathBuf,
+    /// The node's host:port [default: from the network file].
+    #[arg(long)]
+    node: Option<String>,
+    /// Client certificate (PEM) [default: CERTS/<NATION>/<PRINCIPAL>.crt].
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Client key (PEM) [default: CERTS/<NATION>/<PRINCIPAL>.key].
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// The CA of your nation, which issued the node's certificate [default: CERTS/<NATION>/ca.crt].
+    #[arg(long)]
+    ca: Option<PathBuf>,
+}
+
+impl ConnectArgs {
+    async fn connect(&self) -> anyhow::Result<Client> {
+        let overrides = Overrides {
+            node: self.node.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            ca: self.ca.clone(),
+        };
+        let all_given = [
+            overrides.node.is_some(),
+            overrides.cert.is_some(),
+            overrides.key.is_some(),
+            overrides.ca.is_some(),
+        ]
+        .iter()
+        .all(|given| *given);
+        let policy = if all_given {
+            None
+        } else {
+            Some(load_network(&self.network)?)
+        };
+        let options = ClientOptions::for_principal(
+            &self.principal,
+            policy.as_ref(),
+            &PkiLayout::new(&self.certs),
+            &overrides,
+        )?;
+        Ok(Client::connect(options).await?)
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration: write it like 30s, 500ms, 2m or 1h"))?;
+    let seconds = match unit {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return Err(format!("unknown unit `{unit}` in `{text}`: use ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|err| format!("`{text}`: {err}"))
+}
+
 #[derive(Subcommand)]
 enum CertsCommand {
     /// Create a CA per nation, a node certificate per nation and a client
@@ -69,6 +223,80 @@ enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn subscribe(
+    connect: ConnectArgs,
+    pattern: String,
+    count: Option<u64>,
+    timeout: Option<Duration>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = connect.connect().await?;
+    client.subscribe(&pattern).await.context("subscribe failed")?;
+    if !json {
+        eprintln!(
+            "subscribed to {pattern} as {} ({})",
+            client.principal(),
+            client.nation()
+        );
+    }
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut received = 0u64;
+    let mut stdout = std::io::stdout().lock();
+    let outcome = loop {
+        if count.is_some_and(|n| received >= n) {
+            break Ok(ExitCode::SUCCESS);
+        }
+        let next = client.next_delivery();
+        let delivery = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, next).await {
+                Ok(delivery) => delivery,
+                Err(_) => break timed_out(count, received),
+            },
+            None => tokio::select! {
+                delivery = next => delivery,
+                () = ctrl_c() => break Ok(ExitCode::SUCCESS),
+            },
+        };
+        let delivery = match delivery {
+            Ok(delivery) => delivery,
+            Err(err) => break Err(anyhow::Error::new(err)),
+        };
+        received += 1;
+        if json {
+            writeln!(stdout, "{}", delivery_json(&delivery))?;
+        } else {
+            writeln!(
+                stdout,
+                "[{}] {} from {} ({}) id {}: {}",
+                delivery.marking,
+                delivery.topic,
+                delivery.publisher,
+                delivery.origin,
+                delivery.id,
+                String::from_utf8_lossy(&delivery.payload)
+            )?;
+        }
+        stdout.flush()?;
+    };
+    drop(stdout);
+    client.close().await;
+    outcome
+}
+
+fn timed_out(count: Option<u64>, received: u64) -> anyhow::Result<ExitCode> {
+    match count {
+        Some(count) => bail!("timed out after receiving {received} of {count} messages"),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 fn main() -> ExitCode {
@@ -98,8 +326,98 @@ fn init_tracing(verbose: u8) {
         .init();
 }
 
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Up { network, certs, data } => {
+            let policy = Arc::new(load_network(&network)?);
+            let layout = PkiLayout::new(&certs);
+            runtime()?.block_on(node::run_network(
+                policy,
+                &layout,
+                &data,
+                |addresses| {
+                    println!("entente network running; Ctrl-C to stop");
+                    for (nation, addr) in addresses {
+                        println!("  {nation}  {addr}");
+                    }
+                    println!(
+                        "certs: {}   audit logs: {}/<NATION>/audit.jsonl",
+                        certs.display(),
+                        data.display()
+                    );
+                },
+                ctrl_c(),
+            ))?;
+            println!("stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Node {
+            nation,
+            network,
+            certs,
+            listen,
+            data,
+        } => {
+            let nation = Nation::parse(&nation)
+                .with_context(|| format!("`{nation}` is not a nation code such as GBR"))?;
+            let policy = Arc::new(load_network(&network)?);
+            let data = data.unwrap_or_else(|| PathBuf::from("data").join(nation.as_str()));
+            let config = NodeConfig::load(nation, policy, &PkiLayout::new(&certs), data)?;
+            let addr = match listen {
+                Some(addr) => addr,
+                None => config.listen_address()?,
+            };
+            runtime()?.block_on(async {
+                let endpoint = node::bind(&config, addr)?;
+                println!("{nation} node listening on {}", endpoint.local_addr()?);
+                node::run(config, endpoint, ctrl_c()).await?;
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pub {
+            connect,
+            topic,
+            label,
+            file,
+            data,
+        } => {
+            let payload = match (data, file) {
+                (Some(data), _) => data.into_bytes(),
+                (None, Some(path)) => {
+                    std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?
+                }
+                (None, None) => {
+                    let mut buffer = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut buffer)
+                        .context("cannot read standard input")?;
+                    buffer
+                }
+            };
+            runtime()?.block_on(async {
+                let client = connect.connect().await?;
+                let result = client.publish(&topic, &label, payload).await;
+                client.close().await;
+                let id = result.context("publish failed")?;
+                println!("published {id} on {topic}");
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sub {
+            connect,
+            topic,
+            count,
+            timeout,
+            json,
+        } => runtime()?.block_on(subscribe(connect, topic, count, timeout, json)),
         Command::Certs(CertsCommand::Init { network, out, force }) => {
             let policy = load_network(&network)?;
             let summary = pki::generate(&policy, &PkiLayout::new(&out), force)?;

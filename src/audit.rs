@@ -1,0 +1,195 @@
+//! Audit records: one JSON line per release decision or connection event,
+//! appended to `<data dir>/audit.jsonl` by a dedicated writer thread fed by
+//! a bounded channel. When the channel is full, the caller waits: a record
+//! is never dropped.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::envelope::Envelope;
+use crate::label::Nation;
+
+/// Sized so that ingress does not wait at the target message rates: the
+/// writer drains tens of thousands of lines per millisecond burst.
+const CHANNEL_CAPACITY: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Event {
+    Admit,
+    Refuse,
+    Publish,
+    Deliver,
+    Forward,
+    Drop,
+    Disconnect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub time_us: u64,
+    pub event: Event,
+    pub decision: Verdict,
+    /// A stable code: a policy reason such as `clearance-too-low`, or a
+    /// node reason such as `bad-signature` or `slow-consumer`.
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub marking: Option<String>,
+    /// The principal or nation the decision was about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// A sentence for people.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Record {
+    pub fn new(event: Event, decision: Verdict, reason: impl Into<String>) -> Record {
+        Record {
+            time_us: now_us(),
+            event,
+            decision,
+            reason: reason.into(),
+            id: None,
+            marking: None,
+            subject: None,
+            detail: None,
+        }
+    }
+
+    pub fn subject(mut self, subject: impl ToString) -> Record {
+        self.subject = Some(subject.to_string());
+        self
+    }
+
+    pub fn detail(mut self, detail: impl ToString) -> Record {
+        self.detail = Some(detail.to_string());
+        self
+    }
+
+    pub fn message(mut self, envelope: &Envelope, marking: &str) -> Record {
+        self.id = Some(envelope.id.to_string());
+        self.marking = Some(marking.to_owned());
+        self
+    }
+}
+
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot open audit log {path}: {cause}")]
+    Open { path: PathBuf, cause: std::io::Error },
+}
+
+enum Message {
+    Record(Record),
+    Close(oneshot::Sender<()>),
+}
+
+/// A handle to a node's audit log; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Audit {
+    tx: mpsc::Sender<Message>,
+}
+
+/// One line of the log: the record, stamped with the node that wrote it.
+#[derive(Serialize)]
+struct Line<'a> {
+    node: Nation,
+    #[serde(flatten)]
+    record: &'a Record,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("audit message")
+    }
+}
+
+impl Audit {
+    /// Opens (appending) `<data_dir>/audit.jsonl` and starts its writer.
+    pub fn open(data_dir: &Path, node: Nation) -> Result<Audit, AuditError> {
+        let path = data_dir.join("audit.jsonl");
+        let error = |cause| AuditError::Open {
+            path: path.clone(),
+            cause,
+        };
+        std::fs::create_dir_all(data_dir).map_err(error)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(error)?;
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let writer_path = path.clone();
+        std::thread::Builder::new()
+            .name(format!("audit-{node}"))
+            .spawn(move || write_records(rx, BufWriter::new(file), writer_path, node))
+            .map_err(error)?;
+        Ok(Audit { tx })
+    }
+
+    pub async fn record(&self, record: Record) {
+        // Fails only once the writer has stopped, after `close`.
+        let _ = self.tx.send(Message::Record(record)).await;
+    }
+
+    /// Flushes everything recorded so far and stops the writer.
+    pub async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Message::Close(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+fn write_records(mut rx: mpsc::Receiver<Message>, mut out: BufWriter<File>, path: PathBuf, node: Nation) {
+    let mut failed = false;
+    let mut write = |out: &mut BufWriter<File>, record: &Record| {
+        let result = serde_json::to_writer(&mut *out, &Line { node, record })
+            .map_err(std::io::Error::from)
+            .and_then(|()| out.write_all(b"\n"));
+        if let Err(err) = result {
+            if !failed {
+                tracing::error!(path = %path.display(), cause = %err, "cannot write the audit log");
+                failed = true;
+            }
+        }
+    };
+    while let Some(message) = rx.blocking_recv() {
+        let mut next = Some(message);
+        // Drain what is queued, then flush once, so bursts cost one write.
+        while let Some(message) = next.take() {
+            match message {
+                Message::Record(record) => write(&mut out, &record),
+                Message::Close(done) => {
+                    let _ = out.flush();
+                    let _ = done.send(());
+                    return;
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        let _ = out.flush();
+    }
+    let _ = out.flush();
+}

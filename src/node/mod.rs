@@ -1,0 +1,518 @@
+//! The broker node: its configuration, the QUIC endpoint, the accept loop
+//! and admission (who may connect), and shutdown. Sessions, peer links and
+//! routing live in the submodules.
+
+mod peer;
+mod router;
+mod session;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::audit::{Audit, AuditError, Event, Record, Verdict};
+use crate::envelope::{EnvelopeError, MessageIds, Signer};
+use crate::identity::{claimed_identity, ed25519_public_key, Identity, IdentityError, TrustStore};
+use crate::label::Nation;
+use crate::pki::{self, PkiError, PkiLayout};
+use crate::policy::{Policy, Principal};
+use crate::tls::{self, TlsError};
+use crate::wire::{self, close, Frame, WireError};
+
+use router::Router;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0} is not a nation of the network file")]
+    UnknownNation(Nation),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("node certificate of {nation}: {cause}")]
+    NodeCertificate { nation: Nation, cause: IdentityError },
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error("cannot listen on {addr}: {cause}")]
+    Bind { addr: SocketAddr, cause: std::io::Error },
+    #[error("cannot resolve the address `{0}` of a node")]
+    Address(String),
+}
+
+/// Tunables of one node. The defaults suit the sample network.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// Frames queued for one client session before it counts as a slow
+    /// consumer and is disconnected.
+    pub session_queue: usize,
+    /// Frames queued for one peer link before the link is dropped.
+    pub peer_queue: usize,
+    /// How long a new connection may take to open its stream and send
+    /// `Hello`, so an idle or slow dialer cannot hold a slot.
+    pub first_frame_timeout: Duration,
+    /// The longest wait between re-dials of a peer that is down.
+    pub max_redial_backoff: Duration,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        NodeSettings {
+            session_queue: 1024,
+            peer_queue: 8192,
+            first_frame_timeout: Duration::from_secs(5),
+            max_redial_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Everything a node needs to run, loaded from the network file and the
+/// certs folder.
+pub struct NodeConfig {
+    pub nation: Nation,
+    pub policy: Arc<Policy>,
+    pub trust: TrustStore,
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub signer: Signer,
+    /// Every nation's node key, to verify the envelopes it signs.
+    pub node_keys: HashMap<Nation, Vec<u8>>,
+    pub data_dir: PathBuf,
+    /// Peer addresses that override the network file (tests bind port 0).
+    pub peer_addresses: BTreeMap<Nation, SocketAddr>,
+    pub settings: NodeSettings,
+}
+
+impl NodeConfig {
+    /// Loads the node of `nation`: its certificate and key, the trust store
+    /// and every nation's node key, each checked against its nation's CA.
+    pub fn load(
+        nation: Nation,
+        policy: Arc<Policy>,
+        layout: &PkiLayout,
+        data_dir: PathBuf,
+    ) -> Result<NodeConfig, NodeError> {
+        if policy.nation(nation).is_none() {
+            return Err(NodeError::UnknownNation(nation));
+        }
+        let trust = pki::load_trust_store(&policy, layout)?;
+        let mut node_keys = HashMap::new();
+        for &other in policy.nations().keys() {
+            let (cert_path, _) = layout.cert_and_key(&Identity::Node(other));
+            let cert = pki::read_cert(&cert_path)?;
+            let bad = |cause| NodeError::NodeCertificate { nation: other, cause };
+            match trust.identify_client(std::slice::from_ref(&cert), UnixTime::now()) {
+                Ok(Identity::Node(n)) if n == other => {}
+                Ok(found) => {
+                    return Err(bad(IdentityError::WrongAnchor {
+                        claimed: found,
+                        cause: format!("{} is not the node certificate of {other}", cert_path.display()),
+                    }))
+                }
+                Err(err) => return Err(bad(err)),
+            }
+            node_keys.insert(other, ed25519_public_key(&cert).map_err(bad)?);
+        }
+        let (cert_path, key_path) = layout.cert_and_key(&Identity::Node(nation));
+        let cert = pki::read_cert(&cert_path)?;
+        let key = pki::read_key(&key_path)?;
+        let signer = Signer::from_pkcs8(key.secret_der())?;
+        if node_keys.get(&nation).map(Vec::as_slice) != Some(signer.public_key()) {
+            return Err(NodeError::NodeCertificate {
+                nation,
+                cause: IdentityError::Unparsable(format!(
+                    "{} does not belong to {}",
+                    key_path.display(),
+                    cert_path.display()
+                )),
+            });
+        }
+        Ok(NodeConfig {
+            nation,
+            policy,
+            trust,
+            cert_chain: vec![cert],
+            key,
+            signer,
+            node_keys,
+            data_dir,
+            peer_addresses: BTreeMap::new(),
+            settings: NodeSettings::default(),
+        })
+    }
+
+    /// The node's own address from the network file.
+    pub fn listen_address(&self) -> Result<SocketAddr, NodeError> {
+        let address = &self.policy.nations()[&self.nation].address;
+        resolve(address)
+    }
+}
+
+fn resolve(address: &str) -> Result<SocketAddr, NodeError> {
+    use std::net::ToSocketAddrs;
+    address
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| NodeError::Address(address.to_owned()))
+}
+
+/// Binds the node's QUIC endpoint. Use port 0 to let the OS choose, then
+/// read it back with `Endpoint::local_addr`.
+pub fn bind(config: &NodeConfig, addr: SocketAddr) -> Result<Endpoint, NodeError> {
+    let server = tls::server_config(&config.trust, config.cert_chain.clone(), config.key.clone_key())?;
+    Endpoint::server(server, addr).map_err(|cause| NodeError::Bind { addr, cause })
+}
+
+/// State shared by every task of one node.
+struct Shared {
+    nation: Nation,
+    policy: Arc<Policy>,
+    trust: TrustStore,
+    cert_chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    signer: Signer,
+    ids: MessageIds,
+    node_keys: HashMap<Nation, Vec<u8>>,
+    peer_addresses: BTreeMap<Nation, SocketAddr>,
+    settings: NodeSettings,
+    audit: Audit,
+    router: Router,
+    endpoint: Endpoint,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    async fn audit(&self, record: Record) {
+        self.audit.record(record).await;
+    }
+}
+
+/// Runs a node on `endpoint` until `shutdown` completes, then closes every
+/// connection and flushes the audit log.
+pub async fn run(
+    config: NodeConfig,
+    endpoint: Endpoint,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let audit = Audit::open(&config.data_dir, config.nation)?;
+    let (stop, stopped) = watch::channel(false);
+    let mut prefix = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut prefix).map_err(|_| {
+        NodeError::Envelope(EnvelopeError::BadKey(
+            "no system randomness for message ids".into(),
+        ))
+    })?;
+    let shared = Arc::new(Shared {
+        nation: config.nation,
+        router: Router::new(config.nation, config.policy.clone()),
+        policy: config.policy,
+        trust: config.trust,
+        cert_chain: config.cert_chain,
+        key: config.key,
+        signer: config.signer,
+        ids: MessageIds::new(prefix),
+        node_keys: config.node_keys,
+        peer_addresses: config.peer_addresses,
+        settings: config.settings,
+        audit: audit.clone(),
+        endpoint: endpoint.clone(),
+        shutdown: stopped,
+    });
+    info!(nation = %shared.nation, addr = ?endpoint.local_addr().ok(), "node running");
+
+    let mut tasks = JoinSet::new();
+    let peers = shared.policy.nations()[&shared.nation].peers.clone();
+    for peer in peers {
+        let shared = shared.clone();
+        tasks.spawn(
+            async move { peer::dial_forever(shared, peer).await }.instrument(info_span!("link", to = %peer)),
+        );
+    }
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    let shared = shared.clone();
+                    tasks.spawn(async move { accept(shared, incoming).await });
+                }
+                None => break,
+            },
+            // Reap finished connection tasks so the set stays small.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+
+    info!(nation = %shared.nation, "node shutting down");
+    let _ = stop.send(true);
+    endpoint.close(VarInt::from_u32(close::SHUTDOWN), b"node shutting down");
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+        warn!("some connection tasks did not stop in time");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    audit.close().await;
+    Ok(())
+}
+
+/// The identity a connection proved in its handshake.
+fn connection_identity(connection: &Connection) -> Result<Identity, IdentityError> {
+    let chain = connection
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or(IdentityError::NoCertificate)?;
+    claimed_identity(chain.first().ok_or(IdentityError::NoCertificate)?)
+}
+
+/// Handshake, then admission: own-nation principals become sessions,
+/// configured peers become links, everyone else is refused with a reason.
+async fn accept(shared: Arc<Shared>, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let connection = match incoming.await {
+        Ok(connection) => connection,
+        Err(err) => {
+            warn!(%remote, cause = %err, "handshake failed");
+            shared
+                .audit(
+                    Record::new(Event::Refuse, Verdict::Deny, "handshake-failed")
+                        .subject(remote)
+                        .detail(err),
+                )
+                .await;
+            return;
+        }
+    };
+    let identity = match connection_identity(&connection) {
+        Ok(identity) => identity,
+        Err(err) => {
+            refuse(
+                &shared,
+                &connection,
+                remote.to_string(),
+                "no-identity",
+                err.to_string(),
+            )
+            .await;
+            return;
+        }
+    };
+    let span = info_span!("conn", who = %identity, %remote);
+    match admit(&shared, &identity) {
+        Ok(Admitted::Principal(principal)) => {
+            info!(parent: &span, "admitted");
+            shared
+                .audit(Record::new(Event::Admit, Verdict::Allow, "own-principal").subject(&principal.name))
+                .await;
+            session::serve(shared, connection, principal)
+                .instrument(span)
+                .await;
+        }
+        Ok(Admitted::Peer(peer)) => {
+            info!(parent: &span, "admitted peer link");
+            shared
+                .audit(Record::new(Event::Admit, Verdict::Allow, "configured-peer").subject(peer))
+                .await;
+            peer::serve_inbound(shared, connection, peer)
+                .instrument(span)
+                .await;
+        }
+        Err((code, reason)) => {
+            let _guard = span.enter();
+            refuse(&shared, &connection, identity.to_string(), code, reason).await;
+        }
+    }
+}
+
+enum Admitted {
+    Principal(Arc<Principal>),
+    Peer(Nation),
+}
+
+fn admit(shared: &Shared, identity: &Identity) -> Result<Admitted, (&'static str, String)> {
+    let here = shared.nation;
+    match identity {
+        Identity::Principal { nation, name } if *nation != here => Err((
+            "foreign-principal",
+            format!("principal {name} belongs to {nation}, this node serves {here}"),
+        )),
+        Identity::Principal { name, .. } => match shared.policy.principal(name) {
+            Some(principal) if principal.nation == here => {
+                Ok(Admitted::Principal(Arc::new(principal.clone())))
+            }
+            _ => Err((
+                "unknown-principal",
+                format!("principal {name} is not in the network file of {here}"),
+            )),
+        },
+        Identity::Node(nation) if shared.policy.nations()[&here].peers.contains(nation) => {
+            Ok(Admitted::Peer(*nation))
+        }
+        Identity::Node(nation) => Err((
+            "not-a-peer",
+            format!("the node of {nation} is not a configured peer of {here}"),
+        )),
+    }
+}
+
+async fn refuse(
+    shared: &Shared,
+    connection: &Connection,
+    subject: String,
+    code: &'static str,
+    reason: String,
+) {
+    warn!(code, %reason, "refused");
+    connection.close(VarInt::from_u32(close::REFUSED), reason.as_bytes());
+    shared
+        .audit(
+            Record::new(Event::Refuse, Verdict::Deny, code)
+                .subject(subject)
+                .detail(reason),
+        )
+        .await;
+}
+
+/// Why a session or link stopped.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error(transparent)]
+    Frame(#[from] crate::stream::StreamError),
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("no {0} within the first-frame timeout")]
+    Timeout(&'static str),
+    #[error("unexpected {0} frame")]
+    Unexpected(&'static str),
+    #[error("protocol version {0} is not supported; this node speaks version {v}", v = wire::PROTOCOL_VERSION)]
+    Version(u32),
+}
+
+impl From<WireError> for StreamError {
+    fn from(err: WireError) -> Self {
+        StreamError::Frame(err.into())
+    }
+}
+
+impl StreamError {
+    /// Whether the other side broke the protocol (as opposed to going away).
+    fn is_protocol_violation(&self) -> bool {
+        matches!(
+            self,
+            StreamError::Frame(crate::stream::StreamError::Wire(_))
+                | StreamError::Unexpected(_)
+                | StreamError::Version(_)
+                | StreamError::Timeout(_)
+        )
+    }
+}
+
+async fn read_frame(recv: &mut RecvStream) -> Result<Option<Frame>, StreamError> {
+    Ok(crate::stream::read_frame(recv).await?)
+}
+
+async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<(), StreamError> {
+    Ok(crate::stream::write_frame(send, frame).await?)
+}
+
+/// Accepts the dialer's stream and its `Hello`, within the first-frame
+/// timeout.
+async fn accept_hello(
+    shared: &Shared,
+    connection: &Connection,
+) -> Result<(SendStream, RecvStream), StreamError> {
+    let timeout = shared.settings.first_frame_timeout;
+    let (send, mut recv) = tokio::time::timeout(timeout, connection.accept_bi())
+        .await
+        .map_err(|_| StreamError::Timeout("stream"))??;
+    match tokio::time::timeout(timeout, read_frame(&mut recv))
+        .await
+        .map_err(|_| StreamError::Timeout("Hello"))??
+    {
+        Some(Frame::Hello { version }) if version == wire::PROTOCOL_VERSION => Ok((send, recv)),
+        Some(Frame::Hello { version }) => Err(StreamError::Version(version)),
+        Some(_) => Err(StreamError::Unexpected("non-Hello first")),
+        None => Err(StreamError::Timeout("Hello")),
+    }
+}
+
+/// Ends a connection whose stream failed: a protocol violation is closed
+/// with its reason and audited; a connection that went away is audited as
+/// a disconnect.
+async fn close_after(shared: &Shared, connection: &Connection, subject: String, err: &StreamError) {
+    if err.is_protocol_violation() {
+        warn!(cause = %err, "closing connection: protocol violation");
+        connection.close(VarInt::from_u32(close::PROTOCOL), err.to_string().as_bytes());
+        shared
+            .audit(
+                Record::new(Event::Disconnect, Verdict::Deny, "protocol-violation")
+                    .subject(subject)
+                    .detail(err),
+            )
+            .await;
+    } else {
+        info!(cause = %err, "connection ended");
+        shared
+            .audit(
+                Record::new(Event::Disconnect, Verdict::Allow, "connection-ended")
+                    .subject(subject)
+                    .detail(err),
+            )
+            .await;
+    }
+}
+
+/// Runs every node of the network in this process, each on its address
+/// from the network file (`entente up`). Creates the PKI first if the
+/// certs folder has none. `on_ready` gets each nation and its address once
+/// all are bound.
+pub async fn run_network(
+    policy: Arc<Policy>,
+    layout: &PkiLayout,
+    data_root: &std::path::Path,
+    on_ready: impl FnOnce(&[(Nation, SocketAddr)]),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
+    if !layout.exists_for(&policy) {
+        info!(certs = %layout.root().display(), "no PKI yet; generating one");
+        pki::generate(&policy, layout, false)?;
+    }
+    let mut nodes = Vec::new();
+    let mut addresses = Vec::new();
+    for &nation in policy.nations().keys() {
+        let config = NodeConfig::load(nation, policy.clone(), layout, data_root.join(nation.as_str()))?;
+        let addr = config.listen_address()?;
+        nodes.push((bind(&config, addr)?, config));
+        addresses.push((nation, addr));
+    }
+    on_ready(&addresses);
+    let (stop, stopped) = watch::channel(false);
+    let mut running = JoinSet::new();
+    for (endpoint, config) in nodes {
+        let mut stopped = stopped.clone();
+        running.spawn(run(config, endpoint, async move {
+            let _ = stopped.changed().await;
+        }));
+    }
+    shutdown.await;
+    let _ = stop.send(true);
+    let mut result = Ok(());
+    while let Some(joined) = running.join_next().await {
+        if let Ok(Err(err)) = joined {
+            result = Err(err);
+        }
+    }
+    result
+}

@@ -1,0 +1,335 @@
+//! The routing table of one node: client sessions with their
+//! subscriptions, live peer links, and the ids already seen. Routing runs
+//! every policy decision and hands each allowed frame to a bounded queue
+//! without waiting; a full queue disconnects its consumer.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use bytes::Bytes;
+use quinn::{Connection, VarInt};
+use tokio::sync::mpsc::{self, error::TrySendError};
+
+use crate::audit::{Event, Record, Verdict};
+use crate::envelope::{Envelope, MessageId};
+use crate::label::Nation;
+use crate::policy::{Decision, Policy, Principal};
+use crate::topic::Pattern;
+use crate::wire::{self, close, Delivery, Frame};
+
+/// How many recent message ids a node remembers to drop duplicates.
+const SEEN_CAPACITY: usize = 1 << 16;
+
+pub(super) type SessionId = u64;
+
+struct SessionEntry {
+    principal: Arc<Principal>,
+    patterns: Vec<Pattern>,
+    queue: mpsc::Sender<Bytes>,
+    connection: Connection,
+}
+
+struct PeerEntry {
+    link: u64,
+    queue: mpsc::Sender<Bytes>,
+    connection: Connection,
+}
+
+/// Where a message entered this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Source {
+    /// Published by one of this node's principals.
+    Local,
+    /// Received from the node of a peer.
+    Peer(Nation),
+}
+
+/// What happened when a frame was offered to a session's queue.
+pub(super) enum Offer {
+    Queued,
+    /// The queue was full: the session has been disconnected.
+    SlowConsumer(Record),
+    Gone,
+}
+
+#[derive(Default)]
+struct SeenIds {
+    set: HashSet<MessageId>,
+    order: VecDeque<MessageId>,
+}
+
+pub(super) struct Router {
+    nation: Nation,
+    policy: Arc<Policy>,
+    sessions: RwLock<HashMap<SessionId, SessionEntry>>,
+    peers: RwLock<HashMap<Nation, PeerEntry>>,
+    seen: Mutex<SeenIds>,
+    next_id: AtomicU64,
+}
+
+// A poisoned lock means a panic elsewhere; the table itself is still
+// consistent (every mutation is a single insert or remove), so carry on.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn disconnect_slow(connection: &Connection, subject: &str, queue: usize) -> Record {
+    connection.close(VarInt::from_u32(close::SLOW_CONSUMER), b"slow consumer");
+    tracing::warn!(subject, "disconnected: slow consumer");
+    Record::new(Event::Disconnect, Verdict::Deny, "slow-consumer")
+        .subject(subject)
+        .detail(format!("its queue of {queue} frames was full"))
+}
+
+impl Router {
+    pub(super) fn new(nation: Nation, policy: Arc<Policy>) -> Router {
+        Router {
+            nation,
+            policy,
+            sessions: RwLock::default(),
+            peers: RwLock::default(),
+            seen: Mutex::default(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub(super) fn add_session(
+        &self,
+        principal: Arc<Principal>,
+        queue: mpsc::Sender<Bytes>,
+        connection: Connection,
+    ) -> SessionId {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let entry = SessionEntry {
+            principal,
+            patterns: Vec::new(),
+            queue,
+            connection,
+        };
+        write(&self.sessions).insert(id, entry);
+        id
+    }
+
+    pub(super) fn subscribe(&self, session: SessionId, pattern: Pattern) {
+        if let Some(entry) = write(&self.sessions).get_mut(&session) {
+            if !entry.patterns.contains(&pattern) {
+                entry.patterns.push(pattern);
+            }
+        }
+    }
+
+    pub(super) fn remove_session(&self, session: SessionId) {
+        write(&self.sessions).remove(&session);
+    }
+
+    /// Queues a frame for one session (an ack or a refusal).
+    pub(super) fn offer(&self, session: SessionId, frame: Bytes) -> Offer {
+        let sessions = read(&self.sessions);
+        let Some(entry) = sessions.get(&session) else {
+            return Offer::Gone;
+        };
+        match entry.queue.try_send(frame) {
+            Ok(()) => Offer::Queued,
+            Err(TrySendError::Closed(_)) => Offer::Gone,
+            Err(TrySendError::Full(_)) => {
+                let record = disconnect_slow(
+                    &entry.connection,
+                    &entry.principal.name,
+                    entry.queue.max_capacity(),
+                );
+                drop(sessions);
+                self.remove_session(session);
+                Offer::SlowConsumer(record)
+            }
+        }
+    }
+
+    /// Registers a live link to `peer`; returns its generation, so that a
+    /// stale link cannot unregister its replacement.
+    pub(super) fn add_peer(&self, peer: Nation, queue: mpsc::Sender<Bytes>, connection: Connection) -> u64 {
+        let link = self.next_id.fetch_add(1, Ordering::Relaxed);
+        write(&self.peers).insert(
+            peer,
+            PeerEntry {
+                link,
+                queue,
+                connection,
+            },
+        );
+        link
+    }
+
+    pub(super) fn remove_peer(&self, peer: Nation, link: u64) {
+        let mut peers = write(&self.peers);
+        if peers.get(&peer).is_some_and(|entry| entry.link == link) {
+            peers.remove(&peer);
+        }
+    }
+
+    pub(super) fn is_duplicate(&self, id: &MessageId) -> bool {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set
+            .contains(id)
+    }
+
+    /// Remembers `id`; false if it was already seen.
+    fn mark_seen(&self, id: MessageId) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if !seen.set.insert(id) {
+            return false;
+        }
+        seen.order.push_back(id);
+        if seen.order.len() > SEEN_CAPACITY {
+            if let Some(oldest) = seen.order.pop_front() {
+                seen.set.remove(&oldest);
+            }
+        }
+        true
+    }
+
+    /// Delivers `envelope` to every eligible local subscriber and, for a
+    /// local publish, forwards it to every eligible peer. Returns the audit
+    /// records of every decision made, for the caller to write.
+    pub(super) fn route(&self, envelope: &Envelope, source: Source) -> Vec<Record> {
+        let mut records = Vec::new();
+        if !self.mark_seen(envelope.id) {
+            records.push(
+                Record::new(Event::Drop, Verdict::Deny, "duplicate")
+                    .message(envelope, &self.policy.scheme().format(&envelope.label)),
+            );
+            return records;
+        }
+        let marking = self.policy.scheme().format(&envelope.label);
+        self.deliver_locally(envelope, &marking, &mut records);
+        if source == Source::Local {
+            self.forward_to_peers(envelope, &marking, &mut records);
+        }
+        records
+    }
+
+    fn deliver_locally(&self, envelope: &Envelope, marking: &str, records: &mut Vec<Record>) {
+        let mut frame: Option<Bytes> = None;
+        let mut slow = Vec::new();
+        let sessions = read(&self.sessions);
+        for (&id, session) in sessions.iter() {
+            if !session.patterns.iter().any(|p| p.matches(&envelope.topic)) {
+                continue;
+            }
+            let record = |event, verdict, reason: &str| {
+                Record::new(event, verdict, reason)
+                    .message(envelope, marking)
+                    .subject(&session.principal.name)
+            };
+            match self.policy.may_deliver(
+                &session.principal,
+                &envelope.topic,
+                &envelope.label,
+                envelope.origin,
+            ) {
+                Decision::Deny { reason, message } => {
+                    tracing::debug!(to = %session.principal.name, %reason, "delivery denied");
+                    records.push(record(Event::Deliver, Verdict::Deny, reason.code()).detail(message));
+                }
+                Decision::Allow => {
+                    let frame = match &frame {
+                        Some(frame) => frame.clone(),
+                        None => match encode_delivery(envelope, marking) {
+                            Ok(encoded) => frame.insert(encoded).clone(),
+                            Err(err) => {
+                                records.push(record(Event::Drop, Verdict::Deny, "encode-failed").detail(err));
+                                return;
+                            }
+                        },
+                    };
+                    match session.queue.try_send(frame) {
+                        Ok(()) => records.push(record(Event::Deliver, Verdict::Allow, "policy-allows")),
+                        Err(TrySendError::Full(_)) => {
+                            records.push(disconnect_slow(
+                                &session.connection,
+                                &session.principal.name,
+                                session.queue.max_capacity(),
+                            ));
+                            slow.push(id);
+                        }
+                        Err(TrySendError::Closed(_)) => {}
+                    }
+                }
+            }
+        }
+        drop(sessions);
+        for id in slow {
+            self.remove_session(id);
+        }
+    }
+
+    fn forward_to_peers(&self, envelope: &Envelope, marking: &str, records: &mut Vec<Record>) {
+        let Some(nation) = self.policy.nation(self.nation) else {
+            return;
+        };
+        let mut frame: Option<Bytes> = None;
+        let mut overflowed = Vec::new();
+        let peers = read(&self.peers);
+        for &peer in &nation.peers {
+            let record = |event, verdict, reason: &str| {
+                Record::new(event, verdict, reason)
+                    .message(envelope, marking)
+                    .subject(peer)
+            };
+            if let Decision::Deny { reason, message } =
+                self.policy.may_forward(&envelope.label, envelope.origin, peer)
+            {
+                records.push(record(Event::Forward, Verdict::Deny, reason.code()).detail(message));
+                continue;
+            }
+            let Some(link) = peers.get(&peer) else {
+                records.push(record(Event::Drop, Verdict::Deny, "link-down"));
+                continue;
+            };
+            let frame = match &frame {
+                Some(frame) => frame.clone(),
+                None => match wire::encode(&Frame::Forward(envelope.clone())) {
+                    Ok(encoded) => frame.insert(Bytes::from(encoded)).clone(),
+                    Err(err) => {
+                        records.push(record(Event::Drop, Verdict::Deny, "encode-failed").detail(err));
+                        return;
+                    }
+                },
+            };
+            match link.queue.try_send(frame) {
+                Ok(()) => records.push(record(Event::Forward, Verdict::Allow, "policy-allows")),
+                Err(TrySendError::Full(_)) => {
+                    link.connection.close(
+                        VarInt::from_u32(close::SLOW_CONSUMER),
+                        b"slow consumer: peer queue full",
+                    );
+                    records.push(record(Event::Drop, Verdict::Deny, "peer-queue-full"));
+                    overflowed.push((peer, link.link));
+                }
+                Err(TrySendError::Closed(_)) => records.push(record(Event::Drop, Verdict::Deny, "link-down")),
+            }
+        }
+        drop(peers);
+        for (peer, link) in overflowed {
+            self.remove_peer(peer, link);
+        }
+    }
+}
+
+fn encode_delivery(envelope: &Envelope, marking: &str) -> Result<Bytes, wire::WireError> {
+    let frame = Frame::Deliver(Delivery {
+        id: envelope.id,
+        origin: envelope.origin,
+        publisher: envelope.publisher.clone(),
+        topic: envelope.topic.to_string(),
+        marking: marking.to_owned(),
+        created_us: envelope.created_us,
+        payload: envelope.payload.clone(),
+    });
+    wire::encode(&frame).map(Bytes::from)
+}

@@ -1,0 +1,261 @@
+//! The wire protocol: frames, their bincode 2 encoding, the 4-byte
+//! big-endian length prefix, and the size limits, checked before anything
+//! is allocated. Sans-IO: the node and client feed it bytes.
+//!
+//! Every connection (client or peer) carries one long-lived bidirectional
+//! stream, opened by the dialing side, whose first frame is `Hello`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{Envelope, MessageId};
+use crate::label::Nation;
+
+/// The TLS ALPN protocol: a client or peer speaking anything else fails
+/// the handshake.
+pub const ALPN: &[u8] = b"entente/1";
+
+/// The frame-format version carried in `Hello`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest payload a publisher may send.
+pub const MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// The largest frame accepted: a maximal payload plus room for the
+/// envelope's other fields.
+pub const MAX_FRAME: usize = MAX_PAYLOAD + 64 * 1024;
+
+pub const LENGTH_PREFIX: usize = 4;
+
+/// QUIC application close codes, so the other side can tell why.
+pub mod close {
+    pub const NORMAL: u32 = 0;
+    pub const REFUSED: u32 = 1;
+    pub const PROTOCOL: u32 = 2;
+    pub const SLOW_CONSUMER: u32 = 3;
+    pub const SHUTDOWN: u32 = 4;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("frame of {len} bytes exceeds the limit of {MAX_FRAME} bytes")]
+    TooLarge { len: usize },
+    #[error("empty frame")]
+    Empty,
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("malformed frame: {0} trailing bytes after the frame")]
+    Trailing(usize),
+    #[error("cannot encode frame: {0}")]
+    Encode(String),
+}
+
+/// A message as a subscriber receives it. The marking is printed once by
+/// the node, so clients need no copy of the network file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub id: MessageId,
+    pub origin: Nation,
+    pub publisher: String,
+    pub topic: String,
+    pub marking: String,
+    pub created_us: u64,
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// First frame from whoever dialed.
+    Hello {
+        version: u32,
+    },
+    /// The node's answer to `Hello` from a principal.
+    Welcome {
+        nation: Nation,
+        principal: String,
+    },
+    /// The node's answer to `Hello` from a peer node.
+    PeerWelcome {
+        nation: Nation,
+    },
+    Publish {
+        request: u64,
+        topic: String,
+        marking: String,
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    Subscribe {
+        request: u64,
+        pattern: String,
+    },
+    PublishAck {
+        request: u64,
+        id: MessageId,
+    },
+    SubscribeAck {
+        request: u64,
+    },
+    /// A refused request, with the policy's reason code and sentence.
+    Refused {
+        request: u64,
+        code: String,
+        message: String,
+    },
+    Deliver(Delivery),
+    /// A signed envelope between nodes.
+    Forward(Envelope),
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_FRAME>()
+}
+
+/// The frame with its length prefix, ready to write.
+pub fn encode(frame: &Frame) -> Result<Vec<u8>, WireError> {
+    let mut out = vec![0u8; LENGTH_PREFIX];
+    bincode::serde::encode_into_std_write(frame, &mut out, config())
+        .map_err(|err| WireError::Encode(err.to_string()))?;
+    let len = out.len() - LENGTH_PREFIX;
+    if len > MAX_FRAME {
+        return Err(WireError::TooLarge { len });
+    }
+    out[..LENGTH_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(out)
+}
+
+/// The body length announced by a length prefix, refused before any
+/// buffer is allocated for it if it is too large.
+pub fn body_len(prefix: [u8; LENGTH_PREFIX]) -> Result<usize, WireError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    match len {
+        0 => Err(WireError::Empty),
+        len if len > MAX_FRAME => Err(WireError::TooLarge { len }),
+        len => Ok(len),
+    }
+}
+
+/// Decodes one frame body (without its prefix). All of it must be used.
+pub fn decode(body: &[u8]) -> Result<Frame, WireError> {
+    let (frame, used) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|err| WireError::Malformed(err.to_string()))?;
+    if used != body.len() {
+        return Err(WireError::Trailing(body.len() - used));
+    }
+    Ok(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::MessageIds;
+    use crate::label::{Label, Level};
+    use crate::topic::Topic;
+    use proptest::prelude::*;
+
+    fn round_trip(frame: Frame) {
+        let bytes = encode(&frame).unwrap();
+        let len = body_len(bytes[..4].try_into().unwrap()).unwrap();
+        assert_eq!(len, bytes.len() - 4);
+        assert_eq!(decode(&bytes[4..]).unwrap(), frame);
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let id = MessageIds::new([3; 8]).next_id();
+        round_trip(Frame::Hello {
+            version: PROTOCOL_VERSION,
+        });
+        round_trip(Frame::Publish {
+            request: 7,
+            topic: "sigint.ru".into(),
+            marking: "SECRET//REL TO GBR".into(),
+            payload: vec![1; 1024],
+        });
+        round_trip(Frame::Refused {
+            request: 7,
+            code: "clearance-too-low".into(),
+            message: "no".into(),
+        });
+        round_trip(Frame::Forward(Envelope {
+            id,
+            origin: Nation::parse("GBR").unwrap(),
+            publisher: "gbr.analyst".into(),
+            topic: Topic::new("a.b").unwrap(),
+            label: Label::local(Level(3)),
+            created_us: 5,
+            payload: vec![9; 3],
+            signature: vec![0; 64],
+        }));
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_allocation() {
+        assert_eq!(
+            body_len((MAX_FRAME as u32 + 1).to_be_bytes()),
+            Err(WireError::TooLarge { len: MAX_FRAME + 1 })
+        );
+        assert_eq!(
+            body_len(u32::MAX.to_be_bytes()),
+            Err(WireError::TooLarge {
+                len: u32::MAX as usize
+            })
+        );
+        assert_eq!(body_len([0; 4]), Err(WireError::Empty));
+        let huge = Frame::Publish {
+            request: 1,
+            topic: "a".into(),
+            marking: "U".into(),
+            payload: vec![0; MAX_FRAME],
+        };
+        assert!(matches!(
+            encode(&huge),
+            Err(WireError::TooLarge { .. }) | Err(WireError::Encode(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        assert!(matches!(decode(&[0xff; 16]), Err(WireError::Malformed(_))));
+        let mut bytes = encode(&Frame::Hello { version: 1 }).unwrap();
+        bytes.push(0);
+        assert_eq!(decode(&bytes[4..]), Err(WireError::Trailing(1)));
+    }
+
+    #[test]
+    fn invalid_fields_inside_a_valid_encoding_are_refused() {
+        // A Forward whose topic is not a valid topic must not decode.
+        let mut frame = encode(&Frame::Forward(Envelope {
+            id: MessageIds::new([0; 8]).next_id(),
+            origin: Nation::parse("GBR").unwrap(),
+            publisher: "p".into(),
+            topic: Topic::new("abc").unwrap(),
+            label: Label::local(Level(0)),
+            created_us: 0,
+            payload: vec![],
+            signature: vec![],
+        }))
+        .unwrap();
+        let position = frame.windows(3).position(|w| w == b"abc").unwrap();
+        frame[position + 1] = b'*';
+        assert!(matches!(decode(&frame[4..]), Err(WireError::Malformed(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn truncated_frames_are_errors(cut in 0usize..40) {
+            let bytes = encode(&Frame::Publish {
+                request: 1, topic: "sigint.ru".into(), marking: "S".into(), payload: vec![7; 16],
+            }).unwrap();
+            let body = &bytes[4..];
+            if cut < body.len() {
+                prop_assert!(decode(&body[..cut]).is_err());
+            }
+        }
+    }
+}
