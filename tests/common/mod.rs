@@ -1,0 +1,316 @@
+//! A real network for integration tests: a PKI generated in a temporary
+//! folder, and in-process nodes on 127.0.0.1:0 talking real QUIC and TLS.
+
+#![allow(dead_code)] // Each test binary uses a different part of this harness.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use entente::client::{Client, ClientOptions, Overrides};
+use entente::identity::Identity;
+use entente::label::Nation;
+use entente::node::{self, NodeConfig, NodeError, NodeSettings};
+use entente::pki::{self, PkiLayout};
+use entente::policy::Policy;
+use entente::wire::{self, Frame};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// GBR links to FRA and DEU; FRA and DEU are not linked to each other.
+pub const NETWORK: &str = r#"
+[classification]
+compartments = ["SIGINT", "AIRDEF"]
+
+[communities]
+WEST = ["GBR", "FRA", "DEU"]
+
+[nations.GBR]
+address = "127.0.0.1:1"
+peers = ["FRA", "DEU"]
+default_ceiling = "SECRET"
+ceilings = { FRA = "TOP SECRET", DEU = "CONFIDENTIAL" }
+
+[nations.FRA]
+address = "127.0.0.1:2"
+peers = ["GBR"]
+default_ceiling = "SECRET"
+
+[nations.DEU]
+address = "127.0.0.1:3"
+peers = ["GBR"]
+default_ceiling = "SECRET"
+
+[[principals]]
+name = "gbr.analyst"
+nation = "GBR"
+clearance = "SECRET"
+publish = [">"]
+subscribe = [">"]
+
+[[principals]]
+name = "gbr.clerk"
+nation = "GBR"
+clearance = "RESTRICTED"
+publish = [">"]
+subscribe = [">"]
+
+[[principals]]
+name = "gbr.sigint"
+nation = "GBR"
+clearance = "TOP SECRET"
+compartments = ["SIGINT"]
+publish = [">"]
+subscribe = [">"]
+
+[[principals]]
+name = "fra.analyst"
+nation = "FRA"
+clearance = "TOP SECRET"
+publish = [">"]
+subscribe = [">"]
+
+[[principals]]
+name = "fra.junior"
+nation = "FRA"
+clearance = "CONFIDENTIAL"
+publish = [">"]
+subscribe = [">"]
+
+[[principals]]
+name = "deu.analyst"
+nation = "DEU"
+clearance = "SECRET"
+publish = [">"]
+subscribe = [">"]
+"#;
+
+pub fn nation(code: &str) -> Nation {
+    Nation::parse(code).expect("a nation code")
+}
+
+struct RunningNode {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), NodeError>>>,
+}
+
+pub struct TestNetwork {
+    pub dir: tempfile::TempDir,
+    pub policy: Arc<Policy>,
+    pub layout: PkiLayout,
+    nodes: BTreeMap<Nation, RunningNode>,
+}
+
+impl TestNetwork {
+    pub async fn start() -> TestNetwork {
+        TestNetwork::start_with(NodeSettings::default()).await
+    }
+
+    /// Generates the PKI, binds every node on port 0, then runs them all
+    /// with each other's real addresses.
+    pub async fn start_with(settings: NodeSettings) -> TestNetwork {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let network_path = dir.path().join("network.toml");
+        std::fs::write(&network_path, NETWORK).expect("write network file");
+        let policy = Arc::new(entente::config::load_network(&network_path).expect("valid network"));
+        let layout = PkiLayout::new(dir.path().join("certs"));
+        pki::generate(&policy, &layout, false).expect("generate PKI");
+
+        let mut bound = Vec::new();
+        for &nation in policy.nations().keys() {
+            let mut config = NodeConfig::load(nation, policy.clone(), &layout, data_dir(dir.path(), nation))
+                .expect("node config");
+            config.settings = settings.clone();
+            let endpoint = node::bind(&config, "127.0.0.1:0".parse().unwrap()).expect("bind");
+            bound.push((config, endpoint));
+        }
+        let addresses: BTreeMap<Nation, SocketAddr> = bound
+            .iter()
+            .map(|(config, endpoint)| (config.nation, endpoint.local_addr().unwrap()))
+            .collect();
+        let mut nodes = BTreeMap::new();
+        for (mut config, endpoint) in bound {
+            config.peer_addresses = addresses.clone();
+            let nation = config.nation;
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(node::run(config, endpoint, async move {
+                let _ = stopped.await;
+            }));
+            nodes.insert(
+                nation,
+                RunningNode {
+                    addr: addresses[&nation],
+                    stop: Some(stop),
+                    task: Some(task),
+                },
+            );
+        }
+        let network = TestNetwork {
+            dir,
+            policy,
+            layout,
+            nodes,
+        };
+        for (&from, nation_policy) in network.policy.nations() {
+            for &to in &nation_policy.peers {
+                network
+                    .wait_for_audit(from, |line| {
+                        line.contains("\"reason\":\"link-up\"")
+                            && line.contains(&format!("\"subject\":\"{to}\""))
+                    })
+                    .await;
+            }
+        }
+        network
+    }
+
+    pub fn addr(&self, nation: Nation) -> SocketAddr {
+        self.nodes[&nation].addr
+    }
+
+    pub fn audit_path(&self, nation: Nation) -> PathBuf {
+        data_dir(self.dir.path(), nation).join("audit.jsonl")
+    }
+
+    pub fn audit_lines(&self, nation: Nation) -> Vec<String> {
+        std::fs::read_to_string(self.audit_path(nation))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits until a line of `nation`'s audit log matches. Panics after a
+    /// generous limit, which only a broken feature reaches.
+    pub async fn wait_for_audit(&self, nation: Nation, matches: impl Fn(&str) -> bool) -> String {
+        for _ in 0..1000 {
+            if let Some(line) = self.audit_lines(nation).into_iter().find(|l| matches(l)) {
+                return line;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "no matching audit record in {nation}'s log:\n{}",
+            self.audit_lines(nation).join("\n")
+        );
+    }
+
+    pub fn options(&self, principal: &str) -> ClientOptions {
+        let nation = self.policy.principal(principal).expect("known principal").nation;
+        let overrides = Overrides {
+            node: Some(self.addr(nation).to_string()),
+            ..Overrides::default()
+        };
+        ClientOptions::for_principal(principal, Some(&self.policy), &self.layout, &overrides)
+            .expect("options")
+    }
+
+    pub async fn client(&self, principal: &str) -> Client {
+        Client::connect(self.options(principal))
+            .await
+            .expect("client connects")
+    }
+
+    /// The certificate and key files of a node or principal.
+    pub fn identity_files(&self, identity: &Identity) -> (PathBuf, PathBuf) {
+        self.layout.cert_and_key(identity)
+    }
+
+    /// Stops one node and waits for it to finish.
+    pub async fn stop(&mut self, nation: Nation) -> Result<(), NodeError> {
+        let node = self.nodes.get_mut(&nation).expect("running node");
+        if let Some(stop) = node.stop.take() {
+            let _ = stop.send(());
+        }
+        match node.task.take() {
+            Some(task) => task.await.expect("node task does not panic"),
+            None => Ok(()),
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        let nations: Vec<Nation> = self.nodes.keys().copied().collect();
+        for nation in nations {
+            self.stop(nation).await.expect("clean shutdown");
+        }
+    }
+}
+
+fn data_dir(root: &Path, nation: Nation) -> PathBuf {
+    root.join("data").join(nation.as_str())
+}
+
+/// A raw connection that speaks the wire protocol by hand, to send what a
+/// well-behaved client never would. It presents `identity`'s certificate
+/// and expects the node of `node_nation`.
+pub struct RawConnection {
+    pub endpoint: quinn::Endpoint,
+    pub connection: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+}
+
+impl RawConnection {
+    pub async fn open(
+        net: &TestNetwork,
+        identity: &Identity,
+        node_nation: Nation,
+    ) -> Result<RawConnection, String> {
+        let (cert, key) = net.identity_files(identity);
+        let trust = pki::load_trust_store(&net.policy, &net.layout).map_err(|e| e.to_string())?;
+        let config = entente::tls::client_config(
+            &trust,
+            vec![pki::read_cert(&cert).unwrap()],
+            pki::read_key(&key).unwrap(),
+            Identity::Node(node_nation),
+        )
+        .map_err(|e| e.to_string())?;
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let connection = endpoint
+            .connect_with(config, net.addr(node_nation), "127.0.0.1")
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        Ok(RawConnection {
+            endpoint,
+            connection,
+            send,
+            recv,
+        })
+    }
+
+    pub async fn send_frame(&mut self, frame: &Frame) {
+        self.send.write_all(&wire::encode(frame).unwrap()).await.unwrap();
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        // The node may already have closed the connection; that is what
+        // some tests want, so a failed write is not an error here.
+        let _ = self.send.write_all(bytes).await;
+    }
+
+    pub async fn hello(&mut self) -> Frame {
+        self.send_frame(&Frame::Hello {
+            version: wire::PROTOCOL_VERSION,
+        })
+        .await;
+        entente::stream::read_frame(&mut self.recv)
+            .await
+            .expect("a reply to Hello")
+            .expect("a frame")
+    }
+
+    /// The reason the node gave when it closed the connection.
+    pub async fn close_reason(&self) -> String {
+        match self.connection.closed().await {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                String::from_utf8_lossy(&close.reason).into_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+}

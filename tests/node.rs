@@ -1,0 +1,458 @@
+//! Real nodes, real QUIC and TLS: delivery, policy filtering, admission,
+//! tampering, malformed input, slow consumers and shutdown.
+//!
+//! Non-delivery is shown without timing: after the message that must not
+//! arrive, the same publisher sends an allowed sentinel on the same path,
+//! and the subscriber's next delivery must be the sentinel.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{nation, RawConnection, TestNetwork};
+use entente::client::ClientError;
+use entente::envelope::{Signer, Unsigned};
+use entente::identity::Identity;
+use entente::node::NodeSettings;
+use entente::pki;
+use entente::topic::Topic;
+use entente::wire::{self, Frame, MAX_FRAME};
+
+const TOPIC: &str = "sigint.ru.launch";
+
+async fn payloads(client: &entente::client::Client, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(String::from_utf8(client.next_delivery().await.unwrap().payload).unwrap());
+    }
+    out
+}
+
+fn refused<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (String, String) {
+    match result {
+        Err(ClientError::Refused { code, message }) => (code, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn delivers_locally_and_across_a_link() {
+    let net = TestNetwork::start().await;
+    let gbr_sub = net.client("gbr.analyst").await;
+    gbr_sub.subscribe("sigint.>").await.unwrap();
+    let fra_sub = net.client("fra.analyst").await;
+    fra_sub.subscribe("sigint.>").await.unwrap();
+
+    let publisher = net.client("gbr.analyst").await;
+    let id = publisher
+        .publish(TOPIC, "SECRET//REL TO GBR, FRA", b"launch detected".to_vec())
+        .await
+        .unwrap();
+
+    for subscriber in [&gbr_sub, &fra_sub] {
+        let delivery = subscriber.next_delivery().await.unwrap();
+        assert_eq!(delivery.id, id);
+        assert_eq!(delivery.origin, nation("GBR"));
+        assert_eq!(delivery.publisher, "gbr.analyst");
+        assert_eq!(delivery.topic, TOPIC);
+        assert_eq!(delivery.marking, "SECRET//REL TO FRA, GBR");
+        assert_eq!(delivery.payload, b"launch detected");
+    }
+    let fra_audit = net
+        .wait_for_audit(nation("FRA"), |l| {
+            l.contains("\"event\":\"deliver\"") && l.contains("fra.analyst") && l.contains(&id.to_string())
+        })
+        .await;
+    assert!(fra_audit.contains("\"decision\":\"allow\""));
+    net.shutdown().await;
+}
+
+#[tokio::test]
+async fn nothing_is_delivered_outside_the_label() {
+    let net = TestNetwork::start().await;
+    let fra = net.client("fra.analyst").await;
+    fra.subscribe(">").await.unwrap();
+    let fra_junior = net.client("fra.junior").await;
+    fra_junior.subscribe(">").await.unwrap();
+    let gbr = net.client("gbr.analyst").await;
+    gbr.subscribe(">").await.unwrap();
+    let publisher = net.client("gbr.sigint").await;
+
+    // FRA is not releasable.
+    publisher
+        .publish(TOPIC, "SECRET//REL TO GBR", b"gbr only".to_vec())
+        .await
+        .unwrap();
+    // fra.junior's clearance is too low (fra.analyst may see it).
+    publisher
+        .publish(TOPIC, "SECRET//REL TO GBR, FRA", b"secret".to_vec())
+        .await
+        .unwrap();
+    // gbr.analyst lacks the SIGINT compartment (gbr.sigint itself has it).
+    publisher
+        .publish(TOPIC, "SECRET//SIGINT//REL TO GBR", b"compartment".to_vec())
+        .await
+        .unwrap();
+    // A sentinel everyone may see.
+    publisher
+        .publish(TOPIC, "UNCLASSIFIED//REL TO GBR, FRA", b"sentinel".to_vec())
+        .await
+        .unwrap();
+
+    assert_eq!(payloads(&fra, 2).await, ["secret", "sentinel"]);
+    assert_eq!(payloads(&fra_junior, 1).await, ["sentinel"]);
+    assert_eq!(payloads(&gbr, 3).await, ["gbr only", "secret", "sentinel"]);
+
+    // Each denial is audited with its reason.
+    let gbr_audit = net.audit_lines(nation("GBR")).join("\n");
+    assert!(
+        gbr_audit.contains("\"reason\":\"missing-compartment\""),
+        "{gbr_audit}"
+    );
+    net.wait_for_audit(nation("FRA"), |l| {
+        l.contains("fra.junior") && l.contains("\"reason\":\"clearance-too-low\"")
+    })
+    .await;
+    // GBR never sent the GBR-only message to FRA at all.
+    let denied_forward = net
+        .wait_for_audit(nation("GBR"), |l| {
+            l.contains("\"event\":\"forward\"")
+                && l.contains("\"subject\":\"FRA\"")
+                && l.contains("\"decision\":\"deny\"")
+        })
+        .await;
+    assert!(
+        denied_forward.contains("\"reason\":\"not-releasable\"")
+            && denied_forward.contains("SECRET//REL TO GBR\""),
+        "{denied_forward}"
+    );
+    net.shutdown().await;
+}
+
+#[tokio::test]
+async fn ceilings_stop_forwarding_above_the_agreement() {
+    // GBR releases at most CONFIDENTIAL to DEU.
+    let net = TestNetwork::start().await;
+    let deu = net.client("deu.analyst").await;
+    deu.subscribe(">").await.unwrap();
+    let publisher = net.client("gbr.analyst").await;
+    publisher
+        .publish(TOPIC, "SECRET//REL TO WEST", b"too high".to_vec())
+        .await
+        .unwrap();
+    publisher
+        .publish(TOPIC, "CONFIDENTIAL//REL TO WEST", b"ok".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(deu.next_delivery().await.unwrap().payload, b"ok");
+    net.wait_for_audit(nation("GBR"), |l| {
+        l.contains("\"reason\":\"above-ceiling\"") && l.contains("DEU")
+    })
+    .await;
+    net.shutdown().await;
+}
+
+#[tokio::test]
+async fn publishing_is_authorized_and_bad_requests_are_refused() {
+    let net = TestNetwork::start().await;
+    let clerk = net.client("gbr.clerk").await;
+    let (code, message) = refused(clerk.publish(TOPIC, "SECRET//REL TO GBR", b"x".to_vec()).await);
+    assert_eq!(code, "clearance-too-low");
+    assert!(message.contains("gbr.clerk is cleared RESTRICTED"), "{message}");
+    let (code, message) = refused(clerk.publish(TOPIC, "SECRET//REL TO XYZ", b"x".to_vec()).await);
+    assert_eq!(code, "bad-marking");
+    assert!(message.contains("XYZ"), "{message}");
+    let (code, _) = refused(clerk.publish("a.*", "R", b"x".to_vec()).await);
+    assert_eq!(code, "bad-topic");
+    let (code, _) = refused(clerk.subscribe("a.>.b").await);
+    assert_eq!(code, "bad-pattern");
+    // The session survives refusals.
+    clerk
+        .publish(TOPIC, "R//REL TO GBR", b"fine".to_vec())
+        .await
+        .unwrap();
+    net.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_principal_of_another_nation_is_refused_at_the_door() {
+    let net = TestNetwork::start().await;
+    let fra_principal = Identity::Principal {
+        nation: nation("FRA"),
+        name: "fra.analyst".into(),
+    };
+    let mut raw = RawConnection::open(&net, &fra_principal, nation("GBR"))
+        .await
+        .unwrap();
+    raw.send_bytes(&wire::encode(&Frame::Hello { version: 1 }).unwrap())
+        .await;
+    let reason = raw.close_reason().await;
+    assert_eq!(
+        reason,
+        "principal fra.analyst belongs to FRA, this node serves GBR"
+    );
+    let record = net
+        .wait_for_audit(nation("GBR"), |l| l.contains("\"reason\":\"foreign-principal\""))
+        .await;
+    assert!(
+        record.contains("\"event\":\"refuse\"") && record.contains("fra.analyst"),
+        "{record}"
+    );
+
+    // A node that is not a configured peer is refused too (FRA–DEU are not linked).
+    let mut raw = RawConnection::open(&net, &Identity::Node(nation("DEU")), nation("FRA"))
+        .await
+        .unwrap();
+    raw.send_bytes(&wire::encode(&Frame::Hello { version: 1 }).unwrap())
+        .await;
+    assert_eq!(
+        raw.close_reason().await,
+        "the node of DEU is not a configured peer of FRA"
+    );
+    net.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_certificate_from_an_unknown_ca_is_refused() {
+    let net = TestNetwork::start().await;
+    // A complete rogue PKI for the same network: same names, different CAs.
+    let rogue = pki::PkiLayout::new(net.dir.path().join("rogue"));
+    pki::generate(&net.policy, &rogue, false).unwrap();
+    let mut options = net.options("gbr.analyst");
+    let (cert, key) = rogue.cert_and_key(&Identity::Principal {
+        nation: nation("GBR"),
+        name: "gbr.analyst".into(),
+    });
+    options.cert_chain = vec![pki::read_cert(&cert).unwrap()];
+    options.key = pki::read_key(&key).unwrap();
+    let result = entente::client::Client::connect(options).await;
+    assert!(
+        matches!(
+            result,
+            Err(ClientError::Connect { .. }) | Err(ClientError::Closed(_))
+        ),
+        "{:?}",
+        result.err()
+    );
+    net.wait_for_audit(nation("GBR"), |l| l.contains("\"reason\":\"handshake-failed\""))
+        .await;
+    // The node still serves everyone else.
+    let good = net.client("gbr.analyst").await;
+    good.publish(TOPIC, "R", b"still up".to_vec()).await.unwrap();
+    net.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tampered_envelope_from_a_misbehaving_peer_is_refused() {
+    let net = TestNetwork::start().await;
+    let gbr = net.client("gbr.analyst").await;
+    gbr.subscribe(">").await.unwrap();
+
+    // The test plays FRA's node, with FRA's real certificate and key.
+    let (_, key_path) = net.identity_files(&Identity::Node(nation("FRA")));
+    let signer = Signer::from_pkcs8(pki::read_key(&key_path).unwrap().secret_der()).unwrap();
+    let mut peer = RawConnection::open(&net, &Identity::Node(nation("FRA")), nation("GBR"))
+        .await
+        .unwrap();
+    assert_eq!(
+        peer.hello().await,
+        Frame::PeerWelcome {
+            nation: nation("GBR")
+        }
+    );
+
+    let scheme = net.policy.scheme();
+    let mut next = 0u8;
+    let mut seal = |marking: &str, payload: &[u8]| {
+        next += 1;
+        signer.seal(Unsigned {
+            id: entente::envelope::MessageId([next; 16]),
+            origin: nation("FRA"),
+            publisher: "fra.analyst".into(),
+            topic: Topic::new(TOPIC).unwrap(),
+            label: scheme.parse(marking).unwrap(),
+            created_us: 1,
+            payload: payload.to_vec(),
+        })
+    };
+    // Signed for FRA only, then widened to GBR in transit.
+    let mut widened = seal("SECRET//REL TO FRA", b"widened");
+    widened.label = scheme.parse("SECRET//REL TO FRA, GBR").unwrap();
+    // Payload changed after signing.
+    let mut altered = seal("SECRET//REL TO FRA, GBR", b"original");
+    altered.payload = b"altered".to_vec();
+    // Correctly signed, but not releasable to GBR at all.
+    let not_for_gbr = seal("SECRET//REL TO FRA", b"not for gbr");
+    let sentinel = seal("SECRET//REL TO FRA, GBR", b"sentinel");
+    for envelope in [widened, altered, not_for_gbr, sentinel.clone()] {
+        peer.send_frame(&Frame::Forward(envelope)).await;
+    }
+    // The same sentinel again: a duplicate, dropped by id.
+    peer.send_frame(&Frame::Forward(sentinel)).await;
+    let again = seal("SECRET//REL TO FRA, GBR", b"after the duplicate");
+    peer.send_frame(&Frame::Forward(again)).await;
+
+    assert_eq!(gbr.next_delivery().await.unwrap().payload, b"sentinel");
+    assert_eq!(gbr.next_delivery().await.unwrap().payload, b"after the duplicate");
+    let audit = net.audit_lines(nation("GBR"));
+    let bad_signatures = audit
+        .iter()
+        .filter(|l| l.contains("\"reason\":\"bad-signature\""))
+        .count();
+    assert_eq!(bad_signatures, 2, "{audit:#?}");
+    assert!(audit
+        .iter()
+        .any(|l| l.contains("\"event\":\"refuse\"") && l.contains("\"reason\":\"not-releasable\"")));
+    assert!(audit
+        .iter()
+        .any(|l| l.contains("\"event\":\"drop\"") && l.contains("\"reason\":\"duplicate\"")));
+    net.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_frames_close_only_their_connection() {
+    let net = TestNetwork::start().await;
+    let subscriber = net.client("gbr.analyst").await;
+    subscriber.subscribe(">").await.unwrap();
+    let analyst = Identity::Principal {
+        nation: nation("GBR"),
+        name: "gbr.analyst".into(),
+    };
+
+    let mut garbage = RawConnection::open(&net, &analyst, nation("GBR")).await.unwrap();
+    assert!(matches!(garbage.hello().await, Frame::Welcome { .. }));
+    garbage
+        .send_bytes(&[0, 0, 0, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+        .await;
+    let reason = garbage.close_reason().await;
+    assert!(reason.starts_with("malformed frame"), "{reason}");
+
+    let mut oversized = RawConnection::open(&net, &analyst, nation("GBR")).await.unwrap();
+    assert!(matches!(oversized.hello().await, Frame::Welcome { .. }));
+    oversized
+        .send_bytes(&((MAX_FRAME as u32) + 1).to_be_bytes())
+        .await;
+    let reason = oversized.close_reason().await;
+    assert_eq!(
+        reason,
+        format!(
+            "frame of {} bytes exceeds the limit of {MAX_FRAME} bytes",
+            MAX_FRAME + 1
+        )
+    );
+
+    let mut wrong_version = RawConnection::open(&net, &analyst, nation("GBR")).await.unwrap();
+    wrong_version.send_frame(&Frame::Hello { version: 99 }).await;
+    assert!(wrong_version
+        .close_reason()
+        .await
+        .contains("protocol version 99 is not supported"));
+
+    let violations = net.audit_lines(nation("GBR"));
+    assert_eq!(
+        violations
+            .iter()
+            .filter(|l| l.contains("\"reason\":\"protocol-violation\""))
+            .count(),
+        3,
+        "{violations:#?}"
+    );
+    // Everyone else carries on.
+    let publisher = net.client("gbr.analyst").await;
+    publisher
+        .publish(TOPIC, "S//REL TO GBR", b"still fine".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(subscriber.next_delivery().await.unwrap().payload, b"still fine");
+    net.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_subscriber_is_disconnected_without_stalling_a_fast_one() {
+    let settings = NodeSettings {
+        session_queue: 16,
+        ..NodeSettings::default()
+    };
+    let net = TestNetwork::start_with(settings).await;
+    let slow = net.client("gbr.analyst").await;
+    slow.subscribe("bulk.>").await.unwrap();
+    let fast = net.client("gbr.analyst").await;
+    fast.subscribe("bulk.>").await.unwrap();
+    let publisher = net.client("gbr.analyst").await;
+
+    // Publish until the slow subscriber has been cut off (it never reads, so
+    // its client buffer, the QUIC window and then its node queue fill up),
+    // while the fast one reads everything.
+    let reader = tokio::spawn(async move {
+        let mut received = 0u64;
+        loop {
+            let delivery = fast.next_delivery().await.unwrap();
+            if delivery.payload == b"done" {
+                return received;
+            }
+            received += 1;
+        }
+    });
+    let payload = vec![0x42; 1024];
+    let mut published = 0u64;
+    let slow_disconnected =
+        |lines: &[String]| lines.iter().any(|l| l.contains("\"reason\":\"slow-consumer\""));
+    while !slow_disconnected(&net.audit_lines(nation("GBR"))) {
+        for _ in 0..200 {
+            publisher
+                .publish("bulk.data", "R//REL TO GBR", payload.clone())
+                .await
+                .unwrap();
+            published += 1;
+        }
+        assert!(published < 200_000, "the slow subscriber was never disconnected");
+    }
+    publisher
+        .publish("bulk.data", "R//REL TO GBR", b"done".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        reader.await.unwrap(),
+        published,
+        "the fast subscriber lost messages"
+    );
+
+    // The slow subscriber finds out why, once it reads what it had buffered.
+    let reason = loop {
+        match slow.next_delivery().await {
+            Ok(_) => continue,
+            Err(err) => break err.to_string(),
+        }
+    };
+    assert!(reason.contains("slow consumer"), "{reason}");
+    net.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_is_graceful() {
+    let mut net = TestNetwork::start().await;
+    let client = net.client("gbr.analyst").await;
+    client.subscribe(">").await.unwrap();
+    net.stop(nation("GBR")).await.expect("GBR stops cleanly");
+    let err = tokio::time::timeout(Duration::from_secs(30), client.next_delivery())
+        .await
+        .expect("the client hears of the shutdown")
+        .unwrap_err();
+    assert!(err.to_string().contains("node shutting down"), "{err}");
+    // The audit log was flushed on the way out.
+    let audit = net.audit_lines(nation("GBR"));
+    assert!(
+        audit.iter().any(|l| l.contains("\"reason\":\"own-principal\"")),
+        "{audit:#?}"
+    );
+    // Its peers notice and keep running, re-dialing in the background.
+    net.wait_for_audit(nation("FRA"), |l| {
+        l.contains("\"reason\":\"link-down\"") && l.contains("GBR")
+    })
+    .await;
+    let fra = net.client("fra.analyst").await;
+    fra.publish(TOPIC, "S//REL TO FRA", b"FRA carries on".to_vec())
+        .await
+        .unwrap();
+    net.shutdown().await;
+}
