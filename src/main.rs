@@ -241,13 +241,8 @@ async fn subscribe(
 ) -> anyhow::Result<ExitCode> {
     let client = connect.connect().await?;
     client.subscribe(&pattern).await.context("subscribe failed")?;
-    if !json {
-        eprintln!(
-            "subscribed to {pattern} as {} ({})",
-            client.principal(),
-            client.nation()
-        );
-    }
+    // On stderr even with --json, so scripts know when publishing is safe.
+    eprintln!("subscribed to {pattern} as {} ({})", client.principal(), client.nation());
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut received = 0u64;
     let mut stdout = std::io::stdout().lock();

@@ -95,3 +95,150 @@ fn certs_init_writes_the_pki_once() {
         .status
         .success());
 }
+
+/// Two free UDP ports on loopback (held together so they differ).
+fn free_ports() -> (u16, u16) {
+    let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    /// Everything the process prints to stdout, once it has exited 0.
+    fn output(mut self) -> String {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut self.0.stdout.take().unwrap(), &mut out).unwrap();
+        let status = self.0.wait().unwrap();
+        assert!(status.success(), "exited with {status}; printed {out}");
+        out
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(args: &[&str]) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_entente"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the entente binary starts"),
+    )
+}
+
+fn read_line(stream: &mut impl std::io::BufRead) -> String {
+    let mut line = String::new();
+    stream.read_line(&mut line).expect("read a line");
+    line
+}
+
+/// The README's walk-through, with real processes: `up`, then `sub` and
+/// `pub` from other processes, then Ctrl-C.
+#[test]
+fn up_sub_and_pub_as_a_user_would() {
+    use std::io::BufReader;
+    let dir = tempfile::tempdir().unwrap();
+    let (gbr_port, fra_port) = free_ports();
+    let network = dir.path().join("network.toml");
+    std::fs::write(
+        &network,
+        format!(
+            r#"
+[nations.GBR]
+address = "127.0.0.1:{gbr_port}"
+peers = ["FRA"]
+default_ceiling = "SECRET"
+[nations.FRA]
+address = "127.0.0.1:{fra_port}"
+peers = ["GBR"]
+default_ceiling = "SECRET"
+[[principals]]
+name = "gbr.analyst"
+nation = "GBR"
+clearance = "SECRET"
+publish = [">"]
+subscribe = [">"]
+[[principals]]
+name = "gbr.clerk"
+nation = "GBR"
+clearance = "RESTRICTED"
+subscribe = [">"]
+[[principals]]
+name = "fra.analyst"
+nation = "FRA"
+clearance = "SECRET"
+subscribe = [">"]
+"#
+        ),
+    )
+    .unwrap();
+    let network = network.to_str().unwrap();
+    let certs = dir.path().join("certs");
+    let certs = certs.to_str().unwrap();
+    let data = dir.path().join("data");
+    let mut up = spawn(&["up", "--network", network, "--certs", certs, "--data", data.to_str().unwrap()]);
+    let mut up_out = BufReader::new(up.0.stdout.take().unwrap());
+    assert!(read_line(&mut up_out).contains("running"));
+    let listed: Vec<String> = (0..2).map(|_| read_line(&mut up_out)).collect();
+    assert!(listed.iter().any(|l| l.contains(&format!("GBR  127.0.0.1:{gbr_port}"))), "{listed:?}");
+    // Wait for the GBR → FRA link, from GBR's audit log.
+    let audit = data.join("GBR").join("audit.jsonl");
+    let linked = (0..1000).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::read_to_string(&audit).is_ok_and(|a| a.contains("link-up"))
+    });
+    assert!(linked, "the GBR–FRA link never came up");
+
+    let connect = ["--network", network, "--certs", certs];
+    let subscriber = |principal: &str, json: bool| {
+        let mut args = vec!["sub", "--as", principal, "--topic", "sigint.>", "--count", "1", "--timeout", "60s"];
+        if json {
+            args.push("--json");
+        }
+        args.extend(connect);
+        let mut child = spawn(&args);
+        let mut err = BufReader::new(child.0.stderr.take().unwrap());
+        let line = read_line(&mut err);
+        assert!(line.contains("subscribed"), "{principal} did not subscribe: {line}");
+        child
+    };
+    let fra = subscriber("fra.analyst", true);
+    let clerk = subscriber("gbr.clerk", false);
+
+    let publish = |label: &str, text: &str| {
+        let mut args = vec!["pub", "--as", "gbr.analyst", "--topic", "sigint.ru.launch", "--label", label, text];
+        args.extend(connect);
+        let output = entente(&args);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    };
+    publish("SECRET//REL TO GBR", "gbr only");
+    publish("SECRET//REL TO GBR, FRA", "launch detected");
+    publish("RESTRICTED//REL TO GBR", "for the clerk");
+
+    let fra_out = fra.output();
+    let line: serde_json::Value = serde_json::from_str(fra_out.lines().next().unwrap()).unwrap();
+    assert_eq!(line["payload"], "launch detected");
+    assert_eq!(line["marking"], "SECRET//REL TO FRA, GBR");
+    assert_eq!(line["origin"], "GBR");
+    assert_eq!(line["publisher"], "gbr.analyst");
+    assert_eq!(line["topic"], "sigint.ru.launch");
+    assert_eq!(line["id"].as_str().unwrap().len(), 32);
+    let clerk_out = clerk.output();
+    assert!(clerk_out.contains("for the clerk") && !clerk_out.contains("SECRET"), "{clerk_out}");
+
+    let pid = up.0.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(up.0.wait().unwrap().success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut up_out, &mut rest).unwrap();
+    assert!(rest.trim_end().ends_with("stopped"), "{rest}");
+}
+
