@@ -242,7 +242,11 @@ async fn subscribe(
     let client = connect.connect().await?;
     client.subscribe(&pattern).await.context("subscribe failed")?;
     // On stderr even with --json, so scripts know when publishing is safe.
-    eprintln!("subscribed to {pattern} as {} ({})", client.principal(), client.nation());
+    eprintln!(
+        "subscribed to {pattern} as {} ({})",
+        client.principal(),
+        client.nation()
+    );
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut received = 0u64;
     let mut stdout = std::io::stdout().lock();

@@ -184,11 +184,24 @@ subscribe = [">"]
     let certs = dir.path().join("certs");
     let certs = certs.to_str().unwrap();
     let data = dir.path().join("data");
-    let mut up = spawn(&["up", "--network", network, "--certs", certs, "--data", data.to_str().unwrap()]);
+    let mut up = spawn(&[
+        "up",
+        "--network",
+        network,
+        "--certs",
+        certs,
+        "--data",
+        data.to_str().unwrap(),
+    ]);
     let mut up_out = BufReader::new(up.0.stdout.take().unwrap());
     assert!(read_line(&mut up_out).contains("running"));
     let listed: Vec<String> = (0..2).map(|_| read_line(&mut up_out)).collect();
-    assert!(listed.iter().any(|l| l.contains(&format!("GBR  127.0.0.1:{gbr_port}"))), "{listed:?}");
+    assert!(
+        listed
+            .iter()
+            .any(|l| l.contains(&format!("GBR  127.0.0.1:{gbr_port}"))),
+        "{listed:?}"
+    );
     // Wait for the GBR → FRA link, from GBR's audit log.
     let audit = data.join("GBR").join("audit.jsonl");
     let linked = (0..1000).any(|_| {
@@ -199,7 +212,17 @@ subscribe = [">"]
 
     let connect = ["--network", network, "--certs", certs];
     let subscriber = |principal: &str, json: bool| {
-        let mut args = vec!["sub", "--as", principal, "--topic", "sigint.>", "--count", "1", "--timeout", "60s"];
+        let mut args = vec![
+            "sub",
+            "--as",
+            principal,
+            "--topic",
+            "sigint.>",
+            "--count",
+            "1",
+            "--timeout",
+            "60s",
+        ];
         if json {
             args.push("--json");
         }
@@ -207,17 +230,33 @@ subscribe = [">"]
         let mut child = spawn(&args);
         let mut err = BufReader::new(child.0.stderr.take().unwrap());
         let line = read_line(&mut err);
-        assert!(line.contains("subscribed"), "{principal} did not subscribe: {line}");
+        assert!(
+            line.contains("subscribed"),
+            "{principal} did not subscribe: {line}"
+        );
         child
     };
     let fra = subscriber("fra.analyst", true);
     let clerk = subscriber("gbr.clerk", false);
 
     let publish = |label: &str, text: &str| {
-        let mut args = vec!["pub", "--as", "gbr.analyst", "--topic", "sigint.ru.launch", "--label", label, text];
+        let mut args = vec![
+            "pub",
+            "--as",
+            "gbr.analyst",
+            "--topic",
+            "sigint.ru.launch",
+            "--label",
+            label,
+            text,
+        ];
         args.extend(connect);
         let output = entente(&args);
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     };
     publish("SECRET//REL TO GBR", "gbr only");
     publish("SECRET//REL TO GBR, FRA", "launch detected");
@@ -232,13 +271,19 @@ subscribe = [">"]
     assert_eq!(line["topic"], "sigint.ru.launch");
     assert_eq!(line["id"].as_str().unwrap().len(), 32);
     let clerk_out = clerk.output();
-    assert!(clerk_out.contains("for the clerk") && !clerk_out.contains("SECRET"), "{clerk_out}");
+    assert!(
+        clerk_out.contains("for the clerk") && !clerk_out.contains("SECRET"),
+        "{clerk_out}"
+    );
 
     let pid = up.0.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
     assert!(up.0.wait().unwrap().success());
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut up_out, &mut rest).unwrap();
     assert!(rest.trim_end().ends_with("stopped"), "{rest}");
 }
-

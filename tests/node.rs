@@ -456,3 +456,32 @@ async fn shutdown_is_graceful() {
         .unwrap();
     net.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_dropped_link_is_redialed() {
+    let mut net = TestNetwork::start().await;
+    let links_up = |net: &TestNetwork| {
+        net.audit_lines(nation("GBR"))
+            .iter()
+            .filter(|l| l.contains("\"reason\":\"link-up\"") && l.contains("\"subject\":\"FRA\""))
+            .count()
+    };
+    assert_eq!(links_up(&net), 1);
+    net.restart(nation("FRA")).await;
+    // GBR notices the old link died and dials the new FRA node.
+    for _ in 0..1000 {
+        if links_up(&net) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(links_up(&net), 2, "GBR never re-dialed FRA");
+    let fra = net.client("fra.analyst").await;
+    fra.subscribe(">").await.unwrap();
+    let gbr = net.client("gbr.analyst").await;
+    gbr.publish(TOPIC, "S//REL TO GBR, FRA", b"after the restart".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(fra.next_delivery().await.unwrap().payload, b"after the restart");
+    net.shutdown().await;
+}

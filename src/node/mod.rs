@@ -3,6 +3,7 @@
 //! routing live in the submodules.
 
 mod peer;
+mod queue;
 mod router;
 mod session;
 
@@ -56,8 +57,13 @@ pub struct NodeSettings {
     /// Frames queued for one client session before it counts as a slow
     /// consumer and is disconnected.
     pub session_queue: usize,
+    /// Bytes queued for one client session before it counts as a slow
+    /// consumer; with `session_queue`, this bounds memory per session.
+    pub session_queue_bytes: usize,
     /// Frames queued for one peer link before the link is dropped.
     pub peer_queue: usize,
+    /// Bytes queued for one peer link before the link is dropped.
+    pub peer_queue_bytes: usize,
     /// How long a new connection may take to open its stream and send
     /// `Hello`, so an idle or slow dialer cannot hold a slot.
     pub first_frame_timeout: Duration,
@@ -69,7 +75,9 @@ impl Default for NodeSettings {
     fn default() -> Self {
         NodeSettings {
             session_queue: 1024,
+            session_queue_bytes: 4 * 1024 * 1024,
             peer_queue: 8192,
+            peer_queue_bytes: 32 * 1024 * 1024,
             first_frame_timeout: Duration::from_secs(5),
             max_redial_backoff: Duration::from_secs(5),
         }

@@ -7,11 +7,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use quinn::Connection;
-use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+use super::queue;
 use super::router::Source;
 use super::{accept_hello, close_after, read_frame, resolve, write_frame, Shared, StreamError};
 use crate::audit::{Event, Record, Verdict};
@@ -179,7 +178,7 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
         }
     }
 
-    let (queue, mut outbox) = mpsc::channel::<Bytes>(shared.settings.peer_queue);
+    let (queue, mut outbox) = queue::bounded(shared.settings.peer_queue, shared.settings.peer_queue_bytes);
     let link = shared.router.add_peer(peer, queue, connection.clone());
     info!("link up");
     shared
@@ -199,11 +198,7 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
         }
     };
     shared.router.remove_peer(peer, link);
-    outbox.close();
-    let mut dropped = 0usize;
-    while outbox.try_recv().is_ok() {
-        dropped += 1;
-    }
+    let dropped = outbox.close_and_count();
     if *shutdown.borrow() {
         info!(dropped, "link closed for shutdown");
     } else {

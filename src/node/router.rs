@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use bytes::Bytes;
 use quinn::{Connection, VarInt};
-use tokio::sync::mpsc::{self, error::TrySendError};
+
+use super::queue::{OfferError, QueueSender};
 
 use crate::audit::{Event, Record, Verdict};
 use crate::envelope::{Envelope, MessageId};
@@ -26,13 +27,13 @@ pub(super) type SessionId = u64;
 struct SessionEntry {
     principal: Arc<Principal>,
     patterns: Vec<Pattern>,
-    queue: mpsc::Sender<Bytes>,
+    queue: QueueSender,
     connection: Connection,
 }
 
 struct PeerEntry {
     link: u64,
-    queue: mpsc::Sender<Bytes>,
+    queue: QueueSender,
     connection: Connection,
 }
 
@@ -77,12 +78,12 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn disconnect_slow(connection: &Connection, subject: &str, queue: usize) -> Record {
+fn disconnect_slow(connection: &Connection, subject: &str, queue: &QueueSender) -> Record {
     connection.close(VarInt::from_u32(close::SLOW_CONSUMER), b"slow consumer");
     tracing::warn!(subject, "disconnected: slow consumer");
     Record::new(Event::Disconnect, Verdict::Deny, "slow-consumer")
         .subject(subject)
-        .detail(format!("its queue of {queue} frames was full"))
+        .detail(format!("its queue of {} was full", queue.describe_limit()))
 }
 
 impl Router {
@@ -100,7 +101,7 @@ impl Router {
     pub(super) fn add_session(
         &self,
         principal: Arc<Principal>,
-        queue: mpsc::Sender<Bytes>,
+        queue: QueueSender,
         connection: Connection,
     ) -> SessionId {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -132,15 +133,11 @@ impl Router {
         let Some(entry) = sessions.get(&session) else {
             return Offer::Gone;
         };
-        match entry.queue.try_send(frame) {
+        match entry.queue.offer(frame) {
             Ok(()) => Offer::Queued,
-            Err(TrySendError::Closed(_)) => Offer::Gone,
-            Err(TrySendError::Full(_)) => {
-                let record = disconnect_slow(
-                    &entry.connection,
-                    &entry.principal.name,
-                    entry.queue.max_capacity(),
-                );
+            Err(OfferError::Closed) => Offer::Gone,
+            Err(OfferError::Full) => {
+                let record = disconnect_slow(&entry.connection, &entry.principal.name, &entry.queue);
                 drop(sessions);
                 self.remove_session(session);
                 Offer::SlowConsumer(record)
@@ -150,7 +147,7 @@ impl Router {
 
     /// Registers a live link to `peer`; returns its generation, so that a
     /// stale link cannot unregister its replacement.
-    pub(super) fn add_peer(&self, peer: Nation, queue: mpsc::Sender<Bytes>, connection: Connection) -> u64 {
+    pub(super) fn add_peer(&self, peer: Nation, queue: QueueSender, connection: Connection) -> u64 {
         let link = self.next_id.fetch_add(1, Ordering::Relaxed);
         write(&self.peers).insert(
             peer,
@@ -247,17 +244,20 @@ impl Router {
                             }
                         },
                     };
-                    match session.queue.try_send(frame) {
-                        Ok(()) => records.push(record(Event::Deliver, Verdict::Allow, "policy-allows")),
-                        Err(TrySendError::Full(_)) => {
+                    match session.queue.offer(frame) {
+                        Ok(()) => {
+                            tracing::debug!(to = %session.principal.name, id = %envelope.id, "delivered");
+                            records.push(record(Event::Deliver, Verdict::Allow, "policy-allows"));
+                        }
+                        Err(OfferError::Full) => {
                             records.push(disconnect_slow(
                                 &session.connection,
                                 &session.principal.name,
-                                session.queue.max_capacity(),
+                                &session.queue,
                             ));
                             slow.push(id);
                         }
-                        Err(TrySendError::Closed(_)) => {}
+                        Err(OfferError::Closed) => {}
                     }
                 }
             }
@@ -284,6 +284,7 @@ impl Router {
             if let Decision::Deny { reason, message } =
                 self.policy.may_forward(&envelope.label, envelope.origin, peer)
             {
+                tracing::debug!(to = %peer, id = %envelope.id, %reason, "forward denied");
                 records.push(record(Event::Forward, Verdict::Deny, reason.code()).detail(message));
                 continue;
             }
@@ -301,9 +302,12 @@ impl Router {
                     }
                 },
             };
-            match link.queue.try_send(frame) {
-                Ok(()) => records.push(record(Event::Forward, Verdict::Allow, "policy-allows")),
-                Err(TrySendError::Full(_)) => {
+            match link.queue.offer(frame) {
+                Ok(()) => {
+                    tracing::debug!(to = %peer, id = %envelope.id, "forwarded");
+                    records.push(record(Event::Forward, Verdict::Allow, "policy-allows"));
+                }
+                Err(OfferError::Full) => {
                     link.connection.close(
                         VarInt::from_u32(close::SLOW_CONSUMER),
                         b"slow consumer: peer queue full",
@@ -311,7 +315,7 @@ impl Router {
                     records.push(record(Event::Drop, Verdict::Deny, "peer-queue-full"));
                     overflowed.push((peer, link.link));
                 }
-                Err(TrySendError::Closed(_)) => records.push(record(Event::Drop, Verdict::Deny, "link-down")),
+                Err(OfferError::Closed) => records.push(record(Event::Drop, Verdict::Deny, "link-down")),
             }
         }
         drop(peers);

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use quinn::Connection;
-use tokio::sync::mpsc;
 use tracing::{debug, info};
 
+use super::queue;
 use super::router::{Offer, SessionId, Source};
 use super::{accept_hello, close_after, read_frame, write_frame, Shared, StreamError};
 use crate::audit::{now_us, Event, Record, Verdict};
@@ -30,7 +30,8 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal
         return close_after(&shared, &connection, subject, &err).await;
     }
 
-    let (queue, mut outbox) = mpsc::channel::<Bytes>(shared.settings.session_queue);
+    let (queue, mut outbox) =
+        queue::bounded(shared.settings.session_queue, shared.settings.session_queue_bytes);
     let session = shared
         .router
         .add_session(principal.clone(), queue, connection.clone());

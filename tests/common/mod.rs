@@ -101,7 +101,27 @@ pub struct TestNetwork {
     pub dir: tempfile::TempDir,
     pub policy: Arc<Policy>,
     pub layout: PkiLayout,
+    settings: NodeSettings,
+    addresses: BTreeMap<Nation, SocketAddr>,
     nodes: BTreeMap<Nation, RunningNode>,
+}
+
+fn spawn_node(
+    mut config: NodeConfig,
+    endpoint: quinn::Endpoint,
+    addresses: &BTreeMap<Nation, SocketAddr>,
+) -> RunningNode {
+    config.peer_addresses = addresses.clone();
+    let addr = addresses[&config.nation];
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(node::run(config, endpoint, async move {
+        let _ = stopped.await;
+    }));
+    RunningNode {
+        addr,
+        stop: Some(stop),
+        task: Some(task),
+    }
 }
 
 impl TestNetwork {
@@ -121,9 +141,7 @@ impl TestNetwork {
 
         let mut bound = Vec::new();
         for &nation in policy.nations().keys() {
-            let mut config = NodeConfig::load(nation, policy.clone(), &layout, data_dir(dir.path(), nation))
-                .expect("node config");
-            config.settings = settings.clone();
+            let config = node_config(&policy, &layout, dir.path(), &settings, nation);
             let endpoint = node::bind(&config, "127.0.0.1:0".parse().unwrap()).expect("bind");
             bound.push((config, endpoint));
         }
@@ -131,27 +149,16 @@ impl TestNetwork {
             .iter()
             .map(|(config, endpoint)| (config.nation, endpoint.local_addr().unwrap()))
             .collect();
-        let mut nodes = BTreeMap::new();
-        for (mut config, endpoint) in bound {
-            config.peer_addresses = addresses.clone();
-            let nation = config.nation;
-            let (stop, stopped) = oneshot::channel::<()>();
-            let task = tokio::spawn(node::run(config, endpoint, async move {
-                let _ = stopped.await;
-            }));
-            nodes.insert(
-                nation,
-                RunningNode {
-                    addr: addresses[&nation],
-                    stop: Some(stop),
-                    task: Some(task),
-                },
-            );
-        }
+        let nodes = bound
+            .into_iter()
+            .map(|(config, endpoint)| (config.nation, spawn_node(config, endpoint, &addresses)))
+            .collect();
         let network = TestNetwork {
             dir,
             policy,
             layout,
+            settings,
+            addresses,
             nodes,
         };
         for (&from, nation_policy) in network.policy.nations() {
@@ -169,6 +176,21 @@ impl TestNetwork {
 
     pub fn addr(&self, nation: Nation) -> SocketAddr {
         self.nodes[&nation].addr
+    }
+
+    /// Stops a node and starts a new one on the same address.
+    pub async fn restart(&mut self, nation: Nation) {
+        self.stop(nation).await.expect("clean stop");
+        let config = node_config(
+            &self.policy,
+            &self.layout,
+            self.dir.path(),
+            &self.settings,
+            nation,
+        );
+        let endpoint = node::bind(&config, self.addresses[&nation]).expect("rebind the same address");
+        self.nodes
+            .insert(nation, spawn_node(config, endpoint, &self.addresses));
     }
 
     pub fn audit_path(&self, nation: Nation) -> PathBuf {
@@ -237,6 +259,19 @@ impl TestNetwork {
             self.stop(nation).await.expect("clean shutdown");
         }
     }
+}
+
+fn node_config(
+    policy: &Arc<Policy>,
+    layout: &PkiLayout,
+    root: &Path,
+    settings: &NodeSettings,
+    nation: Nation,
+) -> NodeConfig {
+    let mut config =
+        NodeConfig::load(nation, policy.clone(), layout, data_dir(root, nation)).expect("node config");
+    config.settings = settings.clone();
+    config
 }
 
 fn data_dir(root: &Path, nation: Nation) -> PathBuf {
