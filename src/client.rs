@@ -379,3 +379,33 @@ pub fn delivery_json(delivery: &Delivery) -> serde_json::Value {
     }
     value
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(payload: &[u8]) -> Delivery {
+        Delivery {
+            id: MessageId([1; 16]),
+            origin: Nation::parse("GBR").unwrap(),
+            publisher: "gbr.analyst".into(),
+            topic: "sigint.ru".into(),
+            marking: "SECRET//REL TO FRA, GBR".into(),
+            created_us: 7,
+            payload: payload.to_vec(),
+        }
+    }
+
+    #[test]
+    fn json_has_text_payloads_as_text_and_binary_as_base64() {
+        let text = delivery_json(&delivery(b"launch detected"));
+        assert_eq!(text["payload"], "launch detected");
+        assert!(text.get("payload_b64").is_none());
+        for key in ["id", "origin", "publisher", "topic", "marking"] {
+            assert!(text[key].is_string(), "{key}");
+        }
+        let binary = delivery_json(&delivery(&[0xff, 0x00, 0xfe]));
+        assert_eq!(binary["payload_b64"], "/wD+");
+        assert!(binary.get("payload").is_none());
+    }
+}

@@ -20,7 +20,12 @@ use entente::pki::{self, PkiLayout, DEFAULT_CERTS_DIR};
 #[command(
     name = "entente",
     version,
-    about = "Federated, security-label-aware message broker for sharing classified intelligence between nations"
+    about = "Federated, security-label-aware message broker for sharing classified intelligence between nations",
+    after_help = "Quick start:
+  entente up                                   # the sample network, on loopback
+  entente sub --as fra.analyst --topic 'sigint.>' --json
+  entente pub --as gbr.analyst --topic sigint.ru.launch --label 'SECRET//REL TO GBR, FRA' 'launch detected'
+  entente explain 'S//REL TO NORDIC'"
 )]
 struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
@@ -106,7 +111,11 @@ enum Command {
         json: bool,
     },
     /// Manage the national PKI of a network.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:
+  entente certs init --out /tmp/pki"
+    )]
     Certs(CertsCommand),
     /// Show who may see a marking, and why a nation or principal may or may not.
     #[command(after_help = "Examples:

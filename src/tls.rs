@@ -199,18 +199,32 @@ pub fn client_config(
     key: PrivateKeyDer<'static>,
     expected: Identity,
 ) -> Result<quinn::ClientConfig, TlsError> {
+    client_config_for_protocol(trust, chain, key, expected, ALPN)
+}
+
+/// As [`client_config`], offering the ALPN protocol `alpn` instead of the
+/// current one (how a client of another protocol version looks).
+pub fn client_config_for_protocol(
+    trust: &TrustStore,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    expected: Identity,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig, TlsError> {
     let provider = provider();
     let verifier = Arc::new(NodeServerVerifier {
         trust: trust.clone(),
         expected,
         algorithms: provider.signature_verification_algorithms,
     });
+    // `dangerous` only because the verifier is our own: it still runs
+    // webpki, against the expected nation's CA alone.
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(chain, key)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|err| TlsError::Quic(err.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport());

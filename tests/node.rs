@@ -341,6 +341,12 @@ async fn malformed_and_oversized_frames_close_only_their_connection() {
         )
     );
 
+    let other_protocol = RawConnection::open_with_alpn(&net, &analyst, nation("GBR"), b"entente/2").await;
+    let err = other_protocol
+        .err()
+        .expect("a different ALPN fails the handshake");
+    assert!(err.contains("doesn't support any known protocol"), "{err}");
+
     let mut wrong_version = RawConnection::open(&net, &analyst, nation("GBR")).await.unwrap();
     wrong_version.send_frame(&Frame::Hello { version: 99 }).await;
     assert!(wrong_version

@@ -294,13 +294,24 @@ impl RawConnection {
         identity: &Identity,
         node_nation: Nation,
     ) -> Result<RawConnection, String> {
+        Self::open_with_alpn(net, identity, node_nation, wire::ALPN).await
+    }
+
+    /// As `open`, offering `alpn` as the TLS application protocol.
+    pub async fn open_with_alpn(
+        net: &TestNetwork,
+        identity: &Identity,
+        node_nation: Nation,
+        alpn: &[u8],
+    ) -> Result<RawConnection, String> {
         let (cert, key) = net.identity_files(identity);
         let trust = pki::load_trust_store(&net.policy, &net.layout).map_err(|e| e.to_string())?;
-        let config = entente::tls::client_config(
+        let config = entente::tls::client_config_for_protocol(
             &trust,
             vec![pki::read_cert(&cert).unwrap()],
             pki::read_key(&key).unwrap(),
             Identity::Node(node_nation),
+            alpn,
         )
         .map_err(|e| e.to_string())?;
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
