@@ -167,7 +167,18 @@ pub struct Client {
     pending: Pending,
     next_request: AtomicU64,
     deliveries: tokio::sync::Mutex<mpsc::Receiver<Delivery>>,
+    unawaited: Arc<Unawaited>,
 }
+
+/// Replies to publishes nobody waits for (`publish_unawaited`).
+#[derive(Default)]
+struct Unawaited {
+    acked: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// The request id of publishes whose replies are only counted.
+const UNAWAITED: u64 = 0;
 
 fn closed_reason(err: &quinn::ConnectionError) -> String {
     match err {
@@ -221,8 +232,9 @@ impl Client {
             }
         });
         let pending: Pending = Arc::default();
+        let unawaited = Arc::<Unawaited>::default();
         let (delivered, deliveries) = mpsc::channel(DELIVERY_BUFFER);
-        tokio::spawn(read_replies(recv, pending.clone(), delivered));
+        tokio::spawn(read_replies(recv, pending.clone(), unawaited.clone(), delivered));
         Ok(Client {
             endpoint,
             connection,
@@ -230,8 +242,9 @@ impl Client {
             principal,
             requests,
             pending,
-            next_request: AtomicU64::new(1),
+            next_request: AtomicU64::new(UNAWAITED + 1),
             deliveries: tokio::sync::Mutex::new(deliveries),
+            unawaited,
         })
     }
 
@@ -292,6 +305,34 @@ impl Client {
         }
     }
 
+    /// Publishes without waiting for the acknowledgement, so a sender can
+    /// keep a fixed schedule or pipeline; `unawaited_replies` counts the
+    /// acknowledgements and refusals as they come back. Waits only when the
+    /// client's own request queue is full.
+    pub async fn publish_unawaited(
+        &self,
+        topic: &str,
+        marking: &str,
+        payload: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let frame = Frame::Publish {
+            request: UNAWAITED,
+            topic: topic.to_owned(),
+            marking: marking.to_owned(),
+            payload,
+        };
+        let frame = Bytes::from(wire::encode(&frame)?);
+        self.requests.send(frame).await.map_err(|_| self.closed())
+    }
+
+    /// (acknowledged, refused) publishes among those sent unawaited.
+    pub fn unawaited_replies(&self) -> (u64, u64) {
+        (
+            self.unawaited.acked.load(Ordering::Relaxed),
+            self.unawaited.refused.load(Ordering::Relaxed),
+        )
+    }
+
     pub async fn subscribe(&self, pattern: &str) -> Result<(), ClientError> {
         match self
             .request(|request| Frame::Subscribe {
@@ -330,13 +371,28 @@ fn stream_error(connection: &Connection, err: StreamError) -> ClientError {
     }
 }
 
-async fn read_replies(mut recv: quinn::RecvStream, pending: Pending, delivered: mpsc::Sender<Delivery>) {
+async fn read_replies(
+    mut recv: quinn::RecvStream,
+    pending: Pending,
+    unawaited: Arc<Unawaited>,
+    delivered: mpsc::Sender<Delivery>,
+) {
     while let Ok(Some(frame)) = read_frame(&mut recv).await {
         match frame {
             Frame::Deliver(delivery) => {
                 if delivered.send(delivery).await.is_err() {
                     break;
                 }
+            }
+            Frame::PublishAck {
+                request: UNAWAITED, ..
+            } => {
+                unawaited.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Frame::Refused {
+                request: UNAWAITED, ..
+            } => {
+                unawaited.refused.fetch_add(1, Ordering::Relaxed);
             }
             Frame::PublishAck { request, .. }
             | Frame::SubscribeAck { request }

@@ -19,6 +19,7 @@
 //! - [`explain`]: who may see a marking, for `entente explain`.
 
 pub mod audit;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod envelope;

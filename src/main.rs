@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
+use entente::bench;
 use entente::client::{delivery_json, Client, ClientOptions, Overrides};
 use entente::config::{load_network, DEFAULT_NETWORK_FILE};
 use entente::label::Nation;
@@ -110,6 +111,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure latency and throughput over a chain of real node processes.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Manage the national PKI of a network.
     #[command(
         subcommand,
@@ -136,6 +140,48 @@ enum Command {
         network: PathBuf,
         /// Print one JSON object with marking, nations, principals (and
         /// decision, reason with --to).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// One-way latency at a fixed, open-loop send rate (p50 … max, loss).
+    #[command(after_help = "Examples:
+  entente bench latency                       # 0 hops, 1 KiB, 1000 msg/s, 10 s
+  entente bench latency --hops 1 --json")]
+    Latency {
+        /// Links between publisher and subscriber: 0 = both on one node.
+        #[arg(long, default_value_t = 0)]
+        hops: usize,
+        /// Payload bytes (at least 16).
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Messages per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// How long to send, such as 10s.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Messages per second delivered, as fast as the first node accepts.
+    #[command(after_help = "Examples:
+  entente bench throughput --hops 1
+  entente bench throughput --subscribers 100 --size 64 --json")]
+    Throughput {
+        #[arg(long, default_value_t = 0)]
+        hops: usize,
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Subscribers on the last node.
+        #[arg(long, default_value_t = 1)]
+        subscribers: usize,
         #[arg(long)]
         json: bool,
     },
@@ -426,6 +472,52 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout,
             json,
         } => runtime()?.block_on(subscribe(connect, topic, count, timeout, json)),
+        Command::Bench(BenchCommand::Latency {
+            hops,
+            size,
+            rate,
+            duration,
+            json,
+        }) => {
+            let chain = bench::Chain::start(hops, &bench::node_binary()?)?;
+            let report = runtime()?.block_on(bench::latency(&chain, size, rate, duration))?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "latency, {hops} hops, {size} B at {rate} msg/s: p50 {:.0} µs  p90 {:.0} µs  p99 {:.0} µs  p99.9 {:.0} µs  max {:.0} µs",
+                    report.p50_us, report.p90_us, report.p99_us, report.p999_us, report.max_us
+                );
+                println!(
+                    "sent {}  received {}  lost {}  (sender's worst lag behind schedule: {:.0} µs)",
+                    report.sent, report.received, report.lost, report.max_send_lag_us
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Throughput {
+            hops,
+            size,
+            duration,
+            subscribers,
+            json,
+        }) => {
+            let chain = bench::Chain::start(hops, &bench::node_binary()?)?;
+            let report = runtime()?.block_on(bench::throughput(&chain, size, duration, subscribers))?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "throughput, {hops} hops, {size} B, {} subscribers: {:.0} msg/s delivered ({:.1} MiB/s)",
+                    report.subscribers, report.msgs_per_s, report.mib_per_s
+                );
+                println!(
+                    "sent {}  received {}  lost {}",
+                    report.sent, report.received, report.lost
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Certs(CertsCommand::Init { network, out, force }) => {
             let policy = load_network(&network)?;
             let summary = pki::generate(&policy, &PkiLayout::new(&out), force)?;

@@ -287,3 +287,54 @@ subscribe = [">"]
     std::io::Read::read_to_string(&mut up_out, &mut rest).unwrap();
     assert!(rest.trim_end().ends_with("stopped"), "{rest}");
 }
+
+/// Both bench commands run real node processes and print parseable JSON
+/// with the documented keys. (They measure; nothing here checks a time.)
+#[test]
+fn bench_commands_print_json_with_the_documented_keys() {
+    let latency = entente(&["bench", "latency", "--duration", "1s", "--rate", "200", "--json"]);
+    assert!(
+        latency.status.success(),
+        "{}",
+        String::from_utf8_lossy(&latency.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&latency.stdout).expect("one JSON object");
+    for key in ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
+        assert!(report[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {report}");
+    }
+    assert_eq!(report["sent"], 200);
+    assert_eq!(report["received"], 200, "{report}");
+    assert_eq!(report["lost"], 0);
+
+    let throughput = entente(&[
+        "bench",
+        "throughput",
+        "--hops",
+        "1",
+        "--duration",
+        "500ms",
+        "--subscribers",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        throughput.status.success(),
+        "{}",
+        String::from_utf8_lossy(&throughput.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&throughput.stdout).expect("one JSON object");
+    for key in ["msgs_per_s", "mib_per_s"] {
+        assert!(report[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {report}");
+    }
+    let sent = report["sent"].as_u64().unwrap();
+    let received = report["received"].as_u64().unwrap();
+    assert!(sent > 0);
+    assert_eq!(
+        report["lost"].as_u64().unwrap(),
+        2 * sent - received.min(2 * sent)
+    );
+
+    let too_far = entente(&["bench", "latency", "--hops", "2"]);
+    assert!(!too_far.status.success());
+    assert!(String::from_utf8_lossy(&too_far.stderr).contains("--hops 2"));
+}
