@@ -91,5 +91,41 @@ fn signature_algorithms(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, labels, envelopes, signature_algorithms);
+fn frames(c: &mut Criterion) {
+    use entente::wire::{decode, encode, Frame};
+    let frame = Frame::Publish {
+        request: 1,
+        topic: "sigint.ru.launch".to_owned(),
+        marking: "SECRET//REL TO GBR, FRA".to_owned(),
+        payload: vec![0x5a; PAYLOAD],
+    };
+    c.bench_function("frame/encode_publish_1KiB", |b| {
+        b.iter(|| encode(black_box(&frame)))
+    });
+    let bytes = encode(&frame).unwrap();
+    c.bench_function("frame/decode_publish_1KiB", |b| {
+        b.iter(|| decode(black_box(&bytes[4..])))
+    });
+}
+
+/// One topic against 10,000 subscription patterns, as the router matches
+/// today: every pattern in turn.
+fn topics(c: &mut Criterion) {
+    use entente::topic::Pattern;
+    let patterns: Vec<Pattern> = (0..10_000)
+        .map(|i| match i % 4 {
+            0 => Pattern::new(format!("sigint.region{}.>", i % 97)),
+            1 => Pattern::new(format!("*.unit{i}.missile")),
+            2 => Pattern::new(format!("humint.source{i}")),
+            _ => Pattern::new(format!("imagery.*.tile{i}")),
+        })
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let topic = Topic::new("sigint.region42.launch").unwrap();
+    c.bench_function("topic/match_10k_patterns", |b| {
+        b.iter(|| patterns.iter().filter(|p| p.matches(black_box(&topic))).count())
+    });
+}
+
+criterion_group!(benches, labels, envelopes, signature_algorithms, frames, topics);
 criterion_main!(benches);

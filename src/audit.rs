@@ -17,6 +17,7 @@ use crate::label::Nation;
 /// Sized so that ingress does not wait at the target message rates: the
 /// writer drains tens of thousands of lines per millisecond burst.
 const CHANNEL_CAPACITY: usize = 64 * 1024;
+const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -190,6 +191,11 @@ fn write_records(mut rx: mpsc::Receiver<Message>, mut out: BufWriter<File>, path
             next = rx.try_recv().ok();
         }
         let _ = out.flush();
+        // Let records gather before draining again: one wake-up of this
+        // thread per batch instead of one per record keeps it off the
+        // message path's CPU. The channel is sized for far more than one
+        // pause's worth of records.
+        std::thread::sleep(BATCH_PAUSE);
     }
     let _ = out.flush();
 }

@@ -125,30 +125,38 @@ fn put_set<'a>(out: &mut Vec<u8>, items: impl ExactSizeIterator<Item = &'a Strin
 }
 
 /// The canonical bytes a signature covers: a context tag, then every field
-/// in a fixed order, each length-prefixed. Labels are sorted sets, so equal
-/// labels encode equally.
-#[allow(clippy::too_many_arguments)]
-fn signed_bytes(
-    id: &MessageId,
-    origin: Nation,
-    publisher: &str,
-    topic: &Topic,
-    label: &Label,
-    created_us: u64,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128 + payload.len());
+/// but the signature in a fixed order, each length-prefixed. Labels are
+/// sorted sets, so equal labels encode equally.
+fn signed_bytes(envelope: &Envelope) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + envelope.payload.len());
     out.extend_from_slice(SIGNING_CONTEXT);
-    out.extend_from_slice(&id.0);
-    out.extend_from_slice(origin.as_str().as_bytes());
-    put_bytes(&mut out, publisher.as_bytes());
-    put_bytes(&mut out, topic.as_str().as_bytes());
-    out.push(label.level.0);
-    put_set(&mut out, label.compartments.iter());
-    put_set(&mut out, label.rel_to.iter());
-    out.extend_from_slice(&created_us.to_be_bytes());
-    put_bytes(&mut out, payload);
+    out.extend_from_slice(&envelope.id.0);
+    out.extend_from_slice(envelope.origin.as_str().as_bytes());
+    put_bytes(&mut out, envelope.publisher.as_bytes());
+    put_bytes(&mut out, envelope.topic.as_str().as_bytes());
+    out.push(envelope.label.level.0);
+    put_set(&mut out, envelope.label.compartments.iter());
+    put_set(&mut out, envelope.label.rel_to.iter());
+    out.extend_from_slice(&envelope.created_us.to_be_bytes());
+    put_bytes(&mut out, &envelope.payload);
     out
+}
+
+impl From<Unsigned> for Envelope {
+    /// An envelope not yet signed: fit for local delivery only, which needs
+    /// no signature; [`Signer::sign`] it before it leaves the node.
+    fn from(message: Unsigned) -> Envelope {
+        Envelope {
+            id: message.id,
+            origin: message.origin,
+            publisher: message.publisher,
+            topic: message.topic,
+            label: message.label,
+            created_us: message.created_us,
+            payload: message.payload,
+            signature: Vec::new(),
+        }
+    }
 }
 
 /// An origin node's signing key.
@@ -169,26 +177,14 @@ impl Signer {
     }
 
     pub fn seal(&self, message: Unsigned) -> Envelope {
-        let bytes = signed_bytes(
-            &message.id,
-            message.origin,
-            &message.publisher,
-            &message.topic,
-            &message.label,
-            message.created_us,
-            &message.payload,
-        );
-        let signature = self.key.sign(&bytes).as_ref().to_vec();
-        Envelope {
-            id: message.id,
-            origin: message.origin,
-            publisher: message.publisher,
-            topic: message.topic,
-            label: message.label,
-            created_us: message.created_us,
-            payload: message.payload,
-            signature,
-        }
+        let mut envelope = Envelope::from(message);
+        self.sign(&mut envelope);
+        envelope
+    }
+
+    /// Signs (or re-signs) `envelope` in place.
+    pub fn sign(&self, envelope: &mut Envelope) {
+        envelope.signature = self.key.sign(&signed_bytes(envelope)).as_ref().to_vec();
     }
 }
 
@@ -200,18 +196,13 @@ impl fmt::Debug for Signer {
 
 impl Envelope {
     /// Checks the origin node's signature with that node's Ed25519 public key.
+    pub fn is_signed(&self) -> bool {
+        !self.signature.is_empty()
+    }
+
     pub fn verify(&self, origin_public_key: &[u8]) -> Result<(), EnvelopeError> {
-        let bytes = signed_bytes(
-            &self.id,
-            self.origin,
-            &self.publisher,
-            &self.topic,
-            &self.label,
-            self.created_us,
-            &self.payload,
-        );
         UnparsedPublicKey::new(&signature::ED25519, origin_public_key)
-            .verify(&bytes, &self.signature)
+            .verify(&signed_bytes(self), &self.signature)
             .map_err(|_| EnvelopeError::BadSignature {
                 id: self.id,
                 origin: self.origin,
@@ -253,6 +244,8 @@ mod tests {
         let envelope = origin.seal(message());
         assert_eq!(envelope.signature.len(), SIGNATURE_LEN);
         envelope.verify(origin.public_key()).unwrap();
+        assert!(!Envelope::from(message()).is_signed());
+        assert!(Envelope::from(message()).verify(origin.public_key()).is_err());
         assert!(matches!(
             envelope.verify(signer().public_key()),
             Err(EnvelopeError::BadSignature { .. })

@@ -287,6 +287,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// One thread for one node (or one bench client process): no hand-offs
+/// between worker threads on the message path, which measured faster on
+/// two cores than the multi-threaded runtime (BENCHMARKS.md).
+fn single_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 async fn subscribe(
     connect: ConnectArgs,
     pattern: String,
@@ -427,7 +437,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(addr) => addr,
                 None => config.listen_address()?,
             };
-            runtime()?.block_on(async {
+            single_thread_runtime()?.block_on(async {
                 let endpoint = node::bind(&config, addr)?;
                 println!("{nation} node listening on {}", endpoint.local_addr()?);
                 node::run(config, endpoint, ctrl_c()).await?;

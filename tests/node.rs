@@ -104,11 +104,10 @@ async fn nothing_is_delivered_outside_the_label() {
     assert_eq!(payloads(&gbr, 3).await, ["gbr only", "secret", "sentinel"]);
 
     // Each denial is audited with its reason.
-    let gbr_audit = net.audit_lines(nation("GBR")).join("\n");
-    assert!(
-        gbr_audit.contains("\"reason\":\"missing-compartment\""),
-        "{gbr_audit}"
-    );
+    net.wait_for_audit(nation("GBR"), |l| {
+        l.contains("\"reason\":\"missing-compartment\"")
+    })
+    .await;
     net.wait_for_audit(nation("FRA"), |l| {
         l.contains("fra.junior") && l.contains("\"reason\":\"clearance-too-low\"")
     })
@@ -290,10 +289,17 @@ async fn a_tampered_envelope_from_a_misbehaving_peer_is_refused() {
     // The same sentinel again: a duplicate, dropped by id.
     peer.send_frame(&Frame::Forward(sentinel)).await;
     let again = seal("SECRET//REL TO FRA, GBR", b"after the duplicate");
+    let again_id = again.id.to_string();
     peer.send_frame(&Frame::Forward(again)).await;
 
     assert_eq!(gbr.next_delivery().await.unwrap().payload, b"sentinel");
     assert_eq!(gbr.next_delivery().await.unwrap().payload, b"after the duplicate");
+    // Records are written in order, so once the last delivery is in the log
+    // every refusal before it is too.
+    net.wait_for_audit(nation("GBR"), |l| {
+        l.contains("\"event\":\"deliver\"") && l.contains(&again_id)
+    })
+    .await;
     let audit = net.audit_lines(nation("GBR"));
     let bad_signatures = audit
         .iter()
@@ -354,15 +360,12 @@ async fn malformed_and_oversized_frames_close_only_their_connection() {
         .await
         .contains("protocol version 99 is not supported"));
 
-    let violations = net.audit_lines(nation("GBR"));
-    assert_eq!(
-        violations
-            .iter()
-            .filter(|l| l.contains("\"reason\":\"protocol-violation\""))
-            .count(),
-        3,
-        "{violations:#?}"
-    );
+    let violations = net
+        .wait_for_audit_count(nation("GBR"), 3, |l| {
+            l.contains("\"reason\":\"protocol-violation\"")
+        })
+        .await;
+    assert_eq!(violations, 3, "{:#?}", net.audit_lines(nation("GBR")));
     // Everyone else carries on.
     let publisher = net.client("gbr.analyst").await;
     publisher

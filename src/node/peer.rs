@@ -60,7 +60,7 @@ pub(super) async fn serve_inbound(shared: Arc<Shared>, connection: Connection, p
 
 /// A message from a peer: drop duplicates, verify the origin's signature,
 /// re-check that this nation may receive it, then route it.
-async fn ingress(shared: &Shared, peer: Nation, envelope: Envelope) {
+async fn ingress(shared: &Shared, peer: Nation, mut envelope: Envelope) {
     let marking = shared.policy.scheme().format(&envelope.label);
     let record = |event, verdict, reason: &str| {
         Record::new(event, verdict, reason)
@@ -100,7 +100,10 @@ async fn ingress(shared: &Shared, peer: Nation, envelope: Envelope) {
     shared
         .audit(record(Event::Admit, Verdict::Allow, "verified"))
         .await;
-    for record in shared.router.route(&envelope, Source::Peer(peer)) {
+    for record in shared
+        .router
+        .route(&mut envelope, Source::Peer(peer), &shared.signer)
+    {
         shared.audit(record).await;
     }
 }

@@ -13,7 +13,7 @@ use quinn::{Connection, VarInt};
 use super::queue::{OfferError, QueueSender};
 
 use crate::audit::{Event, Record, Verdict};
-use crate::envelope::{Envelope, MessageId};
+use crate::envelope::{Envelope, MessageId, Signer};
 use crate::label::Nation;
 use crate::policy::{Decision, Policy, Principal};
 use crate::topic::Pattern;
@@ -191,9 +191,10 @@ impl Router {
     }
 
     /// Delivers `envelope` to every eligible local subscriber and, for a
-    /// local publish, forwards it to every eligible peer. Returns the audit
-    /// records of every decision made, for the caller to write.
-    pub(super) fn route(&self, envelope: &Envelope, source: Source) -> Vec<Record> {
+    /// local publish, forwards it to every eligible peer, signing it with
+    /// `signer` first if it is not signed yet. Returns the audit records of
+    /// every decision made, for the caller to write.
+    pub(super) fn route(&self, envelope: &mut Envelope, source: Source, signer: &Signer) -> Vec<Record> {
         let mut records = Vec::new();
         if !self.mark_seen(envelope.id) {
             records.push(
@@ -205,7 +206,7 @@ impl Router {
         let marking = self.policy.scheme().format(&envelope.label);
         self.deliver_locally(envelope, &marking, &mut records);
         if source == Source::Local {
-            self.forward_to_peers(envelope, &marking, &mut records);
+            self.forward_to_peers(envelope, signer, &marking, &mut records);
         }
         records
     }
@@ -268,54 +269,92 @@ impl Router {
         }
     }
 
-    fn forward_to_peers(&self, envelope: &Envelope, marking: &str, records: &mut Vec<Record>) {
+    fn forward_to_peers(
+        &self,
+        envelope: &mut Envelope,
+        signer: &Signer,
+        marking: &str,
+        records: &mut Vec<Record>,
+    ) {
         let Some(nation) = self.policy.nation(self.nation) else {
             return;
         };
-        let mut frame: Option<Bytes> = None;
+        let record = |envelope: &Envelope, peer: Nation, event, verdict, reason: &str| {
+            Record::new(event, verdict, reason)
+                .message(envelope, marking)
+                .subject(peer)
+        };
+        let mut targets = Vec::new();
+        {
+            let peers = read(&self.peers);
+            for &peer in &nation.peers {
+                match self.policy.may_forward(&envelope.label, envelope.origin, peer) {
+                    Decision::Deny { reason, message } => {
+                        tracing::debug!(to = %peer, id = %envelope.id, %reason, "forward denied");
+                        records.push(
+                            record(envelope, peer, Event::Forward, Verdict::Deny, reason.code())
+                                .detail(message),
+                        );
+                    }
+                    Decision::Allow if peers.contains_key(&peer) => targets.push(peer),
+                    Decision::Allow => {
+                        records.push(record(envelope, peer, Event::Drop, Verdict::Deny, "link-down"))
+                    }
+                }
+            }
+        }
+        if targets.is_empty() {
+            return;
+        }
+        // Signing waits until some peer will receive the message: local
+        // delivery needs no signature, so it never waits for one.
+        if !envelope.is_signed() {
+            signer.sign(envelope);
+        }
+        let frame = match wire::encode(&Frame::Forward(envelope.clone())) {
+            Ok(encoded) => Bytes::from(encoded),
+            Err(err) => {
+                records.push(
+                    record(envelope, targets[0], Event::Drop, Verdict::Deny, "encode-failed").detail(err),
+                );
+                return;
+            }
+        };
         let mut overflowed = Vec::new();
         let peers = read(&self.peers);
-        for &peer in &nation.peers {
-            let record = |event, verdict, reason: &str| {
-                Record::new(event, verdict, reason)
-                    .message(envelope, marking)
-                    .subject(peer)
-            };
-            if let Decision::Deny { reason, message } =
-                self.policy.may_forward(&envelope.label, envelope.origin, peer)
-            {
-                tracing::debug!(to = %peer, id = %envelope.id, %reason, "forward denied");
-                records.push(record(Event::Forward, Verdict::Deny, reason.code()).detail(message));
-                continue;
-            }
+        for peer in targets {
             let Some(link) = peers.get(&peer) else {
-                records.push(record(Event::Drop, Verdict::Deny, "link-down"));
+                records.push(record(envelope, peer, Event::Drop, Verdict::Deny, "link-down"));
                 continue;
             };
-            let frame = match &frame {
-                Some(frame) => frame.clone(),
-                None => match wire::encode(&Frame::Forward(envelope.clone())) {
-                    Ok(encoded) => frame.insert(Bytes::from(encoded)).clone(),
-                    Err(err) => {
-                        records.push(record(Event::Drop, Verdict::Deny, "encode-failed").detail(err));
-                        return;
-                    }
-                },
-            };
-            match link.queue.offer(frame) {
+            match link.queue.offer(frame.clone()) {
                 Ok(()) => {
                     tracing::debug!(to = %peer, id = %envelope.id, "forwarded");
-                    records.push(record(Event::Forward, Verdict::Allow, "policy-allows"));
+                    records.push(record(
+                        envelope,
+                        peer,
+                        Event::Forward,
+                        Verdict::Allow,
+                        "policy-allows",
+                    ));
                 }
                 Err(OfferError::Full) => {
                     link.connection.close(
                         VarInt::from_u32(close::SLOW_CONSUMER),
                         b"slow consumer: peer queue full",
                     );
-                    records.push(record(Event::Drop, Verdict::Deny, "peer-queue-full"));
+                    records.push(record(
+                        envelope,
+                        peer,
+                        Event::Drop,
+                        Verdict::Deny,
+                        "peer-queue-full",
+                    ));
                     overflowed.push((peer, link.link));
                 }
-                Err(OfferError::Closed) => records.push(record(Event::Drop, Verdict::Deny, "link-down")),
+                Err(OfferError::Closed) => {
+                    records.push(record(envelope, peer, Event::Drop, Verdict::Deny, "link-down"))
+                }
             }
         }
         drop(peers);

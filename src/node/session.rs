@@ -11,7 +11,7 @@ use super::queue;
 use super::router::{Offer, SessionId, Source};
 use super::{accept_hello, close_after, read_frame, write_frame, Shared, StreamError};
 use crate::audit::{now_us, Event, Record, Verdict};
-use crate::envelope::Unsigned;
+use crate::envelope::{Envelope, Unsigned};
 use crate::policy::{Decision, Principal};
 use crate::topic::{Pattern, Topic};
 use crate::wire::{self, Frame, MAX_PAYLOAD};
@@ -141,7 +141,7 @@ async fn publish(
             .await;
         return refused(request, reason.code(), message);
     }
-    let envelope = shared.signer.seal(Unsigned {
+    let mut envelope = Envelope::from(Unsigned {
         id: shared.ids.next_id(),
         origin: shared.nation,
         publisher: principal.name.clone(),
@@ -153,7 +153,7 @@ async fn publish(
     let mut accepted = record(Verdict::Allow, "policy-allows");
     accepted.id = Some(envelope.id.to_string());
     shared.audit(accepted).await;
-    for record in shared.router.route(&envelope, Source::Local) {
+    for record in shared.router.route(&mut envelope, Source::Local, &shared.signer) {
         shared.audit(record).await;
     }
     Frame::PublishAck {

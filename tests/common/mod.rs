@@ -220,6 +220,24 @@ impl TestNetwork {
         );
     }
 
+    /// Waits until at least `count` lines of `nation`'s audit log match,
+    /// then returns how many do.
+    pub async fn wait_for_audit_count(
+        &self,
+        nation: Nation,
+        count: usize,
+        matches: impl Fn(&str) -> bool,
+    ) -> usize {
+        let current = || self.audit_lines(nation).iter().filter(|l| matches(l)).count();
+        for _ in 0..1000 {
+            if current() >= count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        current()
+    }
+
     pub fn options(&self, principal: &str) -> ClientOptions {
         let nation = self.policy.principal(principal).expect("known principal").nation;
         let overrides = Overrides {
