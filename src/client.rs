@@ -55,6 +55,8 @@ pub enum ClientError {
     Refused { code: String, message: String },
     #[error("protocol error: {0}")]
     Protocol(String),
+    #[error("the payload is {0} bytes; the limit is {max} bytes (1 MiB)", max = wire::MAX_PAYLOAD)]
+    PayloadTooLarge(usize),
 }
 
 impl From<WireError> for ClientError {
@@ -155,7 +157,9 @@ impl ClientOptions {
     }
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>;
+/// Requests awaiting a reply; `None` once the connection's reader has
+/// stopped, so no new request can wait for a reply that will never come.
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Frame>>>>>;
 
 /// A connected principal.
 pub struct Client {
@@ -231,7 +235,7 @@ impl Client {
                 }
             }
         });
-        let pending: Pending = Arc::default();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let unawaited = Arc::<Unawaited>::default();
         let (delivered, deliveries) = mpsc::channel(DELIVERY_BUFFER);
         tokio::spawn(read_replies(recv, pending.clone(), unawaited.clone(), delivered));
@@ -258,12 +262,17 @@ impl Client {
 
     async fn request(&self, make: impl FnOnce(u64) -> Frame) -> Result<Frame, ClientError> {
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let frame = Bytes::from(wire::encode(&make(request))?);
         let (reply, answer) = oneshot::channel();
-        self.pending
+        match self
+            .pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(request, reply);
-        let frame = Bytes::from(wire::encode(&make(request))?);
+            .as_mut()
+        {
+            Some(pending) => pending.insert(request, reply),
+            None => return Err(self.closed()),
+        };
         if self.requests.send(frame).await.is_err() {
             return Err(self.closed());
         }
@@ -315,6 +324,7 @@ impl Client {
         marking: &str,
         payload: Vec<u8>,
     ) -> Result<(), ClientError> {
+        check_payload(&payload)?;
         let frame = Frame::Publish {
             request: UNAWAITED,
             topic: topic.to_owned(),
@@ -364,6 +374,13 @@ impl Client {
     }
 }
 
+fn check_payload(payload: &[u8]) -> Result<(), ClientError> {
+    if payload.len() > wire::MAX_PAYLOAD {
+        return Err(ClientError::PayloadTooLarge(payload.len()));
+    }
+    Ok(())
+}
+
 fn stream_error(connection: &Connection, err: StreamError) -> ClientError {
     match connection.close_reason() {
         Some(reason) => ClientError::Closed(closed_reason(&reason)),
@@ -400,7 +417,8 @@ async fn read_replies(
                 let waiter = pending
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&request);
+                    .as_mut()
+                    .and_then(|pending| pending.remove(&request));
                 if let Some(waiter) = waiter {
                     let _ = waiter.send(frame);
                 }
@@ -409,7 +427,7 @@ async fn read_replies(
         }
     }
     // Dropping the senders tells waiters the connection is gone.
-    pending.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    pending.lock().unwrap_or_else(PoisonError::into_inner).take();
 }
 
 /// A delivery as one JSON object: id, origin, publisher, topic, marking,

@@ -10,6 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::{nation, RawConnection, TestNetwork};
+use entente::audit::now_us;
 use entente::client::ClientError;
 use entente::envelope::{Signer, Unsigned};
 use entente::identity::Identity;
@@ -165,6 +166,21 @@ async fn publishing_is_authorized_and_bad_requests_are_refused() {
     assert_eq!(code, "bad-topic");
     let (code, _) = refused(clerk.subscribe("a.>.b").await);
     assert_eq!(code, "bad-pattern");
+    // Unawaited publishes get no refusal back, so the client checks size.
+    let oversized = vec![0; wire::MAX_PAYLOAD + 1];
+    assert!(matches!(
+        clerk.publish_unawaited(TOPIC, "R", oversized).await,
+        Err(ClientError::PayloadTooLarge(_))
+    ));
+    // A session cannot grow the routing table without bound.
+    let limit = NodeSettings::default().max_subscriptions;
+    for i in 0..limit {
+        clerk.subscribe(&format!("limit.{i}")).await.unwrap();
+    }
+    clerk.subscribe("limit.0").await.unwrap();
+    let (code, message) = refused(clerk.subscribe("limit.over").await);
+    assert_eq!(code, "too-many-subscriptions");
+    assert!(message.contains(&limit.to_string()), "{message}");
     // The session survives refusals.
     clerk
         .publish(TOPIC, "R//REL TO GBR", b"fine".to_vec())
@@ -262,7 +278,7 @@ async fn a_tampered_envelope_from_a_misbehaving_peer_is_refused() {
 
     let scheme = net.policy.scheme();
     let mut next = 0u8;
-    let mut seal = |marking: &str, payload: &[u8]| {
+    let mut seal_at = |created_us: u64, marking: &str, payload: &[u8]| {
         next += 1;
         signer.seal(Unsigned {
             id: entente::envelope::MessageId([next; 16]),
@@ -270,25 +286,32 @@ async fn a_tampered_envelope_from_a_misbehaving_peer_is_refused() {
             publisher: "fra.analyst".into(),
             topic: Topic::new(TOPIC).unwrap(),
             label: scheme.parse(marking).unwrap(),
-            created_us: 1,
+            created_us,
             payload: payload.to_vec(),
         })
     };
     // Signed for FRA only, then widened to GBR in transit.
-    let mut widened = seal("SECRET//REL TO FRA", b"widened");
+    let mut widened = seal_at(now_us(), "SECRET//REL TO FRA", b"widened");
     widened.label = scheme.parse("SECRET//REL TO FRA, GBR").unwrap();
     // Payload changed after signing.
-    let mut altered = seal("SECRET//REL TO FRA, GBR", b"original");
+    let mut altered = seal_at(now_us(), "SECRET//REL TO FRA, GBR", b"original");
     altered.payload = b"altered".to_vec();
     // Correctly signed, but not releasable to GBR at all.
-    let not_for_gbr = seal("SECRET//REL TO FRA", b"not for gbr");
-    let sentinel = seal("SECRET//REL TO FRA, GBR", b"sentinel");
-    for envelope in [widened, altered, not_for_gbr, sentinel.clone()] {
+    let not_for_gbr = seal_at(now_us(), "SECRET//REL TO FRA", b"not for gbr");
+    // Correctly signed and releasable, but older than any duplicate
+    // window, so a replay could not be told from a first delivery.
+    let stale = seal_at(1, "SECRET//REL TO FRA, GBR", b"stale");
+    // Validly signed by FRA, but claiming another origin: without relaying,
+    // a peer may only send its own messages.
+    let mut not_own = seal_at(now_us(), "SECRET//REL TO FRA, GBR", b"not own");
+    not_own.origin = nation("DEU");
+    let sentinel = seal_at(now_us(), "SECRET//REL TO FRA, GBR", b"sentinel");
+    for envelope in [widened, altered, not_for_gbr, stale, not_own, sentinel.clone()] {
         peer.send_frame(&Frame::Forward(envelope)).await;
     }
     // The same sentinel again: a duplicate, dropped by id.
     peer.send_frame(&Frame::Forward(sentinel)).await;
-    let again = seal("SECRET//REL TO FRA, GBR", b"after the duplicate");
+    let again = seal_at(now_us(), "SECRET//REL TO FRA, GBR", b"after the duplicate");
     let again_id = again.id.to_string();
     peer.send_frame(&Frame::Forward(again)).await;
 
@@ -312,6 +335,12 @@ async fn a_tampered_envelope_from_a_misbehaving_peer_is_refused() {
     assert!(audit
         .iter()
         .any(|l| l.contains("\"event\":\"drop\"") && l.contains("\"reason\":\"duplicate\"")));
+    assert!(audit
+        .iter()
+        .any(|l| l.contains("\"event\":\"refuse\"") && l.contains("\"reason\":\"stale\"")));
+    assert!(audit
+        .iter()
+        .any(|l| l.contains("\"event\":\"refuse\"") && l.contains("\"reason\":\"not-origin\"")));
     net.shutdown().await;
 }
 

@@ -60,6 +60,8 @@ pub struct NodeSettings {
     /// Bytes queued for one client session before it counts as a slow
     /// consumer; with `session_queue`, this bounds memory per session.
     pub session_queue_bytes: usize,
+    /// Subscriptions one session may hold.
+    pub max_subscriptions: usize,
     /// Frames queued for one peer link before the link is dropped.
     pub peer_queue: usize,
     /// Bytes queued for one peer link before the link is dropped.
@@ -76,6 +78,7 @@ impl Default for NodeSettings {
         NodeSettings {
             session_queue: 1024,
             session_queue_bytes: 4 * 1024 * 1024,
+            max_subscriptions: 256,
             peer_queue: 8192,
             peer_queue_bytes: 32 * 1024 * 1024,
             first_frame_timeout: Duration::from_secs(5),

@@ -13,7 +13,7 @@ use tracing::{debug, error, info, warn};
 use super::queue;
 use super::router::Source;
 use super::{accept_hello, close_after, read_frame, resolve, write_frame, Shared, StreamError};
-use crate::audit::{Event, Record, Verdict};
+use crate::audit::{self, Event, Record, Verdict};
 use crate::envelope::Envelope;
 use crate::identity::Identity;
 use crate::label::Nation;
@@ -23,6 +23,8 @@ use crate::tls;
 use crate::wire::{self, Frame};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Messages older than this are refused at ingress (see `ingress`).
+const MAX_MESSAGE_AGE_US: u64 = 10 * 60 * 1_000_000;
 
 pub(super) async fn serve_inbound(shared: Arc<Shared>, connection: Connection, peer: Nation) {
     let subject = peer.to_string();
@@ -71,6 +73,25 @@ async fn ingress(shared: &Shared, peer: Nation, mut envelope: Envelope) {
         return shared
             .audit(record(Event::Drop, Verdict::Deny, "duplicate"))
             .await;
+    }
+    // Until relaying exists, a peer may only send what its own node
+    // originated; anything else (including our own messages echoed back)
+    // is refused rather than trusted.
+    if envelope.origin != peer {
+        warn!(origin = %envelope.origin, "refused: not the peer's own message");
+        let detail = format!(
+            "{peer} sent a message originated by {}; peers send only their own",
+            envelope.origin
+        );
+        return shared
+            .audit(record(Event::Refuse, Verdict::Deny, "not-origin").detail(detail))
+            .await;
+    }
+    // Older messages may have left the duplicate window, so a replay of
+    // one could not be told from a first delivery.
+    if audit::now_us().saturating_sub(envelope.created_us) > MAX_MESSAGE_AGE_US {
+        warn!(id = %envelope.id, "refused: stale message");
+        return shared.audit(record(Event::Refuse, Verdict::Deny, "stale")).await;
     }
     let Some(key) = shared.node_keys.get(&envelope.origin) else {
         warn!(origin = %envelope.origin, "refused: unknown origin");

@@ -115,12 +115,20 @@ impl Router {
         id
     }
 
-    pub(super) fn subscribe(&self, session: SessionId, pattern: Pattern) {
-        if let Some(entry) = write(&self.sessions).get_mut(&session) {
-            if !entry.patterns.contains(&pattern) {
-                entry.patterns.push(pattern);
+    /// Adds a subscription; false if the session already holds `limit`
+    /// patterns (a remote party must not grow the table without bound).
+    pub(super) fn subscribe(&self, session: SessionId, pattern: Pattern, limit: usize) -> bool {
+        let mut sessions = write(&self.sessions);
+        let Some(entry) = sessions.get_mut(&session) else {
+            return false;
+        };
+        if !entry.patterns.contains(&pattern) {
+            if entry.patterns.len() >= limit {
+                return false;
             }
+            entry.patterns.push(pattern);
         }
+        true
     }
 
     pub(super) fn remove_session(&self, session: SessionId) {

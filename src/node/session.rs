@@ -193,7 +193,14 @@ fn subscribe(
             ),
         );
     }
+    let limit = shared.settings.max_subscriptions;
+    if !shared.router.subscribe(session, pattern.clone(), limit) {
+        return refused(
+            request,
+            "too-many-subscriptions",
+            format!("a session may hold at most {limit} subscriptions; use wildcards or another session"),
+        );
+    }
     info!(%pattern, "subscribed");
-    shared.router.subscribe(session, pattern);
     Frame::SubscribeAck { request }
 }
