@@ -327,7 +327,14 @@ pub struct ThroughputReport {
     pub lost: u64,
 }
 
-/// Publishes as fast as the first node accepts for `duration` and counts
+/// The most messages the publisher keeps ahead of the slowest subscriber.
+/// Below a session's queue (1,024 frames), so a subscriber that keeps up
+/// is never cut off as a slow consumer, and far above what one round trip
+/// needs, so the window itself does not limit the rate.
+const WINDOW: u64 = 512;
+
+/// Publishes as fast as the chain delivers for `duration`, never more
+/// than [`WINDOW`] messages ahead of the slowest subscriber, and counts
 /// what each of `subscribers` receives on the last node.
 pub async fn throughput(
     chain: &Chain,
@@ -338,42 +345,61 @@ pub async fn throughput(
     if size < 16 {
         return Err(BenchError::TooSmall(size));
     }
-    let received = Arc::new(AtomicU64::new(0));
+    let subscribers = subscribers.max(1);
+    let received: Arc<Vec<AtomicU64>> = Arc::new((0..subscribers).map(|_| AtomicU64::new(0)).collect());
+    let progress = Arc::new(tokio::sync::Notify::new());
     // When the latest delivery arrived, in nanoseconds since `start`.
     let last_delivery_ns = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..subscribers.max(1) {
+    for index in 0..subscribers {
         let client = chain.client(chain.last()).await?;
         client.subscribe("bench.>").await?;
-        let (received, last_delivery_ns) = (received.clone(), last_delivery_ns.clone());
+        let (received, progress, last_delivery_ns) =
+            (received.clone(), progress.clone(), last_delivery_ns.clone());
         tasks.push(tokio::spawn(async move {
             // Ends when the bench stops waiting: the client is dropped with
             // the task.
             while client.next_delivery().await.is_ok() {
-                received.fetch_add(1, Ordering::Relaxed);
+                received[index].fetch_add(1, Ordering::Relaxed);
                 last_delivery_ns.fetch_max(nanos(start.elapsed()), Ordering::Relaxed);
+                progress.notify_one();
             }
         }));
     }
+    let slowest = || {
+        received
+            .iter()
+            .map(|r| r.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0)
+    };
+    let total = || received.iter().map(|r| r.load(Ordering::Relaxed)).sum::<u64>();
     let publisher = chain.client(0).await?;
     let marking = chain.marking();
     let sending_from = nanos(start.elapsed());
     let mut published = 0u64;
     let stop_sending = Instant::now() + duration;
     while Instant::now() < stop_sending {
+        while published >= slowest() + WINDOW {
+            // A delivery that lands between the check and the wait leaves
+            // a permit in `progress`, so this cannot miss its wake-up.
+            if tokio::time::timeout(DRAIN, progress.notified()).await.is_err() {
+                break;
+            }
+        }
         publisher
             .publish_unawaited(TOPIC, &marking, stamped_payload(size, published, 0))
             .await?;
         published += 1;
     }
     // Wait for the acknowledgements, then for deliveries to stop growing.
-    let wanted = |acked: u64| acked * subscribers.max(1) as u64;
+    let wanted = |acked: u64| acked * subscribers as u64;
     let mut last_progress = Instant::now();
     let mut seen = (0, 0);
     loop {
         let (acked, refused) = publisher.unawaited_replies();
-        let delivered = received.load(Ordering::Relaxed);
+        let delivered = total();
         if acked + refused >= published && delivered >= wanted(acked) {
             break;
         }
@@ -389,7 +415,7 @@ pub async fn throughput(
         .load(Ordering::Relaxed)
         .saturating_sub(sending_from);
     let (acked, _) = publisher.unawaited_replies();
-    let delivered = received.load(Ordering::Relaxed);
+    let delivered = total();
     for task in tasks {
         task.abort();
     }
@@ -398,7 +424,7 @@ pub async fn throughput(
     Ok(ThroughputReport {
         hops: chain.last(),
         size,
-        subscribers: subscribers.max(1),
+        subscribers,
         msgs_per_s: delivered as f64 / seconds,
         mib_per_s: delivered as f64 * size as f64 / seconds / (1024.0 * 1024.0),
         sent: acked,

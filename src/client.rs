@@ -19,7 +19,7 @@ use crate::identity::{claimed_identity, Identity, IdentityError, TrustStore};
 use crate::label::Nation;
 use crate::pki::{self, address_host, PkiError, PkiLayout};
 use crate::policy::Policy;
-use crate::stream::{read_frame, StreamError};
+use crate::stream::{read_frame, FrameReader, StreamError};
 use crate::tls::{self, TlsError};
 use crate::wire::{self, close, Delivery, Frame, WireError};
 
@@ -28,6 +28,8 @@ use crate::wire::{self, close, Delivery, Frame, WireError};
 const DELIVERY_BUFFER: usize = 1024;
 /// Requests queued for the writer task.
 const REQUEST_BUFFER: usize = 1024;
+/// The most requests written at once.
+const WRITE_BATCH: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -229,10 +231,12 @@ impl Client {
 
         let (requests, mut outbox) = mpsc::channel::<Bytes>(REQUEST_BUFFER);
         tokio::spawn(async move {
-            while let Some(frame) = outbox.recv().await {
-                if send.write_all(&frame).await.is_err() {
+            let mut batch = Vec::new();
+            while outbox.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+                if crate::stream::write_all(&mut send, &mut batch).await.is_err() {
                     break;
                 }
+                batch.clear();
             }
         });
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
@@ -389,41 +393,45 @@ fn stream_error(connection: &Connection, err: StreamError) -> ClientError {
 }
 
 async fn read_replies(
-    mut recv: quinn::RecvStream,
+    recv: quinn::RecvStream,
     pending: Pending,
     unawaited: Arc<Unawaited>,
     delivered: mpsc::Sender<Delivery>,
 ) {
-    while let Ok(Some(frame)) = read_frame(&mut recv).await {
-        match frame {
-            Frame::Deliver(delivery) => {
-                if delivered.send(delivery).await.is_err() {
-                    break;
+    let mut reader = FrameReader::new(recv);
+    let mut frames = Vec::new();
+    'read: while let Ok(true) = reader.read_frames(&mut frames).await {
+        for frame in frames.drain(..) {
+            match frame {
+                Frame::Deliver(delivery) => {
+                    if delivered.send(delivery).await.is_err() {
+                        break 'read;
+                    }
                 }
-            }
-            Frame::PublishAck {
-                request: UNAWAITED, ..
-            } => {
-                unawaited.acked.fetch_add(1, Ordering::Relaxed);
-            }
-            Frame::Refused {
-                request: UNAWAITED, ..
-            } => {
-                unawaited.refused.fetch_add(1, Ordering::Relaxed);
-            }
-            Frame::PublishAck { request, .. }
-            | Frame::SubscribeAck { request }
-            | Frame::Refused { request, .. } => {
-                let waiter = pending
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .as_mut()
-                    .and_then(|pending| pending.remove(&request));
-                if let Some(waiter) = waiter {
-                    let _ = waiter.send(frame);
+                Frame::PublishAck {
+                    request: UNAWAITED, ..
+                } => {
+                    unawaited.acked.fetch_add(1, Ordering::Relaxed);
                 }
+                Frame::Refused {
+                    request: UNAWAITED, ..
+                } => {
+                    unawaited.refused.fetch_add(1, Ordering::Relaxed);
+                }
+                Frame::PublishAck { request, .. }
+                | Frame::SubscribeAck { request }
+                | Frame::Refused { request, .. } => {
+                    let waiter = pending
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .as_mut()
+                        .and_then(|pending| pending.remove(&request));
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.send(frame);
+                    }
+                }
+                _ => break 'read,
             }
-            _ => break,
         }
     }
     // Dropping the senders tells waiters the connection is gone.

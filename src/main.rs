@@ -168,7 +168,7 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Messages per second delivered, as fast as the first node accepts.
+    /// Messages per second delivered, as fast as the chain delivers them.
     #[command(after_help = "Examples:
   entente bench throughput --hops 1
   entente bench throughput --subscribers 100 --size 64 --json")]

@@ -1,9 +1,14 @@
 //! Frame I/O on quinn streams, shared by the node and the client: the thin
 //! I/O side of `wire`.
 
+use bytes::{Buf, Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
 
 use crate::wire::{self, Frame, WireError, LENGTH_PREFIX};
+
+/// The most frames decoded for one batch, so one busy sender cannot make
+/// a batch (and the work done before the next `select!`) unbounded.
+pub const READ_BATCH: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -13,6 +18,10 @@ pub enum StreamError {
     Read(#[from] quinn::ReadExactError),
     #[error("connection lost: {0}")]
     Write(#[from] quinn::WriteError),
+    #[error("connection lost: {0}")]
+    ReadChunks(#[from] quinn::ReadError),
+    #[error("the stream ended inside a frame")]
+    Truncated,
 }
 
 /// Reads one frame; `None` when the other side finished the stream cleanly
@@ -32,5 +41,81 @@ pub async fn read_frame(recv: &mut RecvStream) -> Result<Option<Frame>, StreamEr
 
 pub async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<(), StreamError> {
     send.write_all(&wire::encode(frame)?).await?;
+    Ok(())
+}
+
+/// Reads frames in batches: each read takes whatever the stream has, and
+/// every whole frame in it is decoded at once. A length prefix is checked
+/// against the frame limit before the buffer grows for its body.
+pub struct FrameReader {
+    recv: RecvStream,
+    buffer: BytesMut,
+    chunks: Vec<Bytes>,
+}
+
+/// Chunks taken from the stream per read.
+const READ_CHUNKS: usize = 64;
+
+impl FrameReader {
+    pub fn new(recv: RecvStream) -> FrameReader {
+        FrameReader {
+            recv,
+            buffer: BytesMut::with_capacity(64 * 1024),
+            chunks: vec![Bytes::new(); READ_CHUNKS],
+        }
+    }
+
+    /// Waits for at least one whole frame, then appends to `out` every
+    /// whole frame buffered (up to [`READ_BATCH`]). False when the other
+    /// side finished the stream cleanly between frames. Cancel-safe: bytes
+    /// already read stay buffered.
+    pub async fn read_frames(&mut self, out: &mut Vec<Frame>) -> Result<bool, StreamError> {
+        loop {
+            let before = out.len();
+            while out.len() - before < READ_BATCH {
+                let Some(frame) = self.next_buffered()? else {
+                    break;
+                };
+                out.push(frame);
+            }
+            if out.len() > before {
+                return Ok(true);
+            }
+            // Every chunk already received, not just the next one: a QUIC
+            // chunk is about one packet, and batches are what make the
+            // per-message cost small.
+            match self.recv.read_chunks(&mut self.chunks).await? {
+                Some(count) => {
+                    for chunk in &mut self.chunks[..count] {
+                        self.buffer.extend_from_slice(chunk);
+                        *chunk = Bytes::new();
+                    }
+                }
+                None if self.buffer.is_empty() => return Ok(false),
+                None => return Err(StreamError::Truncated),
+            }
+        }
+    }
+
+    fn next_buffered(&mut self) -> Result<Option<Frame>, StreamError> {
+        let Some(prefix) = self.buffer.get(..LENGTH_PREFIX) else {
+            return Ok(None);
+        };
+        let mut length = [0u8; LENGTH_PREFIX];
+        length.copy_from_slice(prefix);
+        let len = wire::body_len(length)?;
+        let Some(body) = self.buffer.get(LENGTH_PREFIX..LENGTH_PREFIX + len) else {
+            self.buffer.reserve(LENGTH_PREFIX + len - self.buffer.len());
+            return Ok(None);
+        };
+        let frame = wire::decode(body)?;
+        self.buffer.advance(LENGTH_PREFIX + len);
+        Ok(Some(frame))
+    }
+}
+
+/// Writes already-encoded frames in one go.
+pub async fn write_all(send: &mut SendStream, frames: &mut [Bytes]) -> Result<(), StreamError> {
+    send.write_all_chunks(frames).await?;
     Ok(())
 }

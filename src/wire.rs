@@ -185,7 +185,11 @@ mod tests {
             label: Label::local(Level(3)),
             created_us: 5,
             payload: vec![9; 3],
-            signature: vec![0; 64],
+            seal: crate::envelope::Seal {
+                signature: vec![0; 64],
+                siblings: vec![[7; 32]],
+                left: 1,
+            },
         }));
     }
 
@@ -233,7 +237,7 @@ mod tests {
             label: Label::local(Level(0)),
             created_us: 0,
             payload: vec![],
-            signature: vec![],
+            seal: Default::default(),
         }))
         .unwrap();
         let position = frame.windows(3).position(|w| w == b"abc").unwrap();

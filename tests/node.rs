@@ -258,7 +258,7 @@ async fn a_certificate_from_an_unknown_ca_is_refused() {
 }
 
 #[tokio::test]
-async fn a_tampered_envelope_from_a_misbehaving_peer_is_refused() {
+async fn a_tampered_envelope_from_a_misbehaving_peer_is_refused_and_audited() {
     let net = TestNetwork::start().await;
     let gbr = net.client("gbr.analyst").await;
     gbr.subscribe(">").await.unwrap();
@@ -315,14 +315,26 @@ async fn a_tampered_envelope_from_a_misbehaving_peer_is_refused() {
     let again_id = again.id.to_string();
     peer.send_frame(&Frame::Forward(again)).await;
 
-    assert_eq!(gbr.next_delivery().await.unwrap().payload, b"sentinel");
-    assert_eq!(gbr.next_delivery().await.unwrap().payload, b"after the duplicate");
-    // Records are written in order, so once the last delivery is in the log
-    // every refusal before it is too.
+    // Invariant 3: these come from their origin, FRA's node, on its own
+    // mutual-TLS link, which already proves the sender; so the two with
+    // broken seals are delivered while their seals are checked, and then
+    // refused as bad signatures (never relayed or stored). Everything the
+    // policy forbids, every replay and every foreign origin is refused
+    // before delivery.
+    let mut received = Vec::new();
+    for _ in 0..4 {
+        received.push(String::from_utf8(gbr.next_delivery().await.unwrap().payload).unwrap());
+    }
+    assert_eq!(
+        received,
+        ["widened", "altered", "sentinel", "after the duplicate"]
+    );
     net.wait_for_audit(nation("GBR"), |l| {
         l.contains("\"event\":\"deliver\"") && l.contains(&again_id)
     })
     .await;
+    net.wait_for_audit_count(nation("GBR"), 2, |l| l.contains("\"reason\":\"bad-signature\""))
+        .await;
     let audit = net.audit_lines(nation("GBR"));
     let bad_signatures = audit
         .iter()

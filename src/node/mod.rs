@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::audit::{Audit, AuditError, Event, Record, Verdict};
-use crate::envelope::{EnvelopeError, MessageIds, Signer};
+use crate::envelope::{EnvelopeError, MessageIds, Signer, Verifier};
 use crate::identity::{claimed_identity, ed25519_public_key, Identity, IdentityError, TrustStore};
 use crate::label::Nation;
 use crate::pki::{self, PkiError, PkiLayout};
@@ -30,6 +30,10 @@ use crate::tls::{self, TlsError};
 use crate::wire::{self, close, Frame, WireError};
 
 use router::Router;
+
+/// Batch roots remembered as verified: enough for every peer's recent
+/// batches, small enough to ignore.
+const VERIFIED_ROOTS: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -62,10 +66,13 @@ pub struct NodeSettings {
     pub session_queue_bytes: usize,
     /// Subscriptions one session may hold.
     pub max_subscriptions: usize,
-    /// Frames queued for one peer link before the link is dropped.
+    /// Frames queued for one peer link; past it, publishers wait.
     pub peer_queue: usize,
-    /// Bytes queued for one peer link before the link is dropped.
+    /// Bytes queued for one peer link; past it, publishers wait.
     pub peer_queue_bytes: usize,
+    /// How long a publish may wait for room in a peer link's queue before
+    /// the link counts as stuck and is closed.
+    pub peer_stall_timeout: Duration,
     /// How long a new connection may take to open its stream and send
     /// `Hello`, so an idle or slow dialer cannot hold a slot.
     pub first_frame_timeout: Duration,
@@ -81,6 +88,7 @@ impl Default for NodeSettings {
             max_subscriptions: 256,
             peer_queue: 8192,
             peer_queue_bytes: 32 * 1024 * 1024,
+            peer_stall_timeout: Duration::from_secs(5),
             first_frame_timeout: Duration::from_secs(5),
             max_redial_backoff: Duration::from_secs(5),
         }
@@ -194,6 +202,7 @@ struct Shared {
     key: PrivateKeyDer<'static>,
     signer: Signer,
     ids: MessageIds,
+    verifier: Mutex<Verifier>,
     node_keys: HashMap<Nation, Vec<u8>>,
     peer_addresses: BTreeMap<Nation, SocketAddr>,
     settings: NodeSettings,
@@ -233,6 +242,7 @@ pub async fn run(
         key: config.key,
         signer: config.signer,
         ids: MessageIds::new(prefix),
+        verifier: Mutex::new(Verifier::new(VERIFIED_ROOTS)),
         node_keys: config.node_keys,
         peer_addresses: config.peer_addresses,
         settings: config.settings,

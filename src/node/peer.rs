@@ -4,14 +4,15 @@
 //! is verified and re-checked before it is routed.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use quinn::Connection;
+use bytes::Bytes;
+use quinn::{Connection, VarInt};
 use tracing::{debug, error, info, warn};
 
 use super::queue;
-use super::router::Source;
+use super::router::PeerTarget;
 use super::{accept_hello, close_after, read_frame, resolve, write_frame, Shared, StreamError};
 use crate::audit::{self, Event, Record, Verdict};
 use crate::envelope::Envelope;
@@ -19,6 +20,7 @@ use crate::identity::Identity;
 use crate::label::Nation;
 use crate::pki::address_host;
 use crate::policy::Decision;
+use crate::stream::{self, FrameReader};
 use crate::tls;
 use crate::wire::{self, Frame};
 
@@ -28,7 +30,7 @@ const MAX_MESSAGE_AGE_US: u64 = 10 * 60 * 1_000_000;
 
 pub(super) async fn serve_inbound(shared: Arc<Shared>, connection: Connection, peer: Nation) {
     let subject = peer.to_string();
-    let (mut send, mut recv) = match accept_hello(&shared, &connection).await {
+    let (mut send, recv) = match accept_hello(&shared, &connection).await {
         Ok(streams) => streams,
         Err(err) => return close_after(&shared, &connection, subject, &err).await,
     };
@@ -42,17 +44,22 @@ pub(super) async fn serve_inbound(shared: Arc<Shared>, connection: Connection, p
     {
         return close_after(&shared, &connection, subject, &err).await;
     }
+    let mut reader = FrameReader::new(recv);
+    let mut frames = Vec::new();
     let mut shutdown = shared.shutdown.clone();
     let result = loop {
-        let frame = tokio::select! {
-            frame = read_frame(&mut recv) => frame,
+        let read = tokio::select! {
+            read = reader.read_frames(&mut frames) => read,
             _ = shutdown.changed() => break Ok(()),
         };
-        match frame {
-            Ok(Some(Frame::Forward(envelope))) => ingress(&shared, peer, envelope).await,
-            Ok(Some(_)) => break Err(StreamError::Unexpected("non-Forward")),
-            Ok(None) => break Ok(()),
-            Err(err) => break Err(err),
+        match read {
+            Ok(true) => {
+                if let Err(err) = ingress(&shared, peer, &mut frames).await {
+                    break Err(err);
+                }
+            }
+            Ok(false) => break Ok(()),
+            Err(err) => break Err(err.into()),
         }
     };
     if let Err(err) = result {
@@ -60,72 +67,157 @@ pub(super) async fn serve_inbound(shared: Arc<Shared>, connection: Connection, p
     }
 }
 
-/// A message from a peer: drop duplicates, verify the origin's signature,
-/// re-check that this nation may receive it, then route it.
-async fn ingress(shared: &Shared, peer: Nation, mut envelope: Envelope) {
-    let marking = shared.policy.scheme().format(&envelope.label);
-    let record = |event, verdict, reason: &str| {
-        Record::new(event, verdict, reason)
-            .message(&envelope, &marking)
-            .subject(peer)
-    };
+/// Messages from a peer, read together: each is checked (duplicate,
+/// origin, age, whether this nation may receive it) and delivered to local
+/// subscribers; then every seal is verified, mostly one signature per
+/// batch.
+///
+/// Delivery comes before the seal check on purpose (invariant 3): these
+/// messages arrive from their origin node on its own mutual-TLS
+/// connection, which already proves who sent them; the origin could sign
+/// anything it sends here. The seal matters to whoever relays or stores a
+/// message, which happens only after this check; a bad one is refused and
+/// audited all the same.
+async fn ingress(shared: &Shared, peer: Nation, frames: &mut Vec<Frame>) -> Result<(), StreamError> {
+    let mut records = Vec::new();
+    let mut delivered = Vec::new();
+    let mut result = Ok(());
+    for frame in frames.drain(..) {
+        let Frame::Forward(envelope) = frame else {
+            result = Err(StreamError::Unexpected("non-Forward"));
+            break;
+        };
+        let marking = shared.policy.scheme().format(&envelope.label);
+        if let Some(refusal) = check(shared, peer, &envelope) {
+            warn!(id = %envelope.id, reason = refusal.reason, "refused a message from a peer");
+            records.push(refusal.message(&envelope, &marking).subject(peer));
+            continue;
+        }
+        shared.router.deliver_locally(&envelope, &marking, &mut records);
+        delivered.push((envelope, marking));
+    }
+    if !delivered.is_empty() {
+        // Let the session writers send before the seals are checked.
+        tokio::task::yield_now().await;
+        let mut verifier = shared.verifier.lock().unwrap_or_else(PoisonError::into_inner);
+        for (envelope, marking) in &delivered {
+            let record = match shared.node_keys.get(&envelope.origin) {
+                Some(key) => match verifier.verify(envelope, key) {
+                    Ok(()) => Record::new(Event::Admit, Verdict::Allow, "verified"),
+                    Err(err) => {
+                        warn!(id = %envelope.id, cause = %err, "refused: bad seal");
+                        Record::new(Event::Refuse, Verdict::Deny, "bad-signature").detail(format!(
+                            "{err}; it came on {peer}'s own link, so it was delivered here, but it is never relayed or stored"
+                        ))
+                    }
+                },
+                None => Record::new(Event::Refuse, Verdict::Deny, "unknown-origin"),
+            };
+            records.push(record.message(envelope, marking).subject(peer));
+        }
+    }
+    for record in records {
+        shared.audit(record).await;
+    }
+    result
+}
+
+/// Why a message from `peer` may not be delivered here, if it may not;
+/// otherwise remembers its id, so a second copy is a duplicate.
+fn check(shared: &Shared, peer: Nation, envelope: &Envelope) -> Option<Record> {
+    let deny = |reason: &str| Some(Record::new(Event::Refuse, Verdict::Deny, reason));
     if shared.router.is_duplicate(&envelope.id) {
-        return shared
-            .audit(record(Event::Drop, Verdict::Deny, "duplicate"))
-            .await;
+        return Some(Record::new(Event::Drop, Verdict::Deny, "duplicate"));
     }
     // Until relaying exists, a peer may only send what its own node
     // originated; anything else (including our own messages echoed back)
     // is refused rather than trusted.
     if envelope.origin != peer {
-        warn!(origin = %envelope.origin, "refused: not the peer's own message");
-        let detail = format!(
-            "{peer} sent a message originated by {}; peers send only their own",
-            envelope.origin
-        );
-        return shared
-            .audit(record(Event::Refuse, Verdict::Deny, "not-origin").detail(detail))
-            .await;
+        return deny("not-origin").map(|r| {
+            r.detail(format!(
+                "{peer} sent a message originated by {}; peers send only their own",
+                envelope.origin
+            ))
+        });
     }
     // Older messages may have left the duplicate window, so a replay of
     // one could not be told from a first delivery.
     if audit::now_us().saturating_sub(envelope.created_us) > MAX_MESSAGE_AGE_US {
-        warn!(id = %envelope.id, "refused: stale message");
-        return shared.audit(record(Event::Refuse, Verdict::Deny, "stale")).await;
+        return deny("stale");
     }
-    let Some(key) = shared.node_keys.get(&envelope.origin) else {
-        warn!(origin = %envelope.origin, "refused: unknown origin");
-        return shared
-            .audit(record(Event::Refuse, Verdict::Deny, "unknown-origin"))
-            .await;
-    };
-    if let Err(err) = envelope.verify(key) {
-        warn!(id = %envelope.id, cause = %err, "refused: bad signature");
-        return shared
-            .audit(record(Event::Refuse, Verdict::Deny, "bad-signature").detail(err))
-            .await;
+    if !shared.node_keys.contains_key(&envelope.origin) {
+        return deny("unknown-origin");
     }
     if let Decision::Deny { reason, message } =
         shared
             .policy
             .may_forward(&envelope.label, envelope.origin, shared.nation)
     {
-        warn!(id = %envelope.id, %reason, "refused: peer sent what this nation may not receive");
-        return shared
-            .audit(
-                record(Event::Refuse, Verdict::Deny, reason.code())
-                    .detail(format!("{peer} sent it: {message}")),
-            )
-            .await;
+        return deny(reason.code()).map(|r| r.detail(format!("{peer} sent it: {message}")));
     }
-    shared
-        .audit(record(Event::Admit, Verdict::Allow, "verified"))
-        .await;
-    for record in shared
-        .router
-        .route(&mut envelope, Source::Peer(peer), &shared.signer)
-    {
-        shared.audit(record).await;
+    if !shared.router.mark_seen(envelope.id) {
+        return Some(Record::new(Event::Drop, Verdict::Deny, "duplicate"));
+    }
+    None
+}
+
+/// Seals the envelopes with one signature, then queues each for its
+/// target links, waiting for room: a busy link slows the publisher down.
+/// A link that stays full for `peer_stall_timeout` is closed.
+pub(super) async fn forward_batch(
+    shared: &Shared,
+    outgoing: Vec<(Envelope, String, Vec<PeerTarget>)>,
+    records: &mut Vec<Record>,
+) {
+    let (mut envelopes, routes): (Vec<Envelope>, Vec<(String, Vec<PeerTarget>)>) = outgoing
+        .into_iter()
+        .map(|(envelope, marking, targets)| (envelope, (marking, targets)))
+        .unzip();
+    shared.signer.seal_batch(&mut envelopes);
+    for (envelope, (marking, targets)) in envelopes.into_iter().zip(routes) {
+        let record = |peer: Nation, event, verdict, reason: &str| {
+            Record::new(event, verdict, reason)
+                .message(&envelope, &marking)
+                .subject(peer)
+        };
+        let frame = match wire::encode(&Frame::Forward(envelope.clone())) {
+            Ok(encoded) => Bytes::from(encoded),
+            Err(err) => {
+                for target in &targets {
+                    records.push(
+                        record(target.nation, Event::Drop, Verdict::Deny, "encode-failed").detail(&err),
+                    );
+                }
+                continue;
+            }
+        };
+        for target in targets {
+            let stall = shared.settings.peer_stall_timeout;
+            match tokio::time::timeout(stall, target.queue.send(frame.clone())).await {
+                Ok(Ok(())) => {
+                    debug!(to = %target.nation, id = %envelope.id, "forwarded");
+                    records.push(record(
+                        target.nation,
+                        Event::Forward,
+                        Verdict::Allow,
+                        "policy-allows",
+                    ));
+                }
+                Ok(Err(_)) => records.push(record(target.nation, Event::Drop, Verdict::Deny, "link-down")),
+                Err(_) => {
+                    warn!(to = %target.nation, "closing a link whose queue stayed full");
+                    target.connection.close(
+                        VarInt::from_u32(wire::close::SLOW_CONSUMER),
+                        b"slow consumer: peer queue stayed full",
+                    );
+                    shared.router.remove_peer(target.nation, target.link);
+                    records.push(
+                        record(target.nation, Event::Drop, Verdict::Deny, "peer-stalled")
+                            .detail(format!("its queue stayed full for {stall:?}")),
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -209,14 +301,18 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
         .audit(Record::new(Event::Admit, Verdict::Allow, "link-up").subject(peer))
         .await;
     let mut shutdown = shared.shutdown.clone();
+    let mut batch = Vec::new();
     let cause = loop {
         tokio::select! {
-            frame = outbox.recv() => match frame {
-                Some(frame) => if let Err(err) = send.write_all(&frame).await {
+            more = outbox.recv_many(&mut batch) => {
+                if !more {
+                    break "queue closed".to_owned();
+                }
+                if let Err(err) = stream::write_all(&mut send, &mut batch).await {
                     break err.to_string();
-                },
-                None => break "queue closed".to_owned(),
-            },
+                }
+                batch.clear();
+            }
             err = connection.closed() => break err.to_string(),
             _ = shutdown.changed() => break "node shutting down".to_owned(),
         }

@@ -1,23 +1,31 @@
 //! The bounded outbound queue of one session or peer link, limited both in
 //! frames and in bytes, so memory per consumer stays small whatever the
 //! frame sizes. Offering never waits: a full queue is the caller's signal
-//! that the consumer is too slow.
+//! that a subscriber is too slow. Sending waits for room: peer links use
+//! it, so a busy link slows its publishers down instead of losing what
+//! they published.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::Semaphore;
 
+/// The most frames a writer takes from its queue for one write.
+pub(super) const WRITE_BATCH: usize = 256;
+
+#[derive(Clone)]
 pub(super) struct QueueSender {
     frames: mpsc::Sender<Bytes>,
-    queued_bytes: Arc<AtomicUsize>,
+    /// One permit per queued byte; a frame takes at most `max_bytes`.
+    bytes: Arc<Semaphore>,
     max_bytes: usize,
 }
 
 pub(super) struct QueueReceiver {
     frames: mpsc::Receiver<Bytes>,
-    queued_bytes: Arc<AtomicUsize>,
+    bytes: Arc<Semaphore>,
+    max_bytes: usize,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -28,37 +36,58 @@ pub(super) enum OfferError {
 
 pub(super) fn bounded(max_frames: usize, max_bytes: usize) -> (QueueSender, QueueReceiver) {
     let (frames, receiver) = mpsc::channel(max_frames.max(1));
-    let queued_bytes = Arc::new(AtomicUsize::new(0));
+    let max_bytes = max_bytes.clamp(1, Semaphore::MAX_PERMITS);
+    let bytes = Arc::new(Semaphore::new(max_bytes));
     (
         QueueSender {
             frames,
-            queued_bytes: queued_bytes.clone(),
+            bytes: bytes.clone(),
             max_bytes,
         },
         QueueReceiver {
             frames: receiver,
-            queued_bytes,
+            bytes,
+            max_bytes,
         },
     )
 }
 
+/// The byte permits a frame holds while queued. A frame larger than the
+/// whole budget takes all of it, so it passes an empty queue only and
+/// cannot wedge a consumer that is keeping up.
+fn permits(len: usize, max_bytes: usize) -> u32 {
+    u32::try_from(len.clamp(1, max_bytes)).unwrap_or(u32::MAX)
+}
+
 impl QueueSender {
+    /// Queues `frame` if there is room now; never waits.
     pub(super) fn offer(&self, frame: Bytes) -> Result<(), OfferError> {
-        let len = frame.len();
-        let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
-        // One frame is always let through an empty queue, so a frame larger
-        // than the byte budget cannot wedge a consumer that is keeping up.
-        if before > 0 && before + len > self.max_bytes {
-            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            return Err(OfferError::Full);
-        }
-        self.frames.try_send(frame).map_err(|err| {
-            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            match err {
-                TrySendError::Full(_) => OfferError::Full,
-                TrySendError::Closed(_) => OfferError::Closed,
+        let permit = match self.bytes.try_acquire_many(permits(frame.len(), self.max_bytes)) {
+            Ok(permit) => permit,
+            Err(tokio::sync::TryAcquireError::NoPermits) => return Err(OfferError::Full),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(OfferError::Closed),
+        };
+        match self.frames.try_send(frame) {
+            Ok(()) => {
+                permit.forget();
+                Ok(())
             }
-        })
+            Err(TrySendError::Full(_)) => Err(OfferError::Full),
+            Err(TrySendError::Closed(_)) => Err(OfferError::Closed),
+        }
+    }
+
+    /// Queues `frame`, waiting for room: backpressure for whoever produces
+    /// it. Fails only once the consumer is gone.
+    pub(super) async fn send(&self, frame: Bytes) -> Result<(), OfferError> {
+        let permit = self
+            .bytes
+            .acquire_many(permits(frame.len(), self.max_bytes))
+            .await
+            .map_err(|_| OfferError::Closed)?;
+        self.frames.send(frame).await.map_err(|_| OfferError::Closed)?;
+        permit.forget();
+        Ok(())
     }
 
     pub(super) fn describe_limit(&self) -> String {
@@ -71,15 +100,36 @@ impl QueueSender {
 }
 
 impl QueueReceiver {
+    fn release(&self, frame: &Bytes) {
+        self.bytes
+            .add_permits(permits(frame.len(), self.max_bytes) as usize);
+    }
+
+    #[cfg(test)]
     pub(super) async fn recv(&mut self) -> Option<Bytes> {
         let frame = self.frames.recv().await?;
-        self.queued_bytes.fetch_sub(frame.len(), Ordering::AcqRel);
+        self.release(&frame);
         Some(frame)
     }
 
-    /// Closes the queue and counts what was still in it.
+    /// Waits for at least one frame, then takes up to [`WRITE_BATCH`]
+    /// queued frames into `out`; false once the queue is closed and empty.
+    pub(super) async fn recv_many(&mut self, out: &mut Vec<Bytes>) -> bool {
+        let start = out.len();
+        if self.frames.recv_many(out, WRITE_BATCH).await == 0 {
+            return false;
+        }
+        for frame in &out[start..] {
+            self.release(frame);
+        }
+        true
+    }
+
+    /// Closes the queue and counts what was still in it; senders waiting
+    /// for room fail.
     pub(super) fn close_and_count(&mut self) -> usize {
         self.frames.close();
+        self.bytes.close();
         let mut dropped = 0;
         while self.frames.try_recv().is_ok() {
             dropped += 1;
@@ -109,6 +159,29 @@ mod tests {
         assert_eq!(sender.offer(Bytes::from_static(b"x")), Err(OfferError::Full));
         assert_eq!(receiver.close_and_count(), 3);
         assert_eq!(sender.offer(Bytes::from_static(b"x")), Err(OfferError::Closed));
+    }
+
+    #[tokio::test]
+    async fn send_waits_for_room_and_recv_many_makes_it() {
+        let (sender, mut receiver) = bounded(2, 100);
+        sender.send(Bytes::from(vec![0; 60])).await.unwrap();
+        let waiting = {
+            let sender = sender.clone();
+            tokio::spawn(async move { sender.send(Bytes::from(vec![0; 60])).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "a send past the byte budget must wait");
+        let mut batch = Vec::new();
+        assert!(receiver.recv_many(&mut batch).await);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(waiting.await.unwrap(), Ok(()));
+        let blocked = {
+            let sender = sender.clone();
+            tokio::spawn(async move { sender.send(Bytes::from(vec![0; 60])).await })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(receiver.close_and_count(), 1);
+        assert_eq!(blocked.await.unwrap(), Err(OfferError::Closed));
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use quinn::{Connection, VarInt};
 use super::queue::{OfferError, QueueSender};
 
 use crate::audit::{Event, Record, Verdict};
-use crate::envelope::{Envelope, MessageId, Signer};
+use crate::envelope::{Envelope, MessageId};
 use crate::label::Nation;
 use crate::policy::{Decision, Policy, Principal};
 use crate::topic::Pattern;
@@ -35,15 +35,6 @@ struct PeerEntry {
     link: u64,
     queue: QueueSender,
     connection: Connection,
-}
-
-/// Where a message entered this node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Source {
-    /// Published by one of this node's principals.
-    Local,
-    /// Received from the node of a peer.
-    Peer(Nation),
 }
 
 /// What happened when a frame was offered to a session's queue.
@@ -184,7 +175,7 @@ impl Router {
     }
 
     /// Remembers `id`; false if it was already seen.
-    fn mark_seen(&self, id: MessageId) -> bool {
+    pub(super) fn mark_seen(&self, id: MessageId) -> bool {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         if !seen.set.insert(id) {
             return false;
@@ -198,28 +189,9 @@ impl Router {
         true
     }
 
-    /// Delivers `envelope` to every eligible local subscriber and, for a
-    /// local publish, forwards it to every eligible peer, signing it with
-    /// `signer` first if it is not signed yet. Returns the audit records of
-    /// every decision made, for the caller to write.
-    pub(super) fn route(&self, envelope: &mut Envelope, source: Source, signer: &Signer) -> Vec<Record> {
-        let mut records = Vec::new();
-        if !self.mark_seen(envelope.id) {
-            records.push(
-                Record::new(Event::Drop, Verdict::Deny, "duplicate")
-                    .message(envelope, &self.policy.scheme().format(&envelope.label)),
-            );
-            return records;
-        }
-        let marking = self.policy.scheme().format(&envelope.label);
-        self.deliver_locally(envelope, &marking, &mut records);
-        if source == Source::Local {
-            self.forward_to_peers(envelope, signer, &marking, &mut records);
-        }
-        records
-    }
-
-    fn deliver_locally(&self, envelope: &Envelope, marking: &str, records: &mut Vec<Record>) {
+    /// Offers `envelope` to every local subscriber whose pattern matches
+    /// and who passes may-deliver, without waiting; records every decision.
+    pub(super) fn deliver_locally(&self, envelope: &Envelope, marking: &str, records: &mut Vec<Record>) {
         let mut frame: Option<Bytes> = None;
         let mut slow = Vec::new();
         let sessions = read(&self.sessions);
@@ -277,99 +249,56 @@ impl Router {
         }
     }
 
-    fn forward_to_peers(
+    /// The live links of the peers that may receive `envelope` (invariant
+    /// 2); records every denial and every eligible peer whose link is down.
+    pub(super) fn forward_targets(
         &self,
-        envelope: &mut Envelope,
-        signer: &Signer,
+        envelope: &Envelope,
         marking: &str,
         records: &mut Vec<Record>,
-    ) {
+    ) -> Vec<PeerTarget> {
         let Some(nation) = self.policy.nation(self.nation) else {
-            return;
-        };
-        let record = |envelope: &Envelope, peer: Nation, event, verdict, reason: &str| {
-            Record::new(event, verdict, reason)
-                .message(envelope, marking)
-                .subject(peer)
+            return Vec::new();
         };
         let mut targets = Vec::new();
-        {
-            let peers = read(&self.peers);
-            for &peer in &nation.peers {
-                match self.policy.may_forward(&envelope.label, envelope.origin, peer) {
-                    Decision::Deny { reason, message } => {
-                        tracing::debug!(to = %peer, id = %envelope.id, %reason, "forward denied");
-                        records.push(
-                            record(envelope, peer, Event::Forward, Verdict::Deny, reason.code())
-                                .detail(message),
-                        );
-                    }
-                    Decision::Allow if peers.contains_key(&peer) => targets.push(peer),
-                    Decision::Allow => {
-                        records.push(record(envelope, peer, Event::Drop, Verdict::Deny, "link-down"))
-                    }
-                }
-            }
-        }
-        if targets.is_empty() {
-            return;
-        }
-        // Signing waits until some peer will receive the message: local
-        // delivery needs no signature, so it never waits for one.
-        if !envelope.is_signed() {
-            signer.sign(envelope);
-        }
-        let frame = match wire::encode(&Frame::Forward(envelope.clone())) {
-            Ok(encoded) => Bytes::from(encoded),
-            Err(err) => {
-                records.push(
-                    record(envelope, targets[0], Event::Drop, Verdict::Deny, "encode-failed").detail(err),
-                );
-                return;
-            }
-        };
-        let mut overflowed = Vec::new();
         let peers = read(&self.peers);
-        for peer in targets {
-            let Some(link) = peers.get(&peer) else {
-                records.push(record(envelope, peer, Event::Drop, Verdict::Deny, "link-down"));
-                continue;
-            };
-            match link.queue.offer(frame.clone()) {
-                Ok(()) => {
-                    tracing::debug!(to = %peer, id = %envelope.id, "forwarded");
-                    records.push(record(
-                        envelope,
-                        peer,
-                        Event::Forward,
-                        Verdict::Allow,
-                        "policy-allows",
-                    ));
-                }
-                Err(OfferError::Full) => {
-                    link.connection.close(
-                        VarInt::from_u32(close::SLOW_CONSUMER),
-                        b"slow consumer: peer queue full",
+        for &peer in &nation.peers {
+            match self.policy.may_forward(&envelope.label, envelope.origin, peer) {
+                Decision::Deny { reason, message } => {
+                    tracing::debug!(to = %peer, id = %envelope.id, %reason, "forward denied");
+                    records.push(
+                        Record::new(Event::Forward, Verdict::Deny, reason.code())
+                            .message(envelope, marking)
+                            .subject(peer)
+                            .detail(message),
                     );
-                    records.push(record(
-                        envelope,
-                        peer,
-                        Event::Drop,
-                        Verdict::Deny,
-                        "peer-queue-full",
-                    ));
-                    overflowed.push((peer, link.link));
                 }
-                Err(OfferError::Closed) => {
-                    records.push(record(envelope, peer, Event::Drop, Verdict::Deny, "link-down"))
-                }
+                Decision::Allow => match peers.get(&peer) {
+                    Some(entry) => targets.push(PeerTarget {
+                        nation: peer,
+                        link: entry.link,
+                        queue: entry.queue.clone(),
+                        connection: entry.connection.clone(),
+                    }),
+                    None => records.push(
+                        Record::new(Event::Drop, Verdict::Deny, "link-down")
+                            .message(envelope, marking)
+                            .subject(peer),
+                    ),
+                },
             }
         }
-        drop(peers);
-        for (peer, link) in overflowed {
-            self.remove_peer(peer, link);
-        }
+        targets
     }
+}
+
+/// A peer link a message may go to, taken out of the table so the sender
+/// can wait for room in its queue without holding a lock.
+pub(super) struct PeerTarget {
+    pub(super) nation: Nation,
+    pub(super) link: u64,
+    pub(super) queue: QueueSender,
+    pub(super) connection: Connection,
 }
 
 fn encode_delivery(envelope: &Envelope, marking: &str) -> Result<Bytes, wire::WireError> {

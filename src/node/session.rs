@@ -1,5 +1,6 @@
 //! A principal's session: publish and subscribe requests on one stream,
-//! with every reply and delivery going through the session's bounded queue.
+//! read and handled in batches, with every reply and delivery going
+//! through the session's bounded queue.
 
 use std::sync::Arc;
 
@@ -7,18 +8,18 @@ use bytes::Bytes;
 use quinn::Connection;
 use tracing::{debug, info};
 
-use super::queue;
-use super::router::{Offer, SessionId, Source};
-use super::{accept_hello, close_after, read_frame, write_frame, Shared, StreamError};
+use super::router::{Offer, SessionId};
+use super::{accept_hello, close_after, peer, queue, write_frame, Shared, StreamError};
 use crate::audit::{now_us, Event, Record, Verdict};
 use crate::envelope::{Envelope, Unsigned};
 use crate::policy::{Decision, Principal};
+use crate::stream::{self, FrameReader};
 use crate::topic::{Pattern, Topic};
 use crate::wire::{self, Frame, MAX_PAYLOAD};
 
 pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal: Arc<Principal>) {
     let subject = principal.name.clone();
-    let (mut send, mut recv) = match accept_hello(&shared, &connection).await {
+    let (mut send, recv) = match accept_hello(&shared, &connection).await {
         Ok(streams) => streams,
         Err(err) => return close_after(&shared, &connection, subject, &err).await,
     };
@@ -36,27 +37,31 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal
         .router
         .add_session(principal.clone(), queue, connection.clone());
     let writer = tokio::spawn(async move {
-        while let Some(frame) = outbox.recv().await {
-            if send.write_all(&frame).await.is_err() {
+        let mut batch = Vec::new();
+        while outbox.recv_many(&mut batch).await {
+            if stream::write_all(&mut send, &mut batch).await.is_err() {
                 break;
             }
+            batch.clear();
         }
     });
 
+    let mut reader = FrameReader::new(recv);
+    let mut frames = Vec::new();
     let mut shutdown = shared.shutdown.clone();
     let result = loop {
-        let frame = tokio::select! {
-            frame = read_frame(&mut recv) => frame,
+        let read = tokio::select! {
+            read = reader.read_frames(&mut frames) => read,
             _ = shutdown.changed() => break Ok(()),
         };
-        match frame {
-            Ok(Some(frame)) => {
-                if let Err(err) = handle(&shared, session, &principal, frame).await {
+        match read {
+            Ok(true) => {
+                if let Err(err) = handle_batch(&shared, session, &principal, &mut frames).await {
                     break Err(err);
                 }
             }
-            Ok(None) => break Ok(()),
-            Err(err) => break Err(err),
+            Ok(false) => break Ok(()),
+            Err(err) => break Err(err.into()),
         }
     };
     shared.router.remove_session(session);
@@ -72,23 +77,52 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal
     }
 }
 
-async fn handle(
+/// An authorized publish waiting to be routed with the rest of its batch.
+pub(super) struct Accepted {
+    request: u64,
+    envelope: Envelope,
+    marking: String,
+}
+
+/// Handles the frames read together. Consecutive publishes are routed as
+/// one batch, so that forwarding them costs one signature; a subscribe
+/// first routes the publishes before it, keeping request order.
+async fn handle_batch(
     shared: &Shared,
     session: SessionId,
     principal: &Principal,
-    frame: Frame,
+    frames: &mut Vec<Frame>,
 ) -> Result<(), StreamError> {
-    let reply = match frame {
-        Frame::Publish {
-            request,
-            topic,
-            marking,
-            payload,
-        } => publish(shared, principal, request, topic, marking, payload).await,
-        Frame::Subscribe { request, pattern } => subscribe(shared, session, principal, request, pattern),
-        _ => return Err(StreamError::Unexpected("non-request")),
-    };
-    if let Offer::SlowConsumer(record) = shared.router.offer(session, Bytes::from(wire::encode(&reply)?)) {
+    let mut publishes = Vec::new();
+    let mut result = Ok(());
+    for frame in frames.drain(..) {
+        match frame {
+            Frame::Publish {
+                request,
+                topic,
+                marking,
+                payload,
+            } => match authorize(shared, principal, request, topic, marking, payload).await {
+                Ok(accepted) => publishes.push(accepted),
+                Err(refusal) => reply(shared, session, &refusal).await?,
+            },
+            Frame::Subscribe { request, pattern } => {
+                route_publishes(shared, session, std::mem::take(&mut publishes)).await?;
+                let answer = subscribe(shared, session, principal, request, pattern);
+                reply(shared, session, &answer).await?;
+            }
+            _ => {
+                result = Err(StreamError::Unexpected("non-request"));
+                break;
+            }
+        }
+    }
+    route_publishes(shared, session, publishes).await?;
+    result
+}
+
+async fn reply(shared: &Shared, session: SessionId, frame: &Frame) -> Result<(), StreamError> {
+    if let Offer::SlowConsumer(record) = shared.router.offer(session, Bytes::from(wire::encode(frame)?)) {
         shared.audit(record).await;
     }
     Ok(())
@@ -102,31 +136,30 @@ fn refused(request: u64, code: &str, message: impl ToString) -> Frame {
     }
 }
 
-async fn publish(
+/// May-publish, then the unsigned envelope; or the refusal to send back.
+async fn authorize(
     shared: &Shared,
     principal: &Principal,
     request: u64,
     topic: String,
     marking: String,
     payload: Vec<u8>,
-) -> Frame {
-    let topic = match Topic::new(topic) {
-        Ok(topic) => topic,
-        Err(err) => return refused(request, "bad-topic", err),
-    };
-    let label = match shared.policy.scheme().parse(&marking) {
-        Ok(label) => label,
-        Err(err) => return refused(request, "bad-marking", err),
-    };
+) -> Result<Accepted, Frame> {
+    let topic = Topic::new(topic).map_err(|err| refused(request, "bad-topic", err))?;
+    let label = shared
+        .policy
+        .scheme()
+        .parse(&marking)
+        .map_err(|err| refused(request, "bad-marking", err))?;
     if payload.len() > MAX_PAYLOAD {
-        return refused(
+        return Err(refused(
             request,
             "payload-too-large",
             format!(
                 "payload of {} bytes exceeds the limit of {MAX_PAYLOAD} bytes",
                 payload.len()
             ),
-        );
+        ));
     }
     let canonical = shared.policy.scheme().format(&label);
     let record = |verdict, reason: &str| {
@@ -139,9 +172,9 @@ async fn publish(
         shared
             .audit(record(Verdict::Deny, reason.code()).detail(&message))
             .await;
-        return refused(request, reason.code(), message);
+        return Err(refused(request, reason.code(), message));
     }
-    let mut envelope = Envelope::from(Unsigned {
+    let envelope = Envelope::from(Unsigned {
         id: shared.ids.next_id(),
         origin: shared.nation,
         publisher: principal.name.clone(),
@@ -153,13 +186,55 @@ async fn publish(
     let mut accepted = record(Verdict::Allow, "policy-allows");
     accepted.id = Some(envelope.id.to_string());
     shared.audit(accepted).await;
-    for record in shared.router.route(&mut envelope, Source::Local, &shared.signer) {
+    Ok(Accepted {
+        request,
+        envelope,
+        marking: canonical,
+    })
+}
+
+/// Delivers each publish locally, forwards those some peer may receive
+/// (sealed together), then acknowledges them: an ack means routed.
+async fn route_publishes(
+    shared: &Shared,
+    session: SessionId,
+    publishes: Vec<Accepted>,
+) -> Result<(), StreamError> {
+    if publishes.is_empty() {
+        return Ok(());
+    }
+    let mut records = Vec::new();
+    let mut acks = Vec::with_capacity(publishes.len());
+    let mut outgoing = Vec::new();
+    for Accepted {
+        request,
+        envelope,
+        marking,
+    } in publishes
+    {
+        shared.router.deliver_locally(&envelope, &marking, &mut records);
+        acks.push(Frame::PublishAck {
+            request,
+            id: envelope.id,
+        });
+        let targets = shared.router.forward_targets(&envelope, &marking, &mut records);
+        if !targets.is_empty() {
+            outgoing.push((envelope, marking, targets));
+        }
+    }
+    if !outgoing.is_empty() {
+        // Local deliveries need no signature: let their writers send them
+        // before the seal is made.
+        tokio::task::yield_now().await;
+        peer::forward_batch(shared, outgoing, &mut records).await;
+    }
+    for ack in &acks {
+        reply(shared, session, ack).await?;
+    }
+    for record in records {
         shared.audit(record).await;
     }
-    Frame::PublishAck {
-        request,
-        id: envelope.id,
-    }
+    Ok(())
 }
 
 fn subscribe(
