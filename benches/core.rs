@@ -5,11 +5,11 @@
 use std::hint::black_box;
 use std::path::Path;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 
-use entente::envelope::{MessageIds, Signer, Unsigned};
+use entente::envelope::{Envelope, MessageIds, Signer, Unsigned, Verifier};
 use entente::label::Nation;
 use entente::topic::Topic;
 
@@ -53,10 +53,36 @@ fn envelopes(c: &mut Criterion) {
     c.bench_function("envelope/seal_1KiB", |b| {
         b.iter(|| signer.seal(black_box(message.clone())))
     });
-    let envelope = signer.seal(message);
+    let envelope = signer.seal(message.clone());
     let public = signer.public_key().to_vec();
     c.bench_function("envelope/verify_1KiB", |b| {
         b.iter(|| black_box(&envelope).verify(&public))
+    });
+    // A batch of 64: one signature for all, then per envelope a leaf hash
+    // and its proof; the verifier checks the root's signature once.
+    let batch: Vec<Envelope> = (0..64)
+        .map(|_| {
+            let mut message = message.clone();
+            message.id = ids.next_id();
+            Envelope::from(message)
+        })
+        .collect();
+    c.bench_function("envelope/seal_batch_64x1KiB", |b| {
+        b.iter_batched(
+            || batch.clone(),
+            |mut batch| signer.seal_batch(&mut batch),
+            BatchSize::SmallInput,
+        )
+    });
+    let mut sealed = batch.clone();
+    signer.seal_batch(&mut sealed);
+    c.bench_function("envelope/verify_batch_64x1KiB_cached", |b| {
+        b.iter(|| {
+            let mut verifier = Verifier::new(16);
+            sealed
+                .iter()
+                .all(|e| verifier.verify(black_box(e), &public).is_ok())
+        })
     });
 }
 

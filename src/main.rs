@@ -490,7 +490,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         }) => {
             let chain = bench::Chain::start(hops, &bench::node_binary()?)?;
-            let report = runtime()?.block_on(bench::latency(&chain, size, rate, duration))?;
+            let report = single_thread_runtime()?.block_on(bench::latency(&chain, size, rate, duration))?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

@@ -33,6 +33,8 @@ fn certificate_error(err: IdentityError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(err))))
 }
 
+const MTU_UPPER_BOUND: u16 = 65527;
+
 /// Keep-alives detect a dead link within seconds, so peer links re-dial.
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
@@ -45,6 +47,9 @@ fn transport() -> Arc<quinn::TransportConfig> {
     // One long-lived stream per connection, opened by the dialer.
     transport.max_concurrent_uni_streams(0u8.into());
     transport.max_concurrent_bidi_streams(1u8.into());
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(MTU_UPPER_BOUND);
+    transport.mtu_discovery_config(Some(mtu));
     Arc::new(transport)
 }
 

@@ -180,7 +180,7 @@ pub(super) async fn forward_batch(
                 .message(&envelope, &marking)
                 .subject(peer)
         };
-        let frame = match wire::encode(&Frame::Forward(envelope.clone())) {
+        let frame = match wire::encode_forward(&envelope) {
             Ok(encoded) => Bytes::from(encoded),
             Err(err) => {
                 for target in &targets {

@@ -17,7 +17,7 @@ use crate::envelope::{Envelope, MessageId};
 use crate::label::Nation;
 use crate::policy::{Decision, Policy, Principal};
 use crate::topic::Pattern;
-use crate::wire::{self, close, Delivery, Frame};
+use crate::wire::{self, close};
 
 /// How many recent message ids a node remembers to drop duplicates.
 const SEEN_CAPACITY: usize = 1 << 16;
@@ -302,14 +302,14 @@ pub(super) struct PeerTarget {
 }
 
 fn encode_delivery(envelope: &Envelope, marking: &str) -> Result<Bytes, wire::WireError> {
-    let frame = Frame::Deliver(Delivery {
+    wire::encode_deliver(&wire::DeliveryRef {
         id: envelope.id,
         origin: envelope.origin,
-        publisher: envelope.publisher.clone(),
-        topic: envelope.topic.to_string(),
-        marking: marking.to_owned(),
+        publisher: &envelope.publisher,
+        topic: envelope.topic.as_str(),
+        marking,
         created_us: envelope.created_us,
-        payload: envelope.payload.clone(),
-    });
-    wire::encode(&frame).map(Bytes::from)
+        payload: &envelope.payload,
+    })
+    .map(Bytes::from)
 }

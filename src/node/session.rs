@@ -12,6 +12,7 @@ use super::router::{Offer, SessionId};
 use super::{accept_hello, close_after, peer, queue, write_frame, Shared, StreamError};
 use crate::audit::{now_us, Event, Record, Verdict};
 use crate::envelope::{Envelope, Unsigned};
+use crate::label::{Label, MarkingError, MarkingScheme};
 use crate::policy::{Decision, Principal};
 use crate::stream::{self, FrameReader};
 use crate::topic::{Pattern, Topic};
@@ -48,6 +49,7 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal
 
     let mut reader = FrameReader::new(recv);
     let mut frames = Vec::new();
+    let mut markings = MarkingCache::default();
     let mut shutdown = shared.shutdown.clone();
     let result = loop {
         let read = tokio::select! {
@@ -56,7 +58,8 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal
         };
         match read {
             Ok(true) => {
-                if let Err(err) = handle_batch(&shared, session, &principal, &mut frames).await {
+                if let Err(err) = handle_batch(&shared, session, &principal, &mut markings, &mut frames).await
+                {
                     break Err(err);
                 }
             }
@@ -91,6 +94,7 @@ async fn handle_batch(
     shared: &Shared,
     session: SessionId,
     principal: &Principal,
+    markings: &mut MarkingCache,
     frames: &mut Vec<Frame>,
 ) -> Result<(), StreamError> {
     let mut publishes = Vec::new();
@@ -102,7 +106,7 @@ async fn handle_batch(
                 topic,
                 marking,
                 payload,
-            } => match authorize(shared, principal, request, topic, marking, payload).await {
+            } => match authorize(shared, principal, markings, request, topic, marking, payload).await {
                 Ok(accepted) => publishes.push(accepted),
                 Err(refusal) => reply(shared, session, &refusal).await?,
             },
@@ -136,20 +140,41 @@ fn refused(request: u64, code: &str, message: impl ToString) -> Frame {
     }
 }
 
+/// The last marking a session published with, parsed: publishers mostly
+/// repeat one marking, so most publishes skip the parser.
+#[derive(Default)]
+struct MarkingCache {
+    last: Option<(String, Label, String)>,
+}
+
+impl MarkingCache {
+    /// The label and canonical marking of `marking`.
+    fn parse(&mut self, scheme: &MarkingScheme, marking: String) -> Result<(Label, String), MarkingError> {
+        if let Some((text, label, canonical)) = &self.last {
+            if *text == marking {
+                return Ok((label.clone(), canonical.clone()));
+            }
+        }
+        let label = scheme.parse(&marking)?;
+        let canonical = scheme.format(&label);
+        self.last = Some((marking, label.clone(), canonical.clone()));
+        Ok((label, canonical))
+    }
+}
+
 /// May-publish, then the unsigned envelope; or the refusal to send back.
 async fn authorize(
     shared: &Shared,
     principal: &Principal,
+    markings: &mut MarkingCache,
     request: u64,
     topic: String,
     marking: String,
     payload: Vec<u8>,
 ) -> Result<Accepted, Frame> {
     let topic = Topic::new(topic).map_err(|err| refused(request, "bad-topic", err))?;
-    let label = shared
-        .policy
-        .scheme()
-        .parse(&marking)
+    let (label, canonical) = markings
+        .parse(shared.policy.scheme(), marking)
         .map_err(|err| refused(request, "bad-marking", err))?;
     if payload.len() > MAX_PAYLOAD {
         return Err(refused(
@@ -161,7 +186,6 @@ async fn authorize(
             ),
         ));
     }
-    let canonical = shared.policy.scheme().format(&label);
     let record = |verdict, reason: &str| {
         let mut record = Record::new(Event::Publish, verdict, reason).subject(&principal.name);
         record.marking = Some(canonical.clone());
