@@ -84,17 +84,13 @@ fn free_ports(count: usize) -> Result<Vec<u16>, BenchError> {
         .collect()
 }
 
-fn chain_network(nations: &[Nation], ports: &[u16]) -> String {
-    let all: Vec<String> = nations.iter().map(|n| format!("\"{n}\"")).collect();
+/// A network file for `nations` on `ports`, where nation `i` links to
+/// the nations `links(i)`, and every nation has a `<nation>.bench`
+/// principal that may publish and subscribe to everything.
+fn network_file(nations: &[Nation], ports: &[u16], links: &dyn Fn(usize) -> Vec<usize>) -> String {
     let mut text = String::new();
     for (i, nation) in nations.iter().enumerate() {
-        let mut peers = Vec::new();
-        if i > 0 {
-            peers.push(format!("\"{}\"", nations[i - 1]));
-        }
-        if i + 1 < nations.len() {
-            peers.push(format!("\"{}\"", nations[i + 1]));
-        }
+        let peers: Vec<String> = links(i).iter().map(|&j| format!("\"{}\"", nations[j])).collect();
         text.push_str(&format!(
             "[nations.{nation}]\naddress = \"127.0.0.1:{}\"\npeers = [{}]\ndefault_ceiling = \"TOP SECRET\"\n\n",
             ports[i],
@@ -105,25 +101,50 @@ fn chain_network(nations: &[Nation], ports: &[u16]) -> String {
             nation.lowercase()
         ));
     }
-    text.push_str(&format!(
-        "# Every bench message is releasable along the whole chain: {}\n",
-        all.join(", ")
-    ));
     text
 }
 
 impl Chain {
-    /// Starts `hops + 1` linked nodes as `node_binary node ...` processes
-    /// and waits until every link in the chain's direction is up.
+    /// Starts `hops + 1` linked nodes in a line, as `node_binary node ...`
+    /// processes, and waits until every link is up.
     pub fn start(hops: usize, node_binary: &Path) -> Result<Chain, BenchError> {
         if hops > 1 {
             return Err(BenchError::TooManyHops(hops));
         }
-        let nations: Vec<Nation> = CHAIN[..=hops].iter().filter_map(|c| Nation::parse(c)).collect();
+        let last = hops;
+        Chain::launch(hops + 1, node_binary, &|i| {
+            let mut peers = Vec::new();
+            if i > 0 {
+                peers.push(i - 1);
+            }
+            if i < last {
+                peers.push(i + 1);
+            }
+            peers
+        })
+    }
+
+    /// Starts a hub node linked to `spokes` other nodes (at most 14).
+    pub fn star(spokes: usize, node_binary: &Path) -> Result<Chain, BenchError> {
+        if spokes >= CHAIN.len() {
+            return Err(setup(format!("at most {} spokes", CHAIN.len() - 1)));
+        }
+        Chain::launch(spokes + 1, node_binary, &|i| match i {
+            0 => (1..=spokes).collect(),
+            _ => vec![0],
+        })
+    }
+
+    fn launch(
+        count: usize,
+        node_binary: &Path,
+        links: &dyn Fn(usize) -> Vec<usize>,
+    ) -> Result<Chain, BenchError> {
+        let nations: Vec<Nation> = CHAIN[..count].iter().filter_map(|c| Nation::parse(c)).collect();
         let dir = tempfile::tempdir().map_err(setup)?;
         let network_path = dir.path().join("network.toml");
         let ports = free_ports(nations.len())?;
-        std::fs::write(&network_path, chain_network(&nations, &ports)).map_err(setup)?;
+        std::fs::write(&network_path, network_file(&nations, &ports, links)).map_err(setup)?;
         let policy = crate::config::load_network(&network_path)?;
         let layout = PkiLayout::new(dir.path().join("certs"));
         pki::generate(&policy, &layout, false)?;
@@ -161,25 +182,46 @@ impl Chain {
                 return Err(setup(format!("the {nation} node did not start")));
             }
         }
-        chain.wait_for_links(&root)?;
+        for i in 0..count {
+            for j in links(i) {
+                chain.wait_for_link(&root, i, j)?;
+            }
+        }
         Ok(chain)
     }
 
-    fn wait_for_links(&self, root: &Path) -> Result<(), BenchError> {
+    /// Waits until node `from` reports its link to node `to` up.
+    fn wait_for_link(&self, root: &Path, from: usize, to: usize) -> Result<(), BenchError> {
         let deadline = Instant::now() + START_LIMIT;
-        for pair in self.nations.windows(2) {
-            let audit = root.join("data").join(pair[0].as_str()).join("audit.jsonl");
-            let wanted = format!("\"subject\":\"{}\"", pair[1]);
-            while !std::fs::read_to_string(&audit)
-                .is_ok_and(|text| text.lines().any(|l| l.contains("link-up") && l.contains(&wanted)))
-            {
-                if Instant::now() > deadline {
-                    return Err(setup(format!("the {}–{} link did not come up", pair[0], pair[1])));
-                }
-                std::thread::sleep(Duration::from_millis(20));
+        let audit = root
+            .join("data")
+            .join(self.nations[from].as_str())
+            .join("audit.jsonl");
+        let wanted = format!("\"subject\":\"{}\"", self.nations[to]);
+        while !std::fs::read_to_string(&audit)
+            .is_ok_and(|text| text.lines().any(|l| l.contains("link-up") && l.contains(&wanted)))
+        {
+            if Instant::now() > deadline {
+                return Err(setup(format!(
+                    "the {}–{} link did not come up",
+                    self.nations[from], self.nations[to]
+                )));
             }
+            std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+
+    /// Resident memory of node `index`, from /proc (Linux).
+    fn resident_kib(&self, index: usize) -> Result<u64, BenchError> {
+        let pid = self.processes[index].id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map_err(|err| setup(format!("cannot read the memory of process {pid}: {err}")))?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| setup(format!("no VmRSS for process {pid}")))
     }
 
     pub async fn client(&self, index: usize) -> Result<Client, BenchError> {
@@ -327,14 +369,18 @@ pub struct ThroughputReport {
     pub lost: u64,
 }
 
-/// The most messages the publisher keeps ahead of the slowest subscriber.
-/// Below a session's queue (1,024 frames), so a subscriber that keeps up
-/// is never cut off as a slow consumer, and far above what one round trip
-/// needs, so the window itself does not limit the rate.
-const WINDOW: u64 = 512;
+/// The most messages the publisher keeps ahead of the slowest subscriber:
+/// half a session's default queue (1,024 frames, 4 MiB), so a subscriber
+/// that keeps up is never cut off as a slow consumer, and far above what
+/// one round trip needs, so the window itself does not limit the rate.
+fn window(size: usize) -> u64 {
+    let frames = 512;
+    let bytes = 2 * 1024 * 1024 / (size + 256);
+    frames.min(bytes).max(1) as u64
+}
 
 /// Publishes as fast as the chain delivers for `duration`, never more
-/// than [`WINDOW`] messages ahead of the slowest subscriber, and counts
+/// than [`window`] messages ahead of the slowest subscriber, and counts
 /// what each of `subscribers` receives on the last node.
 pub async fn throughput(
     chain: &Chain,
@@ -378,10 +424,11 @@ pub async fn throughput(
     let publisher = chain.client(0).await?;
     let marking = chain.marking();
     let sending_from = nanos(start.elapsed());
+    let window = window(size);
     let mut published = 0u64;
     let stop_sending = Instant::now() + duration;
     while Instant::now() < stop_sending {
-        while published >= slowest() + WINDOW {
+        while published >= slowest() + window {
             // A delivery that lands between the check and the wait leaves
             // a permit in `progress`, so this cannot miss its wake-up.
             if tokio::time::timeout(DRAIN, progress.notified()).await.is_err() {
@@ -430,6 +477,46 @@ pub async fn throughput(
         sent: acked,
         received: delivered,
         lost: wanted(acked).saturating_sub(delivered),
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct MemoryReport {
+    pub peers: usize,
+    pub sessions: usize,
+    /// Resident memory of the hub node with its peer links up and idle.
+    pub idle_node_kib: u64,
+    /// The same with `sessions` idle client sessions connected as well.
+    pub with_sessions_kib: u64,
+    /// `(with_sessions_kib − idle_node_kib) / sessions`.
+    pub per_session_kib: f64,
+}
+
+/// How long memory is left to settle before it is read.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// Resident memory of an idle hub node with every peer link up, then with
+/// `sessions` idle client sessions (each subscribed to one pattern).
+pub async fn memory(chain: &Chain, sessions: usize) -> Result<MemoryReport, BenchError> {
+    tokio::time::sleep(SETTLE).await;
+    let idle_node_kib = chain.resident_kib(0)?;
+    let mut clients = Vec::with_capacity(sessions);
+    for _ in 0..sessions {
+        let client = chain.client(0).await?;
+        client.subscribe("bench.>").await?;
+        clients.push(client);
+    }
+    tokio::time::sleep(SETTLE).await;
+    let with_sessions_kib = chain.resident_kib(0)?;
+    for client in clients {
+        client.close().await;
+    }
+    Ok(MemoryReport {
+        peers: chain.last(),
+        sessions,
+        idle_node_kib,
+        with_sessions_kib,
+        per_session_kib: with_sessions_kib.saturating_sub(idle_node_kib) as f64 / sessions.max(1) as f64,
     })
 }
 

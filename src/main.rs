@@ -168,6 +168,22 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Resident memory of an idle node with its peer links up, and per idle
+    /// client session (Linux: reads /proc).
+    #[command(after_help = "Examples:
+  entente bench memory                        # a hub with 14 peer links, 200 sessions
+  entente bench memory --peers 3 --sessions 50 --json")]
+    Memory {
+        /// Peer links of the measured node (its star of peers, at most 14).
+        #[arg(long, default_value_t = 14)]
+        peers: usize,
+        /// Idle client sessions opened to it for the per-session figure.
+        #[arg(long, default_value_t = 200)]
+        sessions: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Messages per second delivered, as fast as the chain delivers them.
     #[command(after_help = "Examples:
   entente bench throughput --hops 1
@@ -482,6 +498,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout,
             json,
         } => runtime()?.block_on(subscribe(connect, topic, count, timeout, json)),
+        Command::Bench(BenchCommand::Memory {
+            peers,
+            sessions,
+            json,
+        }) => {
+            let star = bench::Chain::star(peers, &bench::node_binary()?)?;
+            let report = single_thread_runtime()?.block_on(bench::memory(&star, sessions))?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "memory: idle node with {peers} peer links {} KiB resident; with {sessions} idle sessions {} KiB, {:.1} KiB per session",
+                    report.idle_node_kib, report.with_sessions_kib, report.per_session_kib
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Latency {
             hops,
             size,
@@ -513,7 +546,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         }) => {
             let chain = bench::Chain::start(hops, &bench::node_binary()?)?;
-            let report = runtime()?.block_on(bench::throughput(&chain, size, duration, subscribers))?;
+            let report =
+                single_thread_runtime()?.block_on(bench::throughput(&chain, size, duration, subscribers))?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

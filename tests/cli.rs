@@ -334,6 +334,19 @@ fn bench_commands_print_json_with_the_documented_keys() {
         2 * sent - received.min(2 * sent)
     );
 
+    let memory = entente(&["bench", "memory", "--peers", "2", "--sessions", "5", "--json"]);
+    assert!(
+        memory.status.success(),
+        "{}",
+        String::from_utf8_lossy(&memory.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&memory.stdout).expect("one JSON object");
+    let idle = report["idle_node_kib"].as_u64().unwrap();
+    assert!(idle > 0, "{report}");
+    assert!(report["with_sessions_kib"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["sessions"], 5);
+    assert_eq!(report["peers"], 2);
+
     let too_far = entente(&["bench", "latency", "--hops", "2"]);
     assert!(!too_far.status.success());
     assert!(String::from_utf8_lossy(&too_far.stderr).contains("--hops 2"));

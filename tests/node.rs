@@ -14,7 +14,7 @@ use entente::audit::now_us;
 use entente::client::ClientError;
 use entente::envelope::{Signer, Unsigned};
 use entente::identity::Identity;
-use entente::node::NodeSettings;
+use entente::node::{self, NodeSettings};
 use entente::pki;
 use entente::topic::Topic;
 use entente::wire::{self, Frame, MAX_FRAME};
@@ -533,5 +533,76 @@ async fn a_dropped_link_is_redialed() {
         .await
         .unwrap();
     assert_eq!(fra.next_delivery().await.unwrap().payload, b"after the restart");
+    net.shutdown().await;
+}
+
+/// A peer that stops reading fills its link: publishers wait for room
+/// (nothing they published is dropped while they wait), and once the link
+/// stays full for the stall timeout it is closed and audited, and
+/// publishing goes on for everyone else.
+#[tokio::test]
+async fn a_peer_that_stops_reading_slows_publishers_then_is_cut_off() {
+    let mut net = TestNetwork::start_with(NodeSettings {
+        peer_queue: 4,
+        peer_stall_timeout: Duration::from_millis(500),
+        max_redial_backoff: Duration::from_millis(100),
+        ..NodeSettings::default()
+    })
+    .await;
+    let (gbr, fra) = (nation("GBR"), nation("FRA"));
+    // FRA's real node makes way for one that greets GBR's link, then
+    // never reads from it again.
+    net.stop(fra).await.unwrap();
+    let fake = node::bind(&net.node_config(fra), net.addr(fra)).unwrap();
+    let stuck = tokio::spawn(async move {
+        let connection = fake.accept().await.unwrap().await.unwrap();
+        let (mut send, mut recv) = connection.accept_bi().await.unwrap();
+        assert!(matches!(
+            entente::stream::read_frame(&mut recv).await,
+            Ok(Some(Frame::Hello { .. }))
+        ));
+        let welcome = wire::encode(&Frame::PeerWelcome { nation: fra }).unwrap();
+        send.write_all(&welcome).await.unwrap();
+        // Hold the connection open, unread, until the node closes it.
+        connection.closed().await
+    });
+    net.wait_for_audit_count(gbr, 2, |l| {
+        l.contains("\"reason\":\"link-up\"") && l.contains("\"subject\":\"FRA\"")
+    })
+    .await;
+
+    let local = net.client("gbr.analyst").await;
+    local.subscribe("sigint.>").await.unwrap();
+    let publisher = net.client("gbr.analyst").await;
+    // Far more than FRA's stream window and the link queue together.
+    let count = 3000;
+    for i in 0..count {
+        publisher
+            .publish_unawaited(
+                TOPIC,
+                "SECRET//REL TO GBR, FRA",
+                format!("{i:01024}").into_bytes(),
+            )
+            .await
+            .unwrap();
+    }
+    publisher
+        .publish(TOPIC, "SECRET//REL TO GBR, FRA", b"last".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        publisher.unawaited_replies(),
+        (count, 0),
+        "every publish acknowledged"
+    );
+    let delivered = payloads(&local, count as usize + 1).await;
+    assert_eq!(delivered.last().map(String::as_str), Some("last"));
+
+    let closed = stuck.await.unwrap();
+    assert!(closed.to_string().contains("peer queue stayed full"), "{closed}");
+    net.wait_for_audit(gbr, |l| {
+        l.contains("\"reason\":\"peer-stalled\"") && l.contains("\"subject\":\"FRA\"")
+    })
+    .await;
     net.shutdown().await;
 }

@@ -254,6 +254,17 @@ impl TestNetwork {
             .expect("client connects")
     }
 
+    /// The configuration `nation`'s node runs with in this network.
+    pub fn node_config(&self, nation: Nation) -> NodeConfig {
+        node_config(
+            &self.policy,
+            &self.layout,
+            self.dir.path(),
+            &self.settings,
+            nation,
+        )
+    }
+
     /// The certificate and key files of a node or principal.
     pub fn identity_files(&self, identity: &Identity) -> (PathBuf, PathBuf) {
         self.layout.cert_and_key(identity)
