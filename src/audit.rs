@@ -6,7 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -17,7 +17,11 @@ use crate::label::Nation;
 /// Sized so that ingress does not wait at the target message rates: the
 /// writer drains tens of thousands of lines per millisecond burst.
 const CHANNEL_CAPACITY: usize = 64 * 1024;
-const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+/// The writer's pause between drains while records keep coming.
+const BUSY_PAUSE: Duration = Duration::from_millis(2);
+/// The longest pause while the log is idle: it bounds how long a record
+/// waits in memory before it reaches the file.
+const IDLE_PAUSE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -176,26 +180,36 @@ fn write_records(mut rx: mpsc::Receiver<Message>, mut out: BufWriter<File>, path
             }
         }
     };
-    while let Some(message) = rx.blocking_recv() {
-        let mut next = Some(message);
-        // Drain what is queued, then flush once, so bursts cost one write.
-        while let Some(message) = next.take() {
-            match message {
-                Message::Record(record) => write(&mut out, &record),
-                Message::Close(done) => {
+    // The writer polls the channel on its own schedule instead of sleeping
+    // in `blocking_recv`: a parked receiver would make every record's
+    // sender pay a futex wake-up on the message path.
+    let mut pause = BUSY_PAUSE;
+    loop {
+        let mut wrote = false;
+        loop {
+            match rx.try_recv() {
+                Ok(Message::Record(record)) => {
+                    write(&mut out, &record);
+                    wrote = true;
+                }
+                Ok(Message::Close(done)) => {
                     let _ = out.flush();
                     let _ = done.send(());
                     return;
                 }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    let _ = out.flush();
+                    return;
+                }
             }
-            next = rx.try_recv().ok();
         }
-        let _ = out.flush();
-        // Let records gather before draining again: one wake-up of this
-        // thread per batch instead of one per record keeps it off the
-        // message path's CPU. The channel is sized for far more than one
-        // pause's worth of records.
-        std::thread::sleep(BATCH_PAUSE);
+        if wrote {
+            let _ = out.flush();
+            pause = BUSY_PAUSE;
+        } else {
+            pause = (pause * 2).min(IDLE_PAUSE);
+        }
+        std::thread::sleep(pause);
     }
-    let _ = out.flush();
 }

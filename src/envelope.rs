@@ -173,11 +173,13 @@ fn put_set<'a>(out: &mut Vec<u8>, items: impl ExactSizeIterator<Item = &'a Strin
     }
 }
 
-/// The canonical bytes a seal covers: a context tag, then every field but
-/// the seal in a fixed order, each length-prefixed. Labels are sorted sets,
-/// so equal labels encode equally.
-fn signed_bytes(envelope: &Envelope) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128 + envelope.payload.len());
+/// The canonical bytes a seal covers are these, then the payload: a context
+/// tag, then every field but the seal in a fixed order, each
+/// length-prefixed (the payload's prefix ends this header). Labels are
+/// sorted sets, so equal labels encode equally. The payload is hashed in
+/// place rather than copied in.
+fn signed_header(envelope: &Envelope) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
     out.extend_from_slice(ENVELOPE_CONTEXT);
     out.extend_from_slice(&envelope.id.0);
     out.extend_from_slice(envelope.origin.as_str().as_bytes());
@@ -187,13 +189,13 @@ fn signed_bytes(envelope: &Envelope) -> Vec<u8> {
     put_set(&mut out, envelope.label.compartments.iter());
     put_set(&mut out, envelope.label.rel_to.iter());
     out.extend_from_slice(&envelope.created_us.to_be_bytes());
-    put_bytes(&mut out, &envelope.payload);
+    out.extend_from_slice(&(envelope.payload.len() as u32).to_be_bytes());
     out
 }
 
 impl From<Unsigned> for Envelope {
     /// An envelope not yet signed: fit for local delivery only, which needs
-    /// no signature; [`Signer::sign`] it before it leaves the node.
+    /// no signature; [`Signer::seal_batch`] seals it before it leaves the node.
     fn from(message: Unsigned) -> Envelope {
         Envelope {
             id: message.id,
@@ -211,7 +213,8 @@ impl From<Unsigned> for Envelope {
 fn leaf_hash(envelope: &Envelope) -> Hash {
     let mut context = digest::Context::new(&SHA256);
     context.update(&[LEAF_TAG]);
-    context.update(&signed_bytes(envelope));
+    context.update(&signed_header(envelope));
+    context.update(&envelope.payload);
     to_hash(context.finish())
 }
 
