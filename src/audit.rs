@@ -57,6 +57,11 @@ pub struct Record {
     /// The principal or nation the decision was about.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// Every principal or nation one decision was about, when it was the
+    /// same for all of them (such as one message delivered to many
+    /// subscribers): one line instead of one per recipient.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subjects: Vec<String>,
     /// A sentence for people.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -72,12 +77,18 @@ impl Record {
             id: None,
             marking: None,
             subject: None,
+            subjects: Vec::new(),
             detail: None,
         }
     }
 
     pub fn subject(mut self, subject: impl ToString) -> Record {
         self.subject = Some(subject.to_string());
+        self
+    }
+
+    pub fn subjects(mut self, subjects: Vec<String>) -> Record {
+        self.subjects = subjects;
         self
     }
 

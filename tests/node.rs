@@ -43,6 +43,8 @@ async fn delivers_locally_and_across_a_link() {
     gbr_sub.subscribe("sigint.>").await.unwrap();
     let fra_sub = net.client("fra.analyst").await;
     fra_sub.subscribe("sigint.>").await.unwrap();
+    let gbr_second = net.client("gbr.sigint").await;
+    gbr_second.subscribe("sigint.ru.*").await.unwrap();
 
     let publisher = net.client("gbr.analyst").await;
     let id = publisher
@@ -50,7 +52,7 @@ async fn delivers_locally_and_across_a_link() {
         .await
         .unwrap();
 
-    for subscriber in [&gbr_sub, &fra_sub] {
+    for subscriber in [&gbr_sub, &fra_sub, &gbr_second] {
         let delivery = subscriber.next_delivery().await.unwrap();
         assert_eq!(delivery.id, id);
         assert_eq!(delivery.origin, nation("GBR"));
@@ -65,6 +67,22 @@ async fn delivers_locally_and_across_a_link() {
         })
         .await;
     assert!(fra_audit.contains("\"decision\":\"allow\""));
+    // Both local deliveries of one message share one audit line.
+    let gbr_audit = net
+        .wait_for_audit(nation("GBR"), |l| {
+            l.contains("\"event\":\"deliver\"") && l.contains(&id.to_string())
+        })
+        .await;
+    let record: serde_json::Value = serde_json::from_str(&gbr_audit).unwrap();
+    let mut subjects: Vec<&str> = record["subjects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.as_str())
+        .collect();
+    subjects.sort();
+    assert_eq!(subjects, ["gbr.analyst", "gbr.sigint"], "{gbr_audit}");
+    assert_eq!(record["decision"], "allow");
     net.shutdown().await;
 }
 

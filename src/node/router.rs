@@ -191,9 +191,12 @@ impl Router {
 
     /// Offers `envelope` to every local subscriber whose pattern matches
     /// and who passes may-deliver, without waiting; records every decision.
+    /// Every allowed delivery of the message shares one record, listing
+    /// its recipients.
     pub(super) fn deliver_locally(&self, envelope: &Envelope, marking: &str, records: &mut Vec<Record>) {
         let mut frame: Option<Bytes> = None;
         let mut slow = Vec::new();
+        let mut delivered_to = Vec::new();
         let sessions = read(&self.sessions);
         for (&id, session) in sessions.iter() {
             if !session.patterns.iter().any(|p| p.matches(&envelope.topic)) {
@@ -228,7 +231,7 @@ impl Router {
                     match session.queue.offer(frame) {
                         Ok(()) => {
                             tracing::debug!(to = %session.principal.name, id = %envelope.id, "delivered");
-                            records.push(record(Event::Deliver, Verdict::Allow, "policy-allows"));
+                            delivered_to.push(session.principal.name.clone());
                         }
                         Err(OfferError::Full) => {
                             records.push(disconnect_slow(
@@ -244,6 +247,13 @@ impl Router {
             }
         }
         drop(sessions);
+        if !delivered_to.is_empty() {
+            records.push(
+                Record::new(Event::Deliver, Verdict::Allow, "policy-allows")
+                    .message(envelope, marking)
+                    .subjects(delivered_to),
+            );
+        }
         for id in slow {
             self.remove_session(id);
         }
