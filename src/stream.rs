@@ -1,10 +1,10 @@
 //! Frame I/O on quinn streams, shared by the node and the client: the thin
 //! I/O side of `wire`.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use quinn::{RecvStream, SendStream};
 
-use crate::wire::{self, Frame, WireError, LENGTH_PREFIX};
+use crate::wire::{self, Frame, FrameBuffer, WireError, LENGTH_PREFIX};
 
 /// The most frames decoded for one batch, so one busy sender cannot make
 /// a batch (and the work done before the next `select!`) unbounded.
@@ -45,11 +45,10 @@ pub async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<(), Str
 }
 
 /// Reads frames in batches: each read takes whatever the stream has, and
-/// every whole frame in it is decoded at once. A length prefix is checked
-/// against the frame limit before the buffer grows for its body.
+/// every whole frame in it is decoded at once (see [`wire::FrameBuffer`]).
 pub struct FrameReader {
     recv: RecvStream,
-    buffer: BytesMut,
+    buffer: FrameBuffer,
     chunks: Vec<Bytes>,
 }
 
@@ -60,7 +59,7 @@ impl FrameReader {
     pub fn new(recv: RecvStream) -> FrameReader {
         FrameReader {
             recv,
-            buffer: BytesMut::with_capacity(64 * 1024),
+            buffer: FrameBuffer::default(),
             chunks: vec![Bytes::new(); READ_CHUNKS],
         }
     }
@@ -73,7 +72,7 @@ impl FrameReader {
         loop {
             let before = out.len();
             while out.len() - before < READ_BATCH {
-                let Some(frame) = self.next_buffered()? else {
+                let Some(frame) = self.buffer.next_frame()? else {
                     break;
                 };
                 out.push(frame);
@@ -87,7 +86,7 @@ impl FrameReader {
             match self.recv.read_chunks(&mut self.chunks).await? {
                 Some(count) => {
                     for chunk in &mut self.chunks[..count] {
-                        self.buffer.extend_from_slice(chunk);
+                        self.buffer.extend(chunk);
                         *chunk = Bytes::new();
                     }
                 }
@@ -95,22 +94,6 @@ impl FrameReader {
                 None => return Err(StreamError::Truncated),
             }
         }
-    }
-
-    fn next_buffered(&mut self) -> Result<Option<Frame>, StreamError> {
-        let Some(prefix) = self.buffer.get(..LENGTH_PREFIX) else {
-            return Ok(None);
-        };
-        let mut length = [0u8; LENGTH_PREFIX];
-        length.copy_from_slice(prefix);
-        let len = wire::body_len(length)?;
-        let Some(body) = self.buffer.get(LENGTH_PREFIX..LENGTH_PREFIX + len) else {
-            self.buffer.reserve(LENGTH_PREFIX + len - self.buffer.len());
-            return Ok(None);
-        };
-        let frame = wire::decode(body)?;
-        self.buffer.advance(LENGTH_PREFIX + len);
-        Ok(Some(frame))
     }
 }
 

@@ -5,6 +5,7 @@
 //! Every connection (client or peer) carries one long-lived bidirectional
 //! stream, opened by the dialing side, whose first frame is `Hello`.
 
+use bytes::{Buf, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{Envelope, MessageId};
@@ -186,6 +187,42 @@ pub fn body_len(prefix: [u8; LENGTH_PREFIX]) -> Result<usize, WireError> {
     }
 }
 
+/// Bytes read from a stream, cut into frames: bytes go in as they arrive,
+/// in chunks of any size, and whole frames come out. A length prefix is
+/// checked against the frame limit before the buffer grows for its body.
+#[derive(Debug, Default)]
+pub struct FrameBuffer {
+    bytes: BytesMut,
+}
+
+impl FrameBuffer {
+    pub fn extend(&mut self, chunk: &[u8]) {
+        self.bytes.extend_from_slice(chunk);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The next whole frame, if one is buffered; an error for a prefix over
+    /// the limit or a body that does not decode.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, WireError> {
+        let Some(prefix) = self.bytes.get(..LENGTH_PREFIX) else {
+            return Ok(None);
+        };
+        let mut length = [0u8; LENGTH_PREFIX];
+        length.copy_from_slice(prefix);
+        let len = body_len(length)?;
+        let Some(body) = self.bytes.get(LENGTH_PREFIX..LENGTH_PREFIX + len) else {
+            self.bytes.reserve(LENGTH_PREFIX + len - self.bytes.len());
+            return Ok(None);
+        };
+        let frame = decode(body)?;
+        self.bytes.advance(LENGTH_PREFIX + len);
+        Ok(Some(frame))
+    }
+}
+
 /// Decodes one frame body (without its prefix). All of it must be used.
 pub fn decode(body: &[u8]) -> Result<Frame, WireError> {
     let (frame, used) = bincode::serde::decode_from_slice(body, config())
@@ -314,6 +351,17 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_buffer_refuses_an_oversized_prefix_before_growing() {
+        let mut buffer = FrameBuffer::default();
+        buffer.extend(&(MAX_FRAME as u32 + 1).to_be_bytes());
+        assert_eq!(
+            buffer.next_frame(),
+            Err(WireError::TooLarge { len: MAX_FRAME + 1 })
+        );
+        assert!(buffer.bytes.capacity() < MAX_FRAME);
+    }
+
+    #[test]
     fn garbage_is_malformed() {
         assert!(matches!(decode(&[0xff; 16]), Err(WireError::Malformed(_))));
         let mut bytes = encode(&Frame::Hello { version: 1 }).unwrap();
@@ -341,6 +389,40 @@ mod tests {
     }
 
     proptest! {
+        /// However the stream cuts the bytes into chunks, the same frames
+        /// come out, in order, and nothing is left over.
+        #[test]
+        fn frames_survive_any_chunking(
+            payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 1..20),
+            cuts in proptest::collection::vec(1usize..400, 1..50),
+        ) {
+            let frames: Vec<Frame> = payloads
+                .into_iter()
+                .enumerate()
+                .map(|(i, payload)| Frame::Publish {
+                    request: i as u64,
+                    topic: "a.b".into(),
+                    marking: "U".into(),
+                    payload,
+                })
+                .collect();
+            let stream: Vec<u8> = frames.iter().flat_map(|f| encode(f).unwrap()).collect();
+            let mut buffer = FrameBuffer::default();
+            let mut out = Vec::new();
+            let mut rest = stream.as_slice();
+            let mut cut = cuts.iter().cycle();
+            while !rest.is_empty() {
+                let n = (*cut.next().unwrap()).min(rest.len());
+                buffer.extend(&rest[..n]);
+                rest = &rest[n..];
+                while let Some(frame) = buffer.next_frame().unwrap() {
+                    out.push(frame);
+                }
+            }
+            prop_assert_eq!(out, frames);
+            prop_assert!(buffer.is_empty());
+        }
+
         #[test]
         fn decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode(&bytes);
