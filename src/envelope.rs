@@ -147,6 +147,55 @@ pub struct Seal {
     pub left: u32,
 }
 
+/// The seals of a batch of envelopes sent ahead of them, unsealed, on one
+/// link: the one signature over the batch root, and each envelope's proof.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealBatch {
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+    pub proofs: Vec<Proof>,
+}
+
+/// One envelope's place in a sealed batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    pub id: MessageId,
+    pub siblings: Vec<Hash>,
+    pub left: u32,
+}
+
+impl SealBatch {
+    /// The seals of `envelopes` (all sealed together by
+    /// [`Signer::seal_batch`]), for sending after them.
+    pub fn of<'a>(envelopes: impl IntoIterator<Item = &'a Envelope>) -> SealBatch {
+        let mut signature = Vec::new();
+        let proofs = envelopes
+            .into_iter()
+            .map(|envelope| {
+                signature.clone_from(&envelope.seal.signature);
+                Proof {
+                    id: envelope.id,
+                    siblings: envelope.seal.siblings.clone(),
+                    left: envelope.seal.left,
+                }
+            })
+            .collect();
+        SealBatch { signature, proofs }
+    }
+}
+
+impl Envelope {
+    /// Puts the seal that `proof` and `signature` make on this envelope;
+    /// whether it is genuine is for verification to say.
+    pub fn attach(&mut self, signature: &[u8], proof: Proof) {
+        self.seal = Seal {
+            signature: signature.to_vec(),
+            siblings: proof.siblings,
+            left: proof.left,
+        };
+    }
+}
+
 /// The fields of a message before it is signed.
 #[derive(Debug, Clone)]
 pub struct Unsigned {
@@ -618,6 +667,33 @@ mod tests {
                 prop_assert!(verifier.verify(&tampered, signer.public_key()).is_err());
             }
         }
+    }
+
+    #[test]
+    fn seals_sent_after_their_envelopes_verify_once_attached() {
+        let signer = signer();
+        let sealed = batch(&signer, 7);
+        let mut unsealed: Vec<Envelope> = sealed
+            .iter()
+            .map(|e| Envelope {
+                seal: Seal::default(),
+                ..e.clone()
+            })
+            .collect();
+        // The receiver got only some of the batch.
+        let seals = SealBatch::of(sealed.iter().skip(2));
+        assert_eq!(seals.proofs.len(), 5);
+        let mut verifier = Verifier::new(4);
+        for (envelope, proof) in unsealed.iter_mut().skip(2).zip(seals.proofs.clone()) {
+            assert!(verifier.verify(envelope, signer.public_key()).is_err());
+            assert_eq!(proof.id, envelope.id);
+            envelope.attach(&seals.signature, proof);
+            assert!(verifier.verify(envelope, signer.public_key()).is_ok());
+        }
+        // A proof put on another envelope does not verify.
+        let mut wrong = unsealed[0].clone();
+        wrong.attach(&seals.signature, seals.proofs[0].clone());
+        assert!(verifier.verify(&wrong, signer.public_key()).is_err());
     }
 
     #[test]

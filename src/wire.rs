@@ -8,7 +8,7 @@
 use bytes::{Buf, BytesMut};
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::{Envelope, MessageId};
+use crate::envelope::{Envelope, MessageId, SealBatch};
 use crate::label::Nation;
 
 /// The TLS ALPN protocol: a client or peer speaking anything else fails
@@ -106,8 +106,11 @@ pub enum Frame {
         message: String,
     },
     Deliver(Delivery),
-    /// A signed envelope between nodes.
+    /// An envelope between nodes: sealed, or unsealed when its seal
+    /// follows in a `Seals` frame on the same link.
     Forward(Envelope),
+    /// The seals of envelopes this link carried unsealed.
+    Seals(SealBatch),
 }
 
 fn config() -> impl bincode::config::Config {
@@ -323,6 +326,18 @@ mod tests {
             encode_deliver(&borrowed).unwrap(),
             encode(&Frame::Deliver(delivery)).unwrap()
         );
+    }
+
+    #[test]
+    fn seals_round_trip() {
+        round_trip(Frame::Seals(SealBatch {
+            signature: vec![3; 64],
+            proofs: vec![crate::envelope::Proof {
+                id: MessageIds::new([1; 8]).next_id(),
+                siblings: vec![[4; 32]],
+                left: 1,
+            }],
+        }));
     }
 
     #[test]

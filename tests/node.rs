@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{nation, RawConnection, TestNetwork};
 use entente::audit::now_us;
 use entente::client::ClientError;
-use entente::envelope::{Signer, Unsigned};
+use entente::envelope::{Envelope, SealBatch, Signer, Unsigned};
 use entente::identity::Identity;
 use entente::node::{self, NodeSettings};
 use entente::pki;
@@ -67,6 +67,11 @@ async fn delivers_locally_and_across_a_link() {
         })
         .await;
     assert!(fra_audit.contains("\"decision\":\"allow\""));
+    // FRA got the message unsealed, then its seal, which verified.
+    net.wait_for_audit(nation("FRA"), |l| {
+        l.contains("\"reason\":\"verified\"") && l.contains(&id.to_string())
+    })
+    .await;
     // Both local deliveries of one message share one audit line.
     let gbr_audit = net
         .wait_for_audit(nation("GBR"), |l| {
@@ -622,5 +627,77 @@ async fn a_peer_that_stops_reading_slows_publishers_then_is_cut_off() {
         l.contains("\"reason\":\"peer-stalled\"") && l.contains("\"subject\":\"FRA\"")
     })
     .await;
+    net.shutdown().await;
+}
+
+/// Seals that follow their envelopes: a good one verifies, a bad one is
+/// refused as a bad signature, a missing one is audited when the link
+/// ends, and a peer that never sends seals is cut off before it can make
+/// the node hold unbounded state.
+#[tokio::test]
+async fn seals_sent_after_their_envelopes_are_checked_and_missing_ones_audited() {
+    let net = TestNetwork::start().await;
+    let gbr = net.client("gbr.analyst").await;
+    gbr.subscribe(">").await.unwrap();
+    let (_, key_path) = net.identity_files(&Identity::Node(nation("FRA")));
+    let signer = Signer::from_pkcs8(pki::read_key(&key_path).unwrap().secret_der()).unwrap();
+    let scheme = net.policy.scheme();
+    let message = |n: u64, payload: &str| {
+        let mut id = [9u8; 16];
+        id[8..].copy_from_slice(&n.to_be_bytes());
+        Envelope::from(Unsigned {
+            id: entente::envelope::MessageId(id),
+            origin: nation("FRA"),
+            publisher: "fra.analyst".into(),
+            topic: Topic::new(TOPIC).unwrap(),
+            label: scheme.parse("SECRET//REL TO FRA, GBR").unwrap(),
+            created_us: now_us(),
+            payload: payload.as_bytes().to_vec(),
+        })
+    };
+    let mut peer = RawConnection::open(&net, &Identity::Node(nation("FRA")), nation("GBR"))
+        .await
+        .unwrap();
+    peer.hello().await;
+    let mut batch = vec![
+        message(1, "good"),
+        message(2, "forged"),
+        message(3, "never sealed"),
+    ];
+    for envelope in &batch {
+        peer.send_frame(&Frame::Forward(envelope.clone())).await;
+    }
+    signer.seal_batch(&mut batch);
+    let mut seals = SealBatch::of(&batch[..2]);
+    seals.proofs[1].siblings[0][0] ^= 1;
+    peer.send_frame(&Frame::Seals(seals)).await;
+    // Delivered at once: they come from their origin on its own link.
+    assert_eq!(payloads(&gbr, 3).await, ["good", "forged", "never sealed"]);
+    let id = |n: usize| batch[n].id.to_string();
+    net.wait_for_audit(nation("GBR"), |l| {
+        l.contains("\"reason\":\"verified\"") && l.contains(&id(0))
+    })
+    .await;
+    net.wait_for_audit(nation("GBR"), |l| {
+        l.contains("\"reason\":\"bad-signature\"") && l.contains(&id(1))
+    })
+    .await;
+    peer.connection.close(0u32.into(), b"done");
+    net.wait_for_audit(nation("GBR"), |l| {
+        l.contains("\"reason\":\"unsealed\"") && l.contains(&id(2))
+    })
+    .await;
+
+    // A peer that only ever sends unsealed envelopes is cut off.
+    let mut flood = RawConnection::open(&net, &Identity::Node(nation("FRA")), nation("GBR"))
+        .await
+        .unwrap();
+    flood.hello().await;
+    for n in 100..100 + 16 * 1024 + 1 {
+        flood
+            .send_bytes(&wire::encode(&Frame::Forward(message(n, "x"))).unwrap())
+            .await;
+    }
+    assert!(flood.close_reason().await.contains("waiting for seals"));
     net.shutdown().await;
 }

@@ -417,6 +417,8 @@ enum StreamError {
     Timeout(&'static str),
     #[error("unexpected {0} frame")]
     Unexpected(&'static str),
+    #[error("{0} messages are waiting for seals that have not come; a peer sends the seals of each batch right after it")]
+    Unsealed(usize),
     #[error("protocol version {0} is not supported; this node speaks version {v}", v = wire::PROTOCOL_VERSION)]
     Version(u32),
 }
@@ -434,6 +436,7 @@ impl StreamError {
             self,
             StreamError::Frame(crate::stream::StreamError::Wire(_))
                 | StreamError::Unexpected(_)
+                | StreamError::Unsealed(_)
                 | StreamError::Version(_)
                 | StreamError::Timeout(_)
         )

@@ -304,6 +304,7 @@ impl Router {
 
 /// A peer link a message may go to, taken out of the table so the sender
 /// can wait for room in its queue without holding a lock.
+#[derive(Clone)]
 pub(super) struct PeerTarget {
     pub(super) nation: Nation,
     pub(super) link: u64,

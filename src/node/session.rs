@@ -247,9 +247,6 @@ async fn route_publishes(
         }
     }
     if !outgoing.is_empty() {
-        // Local deliveries need no signature: let their writers send them
-        // before the seal is made.
-        tokio::task::yield_now().await;
         peer::forward_batch(shared, outgoing, &mut records).await;
     }
     for ack in &acks {
