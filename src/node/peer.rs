@@ -98,13 +98,18 @@ struct Unsealed {
 }
 
 impl Unsealed {
-    fn insert(&mut self, envelope: Envelope, marking: String) -> Result<(), StreamError> {
-        if self.waiting.len() >= MAX_UNSEALED || self.bytes + envelope.payload.len() > MAX_UNSEALED_BYTES {
+    /// Whether one more envelope of `payload` bytes may wait; checked
+    /// before it is delivered, so nothing is delivered that is not kept.
+    fn make_room(&self, payload: usize) -> Result<(), StreamError> {
+        if self.waiting.len() >= MAX_UNSEALED || self.bytes + payload > MAX_UNSEALED_BYTES {
             return Err(StreamError::Unsealed(self.waiting.len()));
         }
+        Ok(())
+    }
+
+    fn insert(&mut self, envelope: Envelope, marking: String) {
         self.bytes += envelope.payload.len();
         self.waiting.insert(envelope.id, (envelope, marking));
-        Ok(())
     }
 
     fn take(&mut self, id: &MessageId) -> Option<(Envelope, String)> {
@@ -145,13 +150,18 @@ async fn ingress(
                     records.push(refusal.message(&envelope, &marking).subject(peer));
                     continue;
                 }
+                if !envelope.is_signed() {
+                    if let Err(err) = unsealed.make_room(envelope.payload.len()) {
+                        result = Err(err);
+                        break;
+                    }
+                }
                 shared.router.deliver_locally(&envelope, &marking, &mut records);
                 delivered_any = true;
                 if envelope.is_signed() {
                     to_verify.push((envelope, marking));
-                } else if let Err(err) = unsealed.insert(envelope, marking) {
-                    result = Err(err);
-                    break;
+                } else {
+                    unsealed.insert(envelope, marking);
                 }
             }
             Frame::Seals(batch) => {
@@ -169,7 +179,7 @@ async fn ingress(
             }
         }
     }
-    if delivered_any {
+    if delivered_any && !to_verify.is_empty() {
         // Let the session writers, then the connection drivers they wake,
         // send the deliveries before any seal is checked (46 µs for a
         // signature): each yield lets the tasks queued before it run.

@@ -81,7 +81,7 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal
 }
 
 /// An authorized publish waiting to be routed with the rest of its batch.
-pub(super) struct Accepted {
+struct Accepted {
     request: u64,
     envelope: Envelope,
     marking: String,
