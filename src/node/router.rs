@@ -1,7 +1,9 @@
 //! The routing table of one node: client sessions with their
 //! subscriptions, live peer links, and the ids already seen. Routing runs
-//! every policy decision and hands each allowed frame to a bounded queue
-//! without waiting; a full queue disconnects its consumer.
+//! every policy decision. Local deliveries go to session queues without
+//! waiting (a full one disconnects its subscriber); the links a message
+//! may go to are handed back, for the caller to queue on with
+//! backpressure.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
