@@ -259,12 +259,16 @@ impl From<Unsigned> for Envelope {
     }
 }
 
-fn leaf_hash(envelope: &Envelope) -> Hash {
-    let mut context = digest::Context::new(&SHA256);
-    context.update(&[LEAF_TAG]);
-    context.update(&signed_header(envelope));
-    context.update(&envelope.payload);
-    to_hash(context.finish())
+impl Envelope {
+    /// This envelope's leaf in the Merkle tree of its batch: the hash of
+    /// everything its seal covers.
+    pub fn leaf(&self) -> Hash {
+        let mut context = digest::Context::new(&SHA256);
+        context.update(&[LEAF_TAG]);
+        context.update(&signed_header(self));
+        context.update(&self.payload);
+        to_hash(context.finish())
+    }
 }
 
 fn node_hash(left: &Hash, right: &Hash) -> Hash {
@@ -342,11 +346,7 @@ impl Signer {
     /// Merkle root. Batches longer than [`MAX_BATCH`] are sealed in parts.
     pub fn seal_batch(&self, envelopes: &mut [Envelope]) {
         for batch in envelopes.chunks_mut(MAX_BATCH) {
-            if batch.is_empty() {
-                continue;
-            }
-            let (root, proofs) = merkle(batch.iter().map(leaf_hash).collect());
-            let signature = self.key.sign(&root_message(&root)).as_ref().to_vec();
+            let (signature, proofs) = self.seal_leaves(batch.iter().map(Envelope::leaf).collect());
             for (envelope, (siblings, left)) in batch.iter_mut().zip(proofs) {
                 envelope.seal = Seal {
                     signature: signature.clone(),
@@ -355,6 +355,18 @@ impl Signer {
                 };
             }
         }
+    }
+
+    /// Seals a batch known only by its leaves ([`Envelope::leaf`]): the
+    /// signature over their root, and each leaf's proof (`siblings`,
+    /// `left`), in order. At most [`MAX_BATCH`] leaves.
+    pub fn seal_leaves(&self, leaves: Vec<Hash>) -> (Vec<u8>, Vec<(Vec<Hash>, u32)>) {
+        debug_assert!(leaves.len() <= MAX_BATCH);
+        if leaves.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        let (root, proofs) = merkle(leaves);
+        (self.key.sign(&root_message(&root)).as_ref().to_vec(), proofs)
     }
 }
 
@@ -379,7 +391,7 @@ impl Envelope {
                 len: siblings.len(),
             });
         }
-        let mut hash = leaf_hash(self);
+        let mut hash = self.leaf();
         for (i, sibling) in siblings.iter().enumerate() {
             hash = if self.seal.left & (1 << i) != 0 {
                 node_hash(sibling, &hash)

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
 
@@ -34,6 +34,9 @@ use router::Router;
 /// Batch roots remembered as verified: enough for every peer's recent
 /// batches, small enough to ignore.
 const VERIFIED_ROOTS: usize = 1024;
+/// Envelopes waiting for the sealer (a leaf hash and a few links each);
+/// when it is full, publishers wait.
+const SEALER_QUEUE: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -203,6 +206,8 @@ struct Shared {
     signer: Signer,
     ids: MessageIds,
     verifier: Mutex<Verifier>,
+    /// Envelopes the links carried unsealed, for the sealer task.
+    sealer: mpsc::Sender<peer::ToSeal>,
     node_keys: HashMap<Nation, Vec<u8>>,
     peer_addresses: BTreeMap<Nation, SocketAddr>,
     settings: NodeSettings,
@@ -227,6 +232,7 @@ pub async fn run(
 ) -> Result<(), NodeError> {
     let audit = Audit::open(&config.data_dir, config.nation)?;
     let (stop, stopped) = watch::channel(false);
+    let (sealer, to_seal) = mpsc::channel(SEALER_QUEUE);
     let mut prefix = [0u8; 8];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut prefix).map_err(|_| {
         NodeError::Envelope(EnvelopeError::BadKey(
@@ -243,6 +249,7 @@ pub async fn run(
         signer: config.signer,
         ids: MessageIds::new(prefix),
         verifier: Mutex::new(Verifier::new(VERIFIED_ROOTS)),
+        sealer,
         node_keys: config.node_keys,
         peer_addresses: config.peer_addresses,
         settings: config.settings,
@@ -253,6 +260,7 @@ pub async fn run(
     info!(nation = %shared.nation, addr = ?endpoint.local_addr().ok(), "node running");
 
     let mut tasks = JoinSet::new();
+    tasks.spawn(peer::seal_forever(shared.clone(), to_seal));
     let peers = shared.policy.nations()[&shared.nation].peers.clone();
     for peer in peers {
         let shared = shared.clone();
