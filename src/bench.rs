@@ -35,6 +35,8 @@ pub enum BenchError {
         "--hops {0}: relaying across more than one link is not built yet (the federation issue); use 0 or 1"
     )]
     TooManyHops(usize),
+    #[error("--peers {0}: the bench draws nodes from 15 nations, so a node can have at most 14 peers")]
+    TooManyPeers(usize),
     #[error("--size {0}: the payload must hold at least 16 bytes (sequence number and send time)")]
     TooSmall(usize),
     #[error("--rate must be above 0")]
@@ -127,7 +129,7 @@ impl Chain {
     /// Starts a hub node linked to `spokes` other nodes (at most 14).
     pub fn star(spokes: usize, node_binary: &Path) -> Result<Chain, BenchError> {
         if spokes >= CHAIN.len() {
-            return Err(setup(format!("at most {} spokes", CHAIN.len() - 1)));
+            return Err(BenchError::TooManyPeers(spokes));
         }
         Chain::launch(spokes + 1, node_binary, &|i| match i {
             0 => (1..=spokes).collect(),
