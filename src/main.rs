@@ -111,8 +111,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Measure latency and throughput over a chain of real node processes.
-    #[command(subcommand)]
+    /// Measure latency, throughput and memory over real node processes.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  entente bench latency --hops 1
+  entente bench throughput --subscribers 100 --json
+  entente bench memory"
+    )]
     Bench(BenchCommand),
     /// Manage the national PKI of a network.
     #[command(
