@@ -49,7 +49,7 @@ pub struct Record {
     pub decision: Verdict,
     /// A stable code: a policy reason such as `clearance-too-low`, or a
     /// node reason such as `bad-signature` or `slow-consumer`.
-    pub reason: String,
+    pub reason: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -68,12 +68,12 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn new(event: Event, decision: Verdict, reason: impl Into<String>) -> Record {
+    pub fn new(event: Event, decision: Verdict, reason: &'static str) -> Record {
         Record {
             time_us: now_us(),
             event,
             decision,
-            reason: reason.into(),
+            reason,
             id: None,
             marking: None,
             subject: None,

@@ -20,7 +20,7 @@ use super::{accept_hello, close_after, read_frame, resolve, write_frame, Shared,
 use crate::audit::{self, Event, Record, Verdict};
 use crate::envelope::{Envelope, EnvelopeError, Hash, MessageId, Proof, SealBatch, MAX_BATCH};
 use crate::identity::Identity;
-use crate::label::Nation;
+use crate::label::{Label, MarkingScheme, Nation};
 use crate::pki::address_host;
 use crate::policy::Decision;
 use crate::stream::{self, FrameReader};
@@ -50,6 +50,7 @@ pub(super) async fn serve_inbound(shared: Arc<Shared>, connection: Connection, p
     let mut reader = FrameReader::new(recv);
     let mut frames = Vec::new();
     let mut unsealed = Unsealed::default();
+    let mut markings = LastMarking::default();
     let mut shutdown = shared.shutdown.clone();
     let result = loop {
         let read = tokio::select! {
@@ -58,7 +59,7 @@ pub(super) async fn serve_inbound(shared: Arc<Shared>, connection: Connection, p
         };
         match read {
             Ok(true) => {
-                if let Err(err) = ingress(&shared, peer, &mut frames, &mut unsealed).await {
+                if let Err(err) = ingress(&shared, peer, &mut frames, &mut unsealed, &mut markings).await {
                     break Err(err);
                 }
             }
@@ -120,6 +121,25 @@ impl Unsealed {
     }
 }
 
+/// The canonical marking of the last label a link carried: a link mostly
+/// carries a few labels over and over, and comparing one costs less than
+/// printing it.
+#[derive(Default)]
+struct LastMarking(Option<(Label, String)>);
+
+impl LastMarking {
+    fn of(&mut self, scheme: &MarkingScheme, label: &Label) -> String {
+        if let Some((last, marking)) = &self.0 {
+            if last == label {
+                return marking.clone();
+            }
+        }
+        let marking = scheme.format(label);
+        self.0 = Some((label.clone(), marking.clone()));
+        marking
+    }
+}
+
 /// Frames from a peer, read together. Each envelope is checked
 /// (duplicate, origin, age, whether this nation may receive it) and
 /// delivered to local subscribers; then every seal at hand is verified,
@@ -137,6 +157,7 @@ async fn ingress(
     peer: Nation,
     frames: &mut Vec<Frame>,
     unsealed: &mut Unsealed,
+    markings: &mut LastMarking,
 ) -> Result<(), StreamError> {
     let mut records = Vec::new();
     let mut to_verify = Vec::new();
@@ -145,7 +166,7 @@ async fn ingress(
     for frame in frames.drain(..) {
         match frame {
             Frame::Forward(envelope) => {
-                let marking = shared.policy.scheme().format(&envelope.label);
+                let marking = markings.of(shared.policy.scheme(), &envelope.label);
                 if let Some(refusal) = check(shared, peer, &envelope) {
                     warn!(id = %envelope.id, reason = refusal.reason, "refused a message from a peer");
                     records.push(refusal.message(&envelope, &marking).subject(peer));
@@ -221,7 +242,7 @@ fn verify(shared: &Shared, peer: Nation, envelopes: &[(Envelope, String)], recor
 /// Why a message from `peer` may not be delivered here, if it may not;
 /// otherwise remembers its id, so a second copy is a duplicate.
 fn check(shared: &Shared, peer: Nation, envelope: &Envelope) -> Option<Record> {
-    let deny = |reason: &str| Some(Record::new(Event::Refuse, Verdict::Deny, reason));
+    let deny = |reason: &'static str| Some(Record::new(Event::Refuse, Verdict::Deny, reason));
     if shared.router.is_duplicate(&envelope.id) {
         return Some(Record::new(Event::Drop, Verdict::Deny, "duplicate"));
     }
@@ -271,7 +292,7 @@ pub(super) async fn forward_batch(
     records: &mut Vec<Record>,
 ) {
     for (envelope, marking, targets) in outgoing {
-        let record = |peer: Nation, event, verdict, reason: &str| {
+        let record = |peer: Nation, event, verdict, reason: &'static str| {
             Record::new(event, verdict, reason)
                 .message(&envelope, &marking)
                 .subject(peer)

@@ -204,7 +204,7 @@ impl Router {
             if !session.patterns.iter().any(|p| p.matches(&envelope.topic)) {
                 continue;
             }
-            let record = |event, verdict, reason: &str| {
+            let record = |event, verdict, reason: &'static str| {
                 Record::new(event, verdict, reason)
                     .message(envelope, marking)
                     .subject(&session.principal.name)

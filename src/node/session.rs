@@ -186,7 +186,7 @@ async fn authorize(
             ),
         ));
     }
-    let record = |verdict, reason: &str| {
+    let record = |verdict, reason: &'static str| {
         let mut record = Record::new(Event::Publish, verdict, reason).subject(&principal.name);
         record.marking = Some(canonical.clone());
         record
