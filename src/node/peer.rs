@@ -18,7 +18,7 @@ use super::queue;
 use super::router::PeerTarget;
 use super::{accept_hello, close_after, read_frame, resolve, write_frame, Shared, StreamError};
 use crate::audit::{self, Event, Record, Verdict};
-use crate::envelope::{Envelope, EnvelopeError, Hash, MessageId, Proof, SealBatch, MAX_BATCH};
+use crate::envelope::{Envelope, EnvelopeError, Hash, MessageId, Proof, SealBatch};
 use crate::identity::Identity;
 use crate::label::{Label, MarkingScheme, Nation};
 use crate::pki::address_host;
@@ -354,6 +354,9 @@ pub(super) struct ToSeal {
 
 /// The shortest time between two signatures of the sealer.
 const SEAL_INTERVAL: Duration = Duration::from_millis(1);
+/// The most envelopes under one signature: their proofs (ten hashes each
+/// at most) keep a `Seals` frame far below the frame limit.
+const SEAL_BATCH: usize = 1024;
 
 /// The sealer: signs what the links carried, one signature per batch, and
 /// sends each link the seals of its envelopes. Signatures are at least
@@ -366,7 +369,7 @@ pub(super) async fn seal_forever(shared: Arc<Shared>, mut queue: mpsc::Receiver<
     let mut batch = Vec::new();
     loop {
         tokio::select! {
-            received = queue.recv_many(&mut batch, MAX_BATCH) => if received == 0 { return },
+            received = queue.recv_many(&mut batch, SEAL_BATCH) => if received == 0 { return },
             _ = shutdown.changed() => return,
         }
         tokio::time::sleep_until(last_signature + SEAL_INTERVAL).await;
@@ -374,7 +377,7 @@ pub(super) async fn seal_forever(shared: Arc<Shared>, mut queue: mpsc::Receiver<
         // send the envelopes before the signature is made.
         tokio::task::yield_now().await;
         tokio::task::yield_now().await;
-        while batch.len() < MAX_BATCH {
+        while batch.len() < SEAL_BATCH {
             match queue.try_recv() {
                 Ok(more) => batch.push(more),
                 Err(_) => break,
@@ -544,4 +547,29 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
     }
     shared.audit(record).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Signer;
+
+    #[test]
+    fn a_full_seal_batch_fits_in_one_frame() {
+        let der = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+        let signer = Signer::from_pkcs8(der.as_ref()).unwrap();
+        let leaves: Vec<Hash> = (0..SEAL_BATCH).map(|i| [(i % 251) as u8; 32]).collect();
+        let (signature, proofs) = signer.seal_leaves(leaves);
+        let proofs = proofs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (siblings, left))| Proof {
+                id: MessageId([(i % 256) as u8; 16]),
+                siblings,
+                left,
+            })
+            .collect();
+        let frame = wire::encode(&Frame::Seals(SealBatch { signature, proofs })).unwrap();
+        assert!(frame.len() < wire::MAX_FRAME / 2, "{} bytes", frame.len());
+    }
 }
