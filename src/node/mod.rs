@@ -26,6 +26,7 @@ use crate::identity::{claimed_identity, ed25519_public_key, Identity, IdentityEr
 use crate::label::Nation;
 use crate::pki::{self, PkiError, PkiLayout};
 use crate::policy::{Policy, Principal};
+use crate::stream::FrameReader;
 use crate::tls::{self, TlsError};
 use crate::wire::{self, close, Frame, WireError};
 
@@ -448,6 +449,19 @@ impl StreamError {
                 | StreamError::Version(_)
                 | StreamError::Timeout(_)
         )
+    }
+}
+
+/// Waits for the next batch of frames: true with `frames` filled, false
+/// when the other side finished cleanly or the node is shutting down.
+async fn next_batch(
+    reader: &mut FrameReader,
+    frames: &mut Vec<Frame>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<bool, StreamError> {
+    tokio::select! {
+        read = reader.read_frames(frames) => Ok(read?),
+        _ = shutdown.changed() => Ok(false),
     }
 }
 

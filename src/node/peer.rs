@@ -16,7 +16,7 @@ use tracing::{debug, error, info, warn};
 
 use super::queue;
 use super::router::PeerTarget;
-use super::{accept_hello, close_after, read_frame, resolve, write_frame, Shared, StreamError};
+use super::{accept_hello, close_after, next_batch, read_frame, resolve, write_frame, Shared, StreamError};
 use crate::audit::{self, Event, Record, Verdict};
 use crate::envelope::{Envelope, EnvelopeError, Hash, MessageId, Proof, SealBatch};
 use crate::identity::Identity;
@@ -53,18 +53,14 @@ pub(super) async fn serve_inbound(shared: Arc<Shared>, connection: Connection, p
     let mut markings = LastMarking::default();
     let mut shutdown = shared.shutdown.clone();
     let result = loop {
-        let read = tokio::select! {
-            read = reader.read_frames(&mut frames) => read,
-            _ = shutdown.changed() => break Ok(()),
-        };
-        match read {
+        match next_batch(&mut reader, &mut frames, &mut shutdown).await {
             Ok(true) => {
                 if let Err(err) = ingress(&shared, peer, &mut frames, &mut unsealed, &mut markings).await {
                     break Err(err);
                 }
             }
             Ok(false) => break Ok(()),
-            Err(err) => break Err(err.into()),
+            Err(err) => break Err(err),
         }
     };
     // Whatever is still waiting for its seal was delivered here but can

@@ -9,7 +9,7 @@ use quinn::Connection;
 use tracing::{debug, info};
 
 use super::router::{Offer, SessionId};
-use super::{accept_hello, close_after, peer, queue, write_frame, Shared, StreamError};
+use super::{accept_hello, close_after, next_batch, peer, queue, write_frame, Shared, StreamError};
 use crate::audit::{now_us, Event, Record, Verdict};
 use crate::envelope::{Envelope, Unsigned};
 use crate::label::{Label, MarkingError, MarkingScheme};
@@ -52,11 +52,7 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal
     let mut markings = MarkingCache::default();
     let mut shutdown = shared.shutdown.clone();
     let result = loop {
-        let read = tokio::select! {
-            read = reader.read_frames(&mut frames) => read,
-            _ = shutdown.changed() => break Ok(()),
-        };
-        match read {
+        match next_batch(&mut reader, &mut frames, &mut shutdown).await {
             Ok(true) => {
                 if let Err(err) = handle_batch(&shared, session, &principal, &mut markings, &mut frames).await
                 {
@@ -64,7 +60,7 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal
                 }
             }
             Ok(false) => break Ok(()),
-            Err(err) => break Err(err.into()),
+            Err(err) => break Err(err),
         }
     };
     shared.router.remove_session(session);
