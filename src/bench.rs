@@ -382,7 +382,7 @@ fn window(size: usize) -> u64 {
 }
 
 /// Publishes as fast as the chain delivers for `duration`, never more
-/// than [`window`] messages ahead of the slowest subscriber, and counts
+/// than 512 messages (or 2 MiB) ahead of the slowest subscriber, and counts
 /// what each of `subscribers` receives on the last node.
 pub async fn throughput(
     chain: &Chain,
