@@ -69,8 +69,13 @@ pub struct Record {
 
 impl Record {
     pub fn new(event: Event, decision: Verdict, reason: &'static str) -> Record {
+        Record::at(now_us(), event, decision, reason)
+    }
+
+    /// A record made at `time_us`, for code that has no clock of its own.
+    pub fn at(time_us: u64, event: Event, decision: Verdict, reason: &'static str) -> Record {
         Record {
-            time_us: now_us(),
+            time_us,
             event,
             decision,
             reason,

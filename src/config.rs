@@ -197,6 +197,17 @@ impl NetworkFile {
                 "add a [nations.XXX] table for each node",
             ));
         }
+        if nations.len() > crate::routing::MAX_NATIONS {
+            return Err(check.invalid(
+                "[nations]",
+                format!(
+                    "{} nations are declared; a network holds at most {}",
+                    nations.len(),
+                    crate::routing::MAX_NATIONS
+                ),
+                "split the network",
+            ));
+        }
 
         let mut compartments = BTreeSet::new();
         for name in &self.classification.compartments {

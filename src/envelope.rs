@@ -368,6 +368,13 @@ impl Signer {
         let (root, proofs) = merkle(leaves);
         (self.key.sign(&root_message(&root)).as_ref().to_vec(), proofs)
     }
+
+    /// Signs `message`, which must start with a context string of its own
+    /// (as announcements do), so that it can never pass for a batch root.
+    pub fn sign_with_context(&self, message: &[u8]) -> Vec<u8> {
+        debug_assert!(!message.starts_with(ROOT_CONTEXT));
+        self.key.sign(message).as_ref().to_vec()
+    }
 }
 
 impl fmt::Debug for Signer {

@@ -29,6 +29,7 @@ pub mod label;
 pub mod node;
 pub mod pki;
 pub mod policy;
+pub mod routing;
 pub mod stream;
 pub mod tls;
 pub mod topic;

@@ -176,6 +176,44 @@ impl Policy {
         self.clearance_covers(principal, label)
     }
 
+    /// May `principal` subscribe to `pattern`? Only if one of its
+    /// subscribe permissions covers everything the pattern matches.
+    pub fn may_subscribe(&self, principal: &Principal, pattern: &Pattern) -> Decision {
+        if principal
+            .subscribe
+            .iter()
+            .any(|allowed| pattern.is_covered_by(allowed))
+        {
+            return Decision::Allow;
+        }
+        let allowed: Vec<&str> = principal.subscribe.iter().map(Pattern::as_str).collect();
+        Decision::deny(
+            Reason::TopicNotPermitted,
+            format!(
+                "{} may not subscribe to {pattern}; permitted: {}",
+                principal.name,
+                if allowed.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    allowed.join(", ")
+                }
+            ),
+        )
+    }
+
+    /// Would the network ever bring a message with `label` from `origin`
+    /// to `principal`? Its nation must be the origin or within the
+    /// origin's release to it (invariant 2), and it must be able to read
+    /// the label (invariant 1, but for the topic).
+    pub fn may_receive(&self, principal: &Principal, label: &Label, origin: Nation) -> Decision {
+        let nation_first = if principal.nation == origin {
+            Decision::Allow
+        } else {
+            self.may_forward(label, origin, principal.nation)
+        };
+        nation_first.and_then(|| self.may_read(principal, label, Some(origin)))
+    }
+
     /// Invariant 1: may this message be delivered to `principal`?
     pub fn may_deliver(
         &self,
@@ -253,13 +291,13 @@ impl Policy {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{NationFile, NetworkFile, PrincipalFile};
     use proptest::prelude::*;
     use std::path::Path;
 
-    const CODES: [&str; 6] = ["GBR", "FRA", "POL", "FIN", "USA", "UKR"];
+    pub(crate) const CODES: [&str; 6] = ["GBR", "FRA", "POL", "FIN", "USA", "UKR"];
     const LEVELS: [&str; 5] = [
         "UNCLASSIFIED",
         "RESTRICTED",
@@ -268,7 +306,7 @@ mod tests {
         "TOP SECRET",
     ];
     const COMPARTMENTS: [&str; 3] = ["AIRDEF", "SIGINT", "HUMINT"];
-    const TOKENS: [&str; 3] = ["sigint", "ru", "launch"];
+    pub(crate) const TOKENS: [&str; 3] = ["sigint", "ru", "launch"];
 
     fn subset<T: Clone + std::fmt::Debug + 'static>(items: &[T]) -> impl Strategy<Value = Vec<T>> {
         proptest::sample::subsequence(items.to_vec(), 0..=items.len())
@@ -286,7 +324,7 @@ mod tests {
 
     /// A random network: every nation, random communities, random symmetric
     /// links, random ceilings and random principals.
-    fn arb_network() -> impl Strategy<Value = Policy> {
+    pub(crate) fn arb_network() -> impl Strategy<Value = Policy> {
         let nations = CODES.len();
         (
             proptest::collection::vec(subset(&CODES), 0..3),
@@ -356,7 +394,7 @@ mod tests {
             })
     }
 
-    fn arb_label(policy: &Policy) -> impl Strategy<Value = Label> {
+    pub(crate) fn arb_label(policy: &Policy) -> impl Strategy<Value = Label> {
         let names: Vec<String> = CODES
             .iter()
             .map(|c| c.to_string())

@@ -1,0 +1,1001 @@
+//! The sans-IO routing core of one node: its local subscriptions, every
+//! nation's announced links and interest, which of its own links are up,
+//! the ids it has seen, and the delivery trees. Events go in through
+//! methods (a session subscribes, a link comes up, an announcement or an
+//! envelope arrives, a tick passes); decisions come back as a [`Route`]
+//! for an envelope, and as [`Action`]s (announcements to send, audit
+//! records) taken with [`Routing::poll`]. No sockets, no clock, no locks:
+//! the caller passes `now` in, so the node, the simulator and the tests
+//! drive the same code, each with its own clock.
+//!
+//! Delivery trees (DESIGN.md, "Federation"): for an envelope from origin
+//! O with label L on topic T, the eligible nations E are O and those L may
+//! be forwarded to from O (invariant 2); the targets are the nations of E
+//! interested in T; the tree is the union of the shortest paths from O to
+//! each target over live links between nations of E only, ties going to
+//! the lower nation code. Every node computes the same tree from the same
+//! announcements and forwards only to its children in it, so a relay never
+//! carries what it may not see, a link carries a message at most once,
+//! and nothing crosses a link with no interest behind it.
+
+pub mod announce;
+pub mod seen;
+pub mod tree;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::audit::{Event, Record, Verdict};
+use crate::envelope::{Envelope, MessageId, Signer};
+use crate::label::{Label, Nation};
+use crate::policy::{Decision, Policy, Principal};
+use crate::topic::{Pattern, Topic};
+
+use announce::{Announcement, AnnouncementError, SignedAnnouncement, MAX_ANNOUNCED_PATTERNS};
+use seen::{SeenIds, Unseen};
+use tree::{Branch, Graph, NationSet, Nations, PathTree};
+
+pub use tree::MAX_NATIONS;
+
+/// A client session of this node, as the I/O layer numbers it.
+pub type SessionId = u64;
+
+/// How often a node re-announces itself when nothing changes.
+pub const REFRESH_US: u64 = 30 * 1_000_000;
+/// An announcement not refreshed for this long is forgotten: its node
+/// is gone, and so are its links and its interest.
+pub const ANNOUNCEMENT_TTL_US: u64 = 3 * REFRESH_US + 5 * 1_000_000;
+/// The shortest time between two announcements of this node's own; a
+/// burst of subscriptions becomes one announcement.
+pub const ANNOUNCE_INTERVAL_US: u64 = 20_000;
+/// Trees kept at most; the cache is cleared when it fills (each tree is a
+/// few hundred bytes, and the set of labels in use is small).
+const TREE_CACHE: usize = 4096;
+
+/// A stable reason code of the routing core, for audit records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// The same origin and id arrived before.
+    Duplicate,
+    /// Older than the age limit (or than the ids this node still holds).
+    Stale,
+    /// Timed too far in the future.
+    FromTheFuture,
+    /// The origin is not a nation of the network.
+    UnknownOrigin,
+    /// A relayed envelope came without a seal.
+    UnsealedRelay,
+    /// The link peer may not hold this message itself.
+    IneligibleRelay,
+    /// An announcement that is forged, malformed or from an unknown nation.
+    BadAnnouncement,
+    /// An interested, eligible nation that no path of eligible nations
+    /// reaches, even over every configured link.
+    Unreachable,
+    /// An interested, eligible nation cut off only because links are down.
+    NoRoute,
+    /// The tree says to forward, but this node's link is down.
+    LinkDown,
+    /// A nation's links or interest changed.
+    Announcement,
+}
+
+impl Reason {
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::Duplicate => "duplicate",
+            Reason::Stale => "stale",
+            Reason::FromTheFuture => "from-the-future",
+            Reason::UnknownOrigin => "unknown-origin",
+            Reason::UnsealedRelay => "unsealed-relay",
+            Reason::IneligibleRelay => "ineligible-relay",
+            Reason::BadAnnouncement => "bad-announcement",
+            Reason::Unreachable => "unreachable",
+            Reason::NoRoute => "no-route",
+            Reason::LinkDown => "link-down",
+            Reason::Announcement => "announcement",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// Where an envelope came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Published by a session of this node.
+    Local,
+    /// Received on the link from this peer.
+    Peer(Nation),
+}
+
+/// Whether an envelope's seal has been checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealState {
+    /// Not yet: allowed only straight from its origin (invariant 3), and
+    /// then delivered but not relayed until [`Routing::relay`].
+    Unverified,
+    Verified,
+}
+
+/// What to do with one envelope.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Route {
+    /// Sessions that may receive it (invariant 1).
+    pub deliver: Vec<SessionId>,
+    /// Peers to send it to: this node's children in its delivery tree.
+    pub forward: Vec<Nation>,
+}
+
+/// An envelope the core refused; the audit record is already queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub reason: &'static str,
+}
+
+/// Output for the I/O layer to carry out.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Send this announcement on the links to these peers.
+    Announce {
+        to: Vec<Nation>,
+        announcement: Arc<SignedAnnouncement>,
+    },
+    /// Append this record to the audit log.
+    Audit(Record),
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("{0}")]
+    NotPermitted(String),
+    #[error("a session may hold at most {0} subscriptions; use wildcards or another session")]
+    TooMany(usize),
+    #[error("no such session")]
+    NoSession,
+}
+
+impl SubscribeError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            SubscribeError::NotPermitted(_) => "topic-not-permitted",
+            SubscribeError::TooMany(_) => "too-many-subscriptions",
+            SubscribeError::NoSession => "no-session",
+        }
+    }
+}
+
+/// What the core has decided so far, for status and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    pub published: u64,
+    /// Session deliveries allowed.
+    pub delivered: u64,
+    /// Envelope copies sent to peers.
+    pub forwarded: u64,
+    /// Envelopes refused at ingress.
+    pub refused: u64,
+    /// Message × nation pairs no eligible path could ever reach.
+    pub unreachable: u64,
+    /// Message × nation pairs cut off by links that are down.
+    pub no_route: u64,
+    /// Forwards per peer, so a test can see what crossed each link.
+    pub forwarded_to: BTreeMap<Nation, u64>,
+}
+
+/// Limits of the core.
+#[derive(Debug, Clone)]
+pub struct RoutingSettings {
+    pub max_subscriptions: usize,
+    pub seen_capacity: usize,
+}
+
+impl Default for RoutingSettings {
+    fn default() -> Self {
+        RoutingSettings {
+            max_subscriptions: 256,
+            seen_capacity: seen::DEFAULT_CAPACITY,
+        }
+    }
+}
+
+struct LocalSession {
+    principal: Arc<Principal>,
+    patterns: Vec<Pattern>,
+}
+
+struct Known {
+    signed: Arc<SignedAnnouncement>,
+    received_us: u64,
+}
+
+/// A delivery tree as one node uses it.
+struct CachedTree {
+    live: PathTree,
+    branches: Vec<Branch>,
+    /// Nations reachable from the origin over configured links between
+    /// eligible nations: the difference between `no-route` and
+    /// `unreachable`.
+    configured_reach: NationSet,
+}
+
+/// The last label routed, with what it costs to work out: publishers and
+/// links mostly repeat one label.
+struct LabelMemo {
+    origin: Nation,
+    label: Label,
+    eligible: NationSet,
+    marking: Arc<str>,
+}
+
+/// The routing core of one node. See the module docs.
+pub struct Routing {
+    nation: Nation,
+    policy: Arc<Policy>,
+    nations: Nations,
+    me: usize,
+    configured: Graph,
+    live: Graph,
+    signer: Arc<Signer>,
+    node_keys: Arc<HashMap<Nation, Vec<u8>>>,
+    settings: RoutingSettings,
+    sessions: BTreeMap<SessionId, LocalSession>,
+    live_peers: BTreeSet<Nation>,
+    own_patterns: BTreeSet<Pattern>,
+    seq: u64,
+    announced_us: Option<u64>,
+    announce_due: bool,
+    known: BTreeMap<Nation, Known>,
+    /// Announced patterns per nation index (this node's own excluded).
+    interest: Vec<Vec<Pattern>>,
+    trees: HashMap<(usize, NationSet), Arc<CachedTree>>,
+    last_label: Option<LabelMemo>,
+    last_topic: Option<(Topic, NationSet)>,
+    seen: SeenIds,
+    actions: VecDeque<Action>,
+    counters: Counters,
+}
+
+impl Routing {
+    /// The core of `nation`'s node. `node_keys` holds every nation's node
+    /// key, to verify announcements; `signer` signs this node's own.
+    pub fn new(
+        nation: Nation,
+        policy: Arc<Policy>,
+        signer: Arc<Signer>,
+        node_keys: Arc<HashMap<Nation, Vec<u8>>>,
+        settings: RoutingSettings,
+    ) -> Routing {
+        let nations = Nations::of(&policy);
+        let mut routing = Routing {
+            nation,
+            me: nations.index(nation).unwrap_or(usize::MAX),
+            configured: Graph::configured(&policy, &nations),
+            live: Graph::empty(nations.len()),
+            interest: vec![Vec::new(); nations.len()],
+            nations,
+            policy,
+            signer,
+            node_keys,
+            seen: SeenIds::new(settings.seen_capacity),
+            settings,
+            sessions: BTreeMap::new(),
+            live_peers: BTreeSet::new(),
+            own_patterns: BTreeSet::new(),
+            seq: 0,
+            announced_us: None,
+            announce_due: true,
+            known: BTreeMap::new(),
+            trees: HashMap::new(),
+            last_label: None,
+            last_topic: None,
+            actions: VecDeque::new(),
+            counters: Counters::default(),
+        };
+        routing.rebuild_live();
+        routing
+    }
+
+    pub fn nation(&self) -> Nation {
+        self.nation
+    }
+
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The next action to carry out, if any.
+    pub fn poll(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    fn audit(&mut self, record: Record) {
+        self.actions.push_back(Action::Audit(record));
+    }
+
+    // ----- sessions and subscriptions -----
+
+    pub fn open_session(&mut self, session: SessionId, principal: Arc<Principal>) {
+        self.sessions.insert(
+            session,
+            LocalSession {
+                principal,
+                patterns: Vec::new(),
+            },
+        );
+    }
+
+    /// Adds a subscription, if the principal's permissions cover the
+    /// pattern and the session holds fewer than the limit.
+    pub fn subscribe(
+        &mut self,
+        session: SessionId,
+        pattern: Pattern,
+        now_us: u64,
+    ) -> Result<(), SubscribeError> {
+        let limit = self.settings.max_subscriptions;
+        let entry = self.sessions.get_mut(&session).ok_or(SubscribeError::NoSession)?;
+        if let Decision::Deny { message, .. } = self.policy.may_subscribe(&entry.principal, &pattern) {
+            return Err(SubscribeError::NotPermitted(message));
+        }
+        if !entry.patterns.contains(&pattern) {
+            if entry.patterns.len() >= limit {
+                return Err(SubscribeError::TooMany(limit));
+            }
+            entry.patterns.push(pattern);
+        }
+        self.interest_changed(now_us);
+        Ok(())
+    }
+
+    pub fn unsubscribe(&mut self, session: SessionId, pattern: &Pattern, now_us: u64) {
+        if let Some(entry) = self.sessions.get_mut(&session) {
+            entry.patterns.retain(|p| p != pattern);
+        }
+        self.interest_changed(now_us);
+    }
+
+    pub fn close_session(&mut self, session: SessionId, now_us: u64) {
+        if self.sessions.remove(&session).is_some() {
+            self.interest_changed(now_us);
+        }
+    }
+
+    /// The patterns this node announces: its sessions' patterns, without
+    /// those another one covers; `>` if there are too many to list.
+    fn local_patterns(&self) -> BTreeSet<Pattern> {
+        let all: BTreeSet<&Pattern> = self.sessions.values().flat_map(|s| s.patterns.iter()).collect();
+        let kept: BTreeSet<Pattern> = all
+            .iter()
+            .filter(|p| !all.iter().any(|q| q != *p && p.is_covered_by(q)))
+            .map(|p| (*p).clone())
+            .collect();
+        if kept.len() > MAX_ANNOUNCED_PATTERNS {
+            return Pattern::new(">").into_iter().collect();
+        }
+        kept
+    }
+
+    fn interest_changed(&mut self, now_us: u64) {
+        let patterns = self.local_patterns();
+        if patterns != self.own_patterns {
+            self.own_patterns = patterns;
+            self.announce_soon(now_us);
+        }
+    }
+
+    // ----- links and announcements -----
+
+    /// This node's link to `peer` is up: tell everyone, and give the peer
+    /// every announcement this node holds.
+    pub fn link_up(&mut self, peer: Nation, now_us: u64) {
+        self.live_peers.insert(peer);
+        self.rebuild_live();
+        let mut everything: Vec<Arc<SignedAnnouncement>> =
+            self.known.values().map(|k| k.signed.clone()).collect();
+        everything.push(self.sign_own(now_us));
+        for announcement in everything {
+            self.actions.push_back(Action::Announce {
+                to: vec![peer],
+                announcement,
+            });
+        }
+        self.announce_soon(now_us);
+    }
+
+    pub fn link_down(&mut self, peer: Nation, now_us: u64) {
+        if self.live_peers.remove(&peer) {
+            self.rebuild_live();
+            self.announce_soon(now_us);
+        }
+    }
+
+    pub fn live_peers(&self) -> &BTreeSet<Nation> {
+        &self.live_peers
+    }
+
+    fn announce_soon(&mut self, now_us: u64) {
+        self.announce_due = true;
+        self.tick(now_us);
+    }
+
+    fn sign_own(&mut self, now_us: u64) -> Arc<SignedAnnouncement> {
+        self.seq = (self.seq + 1).max(now_us);
+        let announcement = Announcement {
+            nation: self.nation,
+            seq: self.seq,
+            links: self.live_peers.clone(),
+            patterns: self.own_patterns.clone(),
+        };
+        Arc::new(announcement.sign(&self.signer))
+    }
+
+    fn announce_own(&mut self, now_us: u64) {
+        let announcement = self.sign_own(now_us);
+        self.announced_us = Some(now_us);
+        self.announce_due = false;
+        if !self.live_peers.is_empty() {
+            self.actions.push_back(Action::Announce {
+                to: self.live_peers.iter().copied().collect(),
+                announcement,
+            });
+        }
+    }
+
+    /// Time passes: forget old ids and announcements, and announce this
+    /// node when it changed or its refresh is due.
+    pub fn tick(&mut self, now_us: u64) {
+        self.seen.expire(now_us);
+        let expired: Vec<Nation> = self
+            .known
+            .iter()
+            .filter(|(_, k)| now_us.saturating_sub(k.received_us) > ANNOUNCEMENT_TTL_US)
+            .map(|(&n, _)| n)
+            .collect();
+        if !expired.is_empty() {
+            for nation in expired {
+                self.known.remove(&nation);
+            }
+            self.rebuild_live();
+        }
+        let since = self.announced_us.map(|at| now_us.saturating_sub(at));
+        let due = match since {
+            None => true,
+            Some(since) => (self.announce_due && since >= ANNOUNCE_INTERVAL_US) || since >= REFRESH_US,
+        };
+        if due {
+            self.announce_own(now_us);
+        }
+    }
+
+    /// When the next tick has work to do, at the latest.
+    pub fn next_tick_us(&self) -> u64 {
+        match self.announced_us {
+            Some(at) if self.announce_due => at + ANNOUNCE_INTERVAL_US,
+            Some(at) => at + REFRESH_US,
+            None => 0,
+        }
+    }
+
+    /// An announcement arrived on the link from `from`. A newer one than
+    /// this node holds is kept and passed on to every other live link.
+    pub fn receive_announcement(
+        &mut self,
+        from: Nation,
+        signed: SignedAnnouncement,
+        now_us: u64,
+    ) -> Result<(), AnnouncementError> {
+        let nation = signed.announcement.nation;
+        let checked = match self.node_keys.get(&nation) {
+            Some(key) if self.nations.index(nation).is_some() => signed.verify(key),
+            _ => Err(AnnouncementError::UnknownNation(nation)),
+        };
+        if let Err(err) = checked {
+            self.audit(
+                Record::at(
+                    now_us,
+                    Event::Refuse,
+                    Verdict::Deny,
+                    Reason::BadAnnouncement.code(),
+                )
+                .subject(from)
+                .detail(format!("{from} sent it: {err}")),
+            );
+            return Err(err);
+        }
+        let seq = signed.announcement.seq;
+        if nation == self.nation {
+            // Our own from an earlier run: supersede it.
+            if seq >= self.seq {
+                self.seq = seq;
+                self.announce_due = true;
+                self.announced_us = None;
+                self.tick(now_us);
+            }
+            return Ok(());
+        }
+        if seq > now_us.saturating_add(seen::MAX_SKEW_US) {
+            let err = AnnouncementError::FromTheFuture(nation);
+            self.audit(
+                Record::at(
+                    now_us,
+                    Event::Refuse,
+                    Verdict::Deny,
+                    Reason::BadAnnouncement.code(),
+                )
+                .subject(from)
+                .detail(format!("{from} sent it: {err}")),
+            );
+            return Err(err);
+        }
+        let previous = self.known.get(&nation);
+        if previous.is_some_and(|k| k.signed.announcement.seq >= seq) {
+            return Ok(());
+        }
+        let changed = previous.is_none_or(|k| {
+            k.signed.announcement.links != signed.announcement.links
+                || k.signed.announcement.patterns != signed.announcement.patterns
+        });
+        let signed = Arc::new(signed);
+        self.known.insert(
+            nation,
+            Known {
+                signed: signed.clone(),
+                received_us: now_us,
+            },
+        );
+        if changed {
+            let a = &signed.announcement;
+            let links: Vec<&str> = a.links.iter().map(Nation::as_str).collect();
+            let patterns: Vec<&str> = a.patterns.iter().map(Pattern::as_str).collect();
+            self.audit(
+                Record::at(now_us, Event::Admit, Verdict::Allow, Reason::Announcement.code())
+                    .subject(nation)
+                    .detail(format!(
+                        "links: {}; interest: {}",
+                        if links.is_empty() {
+                            "none".into()
+                        } else {
+                            links.join(", ")
+                        },
+                        if patterns.is_empty() {
+                            "none".into()
+                        } else {
+                            patterns.join(", ")
+                        },
+                    )),
+            );
+            self.rebuild_live();
+        }
+        let to: Vec<Nation> = self
+            .live_peers
+            .iter()
+            .copied()
+            .filter(|&p| p != from && p != nation)
+            .collect();
+        if !to.is_empty() {
+            self.actions.push_back(Action::Announce {
+                to,
+                announcement: signed,
+            });
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the live-link picture and every nation's interest from the
+    /// announcements held. A link counts only if both ends announce it and
+    /// the network file configures it, so one lying member cannot invent
+    /// a link to a nation that does not confirm it.
+    fn rebuild_live(&mut self) {
+        let n = self.nations.len();
+        let mut announced = vec![NationSet::default(); n];
+        let mut interest = vec![Vec::new(); n];
+        for (&nation, known) in &self.known {
+            if let Some(index) = self.nations.index(nation) {
+                announced[index] = self
+                    .nations
+                    .set_of(known.signed.announcement.links.iter().copied());
+                interest[index] = known.signed.announcement.patterns.iter().cloned().collect();
+            }
+        }
+        if self.me < n {
+            announced[self.me] = self.nations.set_of(self.live_peers.iter().copied());
+        }
+        let mut live = Graph::empty(n);
+        for (a, b) in self.configured.links() {
+            if announced[a].contains(b) && announced[b].contains(a) {
+                live.link(a, b);
+            }
+        }
+        if live != self.live {
+            self.live = live;
+            self.trees.clear();
+        }
+        self.interest = interest;
+        self.last_topic = None;
+    }
+
+    // ----- policy -----
+
+    /// A new network policy: everything derived from it is recomputed.
+    pub fn set_policy(&mut self, policy: Arc<Policy>) {
+        self.nations = Nations::of(&policy);
+        self.me = self.nations.index(self.nation).unwrap_or(usize::MAX);
+        self.configured = Graph::configured(&policy, &self.nations);
+        self.policy = policy;
+        self.live = Graph::empty(self.nations.len());
+        self.trees.clear();
+        self.last_label = None;
+        self.rebuild_live();
+    }
+
+    // ----- envelopes -----
+
+    /// Whether this origin and id were seen already: lets the caller skip
+    /// checking the seal of a second copy.
+    pub fn is_duplicate(&self, origin: Nation, id: MessageId) -> bool {
+        self.seen.contains(origin, id)
+    }
+
+    /// The canonical marking and the eligible nations of a label from
+    /// `origin`: the origin and every nation `may_forward` allows.
+    fn eligibility(&mut self, origin: Nation, label: &Label) -> (NationSet, Arc<str>) {
+        if let Some(memo) = &self.last_label {
+            if memo.origin == origin && memo.label == *label {
+                return (memo.eligible, memo.marking.clone());
+            }
+        }
+        let eligible = eligible_nations(&self.policy, &self.nations, origin, label);
+        let marking: Arc<str> = self.policy.scheme().format(label).into();
+        self.last_label = Some(LabelMemo {
+            origin,
+            label: label.clone(),
+            eligible,
+            marking: marking.clone(),
+        });
+        (eligible, marking)
+    }
+
+    /// The canonical marking of a label, as audit records print it.
+    pub fn marking(&mut self, origin: Nation, label: &Label) -> Arc<str> {
+        self.eligibility(origin, label).1
+    }
+
+    /// The nations (other than this one) that announced interest in `topic`.
+    fn interested(&mut self, topic: &Topic) -> NationSet {
+        if let Some((last, set)) = &self.last_topic {
+            if last == topic {
+                return *set;
+            }
+        }
+        let mut set = NationSet::default();
+        for (index, patterns) in self.interest.iter().enumerate() {
+            if index != self.me && patterns.iter().any(|p| p.matches(topic)) {
+                set.insert(index);
+            }
+        }
+        self.last_topic = Some((topic.clone(), set));
+        set
+    }
+
+    fn tree(&mut self, origin: usize, eligible: NationSet) -> Arc<CachedTree> {
+        if let Some(tree) = self.trees.get(&(origin, eligible)) {
+            return tree.clone();
+        }
+        if self.trees.len() >= TREE_CACHE {
+            self.trees.clear();
+        }
+        let live = self.live.shortest_paths(origin, eligible);
+        let tree = Arc::new(CachedTree {
+            branches: live.branches(self.me),
+            configured_reach: self.configured.shortest_paths(origin, eligible).reached(),
+            live,
+        });
+        self.trees.insert((origin, eligible), tree.clone());
+        tree
+    }
+
+    fn refuse(
+        &mut self,
+        envelope: &Envelope,
+        marking: &str,
+        from: Nation,
+        reason: &'static str,
+        detail: String,
+        now_us: u64,
+    ) -> Refused {
+        self.counters.refused += 1;
+        let event = if reason == Reason::Duplicate.code() {
+            Event::Drop
+        } else {
+            Event::Refuse
+        };
+        self.audit(
+            Record::at(now_us, event, Verdict::Deny, reason)
+                .message(envelope, marking)
+                .subject(from)
+                .detail(detail),
+        );
+        Refused { reason }
+    }
+
+    /// Routes one envelope: the checks of a node boundary (for one from a
+    /// peer), then local delivery, then the peers to forward it to. An
+    /// unverified envelope (straight from its origin) is delivered but not
+    /// forwarded; call [`Routing::relay`] once its seal has verified.
+    pub fn route(
+        &mut self,
+        envelope: &Envelope,
+        source: Source,
+        seal: SealState,
+        now_us: u64,
+    ) -> Result<Route, Refused> {
+        let origin = envelope.origin;
+        let (eligible, marking) = self.eligibility(origin, &envelope.label);
+        match source {
+            Source::Local => {
+                self.counters.published += 1;
+                // A fresh id; remembered so an echo is a duplicate.
+                let _ = self.seen.take(origin, envelope.id, envelope.created_us, now_us);
+            }
+            Source::Peer(from) => {
+                if self.nations.index(origin).is_none() {
+                    return Err(self.refuse(
+                        envelope,
+                        &marking,
+                        from,
+                        Reason::UnknownOrigin.code(),
+                        format!("{from} sent a message from {origin}, which is not a nation of the network"),
+                        now_us,
+                    ));
+                }
+                if seal == SealState::Unverified && origin != from {
+                    return Err(self.refuse(
+                        envelope,
+                        &marking,
+                        from,
+                        Reason::UnsealedRelay.code(),
+                        format!("{from} relayed a message from {origin} without its seal"),
+                        now_us,
+                    ));
+                }
+                if let Err(unseen) = self.seen.check(origin, envelope.id, envelope.created_us, now_us) {
+                    let (reason, detail) = match unseen {
+                        Unseen::Duplicate => (
+                            Reason::Duplicate,
+                            format!("already received; this copy came from {from}"),
+                        ),
+                        Unseen::Stale => (
+                            Reason::Stale,
+                            format!(
+                                "created more than {} s ago, or before the oldest id this node still holds",
+                                seen::MAX_AGE_US / 1_000_000
+                            ),
+                        ),
+                        Unseen::Future => (
+                            Reason::FromTheFuture,
+                            format!(
+                                "created more than {} s ahead of this node's clock",
+                                seen::MAX_SKEW_US / 1_000_000
+                            ),
+                        ),
+                    };
+                    return Err(self.refuse(envelope, &marking, from, reason.code(), detail, now_us));
+                }
+                if !eligible.contains(self.me) {
+                    let (reason, message) =
+                        match self.policy.may_forward(&envelope.label, origin, self.nation) {
+                            Decision::Deny { reason, message } => (reason.code(), message),
+                            Decision::Allow => (Reason::IneligibleRelay.code(), String::new()),
+                        };
+                    return Err(self.refuse(
+                        envelope,
+                        &marking,
+                        from,
+                        reason,
+                        format!("{from} sent it: {message}"),
+                        now_us,
+                    ));
+                }
+                let from_eligible = self.nations.index(from).is_some_and(|i| eligible.contains(i));
+                if !from_eligible {
+                    return Err(self.refuse(
+                        envelope,
+                        &marking,
+                        from,
+                        Reason::IneligibleRelay.code(),
+                        format!("{from} relayed a message it may not hold itself"),
+                        now_us,
+                    ));
+                }
+                // Checked above; taking cannot fail now.
+                let _ = self.seen.take(origin, envelope.id, envelope.created_us, now_us);
+            }
+        }
+        let deliver = self.deliver_locally(envelope, &marking, now_us);
+        let forward = match (source, seal) {
+            (Source::Peer(_), SealState::Unverified) => Vec::new(),
+            (Source::Peer(from), SealState::Verified) => {
+                self.children(envelope, eligible, &marking, Some(from), now_us)
+            }
+            (Source::Local, _) => self.children(envelope, eligible, &marking, None, now_us),
+        };
+        Ok(Route { deliver, forward })
+    }
+
+    /// The peers to pass on an envelope that came unverified from `from`
+    /// (its origin) and whose seal has now verified.
+    pub fn relay(&mut self, envelope: &Envelope, from: Nation, now_us: u64) -> Vec<Nation> {
+        let (eligible, marking) = self.eligibility(envelope.origin, &envelope.label);
+        self.children(envelope, eligible, &marking, Some(from), now_us)
+    }
+
+    fn deliver_locally(&mut self, envelope: &Envelope, marking: &str, now_us: u64) -> Vec<SessionId> {
+        let mut deliver = Vec::new();
+        let mut denials = Vec::new();
+        for (&id, session) in &self.sessions {
+            if !session.patterns.iter().any(|p| p.matches(&envelope.topic)) {
+                continue;
+            }
+            match self.policy.may_deliver(
+                &session.principal,
+                &envelope.topic,
+                &envelope.label,
+                envelope.origin,
+            ) {
+                Decision::Allow => deliver.push(id),
+                Decision::Deny { reason, message } => denials.push(
+                    Record::at(now_us, Event::Deliver, Verdict::Deny, reason.code())
+                        .message(envelope, marking)
+                        .subject(&session.principal.name)
+                        .detail(message),
+                ),
+            }
+        }
+        for record in denials {
+            self.audit(record);
+        }
+        self.counters.delivered += deliver.len() as u64;
+        deliver
+    }
+
+    /// This node's children in the envelope's tree that lead to an
+    /// interested nation; at the origin, also audits the targets no path
+    /// reaches.
+    fn children(
+        &mut self,
+        envelope: &Envelope,
+        eligible: NationSet,
+        marking: &str,
+        from: Option<Nation>,
+        now_us: u64,
+    ) -> Vec<Nation> {
+        let Some(origin) = self.nations.index(envelope.origin) else {
+            return Vec::new();
+        };
+        let mut targets = self.interested(&envelope.topic).and(eligible);
+        targets.remove(origin);
+        targets.remove(self.me);
+        if targets.is_empty() {
+            return Vec::new();
+        }
+        let tree = self.tree(origin, eligible);
+        let mut forward = Vec::new();
+        for branch in &tree.branches {
+            if !branch.beyond.intersects(targets) {
+                continue;
+            }
+            let child = self.nations.nation(branch.child);
+            if Some(child) == from || child == envelope.origin {
+                continue;
+            }
+            if !self.live_peers.contains(&child) {
+                let record = Record::at(now_us, Event::Drop, Verdict::Deny, Reason::LinkDown.code())
+                    .message(envelope, marking)
+                    .subject(child);
+                self.audit(record);
+                continue;
+            }
+            forward.push(child);
+            self.counters.forwarded += 1;
+            *self.counters.forwarded_to.entry(child).or_default() += 1;
+        }
+        if from.is_none() {
+            let missed = targets.minus(tree.live.reached());
+            if !missed.is_empty() {
+                let no_route = missed.and(tree.configured_reach);
+                let unreachable = missed.minus(tree.configured_reach);
+                for (set, reason, counter, why) in [
+                    (
+                        no_route,
+                        Reason::NoRoute,
+                        &mut self.counters.no_route,
+                        "interested, but the links of every eligible path are down",
+                    ),
+                    (
+                        unreachable,
+                        Reason::Unreachable,
+                        &mut self.counters.unreachable,
+                        "interested, but no path of eligible nations reaches it over the configured links",
+                    ),
+                ] {
+                    if set.is_empty() {
+                        continue;
+                    }
+                    let names = self.nations.names(set);
+                    *counter += names.len() as u64;
+                    let record = Record::at(now_us, Event::Drop, Verdict::Deny, reason.code())
+                        .message(envelope, marking)
+                        .subjects(names.iter().map(Nation::to_string).collect())
+                        .detail(why);
+                    self.actions.push_back(Action::Audit(record));
+                }
+            }
+        }
+        forward
+    }
+
+    /// The path a message from `origin` with `label` takes to `to` over
+    /// the live links, as this node sees them: `None` if none reaches it.
+    pub fn live_path(&mut self, origin: Nation, label: &Label, to: Nation) -> Option<Vec<Nation>> {
+        let (eligible, _) = self.eligibility(origin, label);
+        let (o, t) = (self.nations.index(origin)?, self.nations.index(to)?);
+        let tree = self.tree(o, eligible);
+        tree.live
+            .path(t)
+            .map(|path| path.into_iter().map(|i| self.nations.nation(i)).collect())
+    }
+}
+
+/// The origin and every nation a label from it may be forwarded to
+/// (invariant 2): the only nations its delivery tree may touch.
+fn eligible_nations(policy: &Policy, nations: &Nations, origin: Nation, label: &Label) -> NationSet {
+    let mut eligible = NationSet::default();
+    for index in 0..nations.len() {
+        let nation = nations.nation(index);
+        if nation == origin || policy.may_forward(label, origin, nation).is_allow() {
+            eligible.insert(index);
+        }
+    }
+    eligible
+}
+
+/// The path a message from `origin` with `label` takes to each nation over
+/// the configured links when every link is up, by the same trees the nodes
+/// use; `None` for a nation no eligible path reaches. Eligible nations
+/// only.
+pub fn configured_paths(
+    policy: &Policy,
+    origin: Nation,
+    label: &Label,
+) -> BTreeMap<Nation, Option<Vec<Nation>>> {
+    let nations = Nations::of(policy);
+    let mut out = BTreeMap::new();
+    let Some(root) = nations.index(origin) else {
+        return out;
+    };
+    let eligible = eligible_nations(policy, &nations, origin, label);
+    let tree = Graph::configured(policy, &nations).shortest_paths(root, eligible);
+    for index in eligible.iter() {
+        let path = tree
+            .path(index)
+            .map(|p| p.into_iter().map(|i| nations.nation(i)).collect());
+        out.insert(nations.nation(index), path);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

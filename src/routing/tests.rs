@@ -1,0 +1,592 @@
+//! Tests of the routing core: a mesh of cores, one per nation, wired
+//! together in memory (announcements and envelopes passed by hand), over
+//! random networks, labels, interests and failed links.
+
+use super::*;
+use crate::envelope::{MessageIds, Unsigned};
+use crate::policy::tests::{arb_label, arb_network, TOKENS};
+use proptest::prelude::*;
+use std::collections::BTreeSet;
+
+const START_US: u64 = 1_800_000_000 * 1_000_000;
+
+fn signer() -> Signer {
+    let der = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    Signer::from_pkcs8(der.as_ref()).unwrap()
+}
+
+/// What one envelope did in a mesh.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    /// Each session delivery, by session.
+    pub deliveries: Vec<SessionId>,
+    /// Each envelope copy sent, as (from, to).
+    pub crossings: Vec<(Nation, Nation)>,
+    /// Envelopes each node took (route returned Ok) from a peer.
+    pub received: BTreeMap<Nation, usize>,
+    /// Nations that forwarded it on.
+    pub forwarders: BTreeSet<Nation>,
+    pub refusals: Vec<(Nation, &'static str)>,
+    pub audit: Vec<Record>,
+}
+
+/// Every nation's routing core, linked as the network file says except
+/// for the links listed as down.
+pub(crate) struct Mesh {
+    pub policy: Arc<Policy>,
+    pub nodes: BTreeMap<Nation, Routing>,
+    pub sessions: BTreeMap<SessionId, (Nation, Arc<Principal>)>,
+    pub now: u64,
+    ids: MessageIds,
+    next_session: SessionId,
+    audit: Vec<(Nation, Record)>,
+}
+
+impl Mesh {
+    pub fn new(policy: Arc<Policy>, down: &BTreeSet<(Nation, Nation)>) -> Mesh {
+        let signers: BTreeMap<Nation, Arc<Signer>> = policy
+            .nations()
+            .keys()
+            .map(|&n| (n, Arc::new(signer())))
+            .collect();
+        let keys: Arc<HashMap<Nation, Vec<u8>>> = Arc::new(
+            signers
+                .iter()
+                .map(|(&n, s)| (n, s.public_key().to_vec()))
+                .collect(),
+        );
+        let nodes = signers
+            .iter()
+            .map(|(&n, s)| {
+                let core = Routing::new(
+                    n,
+                    policy.clone(),
+                    s.clone(),
+                    keys.clone(),
+                    RoutingSettings::default(),
+                );
+                (n, core)
+            })
+            .collect();
+        let mut mesh = Mesh {
+            policy,
+            nodes,
+            sessions: BTreeMap::new(),
+            now: START_US,
+            ids: MessageIds::new([9; 8]),
+            next_session: 1,
+            audit: Vec::new(),
+        };
+        let links: Vec<(Nation, Nation)> = mesh
+            .policy
+            .nations()
+            .iter()
+            .flat_map(|(&a, p)| p.peers.iter().map(move |&b| (a, b)))
+            .filter(|&(a, b)| !down.contains(&(a.min(b), a.max(b))))
+            .collect();
+        for (a, b) in links {
+            let now = mesh.now;
+            mesh.nodes.get_mut(&a).unwrap().link_up(b, now);
+        }
+        mesh.settle();
+        mesh
+    }
+
+    /// Passes announcements around until no node has anything to say.
+    pub fn settle(&mut self) {
+        for _round in 0..10_000 {
+            let mut moved = false;
+            let nations: Vec<Nation> = self.nodes.keys().copied().collect();
+            for &from in &nations {
+                while let Some(action) = self.nodes.get_mut(&from).unwrap().poll() {
+                    moved = true;
+                    match action {
+                        Action::Announce { to, announcement } => {
+                            for peer in to {
+                                let now = self.now;
+                                let node = self.nodes.get_mut(&peer).unwrap();
+                                node.receive_announcement(from, (*announcement).clone(), now)
+                                    .expect("genuine announcements are accepted");
+                            }
+                        }
+                        Action::Audit(record) => self.audit.push((from, record)),
+                    }
+                }
+            }
+            if !moved {
+                // Let pending announcements go out, then see if anything moves.
+                self.now += ANNOUNCE_INTERVAL_US;
+                let now = self.now;
+                let mut any = false;
+                for node in self.nodes.values_mut() {
+                    node.tick(now);
+                    any |= !node.actions.is_empty();
+                }
+                if !any {
+                    return;
+                }
+            }
+        }
+        panic!("announcements never settled");
+    }
+
+    pub fn subscribe(&mut self, principal: &Principal, pattern: &str) -> Result<SessionId, SubscribeError> {
+        let session = self.next_session;
+        self.next_session += 1;
+        let principal = Arc::new(principal.clone());
+        let now = self.now;
+        let node = self.nodes.get_mut(&principal.nation).unwrap();
+        node.open_session(session, principal.clone());
+        node.subscribe(session, Pattern::new(pattern).unwrap(), now)?;
+        self.sessions.insert(session, (principal.nation, principal));
+        Ok(session)
+    }
+
+    pub fn envelope(&self, origin: Nation, label: Label, topic: &Topic) -> Envelope {
+        Envelope::from(Unsigned {
+            id: self.ids.next_id(),
+            origin,
+            publisher: format!("{}.someone", origin.lowercase()),
+            topic: topic.clone(),
+            label,
+            created_us: self.now,
+            payload: vec![1, 2, 3],
+        })
+    }
+
+    /// Publishes at `origin` and carries the envelope wherever the cores
+    /// send it, as sealed and verified (the I/O layer's job).
+    pub fn publish(&mut self, envelope: &Envelope) -> Outcome {
+        let mut outcome = Outcome::default();
+        let now = self.now;
+        let origin = envelope.origin;
+        let route = self
+            .nodes
+            .get_mut(&origin)
+            .unwrap()
+            .route(envelope, Source::Local, SealState::Verified, now)
+            .expect("a local publish is routed");
+        outcome.deliveries.extend(route.deliver);
+        let mut queue: VecDeque<(Nation, Nation)> = route.forward.iter().map(|&to| (origin, to)).collect();
+        if !route.forward.is_empty() {
+            outcome.forwarders.insert(origin);
+        }
+        while let Some((from, to)) = queue.pop_front() {
+            outcome.crossings.push((from, to));
+            let node = self.nodes.get_mut(&to).unwrap();
+            match node.route(envelope, Source::Peer(from), SealState::Verified, now) {
+                Ok(route) => {
+                    *outcome.received.entry(to).or_default() += 1;
+                    outcome.deliveries.extend(route.deliver);
+                    if !route.forward.is_empty() {
+                        outcome.forwarders.insert(to);
+                    }
+                    queue.extend(route.forward.iter().map(|&next| (to, next)));
+                }
+                Err(refused) => outcome.refusals.push((to, refused.reason)),
+            }
+        }
+        for node in self.nodes.values_mut() {
+            while let Some(action) = node.poll() {
+                if let Action::Audit(record) = action {
+                    outcome.audit.push(record);
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Nations reached from `origin` over live links between `allowed`
+    /// nations, by a search of its own.
+    pub fn reachable(
+        &self,
+        origin: Nation,
+        allowed: &BTreeSet<Nation>,
+        down: &BTreeSet<(Nation, Nation)>,
+    ) -> BTreeSet<Nation> {
+        let mut reached = BTreeSet::from([origin]);
+        let mut frontier = vec![origin];
+        while let Some(at) = frontier.pop() {
+            for &next in &self.policy.nations()[&at].peers {
+                let link_up = !down.contains(&(at.min(next), at.max(next)));
+                if link_up && allowed.contains(&next) && reached.insert(next) {
+                    frontier.push(next);
+                }
+            }
+        }
+        reached
+    }
+}
+
+fn nation(code: &str) -> Nation {
+    Nation::parse(code).unwrap()
+}
+
+fn eligible(policy: &Policy, label: &Label, origin: Nation) -> BTreeSet<Nation> {
+    policy
+        .nations()
+        .keys()
+        .copied()
+        .filter(|&n| n == origin || policy.may_forward(label, origin, n).is_allow())
+        .collect()
+}
+
+/// A network, a label, an origin, a topic, subscriptions (principal
+/// index, pattern) and which links fail.
+type Case = (Arc<Policy>, Label, Nation, Topic, Vec<(usize, String)>, Vec<bool>);
+
+fn arb_case() -> impl Strategy<Value = Case> {
+    arb_network().prop_flat_map(|policy| {
+        let nations: Vec<Nation> = policy.nations().keys().copied().collect();
+        let principals = policy.principals().count();
+        (
+            Just(Arc::new(policy.clone())),
+            arb_label(&policy),
+            proptest::sample::select(nations),
+            proptest::collection::vec(proptest::sample::select(TOKENS.to_vec()), 1..4)
+                .prop_map(|tokens| Topic::new(tokens.join(".")).unwrap()),
+            proptest::collection::vec(
+                (
+                    0..principals,
+                    proptest::sample::select(vec![">", "sigint.>", "*.ru.*", "ru.*", "launch"]),
+                ),
+                0..8,
+            )
+            .prop_map(|subs| subs.into_iter().map(|(p, pat)| (p, pat.to_owned())).collect()),
+            proptest::collection::vec(any::<bool>(), 36),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Over random networks, failed links, labels and interests: nothing
+    /// reaches an ineligible nation, every eligible interested reachable
+    /// nation gets the message exactly once, no link carries it twice, and
+    /// it crosses no link without interest behind it.
+    #[test]
+    fn trees_deliver_exactly_where_they_may((policy, label, origin, topic, subs, failures) in arb_case()) {
+        let nations: Vec<Nation> = policy.nations().keys().copied().collect();
+        let mut down = BTreeSet::new();
+        for (i, &a) in nations.iter().enumerate() {
+            for (j, &b) in nations.iter().enumerate().skip(i + 1) {
+                // About one link in four is down.
+                if failures[(i * nations.len() + j) % failures.len()] && failures[(j * 5 + i) % failures.len()] {
+                    down.insert((a.min(b), a.max(b)));
+                }
+            }
+        }
+        let mut mesh = Mesh::new(policy.clone(), &down);
+        let principals: Vec<Principal> = policy.principals().cloned().collect();
+        for (index, pattern) in &subs {
+            let _ = mesh.subscribe(&principals[*index], pattern);
+        }
+        mesh.settle();
+        let envelope = mesh.envelope(origin, label.clone(), &topic);
+        let outcome = mesh.publish(&envelope);
+
+        let eligible = eligible(&policy, &label, origin);
+        prop_assert!(outcome.refusals.is_empty(), "{:?}", outcome.refusals);
+        let mut crossed = BTreeSet::new();
+        for &(from, to) in &outcome.crossings {
+            prop_assert!(eligible.contains(&from) && eligible.contains(&to), "{from}→{to} outside {eligible:?}");
+            prop_assert!(crossed.insert((from, to)), "{from}→{to} carried it twice");
+            prop_assert!(!down.contains(&(from.min(to), from.max(to))), "{from}→{to} is down");
+        }
+        for (&nation, &count) in &outcome.received {
+            prop_assert_eq!(count, 1, "{} received it {} times", nation, count);
+        }
+        // Interest as the sessions hold it (refused subscriptions hold none).
+        let interested: BTreeSet<Nation> = mesh
+            .nodes
+            .iter()
+            .filter(|(_, node)| node.sessions.values().any(|s| s.patterns.iter().any(|p| p.matches(&topic))))
+            .map(|(&n, _)| n)
+            .collect();
+        let reachable = mesh.reachable(origin, &eligible, &down);
+        for &nation in eligible.iter().filter(|&&n| n != origin) {
+            let received = outcome.received.contains_key(&nation);
+            if interested.contains(&nation) && reachable.contains(&nation) {
+                prop_assert!(received, "{} is interested and reachable but got nothing", nation);
+            }
+            if !reachable.contains(&nation) {
+                prop_assert!(!received, "{} got it over a link that is down", nation);
+            }
+        }
+        // Every nation it reached wanted it or passed it on.
+        for nation in outcome.received.keys() {
+            prop_assert!(interested.contains(nation) || outcome.forwarders.contains(nation), "{} got it for nothing", nation);
+        }
+        // Deliveries: exactly the sessions invariant 1 allows, once each.
+        let mut expected: Vec<SessionId> = mesh
+            .sessions
+            .iter()
+            .filter(|(_, (nation, principal))| {
+                (*nation == origin || outcome.received.contains_key(nation))
+                    && policy.may_deliver(principal, &topic, &label, origin).is_allow()
+            })
+            .map(|(&s, _)| s)
+            .filter(|s| {
+                let node = &mesh.nodes[&mesh.sessions[s].0];
+                node.sessions[s].patterns.iter().any(|p| p.matches(&topic))
+            })
+            .collect();
+        expected.sort_unstable();
+        let mut got = outcome.deliveries.clone();
+        got.sort_unstable();
+        prop_assert_eq!(got, expected);
+        // Interested, eligible targets no path reaches are audited, when
+        // the origin has heard of their interest at all (a nation whose
+        // every link is down never could tell it).
+        let configured_reach = mesh.reachable(origin, &eligible, &BTreeSet::new());
+        let heard_of = |n: &Nation| mesh.nodes[&origin].known.contains_key(n);
+        for &nation in interested.iter().filter(|n| eligible.contains(n) && **n != origin && !reachable.contains(n) && heard_of(n)) {
+            let reason = if configured_reach.contains(&nation) { "no-route" } else { "unreachable" };
+            prop_assert!(outcome.audit.iter().any(|r| r.reason == reason && r.subjects.contains(&nation.to_string())),
+                "{} not audited as {}", nation, reason);
+        }
+    }
+}
+
+fn chain_policy() -> Arc<Policy> {
+    // A ring of four: GBR - EST - LVA - LTU - POL - GBR, with USA hanging
+    // off GBR.
+    let text = r#"
+        [communities]
+        EVERYONE = ["GBR", "EST", "LVA", "LTU", "POL", "USA"]
+        [nations.GBR]
+        address = "127.0.0.1:1"
+        peers = ["EST", "POL", "USA"]
+        default_ceiling = "SECRET"
+        [nations.EST]
+        address = "127.0.0.1:2"
+        peers = ["GBR", "LVA"]
+        default_ceiling = "SECRET"
+        [nations.LVA]
+        address = "127.0.0.1:3"
+        peers = ["EST", "LTU"]
+        default_ceiling = "SECRET"
+        [nations.LTU]
+        address = "127.0.0.1:4"
+        peers = ["LVA", "POL"]
+        default_ceiling = "SECRET"
+        [nations.POL]
+        address = "127.0.0.1:5"
+        peers = ["GBR", "LTU"]
+        default_ceiling = "SECRET"
+        [nations.USA]
+        address = "127.0.0.1:6"
+        peers = ["GBR"]
+        default_ceiling = "SECRET"
+        [[principals]]
+        name = "lva.analyst"
+        nation = "LVA"
+        clearance = "SECRET"
+        publish = [">"]
+        subscribe = [">"]
+        [[principals]]
+        name = "usa.analyst"
+        nation = "USA"
+        clearance = "SECRET"
+        publish = [">"]
+        subscribe = ["sigint.>"]
+    "#;
+    let file: crate::config::NetworkFile = toml::from_str(text).unwrap();
+    Arc::new(file.validate(std::path::Path::new("ring.toml")).unwrap())
+}
+
+#[test]
+fn a_message_crosses_two_relays_and_interest_is_withdrawn() {
+    let policy = chain_policy();
+    let mut mesh = Mesh::new(policy.clone(), &BTreeSet::new());
+    let lva = policy.principal("lva.analyst").unwrap().clone();
+    let session = mesh.subscribe(&lva, "sigint.>").unwrap();
+    mesh.settle();
+    let label = policy.scheme().parse("SECRET//REL TO EVERYONE").unwrap();
+    let topic = Topic::new("sigint.ru").unwrap();
+    let envelope = mesh.envelope(nation("GBR"), label.clone(), &topic);
+    let outcome = mesh.publish(&envelope);
+    // GBR → EST → LVA (two hops, tie with GBR → POL → LTU → LVA is longer).
+    assert_eq!(
+        outcome.crossings,
+        [(nation("GBR"), nation("EST")), (nation("EST"), nation("LVA"))]
+    );
+    assert_eq!(outcome.deliveries, [session]);
+
+    // The last subscriber leaves: nothing crosses any link any more.
+    let now = mesh.now;
+    mesh.nodes
+        .get_mut(&nation("LVA"))
+        .unwrap()
+        .close_session(session, now);
+    mesh.settle();
+    let outcome = mesh.publish(&mesh.envelope(nation("GBR"), label, &topic));
+    assert!(outcome.crossings.is_empty(), "{:?}", outcome.crossings);
+}
+
+#[test]
+fn a_failed_link_reroutes_and_an_ineligible_relay_is_avoided() {
+    let policy = chain_policy();
+    let down = BTreeSet::from([(nation("EST"), nation("GBR"))]);
+    let mut mesh = Mesh::new(policy.clone(), &down);
+    let lva = policy.principal("lva.analyst").unwrap().clone();
+    mesh.subscribe(&lva, ">").unwrap();
+    mesh.settle();
+    let topic = Topic::new("sigint.ru").unwrap();
+    let all = policy.scheme().parse("SECRET//REL TO EVERYONE").unwrap();
+    let outcome = mesh.publish(&mesh.envelope(nation("GBR"), all, &topic));
+    assert_eq!(
+        outcome.crossings,
+        [
+            (nation("GBR"), nation("POL")),
+            (nation("POL"), nation("LTU")),
+            (nation("LTU"), nation("LVA"))
+        ]
+    );
+    // POL may not see it: the only way left to LVA is gone. Its links are
+    // configured but down (EST–GBR): no-route, not unreachable.
+    let no_pol = policy
+        .scheme()
+        .parse("SECRET//REL TO GBR, EST, LVA, LTU")
+        .unwrap();
+    let outcome = mesh.publish(&mesh.envelope(nation("GBR"), no_pol.clone(), &topic));
+    assert!(outcome.crossings.is_empty(), "{:?}", outcome.crossings);
+    assert!(outcome
+        .audit
+        .iter()
+        .any(|r| r.reason == "no-route" && r.subjects == ["LVA"]));
+    // Without EST either, no configured path of eligible nations exists.
+    let only = policy.scheme().parse("SECRET//REL TO GBR, LVA").unwrap();
+    let outcome = mesh.publish(&mesh.envelope(nation("GBR"), only, &topic));
+    assert!(outcome
+        .audit
+        .iter()
+        .any(|r| r.reason == "unreachable" && r.subjects == ["LVA"]));
+    assert_eq!(mesh.nodes[&nation("GBR")].counters().unreachable, 1);
+}
+
+#[test]
+fn forged_and_unknown_announcements_are_refused() {
+    let policy = chain_policy();
+    let mut mesh = Mesh::new(policy.clone(), &BTreeSet::new());
+    let now = mesh.now;
+    // USA signs an announcement in GBR's name with its own key.
+    let forged = Announcement {
+        nation: nation("GBR"),
+        seq: now + 1,
+        links: BTreeSet::new(),
+        patterns: [Pattern::new(">").unwrap()].into(),
+    }
+    .sign(&signer());
+    let est = mesh.nodes.get_mut(&nation("EST")).unwrap();
+    assert_eq!(
+        est.receive_announcement(nation("USA"), forged, now),
+        Err(AnnouncementError::BadSignature(nation("GBR")))
+    );
+    let unknown = Announcement {
+        nation: nation("ZZZ"),
+        seq: now,
+        links: BTreeSet::new(),
+        patterns: BTreeSet::new(),
+    }
+    .sign(&signer());
+    assert_eq!(
+        est.receive_announcement(nation("USA"), unknown, now),
+        Err(AnnouncementError::UnknownNation(nation("ZZZ")))
+    );
+    let mut refusals = 0;
+    while let Some(action) = est.poll() {
+        if let Action::Audit(record) = action {
+            assert_eq!(record.reason, "bad-announcement");
+            refusals += 1;
+        }
+    }
+    assert_eq!(refusals, 2);
+    // GBR's genuine links still stand at EST: GBR still reaches LVA via EST.
+    let label = policy.scheme().parse("SECRET//REL TO EVERYONE").unwrap();
+    let path = est.live_path(nation("GBR"), &label, nation("LVA"));
+    assert_eq!(path, Some(vec![nation("GBR"), nation("EST"), nation("LVA")]));
+}
+
+#[test]
+fn replays_and_ineligible_senders_are_refused_at_ingress() {
+    let policy = chain_policy();
+    let mut mesh = Mesh::new(policy.clone(), &BTreeSet::new());
+    let lva = policy.principal("lva.analyst").unwrap().clone();
+    mesh.subscribe(&lva, ">").unwrap();
+    mesh.settle();
+    let topic = Topic::new("sigint.ru").unwrap();
+    let label = policy.scheme().parse("SECRET//REL TO GBR, EST, LVA").unwrap();
+    let envelope = mesh.envelope(nation("GBR"), label, &topic);
+    mesh.publish(&envelope);
+    let now = mesh.now;
+    let lva_node = mesh.nodes.get_mut(&nation("LVA")).unwrap();
+    // The same envelope again, by the same or another path.
+    let again = lva_node.route(&envelope, Source::Peer(nation("EST")), SealState::Verified, now);
+    assert_eq!(again, Err(Refused { reason: "duplicate" }));
+    // LTU may not hold it, so it may not relay it, even sealed.
+    let mut other = envelope.clone();
+    other.id = MessageId([7; 16]);
+    let from_ltu = lva_node.route(&other, Source::Peer(nation("LTU")), SealState::Verified, now);
+    assert_eq!(
+        from_ltu,
+        Err(Refused {
+            reason: "ineligible-relay"
+        })
+    );
+    // A relay must not pass on an envelope whose seal it has not checked.
+    other.id = MessageId([8; 16]);
+    let unsealed = lva_node.route(&other, Source::Peer(nation("EST")), SealState::Unverified, now);
+    assert_eq!(
+        unsealed,
+        Err(Refused {
+            reason: "unsealed-relay"
+        })
+    );
+    // From the future.
+    other.id = MessageId([9; 16]);
+    other.created_us = now + seen::MAX_SKEW_US + 1;
+    let future = lva_node.route(&other, Source::Peer(nation("EST")), SealState::Verified, now);
+    assert_eq!(
+        future,
+        Err(Refused {
+            reason: "from-the-future"
+        })
+    );
+}
+
+#[test]
+fn an_unverified_envelope_from_its_origin_is_delivered_but_relayed_only_after_its_seal() {
+    let policy = chain_policy();
+    let mut mesh = Mesh::new(policy.clone(), &BTreeSet::new());
+    let lva = policy.principal("lva.analyst").unwrap().clone();
+    mesh.subscribe(&lva, ">").unwrap();
+    mesh.settle();
+    let now = mesh.now;
+    let label = policy.scheme().parse("SECRET//REL TO EVERYONE").unwrap();
+    let envelope = mesh.envelope(nation("EST"), label, &Topic::new("a.b").unwrap());
+    let lva_node = mesh.nodes.get_mut(&nation("LVA")).unwrap();
+    let route = lva_node
+        .route(&envelope, Source::Peer(nation("EST")), SealState::Unverified, now)
+        .unwrap();
+    assert_eq!(route.deliver.len(), 1);
+    assert!(route.forward.is_empty());
+    // LVA has no one beyond it that wants it, so even verified it stays.
+    assert!(lva_node.relay(&envelope, nation("EST"), now).is_empty());
+}
+
+#[test]
+fn announcements_expire_without_refresh() {
+    let policy = chain_policy();
+    let mut mesh = Mesh::new(policy.clone(), &BTreeSet::new());
+    let lva = policy.principal("lva.analyst").unwrap().clone();
+    mesh.subscribe(&lva, ">").unwrap();
+    mesh.settle();
+    let label = policy.scheme().parse("SECRET//REL TO EVERYONE").unwrap();
+    let gbr = mesh.nodes.get_mut(&nation("GBR")).unwrap();
+    assert!(gbr.live_path(nation("GBR"), &label, nation("LVA")).is_some());
+    // Nobody else ticks or talks: at GBR, everyone else's picture lapses.
+    gbr.tick(START_US + ANNOUNCEMENT_TTL_US * 2);
+    assert_eq!(gbr.live_path(nation("GBR"), &label, nation("LVA")), None);
+}
