@@ -420,204 +420,259 @@ async fn ctrl_c() {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Up { network, certs, data } => {
-            let policy = Arc::new(load_network(&network)?);
-            let layout = PkiLayout::new(&certs);
-            runtime()?.block_on(node::run_network(
-                policy,
-                &layout,
-                &data,
-                |addresses| {
-                    println!("entente network running; Ctrl-C to stop");
-                    for (nation, addr) in addresses {
-                        println!("  {nation}  {addr}");
-                    }
-                    println!(
-                        "certs: {}   audit logs: {}/<NATION>/audit.jsonl",
-                        certs.display(),
-                        data.display()
-                    );
-                },
-                ctrl_c(),
-            ))?;
-            println!("stopped");
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Up { network, certs, data } => cmd_up(network, certs, data),
         Command::Node {
             nation,
             network,
             certs,
             listen,
             data,
-        } => {
-            let nation = Nation::parse(&nation)
-                .with_context(|| format!("`{nation}` is not a nation code such as GBR"))?;
-            let policy = Arc::new(load_network(&network)?);
-            let data = data.unwrap_or_else(|| PathBuf::from("data").join(nation.as_str()));
-            let config = NodeConfig::load(nation, policy, &PkiLayout::new(&certs), data)?;
-            let addr = match listen {
-                Some(addr) => addr,
-                None => config.listen_address()?,
-            };
-            single_thread_runtime()?.block_on(async {
-                let endpoint = node::bind(&config, addr)?;
-                println!("{nation} node listening on {}", endpoint.local_addr()?);
-                node::run(config, endpoint, ctrl_c()).await?;
-                anyhow::Ok(())
-            })?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => cmd_node(nation, network, certs, listen, data),
         Command::Pub {
             connect,
             topic,
             label,
             file,
             data,
-        } => {
-            let payload = match (data, file) {
-                (Some(data), _) => data.into_bytes(),
-                (None, Some(path)) => {
-                    std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?
-                }
-                (None, None) => {
-                    let mut buffer = Vec::new();
-                    std::io::stdin()
-                        .read_to_end(&mut buffer)
-                        .context("cannot read standard input")?;
-                    buffer
-                }
-            };
-            runtime()?.block_on(async {
-                let client = connect.connect().await?;
-                let result = client.publish(&topic, &label, payload).await;
-                client.close().await;
-                let id = result.context("publish failed")?;
-                println!("published {id} on {topic}");
-                anyhow::Ok(())
-            })?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => cmd_pub(connect, topic, label, file, data),
         Command::Sub {
             connect,
             topic,
             count,
             timeout,
             json,
-        } => runtime()?.block_on(subscribe(connect, topic, count, timeout, json)),
+        } => cmd_sub(connect, topic, count, timeout, json),
         Command::Bench(BenchCommand::Memory {
             peers,
             sessions,
             json,
-        }) => {
-            let star = bench::Chain::star(peers, &bench::node_binary()?)?;
-            let report = single_thread_runtime()?.block_on(bench::memory(&star, sessions))?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!(
-                    "memory: idle node with {peers} peer links {} KiB resident; with {sessions} idle sessions {} KiB, {:.1} KiB per session",
-                    report.idle_node_kib, report.with_sessions_kib, report.per_session_kib
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        }) => cmd_bench_memory(peers, sessions, json),
         Command::Bench(BenchCommand::Latency {
             hops,
             size,
             rate,
             duration,
             json,
-        }) => {
-            let chain = bench::Chain::start(hops, &bench::node_binary()?)?;
-            let report = single_thread_runtime()?.block_on(bench::latency(&chain, size, rate, duration))?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!(
-                    "latency, {hops} hops, {size} B at {rate} msg/s: p50 {:.0} µs  p90 {:.0} µs  p99 {:.0} µs  p99.9 {:.0} µs  max {:.0} µs",
-                    report.p50_us, report.p90_us, report.p99_us, report.p999_us, report.max_us
-                );
-                println!(
-                    "sent {}  received {}  lost {}  (sender's worst lag behind schedule: {:.0} µs)",
-                    report.sent, report.received, report.lost, report.max_send_lag_us
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        }) => cmd_bench_latency(hops, size, rate, duration, json),
         Command::Bench(BenchCommand::Throughput {
             hops,
             size,
             duration,
             subscribers,
             json,
-        }) => {
-            let chain = bench::Chain::start(hops, &bench::node_binary()?)?;
-            let report =
-                single_thread_runtime()?.block_on(bench::throughput(&chain, size, duration, subscribers))?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!(
-                    "throughput, {hops} hops, {size} B, {} subscribers: {:.0} msg/s delivered ({:.1} MiB/s)",
-                    report.subscribers, report.msgs_per_s, report.mib_per_s
-                );
-                println!(
-                    "sent {}  received {}  lost {}",
-                    report.sent, report.received, report.lost
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Certs(CertsCommand::Init { network, out, force }) => {
-            let policy = load_network(&network)?;
-            let summary = pki::generate(&policy, &PkiLayout::new(&out), force)?;
-            println!(
-                "wrote {} national CAs, {} node certificates and {} principal certificates to {}",
-                summary.nations,
-                summary.nodes,
-                summary.principals,
-                out.display()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        }) => cmd_bench_throughput(hops, size, duration, subscribers, json),
+        Command::Certs(CertsCommand::Init { network, out, force }) => cmd_certs_init(network, out, force),
         Command::Explain {
             marking,
             to,
             from,
             network,
             json,
-        } => {
-            let policy = load_network(&network)?;
-            let explanation = entente::explain::explain(&policy, &marking, to.as_deref(), from.as_deref())?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&explanation).context("encoding JSON")?
-                );
-            } else {
-                let list = |items: Vec<String>| {
-                    if items.is_empty() {
-                        "(none)".to_owned()
-                    } else {
-                        items.join(", ")
-                    }
-                };
-                println!("marking:    {}", explanation.marking);
-                println!(
-                    "nations:    {}",
-                    list(explanation.nations.iter().map(|n| n.to_string()).collect())
-                );
-                println!("principals: {}", list(explanation.principals.clone()));
-                if let Some(decision) = explanation.decision {
-                    match (&explanation.reason, &explanation.detail) {
-                        (Some(reason), Some(detail)) => {
-                            println!("decision:   {decision} ({reason}): {detail}")
-                        }
-                        _ => println!("decision:   {decision}"),
-                    }
-                }
+        } => cmd_explain(marking, to, from, network, json),
+    }
+}
+
+fn cmd_up(network: PathBuf, certs: PathBuf, data: PathBuf) -> anyhow::Result<ExitCode> {
+    let policy = Arc::new(load_network(&network)?);
+    let layout = PkiLayout::new(&certs);
+    runtime()?.block_on(node::run_network(
+        policy,
+        &layout,
+        &data,
+        |addresses| {
+            println!("entente network running; Ctrl-C to stop");
+            for (nation, addr) in addresses {
+                println!("  {nation}  {addr}");
             }
-            Ok(ExitCode::SUCCESS)
+            println!(
+                "certs: {}   audit logs: {}/<NATION>/audit.jsonl",
+                certs.display(),
+                data.display()
+            );
+        },
+        ctrl_c(),
+    ))?;
+    println!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_node(
+    nation: String,
+    network: PathBuf,
+    certs: PathBuf,
+    listen: Option<SocketAddr>,
+    data: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let nation =
+        Nation::parse(&nation).with_context(|| format!("`{nation}` is not a nation code such as GBR"))?;
+    let policy = Arc::new(load_network(&network)?);
+    let data = data.unwrap_or_else(|| PathBuf::from("data").join(nation.as_str()));
+    let config = NodeConfig::load(nation, policy, &PkiLayout::new(&certs), data)?;
+    let addr = match listen {
+        Some(addr) => addr,
+        None => config.listen_address()?,
+    };
+    single_thread_runtime()?.block_on(async {
+        let endpoint = node::bind(&config, addr)?;
+        println!("{nation} node listening on {}", endpoint.local_addr()?);
+        node::run(config, endpoint, ctrl_c()).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_pub(
+    connect: ConnectArgs,
+    topic: String,
+    label: String,
+    file: Option<PathBuf>,
+    data: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let payload = match (data, file) {
+        (Some(data), _) => data.into_bytes(),
+        (None, Some(path)) => {
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?
+        }
+        (None, None) => {
+            let mut buffer = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buffer)
+                .context("cannot read standard input")?;
+            buffer
+        }
+    };
+    runtime()?.block_on(async {
+        let client = connect.connect().await?;
+        let result = client.publish(&topic, &label, payload).await;
+        client.close().await;
+        let id = result.context("publish failed")?;
+        println!("published {id} on {topic}");
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_sub(
+    connect: ConnectArgs,
+    topic: String,
+    count: Option<u64>,
+    timeout: Option<Duration>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(subscribe(connect, topic, count, timeout, json))
+}
+
+fn cmd_bench_memory(peers: usize, sessions: usize, json: bool) -> anyhow::Result<ExitCode> {
+    let star = bench::Chain::star(peers, &bench::node_binary()?)?;
+    let report = single_thread_runtime()?.block_on(bench::memory(&star, sessions))?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "memory: idle node with {peers} peer links {} KiB resident; with {sessions} idle sessions {} KiB, {:.1} KiB per session",
+            report.idle_node_kib, report.with_sessions_kib, report.per_session_kib
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_bench_latency(
+    hops: usize,
+    size: usize,
+    rate: u64,
+    duration: Duration,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let chain = bench::Chain::start(hops, &bench::node_binary()?)?;
+    let report = single_thread_runtime()?.block_on(bench::latency(&chain, size, rate, duration))?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "latency, {hops} hops, {size} B at {rate} msg/s: p50 {:.0} µs  p90 {:.0} µs  p99 {:.0} µs  p99.9 {:.0} µs  max {:.0} µs",
+            report.p50_us, report.p90_us, report.p99_us, report.p999_us, report.max_us
+        );
+        println!(
+            "sent {}  received {}  lost {}  (sender's worst lag behind schedule: {:.0} µs)",
+            report.sent, report.received, report.lost, report.max_send_lag_us
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_bench_throughput(
+    hops: usize,
+    size: usize,
+    duration: Duration,
+    subscribers: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let chain = bench::Chain::start(hops, &bench::node_binary()?)?;
+    let report = single_thread_runtime()?.block_on(bench::throughput(&chain, size, duration, subscribers))?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "throughput, {hops} hops, {size} B, {} subscribers: {:.0} msg/s delivered ({:.1} MiB/s)",
+            report.subscribers, report.msgs_per_s, report.mib_per_s
+        );
+        println!(
+            "sent {}  received {}  lost {}",
+            report.sent, report.received, report.lost
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_certs_init(network: PathBuf, out: PathBuf, force: bool) -> anyhow::Result<ExitCode> {
+    let policy = load_network(&network)?;
+    let summary = pki::generate(&policy, &PkiLayout::new(&out), force)?;
+    println!(
+        "wrote {} national CAs, {} node certificates and {} principal certificates to {}",
+        summary.nations,
+        summary.nodes,
+        summary.principals,
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_explain(
+    marking: String,
+    to: Option<String>,
+    from: Option<String>,
+    network: PathBuf,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let policy = load_network(&network)?;
+    let explanation = entente::explain::explain(&policy, &marking, to.as_deref(), from.as_deref())?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&explanation).context("encoding JSON")?
+        );
+    } else {
+        let list = |items: Vec<String>| {
+            if items.is_empty() {
+                "(none)".to_owned()
+            } else {
+                items.join(", ")
+            }
+        };
+        println!("marking:    {}", explanation.marking);
+        println!(
+            "nations:    {}",
+            list(explanation.nations.iter().map(|n| n.to_string()).collect())
+        );
+        println!("principals: {}", list(explanation.principals.clone()));
+        if let Some(decision) = explanation.decision {
+            match (&explanation.reason, &explanation.detail) {
+                (Some(reason), Some(detail)) => {
+                    println!("decision:   {decision} ({reason}): {detail}")
+                }
+                _ => println!("decision:   {decision}"),
+            }
         }
     }
+    Ok(ExitCode::SUCCESS)
 }
