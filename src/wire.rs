@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::{Envelope, MessageId, SealBatch};
 use crate::label::Nation;
+use crate::routing::announce::SignedAnnouncement;
 
 /// The TLS ALPN protocol: a client or peer speaking anything else fails
 /// the handshake.
@@ -111,6 +112,9 @@ pub enum Frame {
     Forward(Envelope),
     /// The seals of envelopes this link carried unsealed.
     Seals(SealBatch),
+    /// A node's signed view of its links and interest, flooded between
+    /// nodes.
+    Announce(SignedAnnouncement),
 }
 
 fn config() -> impl bincode::config::Config {

@@ -238,6 +238,15 @@ subscribe = [">"]
     };
     let fra = subscriber("fra.analyst", true);
     let clerk = subscriber("gbr.clerk", false);
+    // GBR routes to FRA once FRA's interest has reached it.
+    let interest_known = (0..1000).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::read_to_string(&audit).is_ok_and(|a| {
+            a.lines()
+                .any(|l| l.contains("\"reason\":\"announcement\"") && l.contains("sigint.>"))
+        })
+    });
+    assert!(interest_known, "FRA's interest never reached GBR");
 
     let publish = |label: &str, text: &str| {
         let mut args = vec![

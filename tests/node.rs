@@ -16,7 +16,8 @@ use entente::envelope::{Envelope, SealBatch, Signer, Unsigned};
 use entente::identity::Identity;
 use entente::node::{self, NodeSettings};
 use entente::pki;
-use entente::topic::Topic;
+use entente::routing::announce::Announcement;
+use entente::topic::{Pattern, Topic};
 use entente::wire::{self, Frame, MAX_FRAME};
 
 const TOPIC: &str = "sigint.ru.launch";
@@ -43,6 +44,8 @@ async fn delivers_locally_and_across_a_link() {
     gbr_sub.subscribe("sigint.>").await.unwrap();
     let fra_sub = net.client("fra.analyst").await;
     fra_sub.subscribe("sigint.>").await.unwrap();
+    net.wait_for_interest(nation("GBR"), nation("FRA"), "sigint.>")
+        .await;
     let gbr_second = net.client("gbr.sigint").await;
     gbr_second.subscribe("sigint.ru.*").await.unwrap();
 
@@ -100,6 +103,7 @@ async fn nothing_is_delivered_outside_the_label() {
     fra_junior.subscribe(">").await.unwrap();
     let gbr = net.client("gbr.analyst").await;
     gbr.subscribe(">").await.unwrap();
+    net.wait_for_interest(nation("GBR"), nation("FRA"), ">").await;
     let publisher = net.client("gbr.sigint").await;
 
     // FRA is not releasable.
@@ -158,6 +162,7 @@ async fn ceilings_stop_forwarding_above_the_agreement() {
     let net = TestNetwork::start().await;
     let deu = net.client("deu.analyst").await;
     deu.subscribe(">").await.unwrap();
+    net.wait_for_interest(nation("GBR"), nation("DEU"), ">").await;
     let publisher = net.client("gbr.analyst").await;
     publisher
         .publish(TOPIC, "SECRET//REL TO WEST", b"too high".to_vec())
@@ -324,12 +329,23 @@ async fn a_tampered_envelope_from_a_misbehaving_peer_is_refused_and_audited() {
     // Correctly signed and releasable, but older than any duplicate
     // window, so a replay could not be told from a first delivery.
     let stale = seal_at(1, "SECRET//REL TO FRA, GBR", b"stale");
-    // Validly signed by FRA, but claiming another origin: without relaying,
-    // a peer may only send its own messages.
+    // Correctly signed, but timed an hour ahead: it would outlive the
+    // duplicate window.
+    let future = seal_at(now_us() + 3_600_000_000, "SECRET//REL TO FRA, GBR", b"future");
+    // Signed by FRA, but claiming to be DEU's, as a relay would pass it
+    // on: it is checked against DEU's key and refused.
     let mut not_own = seal_at(now_us(), "SECRET//REL TO FRA, GBR", b"not own");
     not_own.origin = nation("DEU");
     let sentinel = seal_at(now_us(), "SECRET//REL TO FRA, GBR", b"sentinel");
-    for envelope in [widened, altered, not_for_gbr, stale, not_own, sentinel.clone()] {
+    for envelope in [
+        widened,
+        altered,
+        not_for_gbr,
+        stale,
+        future,
+        not_own,
+        sentinel.clone(),
+    ] {
         peer.send_frame(&Frame::Forward(envelope)).await;
     }
     // The same sentinel again: a duplicate, dropped by id.
@@ -338,32 +354,27 @@ async fn a_tampered_envelope_from_a_misbehaving_peer_is_refused_and_audited() {
     let again_id = again.id.to_string();
     peer.send_frame(&Frame::Forward(again)).await;
 
-    // Invariant 3: these come from their origin, FRA's node, on its own
-    // mutual-TLS link, which already proves the sender; so the two with
-    // broken seals are delivered while their seals are checked, and then
-    // refused as bad signatures (never relayed or stored). Everything the
-    // policy forbids, every replay and every foreign origin is refused
-    // before delivery.
+    // Invariant 3: envelopes that arrive sealed are verified before they
+    // are delivered, so the three with broken seals (including the one
+    // claiming DEU's origin) are refused as bad signatures. Everything the
+    // policy forbids and every replay is refused too.
     let mut received = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..2 {
         received.push(String::from_utf8(gbr.next_delivery().await.unwrap().payload).unwrap());
     }
-    assert_eq!(
-        received,
-        ["widened", "altered", "sentinel", "after the duplicate"]
-    );
+    assert_eq!(received, ["sentinel", "after the duplicate"]);
     net.wait_for_audit(nation("GBR"), |l| {
         l.contains("\"event\":\"deliver\"") && l.contains(&again_id)
     })
     .await;
-    net.wait_for_audit_count(nation("GBR"), 2, |l| l.contains("\"reason\":\"bad-signature\""))
+    net.wait_for_audit_count(nation("GBR"), 3, |l| l.contains("\"reason\":\"bad-signature\""))
         .await;
     let audit = net.audit_lines(nation("GBR"));
     let bad_signatures = audit
         .iter()
         .filter(|l| l.contains("\"reason\":\"bad-signature\""))
         .count();
-    assert_eq!(bad_signatures, 2, "{audit:#?}");
+    assert_eq!(bad_signatures, 3, "{audit:#?}");
     assert!(audit
         .iter()
         .any(|l| l.contains("\"event\":\"refuse\"") && l.contains("\"reason\":\"not-releasable\"")));
@@ -375,7 +386,10 @@ async fn a_tampered_envelope_from_a_misbehaving_peer_is_refused_and_audited() {
         .any(|l| l.contains("\"event\":\"refuse\"") && l.contains("\"reason\":\"stale\"")));
     assert!(audit
         .iter()
-        .any(|l| l.contains("\"event\":\"refuse\"") && l.contains("\"reason\":\"not-origin\"")));
+        .any(|l| l.contains("\"event\":\"refuse\"") && l.contains("\"reason\":\"from-the-future\"")));
+    assert!(audit.iter().any(|l| l.contains("\"reason\":\"bad-signature\"")
+        && l.contains("DEU")
+        && l.contains("neither delivered nor relayed")));
     net.shutdown().await;
 }
 
@@ -551,6 +565,7 @@ async fn a_dropped_link_is_redialed() {
     assert_eq!(links_up(&net), 2, "GBR never re-dialed FRA");
     let fra = net.client("fra.analyst").await;
     fra.subscribe(">").await.unwrap();
+    net.wait_for_interest(nation("GBR"), nation("FRA"), ">").await;
     let gbr = net.client("gbr.analyst").await;
     gbr.publish(TOPIC, "S//REL TO GBR, FRA", b"after the restart".to_vec())
         .await
@@ -593,6 +608,24 @@ async fn a_peer_that_stops_reading_slows_publishers_then_is_cut_off() {
         l.contains("\"reason\":\"link-up\"") && l.contains("\"subject\":\"FRA\"")
     })
     .await;
+    // On a link of its own, the fake tells GBR, with FRA's real key, that
+    // FRA is linked to GBR and wants everything.
+    let (_, key_path) = net.identity_files(&Identity::Node(fra));
+    let signer = Signer::from_pkcs8(pki::read_key(&key_path).unwrap().secret_der()).unwrap();
+    let mut announcer = RawConnection::open(&net, &Identity::Node(fra), gbr)
+        .await
+        .unwrap();
+    announcer.hello().await;
+    let interest = Announcement {
+        nation: fra,
+        seq: now_us(),
+        links: [gbr].into(),
+        patterns: [Pattern::new(">").unwrap()].into(),
+    };
+    announcer
+        .send_frame(&Frame::Announce(interest.sign(&signer)))
+        .await;
+    net.wait_for_interest(gbr, fra, ">").await;
 
     let local = net.client("gbr.analyst").await;
     local.subscribe("sigint.>").await.unwrap();

@@ -32,6 +32,9 @@ use crate::wire::{self, close, Frame, WireError};
 
 use router::Router;
 
+use crate::routing::{Action, Routing, RoutingSettings};
+use bytes::Bytes;
+
 /// Batch roots remembered as verified: enough for every peer's recent
 /// batches, small enough to ignore.
 const VERIFIED_ROOTS: usize = 1024;
@@ -204,12 +207,12 @@ struct Shared {
     trust: TrustStore,
     cert_chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-    signer: Signer,
+    signer: Arc<Signer>,
     ids: MessageIds,
     verifier: Mutex<Verifier>,
     /// Envelopes the links carried unsealed, for the sealer task.
     sealer: mpsc::Sender<peer::ToSeal>,
-    node_keys: HashMap<Nation, Vec<u8>>,
+    node_keys: Arc<HashMap<Nation, Vec<u8>>>,
     peer_addresses: BTreeMap<Nation, SocketAddr>,
     settings: NodeSettings,
     audit: Audit,
@@ -221,6 +224,51 @@ struct Shared {
 impl Shared {
     async fn audit(&self, record: Record) {
         self.audit.record(record).await;
+    }
+
+    /// Carries out what the routing core decided: audit records, and
+    /// announcements queued on the links they go to.
+    async fn carry_out(&self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Audit(record) => self.audit(record).await,
+                Action::Announce { to, announcement } => {
+                    let frame = match wire::encode(&Frame::Announce((*announcement).clone())) {
+                        Ok(frame) => Bytes::from(frame),
+                        Err(err) => {
+                            warn!(cause = %err, "cannot encode an announcement");
+                            continue;
+                        }
+                    };
+                    for target in self.router.targets(&to) {
+                        // A link that fails here is going down; its peer
+                        // hears the news when it comes back.
+                        let _ = peer::send_or_cut(self, &target, frame.clone()).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Ticks the routing core (announcements due, ids and announcements that
+/// expire) and carries out deferred actions, until shutdown.
+async fn tick_forever(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let (next_us, actions) = shared.router.core(|core, now| {
+            core.tick(now);
+            core.next_tick_us().saturating_sub(now)
+        });
+        shared.carry_out(actions).await;
+        shared.carry_out(shared.router.take_deferred()).await;
+        // At least once a second, so ids and announcements expire on time.
+        let wait = Duration::from_micros(next_us.clamp(1_000, 1_000_000));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shared.router.deferred_ready() => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }
 
@@ -240,18 +288,30 @@ pub async fn run(
             "no system randomness for message ids".into(),
         ))
     })?;
+    let signer = Arc::new(config.signer);
+    let node_keys = Arc::new(config.node_keys);
+    let routing = Routing::new(
+        config.nation,
+        config.policy.clone(),
+        signer.clone(),
+        node_keys.clone(),
+        RoutingSettings {
+            max_subscriptions: config.settings.max_subscriptions,
+            ..RoutingSettings::default()
+        },
+    );
     let shared = Arc::new(Shared {
         nation: config.nation,
-        router: Router::new(config.nation, config.policy.clone()),
+        router: Router::new(routing),
         policy: config.policy,
         trust: config.trust,
         cert_chain: config.cert_chain,
         key: config.key,
-        signer: config.signer,
+        signer,
         ids: MessageIds::new(prefix),
         verifier: Mutex::new(Verifier::new(VERIFIED_ROOTS)),
         sealer,
-        node_keys: config.node_keys,
+        node_keys,
         peer_addresses: config.peer_addresses,
         settings: config.settings,
         audit: audit.clone(),
@@ -262,6 +322,7 @@ pub async fn run(
 
     let mut tasks = JoinSet::new();
     tasks.spawn(peer::seal_forever(shared.clone(), to_seal));
+    tasks.spawn(tick_forever(shared.clone()));
     let peers = shared.policy.nations()[&shared.nation].peers.clone();
     for peer in peers {
         let shared = shared.clone();

@@ -17,19 +17,17 @@ use tracing::{debug, error, info, warn};
 use super::queue;
 use super::router::PeerTarget;
 use super::{accept_hello, close_after, next_batch, read_frame, resolve, write_frame, Shared, StreamError};
-use crate::audit::{self, Event, Record, Verdict};
+use crate::audit::{Event, Record, Verdict};
 use crate::envelope::{Envelope, EnvelopeError, Hash, MessageId, Proof, SealBatch};
 use crate::identity::Identity;
 use crate::label::{Label, MarkingScheme, Nation};
 use crate::pki::address_host;
-use crate::policy::Decision;
+use crate::routing::{Reason, Route, SealState, Source};
 use crate::stream::{self, FrameReader};
 use crate::tls;
 use crate::wire::{self, Frame};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// Messages older than this are refused at ingress (see `ingress`).
-const MAX_MESSAGE_AGE_US: u64 = 10 * 60 * 1_000_000;
 
 pub(super) async fn serve_inbound(shared: Arc<Shared>, connection: Connection, peer: Nation) {
     let subject = peer.to_string();
@@ -136,18 +134,29 @@ impl LastMarking {
     }
 }
 
-/// Frames from a peer, read together. Each envelope is checked
-/// (duplicate, origin, age, whether this nation may receive it) and
-/// delivered to local subscribers; then every seal at hand is verified,
-/// mostly one signature check per batch. Envelopes that came unsealed wait
-/// (bounded) for the `Seals` frame that follows them.
+/// An envelope from a peer whose seal is to be checked.
+struct ToVerify {
+    envelope: Envelope,
+    marking: String,
+    /// Delivered already (it came unsealed, straight from its origin), so
+    /// only relaying waits for the seal.
+    delivered: bool,
+}
+
+/// Frames from a peer, read together. An envelope straight from its
+/// origin is checked by the routing core (duplicate, age, whether this
+/// nation and the peer may hold it) and delivered at once; every other
+/// envelope is delivered only once its seal verifies. Then every seal at
+/// hand is verified (mostly one signature check per batch), and what
+/// verified goes on to this node's children in its delivery tree, sealed.
+/// Envelopes that came unsealed wait (bounded) for the `Seals` frame that
+/// follows them.
 ///
-/// Delivery comes before the seal check on purpose (invariant 3): these
-/// messages arrive from their origin node on its own mutual-TLS
+/// Delivery before the seal check, for envelopes from their origin, is on
+/// purpose (invariant 3): they arrive on the origin node's own mutual-TLS
 /// connection, which already proves who sent them; the origin could sign
 /// anything it sends here. The seal matters to whoever relays or stores a
-/// message, which happens only after this check; a bad one is refused and
-/// audited all the same.
+/// message, which happens only after this check.
 async fn ingress(
     shared: &Shared,
     peer: Nation,
@@ -156,40 +165,68 @@ async fn ingress(
     markings: &mut LastMarking,
 ) -> Result<(), StreamError> {
     let mut records = Vec::new();
+    let mut actions = Vec::new();
     let mut to_verify = Vec::new();
     let mut delivered_any = false;
     let mut result = Ok(());
     for frame in frames.drain(..) {
         match frame {
-            Frame::Forward(envelope) => {
+            Frame::Forward(envelope) if !envelope.is_signed() => {
+                if let Err(err) = unsealed.make_room(envelope.payload.len()) {
+                    result = Err(err);
+                    break;
+                }
                 let marking = markings.of(shared.policy.scheme(), &envelope.label);
-                if let Some(refusal) = check(shared, peer, &envelope) {
-                    warn!(id = %envelope.id, reason = refusal.reason, "refused a message from a peer");
-                    records.push(refusal.message(&envelope, &marking).subject(peer));
-                    continue;
-                }
-                if !envelope.is_signed() {
-                    if let Err(err) = unsealed.make_room(envelope.payload.len()) {
-                        result = Err(err);
-                        break;
-                    }
-                }
-                shared.router.deliver_locally(&envelope, &marking, &mut records);
-                delivered_any = true;
-                if envelope.is_signed() {
-                    to_verify.push((envelope, marking));
-                } else {
+                let (route, more) = shared
+                    .router
+                    .core(|core, now| core.route(&envelope, Source::Peer(peer), SealState::Unverified, now));
+                actions.extend(more);
+                if let Ok(route) = route {
+                    shared
+                        .router
+                        .deliver(&envelope, &marking, &route.deliver, &mut records);
+                    delivered_any = true;
                     unsealed.insert(envelope, marking);
                 }
+            }
+            Frame::Forward(envelope) => {
+                let marking = markings.of(shared.policy.scheme(), &envelope.label);
+                let (duplicate, _) = shared
+                    .router
+                    .core(|core, _| core.is_duplicate(envelope.origin, envelope.id));
+                if duplicate {
+                    // The common case with two paths: skip the seal check.
+                    records.push(
+                        Record::new(Event::Drop, Verdict::Deny, Reason::Duplicate.code())
+                            .message(&envelope, &marking)
+                            .subject(peer),
+                    );
+                    continue;
+                }
+                to_verify.push(ToVerify {
+                    envelope,
+                    marking,
+                    delivered: false,
+                });
             }
             Frame::Seals(batch) => {
                 for proof in batch.proofs {
                     // Seals of envelopes refused above have nothing to go on.
                     if let Some((mut envelope, marking)) = unsealed.take(&proof.id) {
                         envelope.attach(&batch.signature, proof);
-                        to_verify.push((envelope, marking));
+                        to_verify.push(ToVerify {
+                            envelope,
+                            marking,
+                            delivered: true,
+                        });
                     }
                 }
+            }
+            Frame::Announce(announcement) => {
+                let (_, more) = shared
+                    .router
+                    .core(|core, now| core.receive_announcement(peer, announcement, now));
+                actions.extend(more);
             }
             _ => {
                 result = Err(StreamError::Unexpected("non-Forward"));
@@ -204,74 +241,102 @@ async fn ingress(
         tokio::task::yield_now().await;
         tokio::task::yield_now().await;
     }
-    verify(shared, peer, &to_verify, &mut records);
+    let verified = verify(shared, peer, to_verify, &mut records);
+    let mut relays = Vec::new();
+    for ToVerify {
+        envelope,
+        marking,
+        delivered,
+    } in verified
+    {
+        let (route, more) = shared.router.core(|core, now| {
+            if delivered {
+                Ok(Route {
+                    deliver: Vec::new(),
+                    forward: core.relay(&envelope, peer, now),
+                })
+            } else {
+                core.route(&envelope, Source::Peer(peer), SealState::Verified, now)
+            }
+        });
+        actions.extend(more);
+        let Ok(route) = route else { continue };
+        shared
+            .router
+            .deliver(&envelope, &marking, &route.deliver, &mut records);
+        if !route.forward.is_empty() {
+            relays.push((envelope, marking, route.forward));
+        }
+    }
+    shared.carry_out(actions).await;
+    relay(shared, relays, &mut records).await;
     for record in records {
         shared.audit(record).await;
     }
     result
 }
 
-/// Checks each seal and records the outcome.
-fn verify(shared: &Shared, peer: Nation, envelopes: &[(Envelope, String)], records: &mut Vec<Record>) {
+/// Checks each seal and records the outcome; returns what verified.
+fn verify(
+    shared: &Shared,
+    peer: Nation,
+    envelopes: Vec<ToVerify>,
+    records: &mut Vec<Record>,
+) -> Vec<ToVerify> {
     if envelopes.is_empty() {
-        return;
+        return envelopes;
     }
     let mut verifier = shared.verifier.lock().unwrap_or_else(PoisonError::into_inner);
-    for (envelope, marking) in envelopes {
-        let verdict = match shared.node_keys.get(&envelope.origin) {
-            Some(key) => verifier.verify(envelope, key),
-            None => Err(EnvelopeError::UnknownOrigin(envelope.origin)),
+    let mut good = Vec::with_capacity(envelopes.len());
+    for item in envelopes {
+        let verdict = match shared.node_keys.get(&item.envelope.origin) {
+            Some(key) => verifier.verify(&item.envelope, key),
+            None => Err(EnvelopeError::UnknownOrigin(item.envelope.origin)),
         };
         let record = match verdict {
             Ok(()) => Record::new(Event::Admit, Verdict::Allow, "verified"),
             Err(err) => {
-                warn!(id = %envelope.id, cause = %err, "refused: bad seal");
-                Record::new(Event::Refuse, Verdict::Deny, "bad-signature").detail(format!(
-                    "{err}; it came on {peer}'s own link, so it was delivered here, but it is never relayed or stored"
-                ))
+                warn!(id = %item.envelope.id, cause = %err, "refused: bad seal");
+                let fate = if item.delivered {
+                    "it came on its origin's own link, so it was delivered here, but it is never relayed or stored"
+                } else {
+                    "it was neither delivered nor relayed"
+                };
+                Record::new(Event::Refuse, Verdict::Deny, "bad-signature").detail(format!("{err}; {fate}"))
             }
         };
-        records.push(record.message(envelope, marking).subject(peer));
+        let ok = record.decision == Verdict::Allow;
+        records.push(record.message(&item.envelope, &item.marking).subject(peer));
+        if ok {
+            good.push(item);
+        }
     }
+    good
 }
 
-/// Why a message from `peer` may not be delivered here, if it may not;
-/// otherwise remembers its id, so a second copy is a duplicate.
-fn check(shared: &Shared, peer: Nation, envelope: &Envelope) -> Option<Record> {
-    let deny = |reason: &'static str| Some(Record::new(Event::Refuse, Verdict::Deny, reason));
-    if shared.router.is_duplicate(&envelope.id) {
-        return Some(Record::new(Event::Drop, Verdict::Deny, "duplicate"));
+/// Sends verified envelopes on to this node's children, with their seals
+/// (each is sealed already), waiting for room like any forward.
+async fn relay(shared: &Shared, relays: Vec<(Envelope, String, Vec<Nation>)>, records: &mut Vec<Record>) {
+    for (envelope, marking, forward) in relays {
+        let frame = match wire::encode_forward(&envelope) {
+            Ok(encoded) => Bytes::from(encoded),
+            Err(err) => {
+                records.push(
+                    Record::new(Event::Drop, Verdict::Deny, "encode-failed")
+                        .message(&envelope, &marking)
+                        .detail(err),
+                );
+                continue;
+            }
+        };
+        for target in shared.router.targets(&forward) {
+            let record = match send_or_cut(shared, &target, frame.clone()).await {
+                Ok(()) => Record::new(Event::Forward, Verdict::Allow, "policy-allows"),
+                Err(reason) => Record::new(Event::Drop, Verdict::Deny, reason),
+            };
+            records.push(record.message(&envelope, &marking).subject(target.nation));
+        }
     }
-    // Until relaying exists, a peer may only send what its own node
-    // originated; anything else (including our own messages echoed back)
-    // is refused rather than trusted.
-    if envelope.origin != peer {
-        return deny("not-origin").map(|r| {
-            r.detail(format!(
-                "{peer} sent a message originated by {}; peers send only their own",
-                envelope.origin
-            ))
-        });
-    }
-    // Older messages may have left the duplicate window, so a replay of
-    // one could not be told from a first delivery.
-    if audit::now_us().saturating_sub(envelope.created_us) > MAX_MESSAGE_AGE_US {
-        return deny("stale");
-    }
-    if !shared.node_keys.contains_key(&envelope.origin) {
-        return deny("unknown-origin");
-    }
-    if let Decision::Deny { reason, message } =
-        shared
-            .policy
-            .may_forward(&envelope.label, envelope.origin, shared.nation)
-    {
-        return deny(reason.code()).map(|r| r.detail(format!("{peer} sent it: {message}")));
-    }
-    if !shared.router.mark_seen(envelope.id) {
-        return Some(Record::new(Event::Drop, Verdict::Deny, "duplicate"));
-    }
-    None
 }
 
 /// Queues each envelope, unsealed, for its target links, waiting for
@@ -416,7 +481,11 @@ pub(super) async fn seal_forever(shared: Arc<Shared>, mut queue: mpsc::Receiver<
 /// Queues `frame` on a link, waiting for room up to `peer_stall_timeout`;
 /// a link that stays full that long is closed. The error is the reason
 /// code for the audit record.
-async fn send_or_cut(shared: &Shared, target: &PeerTarget, frame: Bytes) -> Result<(), &'static str> {
+pub(super) async fn send_or_cut(
+    shared: &Shared,
+    target: &PeerTarget,
+    frame: Bytes,
+) -> Result<(), &'static str> {
     match tokio::time::timeout(shared.settings.peer_stall_timeout, target.queue.send(frame)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err("link-down"),
@@ -426,7 +495,6 @@ async fn send_or_cut(shared: &Shared, target: &PeerTarget, frame: Bytes) -> Resu
                 VarInt::from_u32(wire::close::SLOW_CONSUMER),
                 b"slow consumer: peer queue stayed full",
             );
-            shared.router.remove_peer(target.nation, target.link);
             Err("peer-stalled")
         }
     }
@@ -506,11 +574,12 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
     }
 
     let (queue, mut outbox) = queue::bounded(shared.settings.peer_queue, shared.settings.peer_queue_bytes);
-    let link = shared.router.add_peer(peer, queue, connection.clone());
+    let (link, actions) = shared.router.add_link(peer, queue, connection.clone());
     info!("link up");
     shared
         .audit(Record::new(Event::Admit, Verdict::Allow, "link-up").subject(peer))
         .await;
+    shared.carry_out(actions).await;
     let mut shutdown = shared.shutdown.clone();
     let mut batch = Vec::new();
     let cause = loop {
@@ -528,7 +597,7 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
             _ = shutdown.changed() => break "node shutting down".to_owned(),
         }
     };
-    shared.router.remove_peer(peer, link);
+    let actions = shared.router.remove_link(peer, link);
     let dropped = outbox.close_and_count();
     if *shutdown.borrow() {
         info!(dropped, "link closed for shutdown");
@@ -542,6 +611,7 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
         record = record.detail(format!("{cause}; {dropped} queued messages dropped"));
     }
     shared.audit(record).await;
+    shared.carry_out(actions).await;
     Ok(())
 }
 

@@ -1,39 +1,34 @@
-//! The routing table of one node: client sessions with their
-//! subscriptions, live peer links, and the ids already seen. Routing runs
-//! every policy decision. Local deliveries go to session queues without
-//! waiting (a full one disconnects its subscriber); the links a message
-//! may go to are handed back, for the caller to queue on with
-//! backpressure.
+//! The node's side of routing: the routing core behind one mutex (held
+//! only for a call, never across `.await`), the session and link tables
+//! that I/O tasks share, and carrying out what the core decides. Local
+//! deliveries go to session queues without waiting (a full one
+//! disconnects its subscriber); links are handed back, for the caller to
+//! queue on with backpressure.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
+use dashmap::DashMap;
 use quinn::{Connection, VarInt};
 
 use super::queue::{OfferError, QueueSender};
 
-use crate::audit::{Event, Record, Verdict};
-use crate::envelope::{Envelope, MessageId};
+use crate::audit::{now_us, Event, Record, Verdict};
+use crate::envelope::Envelope;
 use crate::label::Nation;
-use crate::policy::{Decision, Policy, Principal};
-use crate::topic::Pattern;
+use crate::policy::Principal;
+use crate::routing::{Action, Routing, SessionId};
 use crate::wire::{self, close};
 
-/// How many recent message ids a node remembers to drop duplicates.
-const SEEN_CAPACITY: usize = 1 << 16;
-
-pub(super) type SessionId = u64;
-
 struct SessionEntry {
-    principal: Arc<Principal>,
-    patterns: Vec<Pattern>,
+    name: String,
     queue: QueueSender,
     connection: Connection,
 }
 
-struct PeerEntry {
+struct LinkEntry {
     link: u64,
     queue: QueueSender,
     connection: Connection,
@@ -47,28 +42,16 @@ pub(super) enum Offer {
     Gone,
 }
 
-#[derive(Default)]
-struct SeenIds {
-    set: HashSet<MessageId>,
-    order: VecDeque<MessageId>,
-}
-
 pub(super) struct Router {
-    nation: Nation,
-    policy: Arc<Policy>,
-    sessions: RwLock<HashMap<SessionId, SessionEntry>>,
-    peers: RwLock<HashMap<Nation, PeerEntry>>,
-    seen: Mutex<SeenIds>,
+    core: Mutex<Routing>,
+    sessions: DashMap<SessionId, SessionEntry>,
+    /// The links this node dialed: the only ones it sends on.
+    links: DashMap<Nation, LinkEntry>,
     next_id: AtomicU64,
-}
-
-// A poisoned lock means a panic elsewhere; the table itself is still
-// consistent (every mutation is a single insert or remove), so carry on.
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(PoisonError::into_inner)
-}
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(PoisonError::into_inner)
+    /// Actions produced where nothing can wait (such as a slow consumer
+    /// dropped mid-delivery), for the ticker task to carry out.
+    deferred: Mutex<Vec<Action>>,
+    deferred_ready: tokio::sync::Notify,
 }
 
 fn disconnect_slow(connection: &Connection, subject: &str, queue: &QueueSender) -> Record {
@@ -80,176 +63,180 @@ fn disconnect_slow(connection: &Connection, subject: &str, queue: &QueueSender) 
 }
 
 impl Router {
-    pub(super) fn new(nation: Nation, policy: Arc<Policy>) -> Router {
+    pub(super) fn new(core: Routing) -> Router {
         Router {
-            nation,
-            policy,
-            sessions: RwLock::default(),
-            peers: RwLock::default(),
-            seen: Mutex::default(),
+            core: Mutex::new(core),
+            sessions: DashMap::new(),
+            links: DashMap::new(),
             next_id: AtomicU64::new(1),
+            deferred: Mutex::new(Vec::new()),
+            deferred_ready: tokio::sync::Notify::new(),
         }
+    }
+
+    fn defer(&self, actions: Vec<Action>) {
+        if actions.is_empty() {
+            return;
+        }
+        self.deferred
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(actions);
+        self.deferred_ready.notify_one();
+    }
+
+    /// Waits until some action was deferred.
+    pub(super) async fn deferred_ready(&self) {
+        self.deferred_ready.notified().await;
+    }
+
+    pub(super) fn take_deferred(&self) -> Vec<Action> {
+        std::mem::take(&mut *self.deferred.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Runs `call` on the core, and takes every action it produced.
+    pub(super) fn core<R>(&self, call: impl FnOnce(&mut Routing, u64) -> R) -> (R, Vec<Action>) {
+        // A poisoned lock means a panic elsewhere; every core call leaves
+        // the core consistent, so carry on.
+        let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
+        let result = call(&mut core, now_us());
+        let actions = std::iter::from_fn(|| core.poll()).collect();
+        (result, actions)
     }
 
     pub(super) fn add_session(
         &self,
-        principal: Arc<Principal>,
+        principal: std::sync::Arc<Principal>,
         queue: QueueSender,
         connection: Connection,
     ) -> SessionId {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let entry = SessionEntry {
-            principal,
-            patterns: Vec::new(),
+            name: principal.name.clone(),
             queue,
             connection,
         };
-        write(&self.sessions).insert(id, entry);
+        self.sessions.insert(id, entry);
+        self.core(|core, _| core.open_session(id, principal));
         id
     }
 
-    /// Adds a subscription; false if the session already holds `limit`
-    /// patterns (a remote party must not grow the table without bound).
-    pub(super) fn subscribe(&self, session: SessionId, pattern: Pattern, limit: usize) -> bool {
-        let mut sessions = write(&self.sessions);
-        let Some(entry) = sessions.get_mut(&session) else {
-            return false;
-        };
-        if !entry.patterns.contains(&pattern) {
-            if entry.patterns.len() >= limit {
-                return false;
-            }
-            entry.patterns.push(pattern);
-        }
-        true
-    }
-
+    /// Forgets a session; its interest leaves with it.
     pub(super) fn remove_session(&self, session: SessionId) {
-        write(&self.sessions).remove(&session);
+        self.sessions.remove(&session);
+        let actions = self.core(|core, now| core.close_session(session, now)).1;
+        self.defer(actions);
     }
 
     /// Queues a frame for one session (an ack or a refusal).
     pub(super) fn offer(&self, session: SessionId, frame: Bytes) -> Offer {
-        let sessions = read(&self.sessions);
-        let Some(entry) = sessions.get(&session) else {
-            return Offer::Gone;
-        };
-        match entry.queue.offer(frame) {
-            Ok(()) => Offer::Queued,
-            Err(OfferError::Closed) => Offer::Gone,
-            Err(OfferError::Full) => {
-                let record = disconnect_slow(&entry.connection, &entry.principal.name, &entry.queue);
-                drop(sessions);
-                self.remove_session(session);
-                Offer::SlowConsumer(record)
+        let result = {
+            let Some(entry) = self.sessions.get(&session) else {
+                return Offer::Gone;
+            };
+            match entry.queue.offer(frame) {
+                Ok(()) => return Offer::Queued,
+                Err(OfferError::Closed) => return Offer::Gone,
+                Err(OfferError::Full) => disconnect_slow(&entry.connection, &entry.name, &entry.queue),
             }
-        }
+        };
+        // The session's own task audits its end; its interest goes now.
+        self.remove_session(session);
+        Offer::SlowConsumer(result)
     }
 
-    /// Registers a live link to `peer`; returns its generation, so that a
-    /// stale link cannot unregister its replacement.
-    pub(super) fn add_peer(&self, peer: Nation, queue: QueueSender, connection: Connection) -> u64 {
+    /// Registers this node's live link to `peer`, then tells the core;
+    /// returns its generation, so a stale link cannot remove its successor.
+    pub(super) fn add_link(
+        &self,
+        peer: Nation,
+        queue: QueueSender,
+        connection: Connection,
+    ) -> (u64, Vec<Action>) {
         let link = self.next_id.fetch_add(1, Ordering::Relaxed);
-        write(&self.peers).insert(
+        self.links.insert(
             peer,
-            PeerEntry {
+            LinkEntry {
                 link,
                 queue,
                 connection,
             },
         );
-        link
+        (link, self.core(|core, now| core.link_up(peer, now)).1)
     }
 
-    pub(super) fn remove_peer(&self, peer: Nation, link: u64) {
-        let mut peers = write(&self.peers);
-        if peers.get(&peer).is_some_and(|entry| entry.link == link) {
-            peers.remove(&peer);
+    pub(super) fn remove_link(&self, peer: Nation, link: u64) -> Vec<Action> {
+        if self
+            .links
+            .remove_if(&peer, |_, entry| entry.link == link)
+            .is_none()
+        {
+            return Vec::new();
         }
+        self.core(|core, now| core.link_down(peer, now)).1
     }
 
-    pub(super) fn is_duplicate(&self, id: &MessageId) -> bool {
-        self.seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .set
-            .contains(id)
+    /// The live links to `peers`, taken out of the table so the sender can
+    /// wait for room without holding a guard.
+    pub(super) fn targets(&self, peers: &[Nation]) -> Vec<PeerTarget> {
+        peers
+            .iter()
+            .filter_map(|&peer| {
+                self.links.get(&peer).map(|entry| PeerTarget {
+                    nation: peer,
+                    link: entry.link,
+                    queue: entry.queue.clone(),
+                    connection: entry.connection.clone(),
+                })
+            })
+            .collect()
     }
 
-    /// Remembers `id`; false if it was already seen.
-    pub(super) fn mark_seen(&self, id: MessageId) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        if !seen.set.insert(id) {
-            return false;
+    /// Offers `envelope` to the sessions the core chose, without waiting.
+    /// Every delivery of the message shares one record listing its
+    /// recipients; a full queue disconnects its subscriber.
+    pub(super) fn deliver(
+        &self,
+        envelope: &Envelope,
+        marking: &str,
+        sessions: &[SessionId],
+        records: &mut Vec<Record>,
+    ) {
+        if sessions.is_empty() {
+            return;
         }
-        seen.order.push_back(id);
-        if seen.order.len() > SEEN_CAPACITY {
-            if let Some(oldest) = seen.order.pop_front() {
-                seen.set.remove(&oldest);
+        let frame = match encode_delivery(envelope, marking) {
+            Ok(frame) => frame,
+            Err(err) => {
+                records.push(
+                    Record::new(Event::Drop, Verdict::Deny, "encode-failed")
+                        .message(envelope, marking)
+                        .detail(err),
+                );
+                return;
             }
-        }
-        true
-    }
-
-    /// Offers `envelope` to every local subscriber whose pattern matches
-    /// and who passes may-deliver, without waiting; records every decision.
-    /// Every allowed delivery of the message shares one record, listing
-    /// its recipients.
-    pub(super) fn deliver_locally(&self, envelope: &Envelope, marking: &str, records: &mut Vec<Record>) {
-        let mut frame: Option<Bytes> = None;
-        let mut slow = Vec::new();
-        let mut delivered_to = Vec::new();
-        let sessions = read(&self.sessions);
-        for (&id, session) in sessions.iter() {
-            if !session.patterns.iter().any(|p| p.matches(&envelope.topic)) {
+        };
+        let mut delivered_to = Vec::with_capacity(sessions.len());
+        let mut slow = BTreeSet::new();
+        for &id in sessions {
+            let Some(session) = self.sessions.get(&id) else {
                 continue;
-            }
-            let record = |event, verdict, reason: &'static str| {
-                Record::new(event, verdict, reason)
-                    .message(envelope, marking)
-                    .subject(&session.principal.name)
             };
-            match self.policy.may_deliver(
-                &session.principal,
-                &envelope.topic,
-                &envelope.label,
-                envelope.origin,
-            ) {
-                Decision::Deny { reason, message } => {
-                    tracing::debug!(to = %session.principal.name, %reason, "delivery denied");
-                    records.push(record(Event::Deliver, Verdict::Deny, reason.code()).detail(message));
+            match session.queue.offer(frame.clone()) {
+                Ok(()) => delivered_to.push(session.name.clone()),
+                Err(OfferError::Full) => {
+                    records.push(disconnect_slow(
+                        &session.connection,
+                        &session.name,
+                        &session.queue,
+                    ));
+                    slow.insert(id);
                 }
-                Decision::Allow => {
-                    let frame = match &frame {
-                        Some(frame) => frame.clone(),
-                        None => match encode_delivery(envelope, marking) {
-                            Ok(encoded) => frame.insert(encoded).clone(),
-                            Err(err) => {
-                                records.push(record(Event::Drop, Verdict::Deny, "encode-failed").detail(err));
-                                return;
-                            }
-                        },
-                    };
-                    match session.queue.offer(frame) {
-                        Ok(()) => {
-                            tracing::debug!(to = %session.principal.name, id = %envelope.id, "delivered");
-                            delivered_to.push(session.principal.name.clone());
-                        }
-                        Err(OfferError::Full) => {
-                            records.push(disconnect_slow(
-                                &session.connection,
-                                &session.principal.name,
-                                &session.queue,
-                            ));
-                            slow.push(id);
-                        }
-                        Err(OfferError::Closed) => {}
-                    }
-                }
+                Err(OfferError::Closed) => {}
             }
         }
-        drop(sessions);
         if !delivered_to.is_empty() {
+            tracing::debug!(id = %envelope.id, to = ?delivered_to, "delivered");
             records.push(
                 Record::new(Event::Deliver, Verdict::Allow, "policy-allows")
                     .message(envelope, marking)
@@ -259,48 +246,6 @@ impl Router {
         for id in slow {
             self.remove_session(id);
         }
-    }
-
-    /// The live links of the peers that may receive `envelope` (invariant
-    /// 2); records every denial and every eligible peer whose link is down.
-    pub(super) fn forward_targets(
-        &self,
-        envelope: &Envelope,
-        marking: &str,
-        records: &mut Vec<Record>,
-    ) -> Vec<PeerTarget> {
-        let Some(nation) = self.policy.nation(self.nation) else {
-            return Vec::new();
-        };
-        let mut targets = Vec::new();
-        let peers = read(&self.peers);
-        for &peer in &nation.peers {
-            match self.policy.may_forward(&envelope.label, envelope.origin, peer) {
-                Decision::Deny { reason, message } => {
-                    tracing::debug!(to = %peer, id = %envelope.id, %reason, "forward denied");
-                    records.push(
-                        Record::new(Event::Forward, Verdict::Deny, reason.code())
-                            .message(envelope, marking)
-                            .subject(peer)
-                            .detail(message),
-                    );
-                }
-                Decision::Allow => match peers.get(&peer) {
-                    Some(entry) => targets.push(PeerTarget {
-                        nation: peer,
-                        link: entry.link,
-                        queue: entry.queue.clone(),
-                        connection: entry.connection.clone(),
-                    }),
-                    None => records.push(
-                        Record::new(Event::Drop, Verdict::Deny, "link-down")
-                            .message(envelope, marking)
-                            .subject(peer),
-                    ),
-                },
-            }
-        }
-        targets
     }
 }
 

@@ -8,12 +8,13 @@ use bytes::Bytes;
 use quinn::Connection;
 use tracing::{debug, info};
 
-use super::router::{Offer, SessionId};
+use super::router::Offer;
 use super::{accept_hello, close_after, next_batch, peer, queue, write_frame, Shared, StreamError};
 use crate::audit::{now_us, Event, Record, Verdict};
 use crate::envelope::{Envelope, Unsigned};
 use crate::label::{Label, MarkingError, MarkingScheme};
 use crate::policy::{Decision, Principal};
+use crate::routing::{SealState, SessionId, Source};
 use crate::stream::{self, FrameReader};
 use crate::topic::{Pattern, Topic};
 use crate::wire::{self, Frame, MAX_PAYLOAD};
@@ -108,7 +109,7 @@ async fn handle_batch(
             },
             Frame::Subscribe { request, pattern } => {
                 route_publishes(shared, session, std::mem::take(&mut publishes)).await?;
-                let answer = subscribe(shared, session, principal, request, pattern);
+                let answer = subscribe(shared, session, principal, request, pattern).await;
                 reply(shared, session, &answer).await?;
             }
             _ => {
@@ -213,8 +214,9 @@ async fn authorize(
     })
 }
 
-/// Delivers each publish locally, forwards those some peer may receive
-/// (sealed together), then acknowledges them: an ack means routed.
+/// Delivers each publish locally, forwards it to this node's children in
+/// its delivery tree (sealed together), then acknowledges them: an ack
+/// means routed.
 async fn route_publishes(
     shared: &Shared,
     session: SessionId,
@@ -226,18 +228,32 @@ async fn route_publishes(
     let mut records = Vec::new();
     let mut acks = Vec::with_capacity(publishes.len());
     let mut outgoing = Vec::new();
-    for Accepted {
-        request,
-        envelope,
-        marking,
-    } in publishes
+    let (routes, actions) = shared.router.core(|core, now| {
+        publishes
+            .iter()
+            .map(|accepted| core.route(&accepted.envelope, Source::Local, SealState::Verified, now))
+            .collect::<Vec<_>>()
+    });
+    for (
+        Accepted {
+            request,
+            envelope,
+            marking,
+        },
+        route,
+    ) in publishes.into_iter().zip(routes)
     {
-        shared.router.deliver_locally(&envelope, &marking, &mut records);
         acks.push(Frame::PublishAck {
             request,
             id: envelope.id,
         });
-        let targets = shared.router.forward_targets(&envelope, &marking, &mut records);
+        // A local publish is never refused by the core: its checks are
+        // for what arrives from peers.
+        let Ok(route) = route else { continue };
+        shared
+            .router
+            .deliver(&envelope, &marking, &route.deliver, &mut records);
+        let targets = shared.router.targets(&route.forward);
         if !targets.is_empty() {
             outgoing.push((envelope, marking, targets));
         }
@@ -248,13 +264,14 @@ async fn route_publishes(
     for ack in &acks {
         reply(shared, session, ack).await?;
     }
+    shared.carry_out(actions).await;
     for record in records {
         shared.audit(record).await;
     }
     Ok(())
 }
 
-fn subscribe(
+async fn subscribe(
     shared: &Shared,
     session: SessionId,
     principal: &Principal,
@@ -265,34 +282,24 @@ fn subscribe(
         Ok(pattern) => pattern,
         Err(err) => return refused(request, "bad-pattern", err),
     };
-    if !principal
-        .subscribe
-        .iter()
-        .any(|allowed| pattern.is_covered_by(allowed))
-    {
-        let allowed: Vec<&str> = principal.subscribe.iter().map(Pattern::as_str).collect();
-        return refused(
-            request,
-            "topic-not-permitted",
-            format!(
-                "{} may not subscribe to {pattern}; permitted: {}",
-                principal.name,
-                if allowed.is_empty() {
-                    "nothing".to_owned()
-                } else {
-                    allowed.join(", ")
-                }
-            ),
-        );
+    let (result, actions) = shared
+        .router
+        .core(|core, now| core.subscribe(session, pattern.clone(), now));
+    shared.carry_out(actions).await;
+    match result {
+        Ok(()) => {
+            info!(%pattern, "subscribed");
+            Frame::SubscribeAck { request }
+        }
+        Err(err) => {
+            shared
+                .audit(
+                    Record::new(Event::Refuse, Verdict::Deny, err.code())
+                        .subject(&principal.name)
+                        .detail(format!("subscribe to {pattern}: {err}")),
+                )
+                .await;
+            refused(request, err.code(), err)
+        }
     }
-    let limit = shared.settings.max_subscriptions;
-    if !shared.router.subscribe(session, pattern.clone(), limit) {
-        return refused(
-            request,
-            "too-many-subscriptions",
-            format!("a session may hold at most {limit} subscriptions; use wildcards or another session"),
-        );
-    }
-    info!(%pattern, "subscribed");
-    Frame::SubscribeAck { request }
 }

@@ -885,7 +885,9 @@ impl Routing {
         let Some(origin) = self.nations.index(envelope.origin) else {
             return Vec::new();
         };
-        let mut targets = self.interested(&envelope.topic).and(eligible);
+        let interested = self.interested(&envelope.topic);
+        self.audit_ineligible_neighbours(envelope, interested.minus(eligible), marking, now_us);
+        let mut targets = interested.and(eligible);
         targets.remove(origin);
         targets.remove(self.me);
         if targets.is_empty() {
@@ -945,6 +947,39 @@ impl Routing {
             }
         }
         forward
+    }
+
+    /// Invariant 7 at this node's own boundary: each live peer that wants
+    /// the message but may not have it gets a denial with the policy's
+    /// reason (nations further away are denied by their own neighbours).
+    fn audit_ineligible_neighbours(
+        &mut self,
+        envelope: &Envelope,
+        denied: NationSet,
+        marking: &str,
+        now_us: u64,
+    ) {
+        if denied.is_empty() {
+            return;
+        }
+        let peers: Vec<Nation> = self
+            .live_peers
+            .iter()
+            .copied()
+            .filter(|&p| self.nations.index(p).is_some_and(|i| denied.contains(i)))
+            .collect();
+        for peer in peers {
+            if let Decision::Deny { reason, message } =
+                self.policy.may_forward(&envelope.label, envelope.origin, peer)
+            {
+                self.audit(
+                    Record::at(now_us, Event::Forward, Verdict::Deny, reason.code())
+                        .message(envelope, marking)
+                        .subject(peer)
+                        .detail(message),
+                );
+            }
+        }
     }
 
     /// The path a message from `origin` with `label` takes to `to` over

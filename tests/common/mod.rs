@@ -238,6 +238,24 @@ impl TestNetwork {
         current()
     }
 
+    /// Waits until `at`'s node has heard that `of` is interested in
+    /// `pattern` (its announcement lists the pattern), so a message
+    /// published at `at` after this will be routed there.
+    pub async fn wait_for_interest(&self, at: Nation, of: Nation, pattern: &str) {
+        self.wait_for_audit(at, |line| {
+            let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else {
+                return false;
+            };
+            record["reason"] == "announcement"
+                && record["subject"] == of.as_str()
+                && record["detail"]
+                    .as_str()
+                    .and_then(|d| d.split("interest: ").nth(1))
+                    .is_some_and(|list| list.split(", ").any(|p| p == pattern))
+        })
+        .await;
+    }
+
     pub fn options(&self, principal: &str) -> ClientOptions {
         let nation = self.policy.principal(principal).expect("known principal").nation;
         let overrides = Overrides {
