@@ -85,7 +85,7 @@ impl Router {
         self.deferred_ready.notify_one();
     }
 
-    /// Waits until some action was deferred.
+    /// Waits until some action was deferred, or an announcement is due.
     pub(super) async fn deferred_ready(&self) {
         self.deferred_ready.notified().await;
     }
@@ -101,6 +101,10 @@ impl Router {
         let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
         let result = call(&mut core, now_us());
         let actions = std::iter::from_fn(|| core.poll()).collect();
+        if core.announcement_pending() {
+            // The ticker may be asleep for up to a second: wake it.
+            self.deferred_ready.notify_one();
+        }
         (result, actions)
     }
 

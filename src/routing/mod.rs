@@ -480,6 +480,12 @@ impl Routing {
         }
     }
 
+    /// Whether an announcement of this node's own waits for the next tick
+    /// (announcements are at least [`ANNOUNCE_INTERVAL_US`] apart).
+    pub fn announcement_pending(&self) -> bool {
+        self.announce_due
+    }
+
     /// When the next tick has work to do, at the latest.
     pub fn next_tick_us(&self) -> u64 {
         match self.announced_us {

@@ -129,12 +129,16 @@ impl TestNetwork {
         TestNetwork::start_with(NodeSettings::default()).await
     }
 
-    /// Generates the PKI, binds every node on port 0, then runs them all
-    /// with each other's real addresses.
     pub async fn start_with(settings: NodeSettings) -> TestNetwork {
+        TestNetwork::start_from(NETWORK, settings).await
+    }
+
+    /// Generates the PKI of the network file `network`, binds every node
+    /// on port 0, then runs them all with each other's real addresses.
+    pub async fn start_from(network: &str, settings: NodeSettings) -> TestNetwork {
         let dir = tempfile::tempdir().expect("temp dir");
         let network_path = dir.path().join("network.toml");
-        std::fs::write(&network_path, NETWORK).expect("write network file");
+        std::fs::write(&network_path, network).expect("write network file");
         let policy = Arc::new(entente::config::load_network(&network_path).expect("valid network"));
         let layout = PkiLayout::new(dir.path().join("certs"));
         pki::generate(&policy, &layout, false).expect("generate PKI");
@@ -167,6 +171,24 @@ impl TestNetwork {
                     .wait_for_audit(from, |line| {
                         line.contains("\"reason\":\"link-up\"")
                             && line.contains(&format!("\"subject\":\"{to}\""))
+                    })
+                    .await;
+            }
+        }
+        // Every node has heard every other announce all its links, so
+        // every delivery tree is complete.
+        for &at in network.policy.nations().keys() {
+            for (&of, of_policy) in network.policy.nations() {
+                if at == of {
+                    continue;
+                }
+                let links: Vec<&str> = of_policy.peers.iter().map(Nation::as_str).collect();
+                let expected = format!("links: {};", links.join(", "));
+                network
+                    .wait_for_audit(at, |line| {
+                        line.contains("\"reason\":\"announcement\"")
+                            && line.contains(&format!("\"subject\":\"{of}\""))
+                            && line.contains(&expected)
                     })
                     .await;
             }

@@ -1,0 +1,420 @@
+//! Relaying across a partial mesh of real nodes over real QUIC and TLS:
+//! six nations on a ring with a spur, so most pairs reach each other only
+//! through relays, and some by two paths.
+//!
+//! ```text
+//!   FIN ── EST ── LVA
+//!           │      │
+//!          GBR    LTU
+//!           │      │
+//!           └─ POL ┘
+//! ```
+//! Non-delivery is shown without timing: after what must not arrive, an
+//! allowed sentinel goes the same way, and it must come first.
+
+mod common;
+
+use common::{nation, RawConnection, TestNetwork};
+use entente::audit::now_us;
+use entente::client::Client;
+use entente::envelope::{Envelope, MessageId, Signer, Unsigned};
+use entente::identity::Identity;
+use entente::label::Nation;
+use entente::node::NodeSettings;
+use entente::pki;
+use entente::routing::announce::Announcement;
+use entente::topic::{Pattern, Topic};
+use entente::wire::Frame;
+
+const RING: &str = r#"
+[communities]
+RING = ["GBR", "EST", "LVA", "LTU", "POL", "FIN"]
+
+[nations.GBR]
+address = "127.0.0.1:1"
+peers = ["EST", "POL"]
+default_ceiling = "SECRET"
+
+[nations.EST]
+address = "127.0.0.1:2"
+peers = ["GBR", "LVA", "FIN"]
+default_ceiling = "SECRET"
+
+[nations.LVA]
+address = "127.0.0.1:3"
+peers = ["EST", "LTU"]
+default_ceiling = "SECRET"
+
+[nations.LTU]
+address = "127.0.0.1:4"
+peers = ["LVA", "POL"]
+default_ceiling = "SECRET"
+
+[nations.POL]
+address = "127.0.0.1:5"
+peers = ["GBR", "LTU"]
+default_ceiling = "SECRET"
+
+[nations.FIN]
+address = "127.0.0.1:6"
+peers = ["EST"]
+default_ceiling = "SECRET"
+
+[[principals]]
+name = "gbr.analyst"
+nation = "GBR"
+clearance = "SECRET"
+publish = [">"]
+subscribe = [">"]
+
+[[principals]]
+name = "fin.analyst"
+nation = "FIN"
+clearance = "SECRET"
+publish = [">"]
+subscribe = [">"]
+
+[[principals]]
+name = "lva.analyst"
+nation = "LVA"
+clearance = "SECRET"
+publish = [">"]
+subscribe = [">"]
+
+[[principals]]
+name = "ltu.analyst"
+nation = "LTU"
+clearance = "SECRET"
+publish = [">"]
+subscribe = [">"]
+"#;
+
+async fn ring() -> TestNetwork {
+    TestNetwork::start_from(RING, NodeSettings::default()).await
+}
+
+async fn subscriber(net: &TestNetwork, principal: &str, pattern: &str, known_at: &[&str]) -> Client {
+    let client = net.client(principal).await;
+    client.subscribe(pattern).await.unwrap();
+    let nation = net.policy.principal(principal).unwrap().nation;
+    for &at in known_at {
+        net.wait_for_interest(common::nation(at), nation, pattern).await;
+    }
+    client
+}
+
+/// The next delivery's payload; a test that never gets one fails rather
+/// than hangs (the limit is generous: only a broken feature reaches it).
+async fn payload(client: &Client) -> String {
+    let delivery = tokio::time::timeout(std::time::Duration::from_secs(30), client.next_delivery())
+        .await
+        .expect("a delivery within 30 s")
+        .unwrap();
+    String::from_utf8(delivery.payload).unwrap()
+}
+
+/// The `forward` records of `at`'s audit log that allowed a message to
+/// `to`: one per envelope copy that crossed the link.
+fn crossings(net: &TestNetwork, at: &str, to: &str, id: &str) -> usize {
+    net.audit_lines(nation(at))
+        .iter()
+        .filter(|l| {
+            l.contains("\"event\":\"forward\"")
+                && l.contains("\"decision\":\"allow\"")
+                && l.contains(&format!("\"subject\":\"{to}\""))
+                && l.contains(id)
+        })
+        .count()
+}
+
+fn node_signer(net: &TestNetwork, of: Nation) -> Signer {
+    let (_, key) = net.identity_files(&Identity::Node(of));
+    Signer::from_pkcs8(pki::read_key(&key).unwrap().secret_der()).unwrap()
+}
+
+#[tokio::test]
+async fn messages_cross_one_and_two_relays() {
+    let net = ring().await;
+    let fin = subscriber(&net, "fin.analyst", "sigint.>", &["GBR"]).await;
+    let ltu = subscriber(&net, "ltu.analyst", "imagery.>", &["FIN"]).await;
+
+    // GBR → EST → FIN: one relay.
+    let gbr = net.client("gbr.analyst").await;
+    let id = gbr
+        .publish("sigint.ru", "SECRET//REL TO RING", b"one relay".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(payload(&fin).await, "one relay");
+    let record = net
+        .wait_for_audit(nation("FIN"), |l| {
+            l.contains("\"event\":\"deliver\"") && l.contains(&id.to_string())
+        })
+        .await;
+    assert!(record.contains("fin.analyst"), "{record}");
+    // EST verified the seal before passing it on, then FIN verified it
+    // before delivering it (its origin is not FIN's link peer).
+    net.wait_for_audit(nation("EST"), |l| {
+        l.contains("\"reason\":\"verified\"") && l.contains(&id.to_string())
+    })
+    .await;
+    net.wait_for_audit(nation("FIN"), |l| {
+        l.contains("\"reason\":\"verified\"") && l.contains(&id.to_string())
+    })
+    .await;
+
+    // FIN → EST → LVA → LTU: two relays.
+    let fin_publisher = net.client("fin.analyst").await;
+    fin_publisher
+        .publish("imagery.ru", "SECRET//REL TO RING", b"two relays".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(payload(&ltu).await, "two relays");
+    net.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_ineligible_relay_never_carries_and_the_target_is_unreachable() {
+    let net = ring().await;
+    let lva = subscriber(&net, "lva.analyst", ">", &["FIN"]).await;
+    let fin = net.client("fin.analyst").await;
+    // FIN's only link is to EST, which may not see this: no eligible path.
+    let id = fin
+        .publish("sigint.ru", "SECRET//REL TO FIN, LVA", b"no way".to_vec())
+        .await
+        .unwrap()
+        .to_string();
+    fin.publish("sigint.ru", "SECRET//REL TO FIN, EST, LVA", b"sentinel".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(payload(&lva).await, "sentinel");
+    let record = net
+        .wait_for_audit(nation("FIN"), |l| {
+            l.contains("\"reason\":\"unreachable\"") && l.contains(&id)
+        })
+        .await;
+    assert!(record.contains("\"subjects\":[\"LVA\"]"), "{record}");
+    assert_eq!(crossings(&net, "FIN", "EST", &id), 0);
+    assert!(!net
+        .audit_lines(nation("EST"))
+        .iter()
+        .any(|l| l.contains(&id) && l.contains("\"decision\":\"allow\"")));
+    net.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_paths_deliver_once_and_a_second_copy_is_a_duplicate() {
+    let net = ring().await;
+    // LVA is two hops from GBR through EST, and three through POL, LTU.
+    let lva = subscriber(&net, "lva.analyst", ">", &["GBR"]).await;
+    let ltu = subscriber(&net, "ltu.analyst", ">", &["GBR"]).await;
+    let gbr = net.client("gbr.analyst").await;
+    let id = gbr
+        .publish("sigint.ru", "SECRET//REL TO RING", b"once".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(payload(&lva).await, "once");
+    assert_eq!(payload(&ltu).await, "once");
+    let id_text = id.to_string();
+    // Each link carried it at most once, along the tree only.
+    net.wait_for_audit(nation("EST"), |l| {
+        l.contains(&id_text) && l.contains("\"subject\":\"LVA\"")
+    })
+    .await;
+    assert_eq!(crossings(&net, "GBR", "EST", &id_text), 1);
+    assert_eq!(crossings(&net, "GBR", "POL", &id_text), 1);
+    assert_eq!(crossings(&net, "EST", "LVA", &id_text), 1);
+    assert_eq!(crossings(&net, "POL", "LTU", &id_text), 1);
+    assert_eq!(crossings(&net, "LVA", "LTU", &id_text), 0);
+    assert_eq!(crossings(&net, "LTU", "LVA", &id_text), 0);
+
+    // The same sealed message arriving by two links (as a relay that
+    // replays, or a second path, would send it) is delivered once.
+    let signer = node_signer(&net, nation("GBR"));
+    let envelope = signer.seal(Unsigned {
+        id: MessageId([0x5a; 16]),
+        origin: nation("GBR"),
+        publisher: "gbr.analyst".into(),
+        topic: Topic::new("sigint.ru").unwrap(),
+        label: net.policy.scheme().parse("SECRET//REL TO RING").unwrap(),
+        created_us: now_us(),
+        payload: b"by two links".to_vec(),
+    });
+    for relay in ["EST", "LTU"] {
+        let mut peer = RawConnection::open(&net, &Identity::Node(nation(relay)), nation("LVA"))
+            .await
+            .unwrap();
+        peer.hello().await;
+        peer.send_frame(&Frame::Forward(envelope.clone())).await;
+        net.wait_for_audit(nation("LVA"), |l| {
+            l.contains("5a5a5a5a") && l.contains(&format!("\"subject\":\"{relay}\""))
+        })
+        .await;
+    }
+    gbr.publish("sigint.ru", "SECRET//REL TO RING", b"sentinel".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(payload(&lva).await, "by two links");
+    assert_eq!(payload(&lva).await, "sentinel");
+    net.wait_for_audit(nation("LVA"), |l| {
+        l.contains("\"reason\":\"duplicate\"") && l.contains("5a5a5a5a") && l.contains("\"subject\":\"LTU\"")
+    })
+    .await;
+    net.shutdown().await;
+}
+
+#[tokio::test]
+async fn nothing_crosses_a_link_without_interest_and_interest_is_withdrawn() {
+    let net = ring().await;
+    let lva = subscriber(&net, "lva.analyst", "imagery.>", &["GBR"]).await;
+    let gbr = net.client("gbr.analyst").await;
+    let unwanted = gbr
+        .publish("sigint.ru", "SECRET//REL TO RING", b"nobody".to_vec())
+        .await
+        .unwrap()
+        .to_string();
+    let wanted = gbr
+        .publish("imagery.ru", "SECRET//REL TO RING", b"lva".to_vec())
+        .await
+        .unwrap()
+        .to_string();
+    assert_eq!(payload(&lva).await, "lva");
+    net.wait_for_audit(nation("GBR"), |l| {
+        l.contains(&wanted) && l.contains("\"event\":\"forward\"")
+    })
+    .await;
+    for link in ["EST", "POL"] {
+        assert_eq!(
+            crossings(&net, "GBR", link, &unwanted),
+            0,
+            "sigint crossed to {link}"
+        );
+    }
+    assert_eq!(crossings(&net, "GBR", "EST", &wanted), 1);
+    assert_eq!(
+        crossings(&net, "GBR", "POL", &wanted),
+        0,
+        "nobody beyond POL wants imagery"
+    );
+
+    // The only subscriber leaves: GBR hears that LVA wants nothing.
+    drop(lva);
+    let lva_announcements = |net: &TestNetwork| -> Vec<String> {
+        net.audit_lines(nation("GBR"))
+            .into_iter()
+            .filter(|l| l.contains("\"reason\":\"announcement\"") && l.contains("\"subject\":\"LVA\""))
+            .collect()
+    };
+    for _ in 0..1000 {
+        if lva_announcements(&net)
+            .last()
+            .is_some_and(|l| l.contains("interest: none"))
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let last = lva_announcements(&net).pop().unwrap();
+    assert!(last.contains("interest: none"), "{last}");
+    let after = gbr
+        .publish("imagery.ru", "SECRET//REL TO RING", b"too late".to_vec())
+        .await
+        .unwrap()
+        .to_string();
+    // A local sentinel published after it: once its delivery is on
+    // record, so is every forward of the message before it.
+    let probe = subscriber(&net, "gbr.analyst", "imagery.>", &[]).await;
+    let sentinel = gbr
+        .publish("imagery.ru", "SECRET//REL TO RING", b"local sentinel".to_vec())
+        .await
+        .unwrap()
+        .to_string();
+    assert_eq!(payload(&probe).await, "local sentinel");
+    net.wait_for_audit(nation("GBR"), |l| {
+        l.contains("\"event\":\"deliver\"") && l.contains(&sentinel)
+    })
+    .await;
+    assert_eq!(crossings(&net, "GBR", "EST", &after), 0);
+    assert_eq!(crossings(&net, "GBR", "POL", &after), 0);
+    net.shutdown().await;
+}
+
+/// A relay that changes what it carries is caught at the next node, before
+/// anything is delivered: the seal no longer matches.
+#[tokio::test]
+async fn a_tampering_relay_is_caught_before_delivery() {
+    let net = ring().await;
+    let lva = subscriber(&net, "lva.analyst", ">", &[]).await;
+    let signer = node_signer(&net, nation("GBR"));
+    let scheme = net.policy.scheme();
+    let sealed = |n: u8, marking: &str, payload: &[u8]| -> Envelope {
+        signer.seal(Unsigned {
+            id: MessageId([n; 16]),
+            origin: nation("GBR"),
+            publisher: "gbr.analyst".into(),
+            topic: Topic::new("sigint.ru").unwrap(),
+            label: scheme.parse(marking).unwrap(),
+            created_us: now_us(),
+            payload: payload.to_vec(),
+        })
+    };
+    let mut payload_changed = sealed(0x11, "SECRET//REL TO RING", b"original");
+    payload_changed.payload = b"altered by EST".to_vec();
+    let mut label_changed = sealed(0x22, "SECRET//REL TO GBR, EST", b"not for LVA");
+    label_changed.label = scheme.parse("SECRET//REL TO RING").unwrap();
+    let sentinel = sealed(0x33, "SECRET//REL TO RING", b"sentinel");
+
+    // The test plays EST, relaying GBR's messages to LVA.
+    let mut est = RawConnection::open(&net, &Identity::Node(nation("EST")), nation("LVA"))
+        .await
+        .unwrap();
+    est.hello().await;
+    for envelope in [payload_changed, label_changed, sentinel] {
+        est.send_frame(&Frame::Forward(envelope)).await;
+    }
+    assert_eq!(payload(&lva).await, "sentinel");
+    for id in ["11111111", "22222222"] {
+        let record = net
+            .wait_for_audit(nation("LVA"), |l| {
+                l.contains("\"reason\":\"bad-signature\"") && l.contains(id)
+            })
+            .await;
+        assert!(record.contains("neither delivered nor relayed"), "{record}");
+    }
+    net.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_forged_announcement_is_refused() {
+    let net = ring().await;
+    // EST's node, with its genuine certificate, claims to speak for GBR:
+    // GBR wants nothing and has no links. It signs with its own key.
+    let est_signer = node_signer(&net, nation("EST"));
+    let forged = Announcement {
+        nation: nation("GBR"),
+        seq: now_us() + 1_000_000,
+        links: Default::default(),
+        patterns: [Pattern::new("nothing").unwrap()].into(),
+    }
+    .sign(&est_signer);
+    let mut est = RawConnection::open(&net, &Identity::Node(nation("EST")), nation("LVA"))
+        .await
+        .unwrap();
+    est.hello().await;
+    est.send_frame(&Frame::Announce(forged)).await;
+    let record = net
+        .wait_for_audit(nation("LVA"), |l| l.contains("\"reason\":\"bad-announcement\""))
+        .await;
+    assert!(
+        record.contains("\"subject\":\"EST\"") && record.contains("GBR's node key"),
+        "{record}"
+    );
+
+    // LVA still routes by GBR's genuine picture: its messages reach GBR.
+    let gbr = subscriber(&net, "gbr.analyst", "from.lva", &["LVA"]).await;
+    let lva = net.client("lva.analyst").await;
+    lva.publish("from.lva", "SECRET//REL TO RING", b"still linked".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(payload(&gbr).await, "still linked");
+    net.shutdown().await;
+}
