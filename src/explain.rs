@@ -1,12 +1,13 @@
 //! `entente explain`: who may see a marking, and why a given nation or
 //! principal may or may not.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use crate::label::{MarkingError, Nation};
-use crate::policy::{Decision, Policy};
+use crate::policy::{Decision, Policy, Reason};
+use crate::routing;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
@@ -22,8 +23,17 @@ pub enum ExplainError {
 #[derive(Debug, Serialize)]
 pub struct Explanation {
     pub marking: String,
+    /// The nations that may hold it: with `--from`, the origin and every
+    /// nation it may be forwarded to (release ceilings included).
     pub nations: Vec<Nation>,
+    /// The principals it can reach (whatever the topic): with `--from`,
+    /// only over a path of eligible nations, as the nodes route it.
     pub principals: Vec<String>,
+    /// With `--from`: each eligible nation's path through the delivery
+    /// tree over the configured links, or `null` when no path of eligible
+    /// nations reaches it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub paths: BTreeMap<Nation, Option<Vec<Nation>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -34,7 +44,9 @@ pub struct Explanation {
 }
 
 /// Explains `marking`. `from` is the originating nation, when known: it
-/// always may see its own messages, and its ceilings apply to `to` nations.
+/// always may see its own messages, its ceilings apply, and the answer is
+/// what the network would do, by the same decisions and delivery trees
+/// the nodes use (with every configured link up).
 pub fn explain(
     policy: &Policy,
     marking: &str,
@@ -51,29 +63,55 @@ pub fn explain(
         ),
         None => None,
     };
-    let nations: BTreeSet<Nation> = scheme
-        .releasable_nations(&label, origin)
-        .into_iter()
-        .filter(|n| policy.nation(*n).is_some())
-        .collect();
+    let paths = match origin {
+        Some(origin) => routing::configured_paths(policy, origin, &label),
+        None => BTreeMap::new(),
+    };
+    let nations: Vec<Nation> = match origin {
+        Some(_) => paths.keys().copied().collect(),
+        None => scheme
+            .releasable_nations(&label, None)
+            .into_iter()
+            .filter(|n| policy.nation(*n).is_some())
+            .collect(),
+    };
+    let reaches = |nation: Nation| paths.get(&nation).is_some_and(Option::is_some);
+    let principal_decision = |principal: &crate::policy::Principal| match origin {
+        Some(origin) => policy.may_receive(principal, &label, origin).and_then(|| {
+            if reaches(principal.nation) {
+                Decision::Allow
+            } else {
+                Decision::deny(
+                    Reason::Unreachable,
+                    format!(
+                        "no path of nations that may see it leads from {origin} to {}",
+                        principal.nation
+                    ),
+                )
+            }
+        }),
+        None => policy.may_read(principal, &label, None),
+    };
     let principals = policy
         .principals()
-        .filter(|p| policy.may_read(p, &label, origin).is_allow())
+        .filter(|p| principal_decision(p).is_allow())
         .map(|p| p.name.clone())
         .collect();
     let mut explanation = Explanation {
         marking: scheme.format(&label),
-        nations: nations.into_iter().collect(),
+        nations,
         principals,
+        paths: paths.clone(),
         decision: None,
         reason: None,
         detail: None,
     };
     if let Some(recipient) = to {
         let decision = if let Some(principal) = policy.principal(recipient) {
-            policy.may_read(principal, &label, origin)
+            principal_decision(principal)
         } else if let Some(nation) = Nation::parse(recipient).filter(|n| policy.nation(*n).is_some()) {
             match origin {
+                Some(origin) if nation == origin => Decision::Allow,
                 Some(origin) => policy.may_forward(&label, origin, nation),
                 None => policy.may_release_to_nation(&label, None, nation),
             }
@@ -95,6 +133,7 @@ pub fn explain(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use std::path::Path;
 
     fn sample() -> Policy {
@@ -135,6 +174,86 @@ mod tests {
         assert_eq!(e.decision, Some("allow"));
         let e = explain(&policy, "SECRET", Some("GBR"), None).unwrap();
         assert_eq!(e.reason.as_deref(), Some("not-releasable"));
+    }
+
+    #[test]
+    fn with_an_origin_ceilings_and_paths_decide() {
+        let policy = sample();
+        // GBR releases at most CONFIDENTIAL to TUR: the network never
+        // delivers SECRET there, so explain must not say it does.
+        let e = explain(
+            &policy,
+            "SECRET//REL TO GBR, TUR",
+            Some("tur.analyst"),
+            Some("GBR"),
+        )
+        .unwrap();
+        assert!(!e.principals.contains(&"tur.analyst".to_owned()));
+        assert_eq!(e.reason.as_deref(), Some("above-ceiling"));
+        // LVA is linked only to EST and LTU, neither releasable here.
+        let e = explain(
+            &policy,
+            "SECRET//REL TO GBR, LVA",
+            Some("lva.analyst"),
+            Some("GBR"),
+        )
+        .unwrap();
+        assert_eq!(e.reason.as_deref(), Some("unreachable"));
+        assert_eq!(e.paths[&Nation::parse("LVA").unwrap()], None);
+        let e = explain(&policy, "SECRET//REL TO COALITION", None, Some("GBR")).unwrap();
+        let path: Vec<String> = e.paths[&Nation::parse("LVA").unwrap()]
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(path, ["GBR", "EST", "LVA"]);
+        assert!(e.principals.contains(&"lva.analyst".to_owned()));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// For random networks, markings, origins and topics, the
+        /// principals `explain --from` lists are exactly those the routing
+        /// cores deliver to (among those whose permissions cover the
+        /// topic), with every configured link up.
+        #[test]
+        fn explain_agrees_with_the_routing_core(
+            (policy, label, origin, topic) in crate::policy::tests::arb_network().prop_flat_map(|policy| {
+                let nations: Vec<Nation> = policy.nations().keys().copied().collect();
+                (
+                    Just(policy.clone()),
+                    crate::policy::tests::arb_label(&policy),
+                    proptest::sample::select(nations),
+                    proptest::collection::vec(proptest::sample::select(crate::policy::tests::TOKENS.to_vec()), 1..4)
+                        .prop_map(|tokens| crate::topic::Topic::new(tokens.join(".")).unwrap()),
+                )
+            })
+        ) {
+            let policy = std::sync::Arc::new(policy);
+            let mut mesh = crate::routing::tests::Mesh::new(policy.clone(), &Default::default());
+            let principals: Vec<_> = policy.principals().cloned().collect();
+            let mut session_of = std::collections::BTreeMap::new();
+            for principal in &principals {
+                for pattern in &principal.subscribe {
+                    let session = mesh.subscribe(principal, pattern.as_str()).unwrap();
+                    session_of.insert(session, principal.name.clone());
+                }
+            }
+            mesh.settle();
+            let envelope = mesh.envelope(origin, label.clone(), &topic);
+            let delivered: std::collections::BTreeSet<String> =
+                mesh.publish(&envelope).deliveries.iter().map(|s| session_of[s].clone()).collect();
+            let marking = policy.scheme().format(&label);
+            let explained = explain(&policy, &marking, None, Some(origin.as_str())).unwrap();
+            let expected: std::collections::BTreeSet<String> = explained
+                .principals
+                .into_iter()
+                .filter(|name| policy.principal(name).unwrap().subscribe.iter().any(|p| p.matches(&topic)))
+                .collect();
+            prop_assert_eq!(delivered, expected);
+        }
     }
 
     #[test]

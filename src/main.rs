@@ -131,6 +131,7 @@ enum Command {
     #[command(after_help = "Examples:
   entente explain 'S//REL TO NORDIC'
   entente explain 'SECRET//REL TO GBR' --to gbr.clerk
+  entente explain 'SECRET//REL TO COALITION' --from GBR      # and the path to each nation
   entente explain 'SECRET//REL TO NATO' --to TUR --from GBR --json")]
     Explain {
         /// The marking, such as 'SECRET//REL TO GBR, FRA'.
@@ -138,14 +139,15 @@ enum Command {
         /// A nation code or principal name to decide for.
         #[arg(long)]
         to: Option<String>,
-        /// The originating nation: it always may see its own messages, and
-        /// its release ceilings apply to `--to NATION`.
+        /// The originating nation: it always may see its own messages, its
+        /// release ceilings apply, and each nation's path through the
+        /// delivery tree is shown.
         #[arg(long)]
         from: Option<String>,
         #[arg(long, default_value = DEFAULT_NETWORK_FILE)]
         network: PathBuf,
-        /// Print one JSON object with marking, nations, principals (and
-        /// decision, reason with --to).
+        /// Print one JSON object with marking, nations, principals (paths
+        /// with --from; decision, reason and detail with --to).
         #[arg(long)]
         json: bool,
     },
@@ -665,6 +667,15 @@ fn cmd_explain(
             list(explanation.nations.iter().map(|n| n.to_string()).collect())
         );
         println!("principals: {}", list(explanation.principals.clone()));
+        let mut heading = "paths:     ";
+        for (nation, path) in &explanation.paths {
+            let route = match path {
+                Some(path) => path.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(" → "),
+                None => "no path of nations that may see it reaches it".to_owned(),
+            };
+            println!("{heading} {nation}  {route}");
+            heading = "           ";
+        }
         if let Some(decision) = explanation.decision {
             match (&explanation.reason, &explanation.detail) {
                 (Some(reason), Some(detail)) => {

@@ -47,6 +47,8 @@ pub enum Reason {
     MissingCompartment,
     TopicNotPermitted,
     AboveCeiling,
+    /// No path of nations that may see the message leads to the nation.
+    Unreachable,
 }
 
 impl Reason {
@@ -57,6 +59,7 @@ impl Reason {
             Reason::MissingCompartment => "missing-compartment",
             Reason::TopicNotPermitted => "topic-not-permitted",
             Reason::AboveCeiling => "above-ceiling",
+            Reason::Unreachable => "unreachable",
         }
     }
 }
@@ -78,13 +81,13 @@ impl Decision {
         matches!(self, Decision::Allow)
     }
 
-    fn deny(reason: Reason, message: String) -> Decision {
+    pub fn deny(reason: Reason, message: String) -> Decision {
         Decision::Deny { reason, message }
     }
 
     /// Runs `next` only if this decision allows, so checks chain in order
     /// and the first denial wins.
-    fn and_then(self, next: impl FnOnce() -> Decision) -> Decision {
+    pub fn and_then(self, next: impl FnOnce() -> Decision) -> Decision {
         match self {
             Decision::Allow => next(),
             deny => deny,

@@ -1039,4 +1039,4 @@ pub fn configured_paths(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
