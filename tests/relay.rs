@@ -418,3 +418,36 @@ async fn a_forged_announcement_is_refused() {
     assert_eq!(payload(&gbr).await, "still linked");
     net.shutdown().await;
 }
+
+/// A target cut off only by links that are down is told apart from one no
+/// eligible path could ever reach.
+#[tokio::test]
+async fn a_target_behind_failed_links_is_audited_as_no_route() {
+    let mut net = ring().await;
+    let _lva = subscriber(&net, "lva.analyst", ">", &["GBR"]).await;
+    // Both of GBR's neighbours go down: every path to LVA is broken.
+    for neighbour in ["EST", "POL"] {
+        net.stop(nation(neighbour)).await.unwrap();
+        net.wait_for_audit(nation("GBR"), |l| {
+            l.contains("\"reason\":\"link-down\"") && l.contains(&format!("\"subject\":\"{neighbour}\""))
+        })
+        .await;
+    }
+    let gbr = net.client("gbr.analyst").await;
+    let id = gbr
+        .publish("sigint.ru", "SECRET//REL TO RING", b"waiting for a path".to_vec())
+        .await
+        .unwrap()
+        .to_string();
+    let record = net
+        .wait_for_audit(nation("GBR"), |l| {
+            l.contains("\"reason\":\"no-route\"") && l.contains(&id)
+        })
+        .await;
+    assert!(record.contains("\"subjects\":[\"LVA\"]"), "{record}");
+    assert!(!net
+        .audit_lines(nation("GBR"))
+        .iter()
+        .any(|l| l.contains("\"reason\":\"unreachable\"") && l.contains(&id)));
+    net.shutdown().await;
+}

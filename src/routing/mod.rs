@@ -504,6 +504,16 @@ impl Routing {
         now_us: u64,
     ) -> Result<(), AnnouncementError> {
         let nation = signed.announcement.nation;
+        let seq = signed.announcement.seq;
+        // Flooding brings most announcements more than once: an old or
+        // repeated one changes nothing, so it costs no signature check.
+        if self
+            .known
+            .get(&nation)
+            .is_some_and(|k| k.signed.announcement.seq >= seq)
+        {
+            return Ok(());
+        }
         let checked = match self.node_keys.get(&nation) {
             Some(key) if self.nations.index(nation).is_some() => signed.verify(key),
             _ => Err(AnnouncementError::UnknownNation(nation)),
@@ -521,7 +531,6 @@ impl Routing {
             );
             return Err(err);
         }
-        let seq = signed.announcement.seq;
         if nation == self.nation {
             // Our own from an earlier run: supersede it.
             if seq >= self.seq {
@@ -547,9 +556,6 @@ impl Routing {
             return Err(err);
         }
         let previous = self.known.get(&nation);
-        if previous.is_some_and(|k| k.signed.announcement.seq >= seq) {
-            return Ok(());
-        }
         let changed = previous.is_none_or(|k| {
             k.signed.announcement.links != signed.announcement.links
                 || k.signed.announcement.patterns != signed.announcement.patterns
