@@ -2,14 +2,16 @@
 //! the whole age limit within a fixed memory bound, so that a replay or a
 //! second copy is dropped however it arrives.
 //!
-//! Memory: each id costs about 80 bytes (a hash-set entry and a queue
-//! entry), so the default bound of 2^20 ids is about 80 MiB at most. At
-//! rates where the age limit would hold more ids than that, the oldest
-//! are forgotten and the age floor rises with them: anything not newer
-//! than the newest forgotten id is refused as stale. So an id is either
-//! remembered or refused, never taken twice.
+//! Memory: each id costs about 64 bytes (a hash-set entry and a queue
+//! entry), so the default bound of 2^20 ids is about 64 MiB at most. At
+//! rates where the age limit would hold more ids than that, ids are
+//! forgotten oldest first from the origin holding the most, and that
+//! origin's age floor rises with them: anything from it not newer than its
+//! newest forgotten id is refused as stale. So an id is either remembered
+//! or refused, never taken twice; and one origin that floods the network
+//! raises only its own floor, never another nation's.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::envelope::MessageId;
 use crate::label::Nation;
@@ -27,29 +29,47 @@ pub const DEFAULT_CAPACITY: usize = 1 << 20;
 pub enum Unseen {
     /// Seen before.
     Duplicate,
-    /// Older than the age limit, or than the newest id forgotten.
+    /// Older than the age limit, or than the newest id of its origin
+    /// forgotten.
     Stale,
     /// From the future by more than the allowed skew.
     Future,
 }
 
-#[derive(Debug)]
-pub struct SeenIds {
-    ids: HashSet<(Nation, MessageId)>,
+/// The ids of one origin.
+#[derive(Debug, Default)]
+struct Window {
+    ids: HashSet<MessageId>,
     /// Insertion order, with each message's time, for forgetting.
-    order: VecDeque<(u64, Nation, MessageId)>,
+    order: VecDeque<(u64, MessageId)>,
     /// Times at or below this are refused: ids this old may have been
     /// forgotten.
     floor_us: u64,
+}
+
+impl Window {
+    fn forget_oldest(&mut self) -> bool {
+        let Some((created_us, id)) = self.order.pop_front() else {
+            return false;
+        };
+        self.ids.remove(&id);
+        self.floor_us = self.floor_us.max(created_us);
+        true
+    }
+}
+
+#[derive(Debug)]
+pub struct SeenIds {
+    windows: HashMap<Nation, Window>,
+    len: usize,
     capacity: usize,
 }
 
 impl SeenIds {
     pub fn new(capacity: usize) -> SeenIds {
         SeenIds {
-            ids: HashSet::new(),
-            order: VecDeque::new(),
-            floor_us: 0,
+            windows: HashMap::new(),
+            len: 0,
             capacity: capacity.max(1),
         }
     }
@@ -59,17 +79,19 @@ impl SeenIds {
         if created_us > now_us.saturating_add(MAX_SKEW_US) {
             return Err(Unseen::Future);
         }
-        if created_us <= self.floor_us || now_us.saturating_sub(created_us) > MAX_AGE_US {
+        let window = self.windows.get(&origin);
+        let floor_us = window.map_or(0, |w| w.floor_us);
+        if created_us <= floor_us || now_us.saturating_sub(created_us) > MAX_AGE_US {
             return Err(Unseen::Stale);
         }
-        if self.ids.contains(&(origin, id)) {
+        if window.is_some_and(|w| w.ids.contains(&id)) {
             return Err(Unseen::Duplicate);
         }
         Ok(())
     }
 
     pub fn contains(&self, origin: Nation, id: MessageId) -> bool {
-        self.ids.contains(&(origin, id))
+        self.windows.get(&origin).is_some_and(|w| w.ids.contains(&id))
     }
 
     /// Checks, then remembers the id.
@@ -81,35 +103,40 @@ impl SeenIds {
         now_us: u64,
     ) -> Result<(), Unseen> {
         self.check(origin, id, created_us, now_us)?;
-        self.ids.insert((origin, id));
-        self.order.push_back((created_us, origin, id));
-        while self.order.len() > self.capacity {
-            self.forget_oldest();
+        let window = self.windows.entry(origin).or_default();
+        window.ids.insert(id);
+        window.order.push_back((created_us, id));
+        self.len += 1;
+        while self.len > self.capacity {
+            // The origin holding the most gives way: a flood forgets its own.
+            let Some(fullest) = self.windows.values_mut().max_by_key(|w| w.order.len()) else {
+                break;
+            };
+            if !fullest.forget_oldest() {
+                break;
+            }
+            self.len -= 1;
         }
         Ok(())
-    }
-
-    fn forget_oldest(&mut self) {
-        if let Some((created_us, origin, id)) = self.order.pop_front() {
-            self.ids.remove(&(origin, id));
-            self.floor_us = self.floor_us.max(created_us);
-        }
     }
 
     /// Forgets ids past the age limit: the age check refuses them anyway.
     pub fn expire(&mut self, now_us: u64) {
         let limit = now_us.saturating_sub(MAX_AGE_US);
-        while self.order.front().is_some_and(|&(created, _, _)| created < limit) {
-            self.forget_oldest();
+        for window in self.windows.values_mut() {
+            while window.order.front().is_some_and(|&(created, _)| created < limit) {
+                window.forget_oldest();
+                self.len -= 1;
+            }
         }
     }
 
     pub fn len(&self) -> usize {
-        self.ids.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.len == 0
     }
 }
 
@@ -149,25 +176,47 @@ mod tests {
         assert_eq!(seen.take(gbr, id(3), NOW + MAX_SKEW_US, NOW), Ok(()));
     }
 
+    #[test]
+    fn a_flooding_origin_forgets_its_own_ids_first() {
+        let (gbr, usa) = (Nation::parse("GBR").unwrap(), Nation::parse("USA").unwrap());
+        let mut seen = SeenIds::new(8);
+        assert_eq!(seen.take(gbr, id(1), NOW - 5_000_000, NOW), Ok(()));
+        for n in 10..40 {
+            let created = NOW - 1_000_000 + u64::from(n);
+            assert_eq!(seen.take(usa, id(n), created, NOW), Ok(()));
+        }
+        // USA's own floor rose: its oldest ids are gone, and so is room
+        // for anything as old.
+        assert_eq!(seen.check(usa, id(99), NOW - 1_000_000, NOW), Err(Unseen::Stale));
+        // GBR's id is still remembered, and GBR's late messages still pass.
+        assert_eq!(
+            seen.check(gbr, id(1), NOW - 5_000_000, NOW),
+            Err(Unseen::Duplicate)
+        );
+        assert_eq!(seen.check(gbr, id(2), NOW - 4_000_000, NOW), Ok(()));
+        assert_eq!(seen.len(), 8);
+    }
+
     proptest! {
         /// Whatever the order, times and capacity, an id is never taken
         /// twice, and memory never exceeds the capacity.
         #[test]
         fn never_taken_twice(
-            arrivals in proptest::collection::vec((0u8..40, 0u64..50), 1..300),
+            arrivals in proptest::collection::vec((0u8..40, any::<bool>(), 0u64..50), 1..300),
             capacity in 1usize..20,
         ) {
-            let gbr = Nation::parse("GBR").unwrap();
+            let origins = [Nation::parse("GBR").unwrap(), Nation::parse("FRA").unwrap()];
             let mut seen = SeenIds::new(capacity);
             let mut taken = std::collections::HashSet::new();
             let mut now = NOW;
-            for (n, advance) in arrivals {
+            for (n, second, advance) in arrivals {
+                let origin = origins[usize::from(second)];
                 now += advance * 1_000_000;
                 seen.expire(now);
                 // Each id has one fixed time, as a genuine envelope does.
                 let created = NOW + u64::from(n) * 1_000_000;
-                if seen.take(gbr, id(n), created, now).is_ok() {
-                    prop_assert!(taken.insert(n), "id {} taken twice", n);
+                if seen.take(origin, id(n), created, now).is_ok() {
+                    prop_assert!(taken.insert((origin, n)), "id {} of {} taken twice", n, origin);
                 }
                 prop_assert!(seen.len() <= capacity);
             }
