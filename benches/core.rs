@@ -153,5 +153,113 @@ fn topics(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, labels, envelopes, signature_algorithms, frames, topics);
+/// The routing core at GBR in the 15-nation sample, every link up and
+/// every nation interested in everything: one message routed, at steady
+/// state (trees, eligibility and interest cached), and with the cache cold
+/// (a new label each time).
+fn routing(c: &mut Criterion) {
+    use entente::routing::announce::Announcement;
+    use entente::routing::{Routing, RoutingSettings, SealState, Source};
+    use entente::topic::Pattern;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    let policy = Arc::new(policy());
+    let rng = SystemRandom::new();
+    let signers: HashMap<Nation, Signer> = policy
+        .nations()
+        .keys()
+        .map(|&n| {
+            let der = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+            (n, Signer::from_pkcs8(der.as_ref()).unwrap())
+        })
+        .collect();
+    let keys: Arc<HashMap<Nation, Vec<u8>>> = Arc::new(
+        signers
+            .iter()
+            .map(|(&n, s)| (n, s.public_key().to_vec()))
+            .collect(),
+    );
+    let gbr = Nation::parse("GBR").unwrap();
+    let der = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let own = Arc::new(Signer::from_pkcs8(der.as_ref()).unwrap());
+    let mut core = Routing::new(gbr, policy.clone(), own, keys, RoutingSettings::default());
+    let now = 1_800_000_000_000_000;
+    for &peer in &policy.nations()[&gbr].peers {
+        core.link_up(peer, now);
+    }
+    for (&nation, nation_policy) in policy.nations() {
+        if nation == gbr {
+            continue;
+        }
+        let announcement = Announcement {
+            nation,
+            seq: now,
+            links: nation_policy.peers.clone(),
+            patterns: [Pattern::new(">").unwrap()].into(),
+        };
+        core.receive_announcement(gbr, announcement.sign(&signers[&nation]), now)
+            .unwrap();
+    }
+    while core.poll().is_some() {}
+    let ids = MessageIds::new([2; 8]);
+    let scheme = policy.scheme();
+    let envelope = |marking: &str| {
+        Envelope::from(Unsigned {
+            id: ids.next_id(),
+            origin: gbr,
+            publisher: "gbr.analyst".to_owned(),
+            topic: Topic::new("sigint.ru.launch").unwrap(),
+            label: scheme.parse(marking).unwrap(),
+            created_us: now,
+            payload: vec![0x5a; PAYLOAD],
+        })
+    };
+    let steady = envelope("SECRET//REL TO COALITION");
+    c.bench_function("routing/route_steady_15_nations", |b| {
+        b.iter_batched(
+            || {
+                let mut e = steady.clone();
+                e.id = ids.next_id();
+                e
+            },
+            |e| {
+                let route = core.route(&e, Source::Local, SealState::Verified, now);
+                while core.poll().is_some() {}
+                route
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    let markings = [
+        "SECRET//REL TO COALITION",
+        "SECRET//REL TO NATO",
+        "CONFIDENTIAL//REL TO NORDIC, GBR",
+    ];
+    let mut next = 0;
+    c.bench_function("routing/route_new_label_15_nations", |b| {
+        b.iter_batched(
+            || {
+                next += 1;
+                envelope(markings[next % markings.len()])
+            },
+            |e| {
+                let route = core.route(&e, Source::Local, SealState::Verified, now);
+                while core.poll().is_some() {}
+                route
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(
+    benches,
+    labels,
+    envelopes,
+    signature_algorithms,
+    frames,
+    topics,
+    routing
+);
 criterion_main!(benches);
