@@ -350,6 +350,12 @@ proptest! {
 }
 
 fn chain_policy() -> Arc<Policy> {
+    ring_policy("")
+}
+
+/// The ring, with `gbr_ceilings` (a TOML inline table body) as GBR's
+/// bilateral ceilings.
+fn ring_policy(gbr_ceilings: &str) -> Arc<Policy> {
     // A ring of four: GBR - EST - LVA - LTU - POL - GBR, with USA hanging
     // off GBR.
     let text = r#"
@@ -359,6 +365,7 @@ fn chain_policy() -> Arc<Policy> {
         address = "127.0.0.1:1"
         peers = ["EST", "POL", "USA"]
         default_ceiling = "SECRET"
+        ceilings = { GBR_CEILINGS }
         [nations.EST]
         address = "127.0.0.1:2"
         peers = ["GBR", "LVA"]
@@ -392,7 +399,8 @@ fn chain_policy() -> Arc<Policy> {
         publish = [">"]
         subscribe = ["sigint.>"]
     "#;
-    let file: crate::config::NetworkFile = toml::from_str(text).unwrap();
+    let text = text.replace("GBR_CEILINGS", gbr_ceilings);
+    let file: crate::config::NetworkFile = toml::from_str(&text).unwrap();
     Arc::new(file.validate(std::path::Path::new("ring.toml")).unwrap())
 }
 
@@ -589,4 +597,26 @@ fn announcements_expire_without_refresh() {
     // Nobody else ticks or talks: at GBR, everyone else's picture lapses.
     gbr.tick(START_US + ANNOUNCEMENT_TTL_US * 2);
     assert_eq!(gbr.live_path(nation("GBR"), &label, nation("LVA")), None);
+}
+
+#[test]
+fn a_new_policy_reroutes_around_a_nation_it_no_longer_trusts() {
+    let policy = chain_policy();
+    let mut mesh = Mesh::new(policy.clone(), &BTreeSet::new());
+    let lva = policy.principal("lva.analyst").unwrap().clone();
+    mesh.subscribe(&lva, ">").unwrap();
+    mesh.settle();
+    let label = policy.scheme().parse("SECRET//REL TO EVERYONE").unwrap();
+    let gbr = mesh.nodes.get_mut(&nation("GBR")).unwrap();
+    assert_eq!(
+        gbr.live_path(nation("GBR"), &label, nation("LVA")),
+        Some(vec![nation("GBR"), nation("EST"), nation("LVA")])
+    );
+    // GBR now releases at most CONFIDENTIAL to EST: SECRET goes the long
+    // way round, through POL and LTU.
+    gbr.set_policy(ring_policy(r#"EST = "CONFIDENTIAL""#));
+    assert_eq!(
+        gbr.live_path(nation("GBR"), &label, nation("LVA")),
+        Some(vec![nation("GBR"), nation("POL"), nation("LTU"), nation("LVA")])
+    );
 }
