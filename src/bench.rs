@@ -24,16 +24,21 @@ const CHAIN: [&str; 15] = [
     "GBR", "FRA", "DEU", "POL", "FIN", "SWE", "DNK", "NOR", "EST", "LVA", "LTU", "ROU", "UKR", "TUR", "USA",
 ];
 const TOPIC: &str = "bench.data";
+/// What every bench subscriber subscribes to.
+const PATTERN: &str = "bench.>";
+/// The hop counts the benchmarks report (BENCHMARKS.md, latency against
+/// hops): a line of up to five nodes.
+pub const MAX_HOPS: usize = 4;
 /// How long a node may take to start and link up before the bench gives up.
 const START_LIMIT: Duration = Duration::from_secs(30);
 /// How long after the last send the bench waits for stragglers.
 const DRAIN: Duration = Duration::from_secs(3);
+/// How often an audit log is read while the bench waits on it.
+const POLL: Duration = Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error(
-        "--hops {0}: relaying across more than one link is not built yet (the federation issue); use 0 or 1"
-    )]
+    #[error("--hops {0}: the bench runs chains of 0 to {MAX_HOPS} hops (1 to {nodes} nodes)", nodes = MAX_HOPS + 1)]
     TooManyHops(usize),
     #[error("--peers {0}: the bench draws nodes from 15 nations, so a node can have at most 14 peers")]
     TooManyPeers(usize),
@@ -57,7 +62,7 @@ fn setup(what: impl std::fmt::Display) -> BenchError {
 
 /// A chain of `hops + 1` node processes, killed when dropped.
 pub struct Chain {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     policy: Policy,
     layout: PkiLayout,
     nations: Vec<Nation>,
@@ -108,9 +113,10 @@ fn network_file(nations: &[Nation], ports: &[u16], links: &dyn Fn(usize) -> Vec<
 
 impl Chain {
     /// Starts `hops + 1` linked nodes in a line, as `node_binary node ...`
-    /// processes, and waits until every link is up.
+    /// processes, and waits until every link is up and every node knows
+    /// the whole line.
     pub fn start(hops: usize, node_binary: &Path) -> Result<Chain, BenchError> {
-        if hops > 1 {
+        if hops > MAX_HOPS {
             return Err(BenchError::TooManyHops(hops));
         }
         let last = hops;
@@ -157,9 +163,9 @@ impl Chain {
             addresses: ports.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
             nations,
             processes: Vec::new(),
-            _dir: dir,
+            dir,
         };
-        let root = chain._dir.path().to_owned();
+        let root = chain.dir.path().to_owned();
         for &nation in &chain.nations {
             let mut child = Command::new(node_binary)
                 .arg("node")
@@ -184,32 +190,103 @@ impl Chain {
                 return Err(setup(format!("the {nation} node did not start")));
             }
         }
+        let deadline = Instant::now() + START_LIMIT;
         for i in 0..count {
             for j in links(i) {
-                chain.wait_for_link(&root, i, j)?;
+                let to = chain.nations[j];
+                chain.wait_for_audit(i, deadline, &|record| is_record(record, "link-up", to), || {
+                    format!("the {}–{to} link did not come up", chain.nations[i])
+                })?;
+            }
+        }
+        // A relay forwards along the tree it computes from what it has
+        // heard, and a node misses a link it has not heard both ends of
+        // announce: until every node has heard every other announce all
+        // its links, a relay can drop what it should pass on.
+        for at in 0..count {
+            for of in (0..count).filter(|&of| of != at) {
+                let nation = chain.nations[of];
+                let mut expected: Vec<&str> = links(of).iter().map(|&j| chain.nations[j].as_str()).collect();
+                expected.sort_unstable();
+                let complete = |record: &serde_json::Value| {
+                    announced(record, nation).is_some_and(|(mut heard, _)| {
+                        heard.sort_unstable();
+                        heard == expected
+                    })
+                };
+                chain.wait_for_audit(at, deadline, &complete, || {
+                    format!(
+                        "the {} node did not hear {nation} announce its links ({})",
+                        chain.nations[at],
+                        expected.join(", ")
+                    )
+                })?;
             }
         }
         Ok(chain)
     }
 
-    /// Waits until node `from` reports its link to node `to` up.
-    fn wait_for_link(&self, root: &Path, from: usize, to: usize) -> Result<(), BenchError> {
-        let deadline = Instant::now() + START_LIMIT;
-        let audit = root
+    fn audit_path(&self, node: usize) -> PathBuf {
+        self.dir
+            .path()
             .join("data")
-            .join(self.nations[from].as_str())
-            .join("audit.jsonl");
-        let wanted = format!("\"subject\":\"{}\"", self.nations[to]);
-        while !std::fs::read_to_string(&audit)
-            .is_ok_and(|text| text.lines().any(|l| l.contains("link-up") && l.contains(&wanted)))
-        {
+            .join(self.nations[node].as_str())
+            .join("audit.jsonl")
+    }
+
+    /// Whether a record of node `at`'s audit log satisfies `wanted`. A
+    /// line the writer has not finished does not parse, and is skipped.
+    fn audit_has(&self, at: usize, wanted: &dyn Fn(&serde_json::Value) -> bool) -> bool {
+        std::fs::read_to_string(self.audit_path(at)).is_ok_and(|text| {
+            text.lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .any(|record| wanted(&record))
+        })
+    }
+
+    /// Waits until a record of node `at`'s audit log satisfies `wanted`;
+    /// after `deadline`, fails with `failure()`.
+    fn wait_for_audit(
+        &self,
+        at: usize,
+        deadline: Instant,
+        wanted: &dyn Fn(&serde_json::Value) -> bool,
+        failure: impl Fn() -> String,
+    ) -> Result<(), BenchError> {
+        while !self.audit_has(at, wanted) {
+            if Instant::now() > deadline {
+                return Err(setup(failure()));
+            }
+            std::thread::sleep(POLL);
+        }
+        Ok(())
+    }
+
+    /// Waits until the first node has heard the last one announce interest
+    /// in `pattern`: routing sends a message only towards nations known to
+    /// want it, so anything published before then is dropped at the first
+    /// node. The relays between them heard the announcement first, since in
+    /// a line it reaches the first node only through them.
+    async fn wait_for_interest(&self, pattern: &str) -> Result<(), BenchError> {
+        let last = self.last();
+        if last == 0 {
+            // The subscriber is on the publisher's node: its acknowledged
+            // subscription is all routing needs.
+            return Ok(());
+        }
+        let nation = self.nations[last];
+        let deadline = Instant::now() + START_LIMIT;
+        let interested = |record: &serde_json::Value| {
+            announced(record, nation).is_some_and(|(_, interest)| interest.contains(&pattern))
+        };
+        while !self.audit_has(0, &interested) {
             if Instant::now() > deadline {
                 return Err(setup(format!(
-                    "the {}–{} link did not come up",
-                    self.nations[from], self.nations[to]
+                    "the {} node did not hear {nation} announce its subscriber's interest in {pattern} within {START_LIMIT:?}",
+                    self.nations[0]
                 )));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(POLL).await;
         }
         Ok(())
     }
@@ -257,6 +334,30 @@ fn stamped_payload(size: usize, seq: u64, sent_ns: u64) -> Vec<u8> {
     payload
 }
 
+/// Whether an audit record has this reason and subject.
+fn is_record(record: &serde_json::Value, reason: &str, subject: Nation) -> bool {
+    record["reason"] == reason && record["subject"] == subject.as_str()
+}
+
+/// The links and interest `nation` announced, from an `announcement`
+/// audit record of it (`links: A, B; interest: p, q`, or `none`).
+fn announced(record: &serde_json::Value, nation: Nation) -> Option<(Vec<&str>, Vec<&str>)> {
+    if !is_record(record, "announcement", nation) {
+        return None;
+    }
+    let (links, interest) = record["detail"]
+        .as_str()?
+        .strip_prefix("links: ")?
+        .split_once("; interest: ")?;
+    fn list(text: &str) -> Vec<&str> {
+        match text {
+            "none" => Vec::new(),
+            _ => text.split(", ").collect(),
+        }
+    }
+    Some((list(links), list(interest)))
+}
+
 fn read_stamp(payload: &[u8]) -> Option<(u64, u64)> {
     let seq = u64::from_be_bytes(payload.get(..8)?.try_into().ok()?);
     let sent = u64::from_be_bytes(payload.get(8..16)?.try_into().ok()?);
@@ -300,7 +401,8 @@ pub async fn latency(
         return Err(BenchError::ZeroRate);
     }
     let subscriber = chain.client(chain.last()).await?;
-    subscriber.subscribe("bench.>").await?;
+    subscriber.subscribe(PATTERN).await?;
+    chain.wait_for_interest(PATTERN).await?;
     let publisher = chain.client(0).await?;
     let marking = chain.marking();
     let total = (rate as f64 * duration.as_secs_f64()).round() as u64;
@@ -402,7 +504,7 @@ pub async fn throughput(
     let mut tasks = Vec::new();
     for index in 0..subscribers {
         let client = chain.client(chain.last()).await?;
-        client.subscribe("bench.>").await?;
+        client.subscribe(PATTERN).await?;
         let (received, progress, last_delivery_ns) =
             (received.clone(), progress.clone(), last_delivery_ns.clone());
         tasks.push(tokio::spawn(async move {
@@ -423,6 +525,7 @@ pub async fn throughput(
             .unwrap_or(0)
     };
     let total = || received.iter().map(|r| r.load(Ordering::Relaxed)).sum::<u64>();
+    chain.wait_for_interest(PATTERN).await?;
     let publisher = chain.client(0).await?;
     let marking = chain.marking();
     let sending_from = nanos(start.elapsed());
@@ -505,7 +608,7 @@ pub async fn memory(chain: &Chain, sessions: usize) -> Result<MemoryReport, Benc
     let mut clients = Vec::with_capacity(sessions);
     for _ in 0..sessions {
         let client = chain.client(0).await?;
-        client.subscribe("bench.>").await?;
+        client.subscribe(PATTERN).await?;
         clients.push(client);
     }
     tokio::time::sleep(SETTLE).await;

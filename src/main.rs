@@ -158,9 +158,10 @@ enum BenchCommand {
     /// One-way latency at a fixed, open-loop send rate (p50 … max, loss).
     #[command(after_help = "Examples:
   entente bench latency                       # 0 hops, 1 KiB, 1000 msg/s, 10 s
-  entente bench latency --hops 1 --json")]
+  entente bench latency --hops 4 --json       # 5 nodes: 3 relays between the two ends")]
     Latency {
-        /// Links between publisher and subscriber: 0 = both on one node.
+        /// Links between publisher and subscriber, 0 to 4: 0 = both on one
+        /// node; each link past the first adds a relay node.
         #[arg(long, default_value_t = 0)]
         hops: usize,
         /// Payload bytes (at least 16).
@@ -194,9 +195,11 @@ enum BenchCommand {
     },
     /// Messages per second delivered, as fast as the chain delivers them.
     #[command(after_help = "Examples:
-  entente bench throughput --hops 1
+  entente bench throughput --hops 2
   entente bench throughput --subscribers 100 --size 64 --json")]
     Throughput {
+        /// Links between publisher and subscribers, 0 to 4: 0 = all on one
+        /// node; each link past the first adds a relay node.
         #[arg(long, default_value_t = 0)]
         hops: usize,
         #[arg(long, default_value_t = 1024)]
