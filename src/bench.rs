@@ -351,7 +351,7 @@ fn announced(record: &serde_json::Value, nation: Nation) -> Option<(Vec<&str>, V
         .split_once("; interest: ")?;
     fn list(text: &str) -> Vec<&str> {
         match text {
-            "none" => Vec::new(),
+            crate::routing::NOTHING => Vec::new(),
             _ => text.split(", ").collect(),
         }
     }

@@ -307,14 +307,14 @@ async fn nothing_crosses_a_link_without_interest_and_interest_is_withdrawn() {
     for _ in 0..1000 {
         if lva_announcements(&net)
             .last()
-            .is_some_and(|l| l.contains("interest: none"))
+            .is_some_and(|l| l.contains("interest: no entries"))
         {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let last = lva_announcements(&net).pop().unwrap();
-    assert!(last.contains("interest: none"), "{last}");
+    assert!(last.contains("interest: no entries"), "{last}");
     let after = gbr
         .publish("imagery.ru", "SECRET//REL TO RING", b"too late".to_vec())
         .await

@@ -54,6 +54,10 @@ pub const ANNOUNCE_INTERVAL_US: u64 = 20_000;
 /// few hundred bytes, and the set of labels in use is small).
 const TREE_CACHE: usize = 4096;
 
+/// What an `announcement` audit record lists for no links or no patterns:
+/// with its space, it can be neither a nation nor a pattern.
+pub const NOTHING: &str = "no entries";
+
 /// A stable reason code of the routing core, for audit records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -578,12 +582,12 @@ impl Routing {
                     .detail(format!(
                         "links: {}; interest: {}",
                         if links.is_empty() {
-                            "none".into()
+                            NOTHING.into()
                         } else {
                             links.join(", ")
                         },
                         if patterns.is_empty() {
-                            "none".into()
+                            NOTHING.into()
                         } else {
                             patterns.join(", ")
                         },
