@@ -1,13 +1,15 @@
-//! The network policy (nations, ceilings, principals) and the three release
-//! decisions every node makes: may publish, may deliver (invariant 1) and
-//! may forward (invariant 2). Each decision is an Allow or a Deny with a
-//! stable reason code and a sentence for people.
+//! The network policy (nations, ceilings, principals) and the decisions
+//! every node makes: whom it admits, and the three release decisions may
+//! publish, may deliver (invariant 1) and may forward (invariant 2). Each
+//! decision is an Allow or a Deny with a stable reason code and a sentence
+//! for people.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::Serialize;
 
+use crate::identity::Identity;
 use crate::label::{Label, Level, MarkingScheme, Nation};
 use crate::topic::{Pattern, Topic};
 
@@ -95,6 +97,51 @@ impl Decision {
     }
 }
 
+/// Whom a node admits, once the handshake has proved an identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission<'a> {
+    /// One of the node's own nation's principals: a session.
+    Principal(&'a Principal),
+    /// A configured peer's node: a link.
+    Peer(Nation),
+}
+
+/// Why a proved identity is still not admitted; codes are stable, like
+/// [`Reason`]'s, and go into audit records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefusalReason {
+    /// A principal of another nation: each nation serves its own.
+    ForeignPrincipal,
+    /// A principal the network file does not list for this nation.
+    UnknownPrincipal,
+    /// A node that is not one of this node's configured peers.
+    NotAPeer,
+}
+
+impl RefusalReason {
+    pub fn code(self) -> &'static str {
+        match self {
+            RefusalReason::ForeignPrincipal => "foreign-principal",
+            RefusalReason::UnknownPrincipal => "unknown-principal",
+            RefusalReason::NotAPeer => "not-a-peer",
+        }
+    }
+}
+
+impl fmt::Display for RefusalReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A refused connection: the code, and the sentence it is closed with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: RefusalReason,
+    pub message: String,
+}
+
 impl Policy {
     pub(crate) fn new(
         scheme: MarkingScheme,
@@ -126,6 +173,37 @@ impl Policy {
 
     pub fn principal(&self, name: &str) -> Option<&Principal> {
         self.principals.get(name)
+    }
+
+    /// Whom the node of `here` admits: its own nation's principals, and the
+    /// nodes of its configured peers. Everyone else is refused, even with a
+    /// certificate from their own nation's CA.
+    pub fn admit(&self, here: Nation, identity: &Identity) -> Result<Admission<'_>, Refusal> {
+        let refuse = |reason, message| Err(Refusal { reason, message });
+        match identity {
+            Identity::Principal { nation, name } if *nation != here => refuse(
+                RefusalReason::ForeignPrincipal,
+                format!("principal {name} belongs to {nation}, this node serves {here}"),
+            ),
+            Identity::Principal { name, .. } => match self.principal(name) {
+                Some(principal) if principal.nation == here => Ok(Admission::Principal(principal)),
+                _ => refuse(
+                    RefusalReason::UnknownPrincipal,
+                    format!("principal {name} is not in the network file of {here}"),
+                ),
+            },
+            Identity::Node(nation)
+                if self
+                    .nation(here)
+                    .is_some_and(|policy| policy.peers.contains(nation)) =>
+            {
+                Ok(Admission::Peer(*nation))
+            }
+            Identity::Node(nation) => refuse(
+                RefusalReason::NotAPeer,
+                format!("the node of {nation} is not a configured peer of {here}"),
+            ),
+        }
     }
 
     /// The highest level `origin` releases to `partner`. A nation releases
@@ -570,5 +648,74 @@ pub(crate) mod tests {
         );
         let restricted = scheme.parse("R//REL TO GBR").unwrap();
         assert!(policy.may_publish(clerk, &admin, &restricted).is_allow());
+    }
+
+    fn refusal(admitted: Result<Admission<'_>, Refusal>) -> RefusalReason {
+        match admitted {
+            Err(refusal) => refusal.reason,
+            Ok(admission) => panic!("expected a refusal, got {admission:?}"),
+        }
+    }
+
+    fn principal(nation: &str, name: &str) -> Identity {
+        Identity::Principal {
+            nation: Nation::parse(nation).unwrap(),
+            name: name.to_owned(),
+        }
+    }
+
+    #[test]
+    fn admits_own_principals() {
+        let policy = sample();
+        let gbr = Nation::parse("GBR").unwrap();
+        assert_eq!(
+            policy.admit(gbr, &principal("GBR", "gbr.clerk")),
+            Ok(Admission::Principal(policy.principal("gbr.clerk").unwrap()))
+        );
+    }
+
+    #[test]
+    fn refuses_foreign_principals() {
+        let policy = sample();
+        let gbr = Nation::parse("GBR").unwrap();
+        let refused = policy.admit(gbr, &principal("FRA", "fra.analyst")).unwrap_err();
+        assert_eq!(refused.reason, RefusalReason::ForeignPrincipal);
+        assert_eq!(
+            refused.message,
+            "principal fra.analyst belongs to FRA, this node serves GBR"
+        );
+    }
+
+    #[test]
+    fn refuses_unknown_principals() {
+        let policy = sample();
+        let gbr = Nation::parse("GBR").unwrap();
+        assert_eq!(
+            refusal(policy.admit(gbr, &principal("GBR", "gbr.nobody"))),
+            RefusalReason::UnknownPrincipal
+        );
+        // A certificate of this nation naming another nation's principal.
+        assert_eq!(
+            refusal(policy.admit(gbr, &principal("GBR", "fra.analyst"))),
+            RefusalReason::UnknownPrincipal
+        );
+    }
+
+    #[test]
+    fn admits_configured_peers() {
+        let policy = sample();
+        let gbr = Nation::parse("GBR").unwrap();
+        let fra = Nation::parse("FRA").unwrap();
+        assert_eq!(policy.admit(gbr, &Identity::Node(fra)), Ok(Admission::Peer(fra)));
+    }
+
+    #[test]
+    fn refuses_nodes_that_are_not_peers() {
+        let policy = sample();
+        let gbr = Nation::parse("GBR").unwrap();
+        for nation in ["FIN", "GBR"] {
+            let node = Identity::Node(Nation::parse(nation).unwrap());
+            assert_eq!(refusal(policy.admit(gbr, &node)), RefusalReason::NotAPeer);
+        }
     }
 }

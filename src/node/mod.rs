@@ -1,11 +1,19 @@
-//! The broker node: its configuration, the QUIC endpoint, the accept loop
-//! and admission (who may connect), and shutdown. Sessions, peer links and
-//! routing live in the submodules.
+//! The broker node: its configuration and keys, the QUIC endpoint, the
+//! state its tasks share, the accept loop and shutdown, and `run_network`
+//! (every node of a network in one process). Admission, sessions, links,
+//! sealing and routing each live in their own submodule.
 
-mod peer;
+mod admission;
+mod connection;
+mod inbound;
+mod outbound;
 mod queue;
+mod reason;
 mod router;
+mod sealer;
 mod session;
+
+pub use reason::Reason;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -14,26 +22,24 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use bytes::Bytes;
+use quinn::{Endpoint, VarInt};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::audit::{Audit, AuditError, Event, Record, Verdict};
+use crate::audit::{Audit, AuditError, Record};
 use crate::envelope::{EnvelopeError, MessageIds, Signer, Verifier};
-use crate::identity::{claimed_identity, ed25519_public_key, Identity, IdentityError, TrustStore};
+use crate::identity::{ed25519_public_key, Identity, IdentityError, TrustStore};
 use crate::label::Nation;
 use crate::pki::{self, PkiError, PkiLayout};
-use crate::policy::{Policy, Principal};
-use crate::stream::FrameReader;
+use crate::policy::Policy;
+use crate::routing::{Action, Routing, RoutingSettings};
 use crate::tls::{self, TlsError};
-use crate::wire::{self, close, Frame, WireError};
+use crate::wire::{self, close, Frame};
 
 use router::Router;
-
-use crate::routing::{Action, Routing, RoutingSettings};
-use bytes::Bytes;
 
 /// Batch roots remembered as verified: enough for every peer's recent
 /// batches, small enough to ignore.
@@ -211,7 +217,7 @@ struct Shared {
     ids: MessageIds,
     verifier: Mutex<Verifier>,
     /// Envelopes the links carried unsealed, for the sealer task.
-    sealer: mpsc::Sender<peer::ToSeal>,
+    sealer: mpsc::Sender<sealer::ToSeal>,
     node_keys: Arc<HashMap<Nation, Vec<u8>>>,
     peer_addresses: BTreeMap<Nation, SocketAddr>,
     settings: NodeSettings,
@@ -243,7 +249,7 @@ impl Shared {
                     for target in self.router.targets(&to) {
                         // A link that fails here is going down; its peer
                         // hears the news when it comes back.
-                        let _ = peer::send_or_cut(self, &target, frame.clone()).await;
+                        let _ = outbound::send_or_cut(self, &target, frame.clone()).await;
                     }
                 }
             }
@@ -321,13 +327,14 @@ pub async fn run(
     info!(nation = %shared.nation, addr = ?endpoint.local_addr().ok(), "node running");
 
     let mut tasks = JoinSet::new();
-    tasks.spawn(peer::seal_forever(shared.clone(), to_seal));
+    tasks.spawn(sealer::seal_forever(shared.clone(), to_seal));
     tasks.spawn(tick_forever(shared.clone()));
     let peers = shared.policy.nations()[&shared.nation].peers.clone();
     for peer in peers {
         let shared = shared.clone();
         tasks.spawn(
-            async move { peer::dial_forever(shared, peer).await }.instrument(info_span!("link", to = %peer)),
+            async move { outbound::dial_forever(shared, peer).await }
+                .instrument(info_span!("link", to = %peer)),
         );
     }
 
@@ -338,7 +345,7 @@ pub async fn run(
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
                     let shared = shared.clone();
-                    tasks.spawn(async move { accept(shared, incoming).await });
+                    tasks.spawn(async move { admission::accept(shared, incoming).await });
                 }
                 None => break,
             },
@@ -357,228 +364,6 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     audit.close().await;
     Ok(())
-}
-
-/// The identity a connection proved in its handshake.
-fn connection_identity(connection: &Connection) -> Result<Identity, IdentityError> {
-    let chain = connection
-        .peer_identity()
-        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .ok_or(IdentityError::NoCertificate)?;
-    claimed_identity(chain.first().ok_or(IdentityError::NoCertificate)?)
-}
-
-/// Handshake, then admission: own-nation principals become sessions,
-/// configured peers become links, everyone else is refused with a reason.
-async fn accept(shared: Arc<Shared>, incoming: quinn::Incoming) {
-    let remote = incoming.remote_address();
-    let connection = match incoming.await {
-        Ok(connection) => connection,
-        Err(err) => {
-            warn!(%remote, cause = %err, "handshake failed");
-            shared
-                .audit(
-                    Record::new(Event::Refuse, Verdict::Deny, "handshake-failed")
-                        .subject(remote)
-                        .detail(err),
-                )
-                .await;
-            return;
-        }
-    };
-    let identity = match connection_identity(&connection) {
-        Ok(identity) => identity,
-        Err(err) => {
-            refuse(
-                &shared,
-                &connection,
-                remote.to_string(),
-                "no-identity",
-                err.to_string(),
-            )
-            .await;
-            return;
-        }
-    };
-    let span = info_span!("conn", who = %identity, %remote);
-    match admit(&shared, &identity) {
-        Ok(Admitted::Principal(principal)) => {
-            info!(parent: &span, "admitted");
-            shared
-                .audit(Record::new(Event::Admit, Verdict::Allow, "own-principal").subject(&principal.name))
-                .await;
-            session::serve(shared, connection, principal)
-                .instrument(span)
-                .await;
-        }
-        Ok(Admitted::Peer(peer)) => {
-            info!(parent: &span, "admitted peer link");
-            shared
-                .audit(Record::new(Event::Admit, Verdict::Allow, "configured-peer").subject(peer))
-                .await;
-            peer::serve_inbound(shared, connection, peer)
-                .instrument(span)
-                .await;
-        }
-        Err((code, reason)) => {
-            let _guard = span.enter();
-            refuse(&shared, &connection, identity.to_string(), code, reason).await;
-        }
-    }
-}
-
-enum Admitted {
-    Principal(Arc<Principal>),
-    Peer(Nation),
-}
-
-fn admit(shared: &Shared, identity: &Identity) -> Result<Admitted, (&'static str, String)> {
-    let here = shared.nation;
-    match identity {
-        Identity::Principal { nation, name } if *nation != here => Err((
-            "foreign-principal",
-            format!("principal {name} belongs to {nation}, this node serves {here}"),
-        )),
-        Identity::Principal { name, .. } => match shared.policy.principal(name) {
-            Some(principal) if principal.nation == here => {
-                Ok(Admitted::Principal(Arc::new(principal.clone())))
-            }
-            _ => Err((
-                "unknown-principal",
-                format!("principal {name} is not in the network file of {here}"),
-            )),
-        },
-        Identity::Node(nation) if shared.policy.nations()[&here].peers.contains(nation) => {
-            Ok(Admitted::Peer(*nation))
-        }
-        Identity::Node(nation) => Err((
-            "not-a-peer",
-            format!("the node of {nation} is not a configured peer of {here}"),
-        )),
-    }
-}
-
-async fn refuse(
-    shared: &Shared,
-    connection: &Connection,
-    subject: String,
-    code: &'static str,
-    reason: String,
-) {
-    warn!(code, %reason, "refused");
-    connection.close(VarInt::from_u32(close::REFUSED), reason.as_bytes());
-    shared
-        .audit(
-            Record::new(Event::Refuse, Verdict::Deny, code)
-                .subject(subject)
-                .detail(reason),
-        )
-        .await;
-}
-
-/// Why a session or link stopped.
-#[derive(Debug, thiserror::Error)]
-enum StreamError {
-    #[error(transparent)]
-    Frame(#[from] crate::stream::StreamError),
-    #[error("connection lost: {0}")]
-    Connection(#[from] quinn::ConnectionError),
-    #[error("no {0} within the first-frame timeout")]
-    Timeout(&'static str),
-    #[error("unexpected {0} frame")]
-    Unexpected(&'static str),
-    #[error("{0} messages are waiting for seals that have not come; a peer sends the seals of each batch right after it")]
-    Unsealed(usize),
-    #[error("protocol version {0} is not supported; this node speaks version {v}", v = wire::PROTOCOL_VERSION)]
-    Version(u32),
-}
-
-impl From<WireError> for StreamError {
-    fn from(err: WireError) -> Self {
-        StreamError::Frame(err.into())
-    }
-}
-
-impl StreamError {
-    /// Whether the other side broke the protocol (as opposed to going away).
-    fn is_protocol_violation(&self) -> bool {
-        matches!(
-            self,
-            StreamError::Frame(crate::stream::StreamError::Wire(_))
-                | StreamError::Unexpected(_)
-                | StreamError::Unsealed(_)
-                | StreamError::Version(_)
-                | StreamError::Timeout(_)
-        )
-    }
-}
-
-/// Waits for the next batch of frames: true with `frames` filled, false
-/// when the other side finished cleanly or the node is shutting down.
-async fn next_batch(
-    reader: &mut FrameReader,
-    frames: &mut Vec<Frame>,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Result<bool, StreamError> {
-    tokio::select! {
-        read = reader.read_frames(frames) => Ok(read?),
-        _ = shutdown.changed() => Ok(false),
-    }
-}
-
-async fn read_frame(recv: &mut RecvStream) -> Result<Option<Frame>, StreamError> {
-    Ok(crate::stream::read_frame(recv).await?)
-}
-
-async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<(), StreamError> {
-    Ok(crate::stream::write_frame(send, frame).await?)
-}
-
-/// Accepts the dialer's stream and its `Hello`, within the first-frame
-/// timeout.
-async fn accept_hello(
-    shared: &Shared,
-    connection: &Connection,
-) -> Result<(SendStream, RecvStream), StreamError> {
-    let timeout = shared.settings.first_frame_timeout;
-    let (send, mut recv) = tokio::time::timeout(timeout, connection.accept_bi())
-        .await
-        .map_err(|_| StreamError::Timeout("stream"))??;
-    match tokio::time::timeout(timeout, read_frame(&mut recv))
-        .await
-        .map_err(|_| StreamError::Timeout("Hello"))??
-    {
-        Some(Frame::Hello { version }) if version == wire::PROTOCOL_VERSION => Ok((send, recv)),
-        Some(Frame::Hello { version }) => Err(StreamError::Version(version)),
-        Some(_) => Err(StreamError::Unexpected("non-Hello first")),
-        None => Err(StreamError::Timeout("Hello")),
-    }
-}
-
-/// Ends a connection whose stream failed: a protocol violation is closed
-/// with its reason and audited; a connection that went away is audited as
-/// a disconnect.
-async fn close_after(shared: &Shared, connection: &Connection, subject: String, err: &StreamError) {
-    if err.is_protocol_violation() {
-        warn!(cause = %err, "closing connection: protocol violation");
-        connection.close(VarInt::from_u32(close::PROTOCOL), err.to_string().as_bytes());
-        shared
-            .audit(
-                Record::new(Event::Disconnect, Verdict::Deny, "protocol-violation")
-                    .subject(subject)
-                    .detail(err),
-            )
-            .await;
-    } else {
-        info!(cause = %err, "connection ended");
-        shared
-            .audit(
-                Record::new(Event::Disconnect, Verdict::Allow, "connection-ended")
-                    .subject(subject)
-                    .detail(err),
-            )
-            .await;
-    }
 }
 
 /// Runs every node of the network in this process, each on its address

@@ -14,6 +14,7 @@ use dashmap::DashMap;
 use quinn::{Connection, VarInt};
 
 use super::queue::{OfferError, QueueSender};
+use super::Reason;
 
 use crate::audit::{now_us, Event, Record, Verdict};
 use crate::envelope::Envelope;
@@ -57,7 +58,7 @@ pub(super) struct Router {
 fn disconnect_slow(connection: &Connection, subject: &str, queue: &QueueSender) -> Record {
     connection.close(VarInt::from_u32(close::SLOW_CONSUMER), b"slow consumer");
     tracing::warn!(subject, "disconnected: slow consumer");
-    Record::new(Event::Disconnect, Verdict::Deny, "slow-consumer")
+    Record::new(Event::Disconnect, Verdict::Deny, Reason::SlowConsumer.code())
         .subject(subject)
         .detail(format!("its queue of {} was full", queue.describe_limit()))
 }
@@ -213,7 +214,7 @@ impl Router {
             Ok(frame) => frame,
             Err(err) => {
                 records.push(
-                    Record::new(Event::Drop, Verdict::Deny, "encode-failed")
+                    Record::new(Event::Drop, Verdict::Deny, Reason::EncodeFailed.code())
                         .message(envelope, marking)
                         .detail(err),
                 );
@@ -242,7 +243,7 @@ impl Router {
         if !delivered_to.is_empty() {
             tracing::debug!(id = %envelope.id, to = ?delivered_to, "delivered");
             records.push(
-                Record::new(Event::Deliver, Verdict::Allow, "policy-allows")
+                Record::new(Event::Deliver, Verdict::Allow, Reason::PolicyAllows.code())
                     .message(envelope, marking)
                     .subjects(delivered_to),
             );

@@ -8,8 +8,9 @@ use bytes::Bytes;
 use quinn::Connection;
 use tracing::{debug, info};
 
+use super::connection::{accept_hello, close_after, next_batch, write_frame, StreamError};
 use super::router::Offer;
-use super::{accept_hello, close_after, next_batch, peer, queue, write_frame, Shared, StreamError};
+use super::{outbound, queue, Reason, Shared};
 use crate::audit::{now_us, Event, Record, Verdict};
 use crate::envelope::{Envelope, Unsigned};
 use crate::label::{Label, MarkingError, MarkingScheme};
@@ -71,7 +72,10 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal
         Ok(()) => {
             info!("session ended");
             shared
-                .audit(Record::new(Event::Disconnect, Verdict::Allow, "session-ended").subject(subject))
+                .audit(
+                    Record::new(Event::Disconnect, Verdict::Allow, Reason::SessionEnded.code())
+                        .subject(subject),
+                )
                 .await;
         }
     }
@@ -169,14 +173,14 @@ async fn authorize(
     marking: String,
     payload: Vec<u8>,
 ) -> Result<Accepted, Frame> {
-    let topic = Topic::new(topic).map_err(|err| refused(request, "bad-topic", err))?;
+    let topic = Topic::new(topic).map_err(|err| refused(request, Reason::BadTopic.code(), err))?;
     let (label, canonical) = markings
         .parse(shared.policy.scheme(), marking)
-        .map_err(|err| refused(request, "bad-marking", err))?;
+        .map_err(|err| refused(request, Reason::BadMarking.code(), err))?;
     if payload.len() > MAX_PAYLOAD {
         return Err(refused(
             request,
-            "payload-too-large",
+            Reason::PayloadTooLarge.code(),
             format!(
                 "payload of {} bytes exceeds the limit of {MAX_PAYLOAD} bytes",
                 payload.len()
@@ -204,7 +208,7 @@ async fn authorize(
         created_us: now_us(),
         payload,
     });
-    let mut accepted = record(Verdict::Allow, "policy-allows");
+    let mut accepted = record(Verdict::Allow, Reason::PolicyAllows.code());
     accepted.id = Some(envelope.id.to_string());
     shared.audit(accepted).await;
     Ok(Accepted {
@@ -259,7 +263,7 @@ async fn route_publishes(
         }
     }
     if !outgoing.is_empty() {
-        peer::forward_batch(shared, outgoing, &mut records).await;
+        outbound::forward_batch(shared, outgoing, &mut records).await;
     }
     for ack in &acks {
         reply(shared, session, ack).await?;
@@ -280,7 +284,7 @@ async fn subscribe(
 ) -> Frame {
     let pattern = match Pattern::new(pattern) {
         Ok(pattern) => pattern,
-        Err(err) => return refused(request, "bad-pattern", err),
+        Err(err) => return refused(request, Reason::BadPattern.code(), err),
     };
     let (result, actions) = shared
         .router

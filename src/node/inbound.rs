@@ -1,0 +1,333 @@
+//! Links dialed by peers, which are receive-only: each batch of frames is
+//! checked by the routing core, delivered, its seals verified, and what
+//! verified relayed on, sealed, to this node's children in its delivery
+//! tree. Envelopes straight from their origin are delivered ahead of their
+//! seals; whatever never gets its seal is audited when the link ends.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError};
+
+use bytes::Bytes;
+use quinn::Connection;
+use tracing::warn;
+
+use super::connection::{accept_hello, close_after, next_batch, write_frame, StreamError};
+use super::outbound::send_or_cut;
+use super::{Reason, Shared};
+use crate::audit::{Event, Record, Verdict};
+use crate::envelope::{Envelope, EnvelopeError, MessageId};
+use crate::label::{Label, MarkingScheme, Nation};
+use crate::routing::{self, Route, SealState, Source};
+use crate::stream::FrameReader;
+use crate::wire::{self, Frame};
+
+pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nation) {
+    let subject = peer.to_string();
+    let (mut send, recv) = match accept_hello(&shared, &connection).await {
+        Ok(streams) => streams,
+        Err(err) => return close_after(&shared, &connection, subject, &err).await,
+    };
+    if let Err(err) = write_frame(
+        &mut send,
+        &Frame::PeerWelcome {
+            nation: shared.nation,
+        },
+    )
+    .await
+    {
+        return close_after(&shared, &connection, subject, &err).await;
+    }
+    let mut reader = FrameReader::new(recv);
+    let mut frames = Vec::new();
+    let mut unsealed = Unsealed::default();
+    let mut markings = LastMarking::default();
+    let mut shutdown = shared.shutdown.clone();
+    let result = loop {
+        match next_batch(&mut reader, &mut frames, &mut shutdown).await {
+            Ok(true) => {
+                if let Err(err) = ingress(&shared, peer, &mut frames, &mut unsealed, &mut markings).await {
+                    break Err(err);
+                }
+            }
+            Ok(false) => break Ok(()),
+            Err(err) => break Err(err),
+        }
+    };
+    // Whatever is still waiting for its seal was delivered here but can
+    // never be verified: it is never relayed or stored, and it is audited.
+    for (envelope, marking) in unsealed.waiting.into_values() {
+        shared
+            .audit(
+                Record::new(Event::Refuse, Verdict::Deny, Reason::Unsealed.code())
+                    .message(&envelope, &marking)
+                    .subject(peer)
+                    .detail(format!(
+                        "{peer}'s link ended before the seal of this message came"
+                    )),
+            )
+            .await;
+    }
+    if let Err(err) = result {
+        close_after(&shared, &connection, subject, &err).await;
+    }
+}
+
+/// The most envelopes, and payload bytes, a link may have delivered
+/// whose seals have not come yet; past either, the peer is breaking the
+/// protocol (its seals follow each batch at once).
+const MAX_UNSEALED: usize = 16 * 1024;
+const MAX_UNSEALED_BYTES: usize = 32 * 1024 * 1024;
+
+/// Envelopes from one link delivered ahead of their seals.
+#[derive(Default)]
+struct Unsealed {
+    waiting: HashMap<MessageId, (Envelope, String)>,
+    bytes: usize,
+}
+
+impl Unsealed {
+    /// Whether one more envelope of `payload` bytes may wait; checked
+    /// before it is delivered, so nothing is delivered that is not kept.
+    fn make_room(&self, payload: usize) -> Result<(), StreamError> {
+        if self.waiting.len() >= MAX_UNSEALED || self.bytes + payload > MAX_UNSEALED_BYTES {
+            return Err(StreamError::Unsealed(self.waiting.len()));
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, envelope: Envelope, marking: String) {
+        self.bytes += envelope.payload.len();
+        self.waiting.insert(envelope.id, (envelope, marking));
+    }
+
+    fn take(&mut self, id: &MessageId) -> Option<(Envelope, String)> {
+        let taken = self.waiting.remove(id)?;
+        self.bytes -= taken.0.payload.len();
+        Some(taken)
+    }
+}
+
+/// The canonical marking of the last label a link carried: a link mostly
+/// carries a few labels over and over, and comparing one costs less than
+/// printing it.
+#[derive(Default)]
+struct LastMarking(Option<(Label, String)>);
+
+impl LastMarking {
+    fn of(&mut self, scheme: &MarkingScheme, label: &Label) -> String {
+        if let Some((last, marking)) = &self.0 {
+            if last == label {
+                return marking.clone();
+            }
+        }
+        let marking = scheme.format(label);
+        self.0 = Some((label.clone(), marking.clone()));
+        marking
+    }
+}
+
+/// An envelope from a peer whose seal is to be checked.
+struct ToVerify {
+    envelope: Envelope,
+    marking: String,
+    /// Delivered already (it came unsealed, straight from its origin), so
+    /// only relaying waits for the seal.
+    delivered: bool,
+}
+
+/// Frames from a peer, read together. An envelope straight from its
+/// origin is checked by the routing core (duplicate, age, whether this
+/// nation and the peer may hold it) and delivered at once; every other
+/// envelope is delivered only once its seal verifies. Then every seal at
+/// hand is verified (mostly one signature check per batch), and what
+/// verified goes on to this node's children in its delivery tree, sealed.
+/// Envelopes that came unsealed wait (bounded) for the `Seals` frame that
+/// follows them.
+///
+/// Delivery before the seal check, for envelopes from their origin, is on
+/// purpose (invariant 3): they arrive on the origin node's own mutual-TLS
+/// connection, which already proves who sent them; the origin could sign
+/// anything it sends here. The seal matters to whoever relays or stores a
+/// message, which happens only after this check.
+async fn ingress(
+    shared: &Shared,
+    peer: Nation,
+    frames: &mut Vec<Frame>,
+    unsealed: &mut Unsealed,
+    markings: &mut LastMarking,
+) -> Result<(), StreamError> {
+    let mut records = Vec::new();
+    let mut actions = Vec::new();
+    let mut to_verify = Vec::new();
+    let mut delivered_any = false;
+    let mut result = Ok(());
+    for frame in frames.drain(..) {
+        match frame {
+            Frame::Forward(envelope) if !envelope.is_signed() => {
+                if let Err(err) = unsealed.make_room(envelope.payload.len()) {
+                    result = Err(err);
+                    break;
+                }
+                let marking = markings.of(shared.policy.scheme(), &envelope.label);
+                let (route, more) = shared
+                    .router
+                    .core(|core, now| core.route(&envelope, Source::Peer(peer), SealState::Unverified, now));
+                actions.extend(more);
+                if let Ok(route) = route {
+                    shared
+                        .router
+                        .deliver(&envelope, &marking, &route.deliver, &mut records);
+                    delivered_any = true;
+                    unsealed.insert(envelope, marking);
+                }
+            }
+            Frame::Forward(envelope) => {
+                let marking = markings.of(shared.policy.scheme(), &envelope.label);
+                let (duplicate, _) = shared
+                    .router
+                    .core(|core, _| core.is_duplicate(envelope.origin, envelope.id));
+                if duplicate {
+                    // The common case with two paths: skip the seal check.
+                    records.push(
+                        Record::new(Event::Drop, Verdict::Deny, routing::Reason::Duplicate.code())
+                            .message(&envelope, &marking)
+                            .subject(peer),
+                    );
+                    continue;
+                }
+                to_verify.push(ToVerify {
+                    envelope,
+                    marking,
+                    delivered: false,
+                });
+            }
+            Frame::Seals(batch) => {
+                for proof in batch.proofs {
+                    // Seals of envelopes refused above have nothing to go on.
+                    if let Some((mut envelope, marking)) = unsealed.take(&proof.id) {
+                        envelope.attach(&batch.signature, proof);
+                        to_verify.push(ToVerify {
+                            envelope,
+                            marking,
+                            delivered: true,
+                        });
+                    }
+                }
+            }
+            Frame::Announce(announcement) => {
+                let (_, more) = shared
+                    .router
+                    .core(|core, now| core.receive_announcement(peer, announcement, now));
+                actions.extend(more);
+            }
+            _ => {
+                result = Err(StreamError::Unexpected("non-Forward"));
+                break;
+            }
+        }
+    }
+    if delivered_any && !to_verify.is_empty() {
+        // Let the session writers, then the connection drivers they wake,
+        // send the deliveries before any seal is checked (46 µs for a
+        // signature): each yield lets the tasks queued before it run.
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+    }
+    let verified = verify(shared, peer, to_verify, &mut records);
+    let mut relays = Vec::new();
+    for ToVerify {
+        envelope,
+        marking,
+        delivered,
+    } in verified
+    {
+        let (route, more) = shared.router.core(|core, now| {
+            if delivered {
+                Ok(Route {
+                    deliver: Vec::new(),
+                    forward: core.relay(&envelope, peer, now),
+                })
+            } else {
+                core.route(&envelope, Source::Peer(peer), SealState::Verified, now)
+            }
+        });
+        actions.extend(more);
+        let Ok(route) = route else { continue };
+        shared
+            .router
+            .deliver(&envelope, &marking, &route.deliver, &mut records);
+        if !route.forward.is_empty() {
+            relays.push((envelope, marking, route.forward));
+        }
+    }
+    shared.carry_out(actions).await;
+    relay(shared, relays, &mut records).await;
+    for record in records {
+        shared.audit(record).await;
+    }
+    result
+}
+
+/// Checks each seal and records the outcome; returns what verified.
+fn verify(
+    shared: &Shared,
+    peer: Nation,
+    envelopes: Vec<ToVerify>,
+    records: &mut Vec<Record>,
+) -> Vec<ToVerify> {
+    if envelopes.is_empty() {
+        return envelopes;
+    }
+    let mut verifier = shared.verifier.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut good = Vec::with_capacity(envelopes.len());
+    for item in envelopes {
+        let verdict = match shared.node_keys.get(&item.envelope.origin) {
+            Some(key) => verifier.verify(&item.envelope, key),
+            None => Err(EnvelopeError::UnknownOrigin(item.envelope.origin)),
+        };
+        let record = match verdict {
+            Ok(()) => Record::new(Event::Admit, Verdict::Allow, Reason::Verified.code()),
+            Err(err) => {
+                warn!(id = %item.envelope.id, cause = %err, "refused: bad seal");
+                let fate = if item.delivered {
+                    "it came on its origin's own link, so it was delivered here, but it is never relayed or stored"
+                } else {
+                    "it was neither delivered nor relayed"
+                };
+                Record::new(Event::Refuse, Verdict::Deny, Reason::BadSignature.code())
+                    .detail(format!("{err}; {fate}"))
+            }
+        };
+        let ok = record.decision == Verdict::Allow;
+        records.push(record.message(&item.envelope, &item.marking).subject(peer));
+        if ok {
+            good.push(item);
+        }
+    }
+    good
+}
+
+/// Sends verified envelopes on to this node's children, with their seals
+/// (each is sealed already), waiting for room like any forward.
+async fn relay(shared: &Shared, relays: Vec<(Envelope, String, Vec<Nation>)>, records: &mut Vec<Record>) {
+    for (envelope, marking, forward) in relays {
+        let frame = match wire::encode_forward(&envelope) {
+            Ok(encoded) => Bytes::from(encoded),
+            Err(err) => {
+                records.push(
+                    Record::new(Event::Drop, Verdict::Deny, Reason::EncodeFailed.code())
+                        .message(&envelope, &marking)
+                        .detail(err),
+                );
+                continue;
+            }
+        };
+        for target in shared.router.targets(&forward) {
+            let record = match send_or_cut(shared, &target, frame.clone()).await {
+                Ok(()) => Record::new(Event::Forward, Verdict::Allow, Reason::PolicyAllows.code()),
+                Err(reason) => Record::new(Event::Drop, Verdict::Deny, reason.code()),
+            };
+            records.push(record.message(&envelope, &marking).subject(target.nation));
+        }
+    }
+}

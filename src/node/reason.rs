@@ -1,0 +1,83 @@
+//! The node's own stable reason codes: what its audit records and its
+//! `Refused` frames say about connections, links, seals and sessions.
+//! Audit logs are read and searched by these codes, so a code's text never
+//! changes.
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// A TLS handshake that did not complete.
+    HandshakeFailed,
+    /// A connection without a usable identity in its certificate.
+    NoIdentity,
+    /// A principal of this node's nation, admitted as a session.
+    OwnPrincipal,
+    /// A configured peer's node, admitted as a link.
+    ConfiguredPeer,
+    /// The other side broke the protocol; its connection is closed.
+    ProtocolViolation,
+    /// A connection that went away.
+    ConnectionEnded,
+    /// A session that ended cleanly.
+    SessionEnded,
+    /// A subscriber whose queue was full, disconnected.
+    SlowConsumer,
+    /// A link whose queue stayed full for `peer_stall_timeout`, closed.
+    PeerStalled,
+    /// A link this node dialed came up.
+    LinkUp,
+    /// A link this node dialed went down, or was down when used.
+    LinkDown,
+    /// A seal that checked out.
+    Verified,
+    /// A seal that did not.
+    BadSignature,
+    /// An envelope whose link ended before its seal came.
+    Unsealed,
+    /// A frame that could not be encoded.
+    EncodeFailed,
+    /// A publish, delivery or forward the policy allowed.
+    PolicyAllows,
+    /// A publish on a topic that does not parse.
+    BadTopic,
+    /// A publish with a marking that does not parse.
+    BadMarking,
+    /// A publish whose payload is over the limit.
+    PayloadTooLarge,
+    /// A subscription to a pattern that does not parse.
+    BadPattern,
+}
+
+impl Reason {
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::HandshakeFailed => "handshake-failed",
+            Reason::NoIdentity => "no-identity",
+            Reason::OwnPrincipal => "own-principal",
+            Reason::ConfiguredPeer => "configured-peer",
+            Reason::ProtocolViolation => "protocol-violation",
+            Reason::ConnectionEnded => "connection-ended",
+            Reason::SessionEnded => "session-ended",
+            Reason::SlowConsumer => "slow-consumer",
+            Reason::PeerStalled => "peer-stalled",
+            Reason::LinkUp => "link-up",
+            Reason::LinkDown => "link-down",
+            Reason::Verified => "verified",
+            Reason::BadSignature => "bad-signature",
+            Reason::Unsealed => "unsealed",
+            Reason::EncodeFailed => "encode-failed",
+            Reason::PolicyAllows => "policy-allows",
+            Reason::BadTopic => "bad-topic",
+            Reason::BadMarking => "bad-marking",
+            Reason::PayloadTooLarge => "payload-too-large",
+            Reason::BadPattern => "bad-pattern",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
