@@ -521,7 +521,14 @@ impl Routing {
         let checked = match self.node_keys.get(&nation) {
             Some(key) if self.nations.index(nation).is_some() => signed.verify(key),
             _ => Err(AnnouncementError::UnknownNation(nation)),
-        };
+        }
+        .and_then(|()| {
+            if seq > now_us.saturating_add(seen::MAX_SKEW_US) {
+                Err(AnnouncementError::FromTheFuture(nation))
+            } else {
+                Ok(())
+            }
+        });
         if let Err(err) = checked {
             self.audit(
                 Record::at(
@@ -544,20 +551,6 @@ impl Routing {
                 self.tick(now_us);
             }
             return Ok(());
-        }
-        if seq > now_us.saturating_add(seen::MAX_SKEW_US) {
-            let err = AnnouncementError::FromTheFuture(nation);
-            self.audit(
-                Record::at(
-                    now_us,
-                    Event::Refuse,
-                    Verdict::Deny,
-                    Reason::BadAnnouncement.code(),
-                )
-                .subject(from)
-                .detail(format!("{from} sent it: {err}")),
-            );
-            return Err(err);
         }
         let previous = self.known.get(&nation);
         let changed = previous.is_none_or(|k| {
