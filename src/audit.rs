@@ -23,35 +23,53 @@ const BUSY_PAUSE: Duration = Duration::from_millis(2);
 /// waits in memory before it reaches the file.
 const IDLE_PAUSE: Duration = Duration::from_millis(50);
 
+/// What happened: the kind of decision or connection event a record is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Event {
+    /// A connection, or an inbound envelope, seal or announcement, was accepted.
     Admit,
+    /// A connection, or an inbound envelope, seal or announcement, was refused.
     Refuse,
+    /// A principal asked to publish a message.
     Publish,
+    /// A message was (or was not) delivered to a local subscriber.
     Deliver,
+    /// A message was (or was not) forwarded to a peer nation.
     Forward,
+    /// A message was discarded: a duplicate, its link went down, it could not
+    /// be encoded, or a peer may not have it.
     Drop,
+    /// A session or link ended.
     Disconnect,
 }
 
+/// The outcome of a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
+    /// Allowed.
     Allow,
+    /// Denied.
     Deny,
 }
 
+/// One audit record: a decision or connection event, with what it was about.
 #[derive(Debug, Clone, Serialize)]
 pub struct Record {
+    /// When the record was made, in microseconds since the Unix epoch.
     pub time_us: u64,
+    /// What happened.
     pub event: Event,
+    /// Whether it was allowed.
     pub decision: Verdict,
     /// A stable code: a policy reason such as `clearance-too-low`, or a
     /// node reason such as `bad-signature` or `slow-consumer`.
     pub reason: &'static str,
+    /// The message id, when the record is about a message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// The message's marking, when the record is about a message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub marking: Option<String>,
     /// The principal or nation the decision was about.
@@ -68,6 +86,7 @@ pub struct Record {
 }
 
 impl Record {
+    /// A record made now.
     pub fn new(event: Event, decision: Verdict, reason: &'static str) -> Record {
         Record::at(now_us(), event, decision, reason)
     }
@@ -87,21 +106,25 @@ impl Record {
         }
     }
 
+    /// Sets the principal or nation the decision was about.
     pub fn subject(mut self, subject: impl ToString) -> Record {
         self.subject = Some(subject.to_string());
         self
     }
 
+    /// Sets every principal or nation one decision was about.
     pub fn subjects(mut self, subjects: Vec<String>) -> Record {
         self.subjects = subjects;
         self
     }
 
+    /// Sets the sentence for people.
     pub fn detail(mut self, detail: impl ToString) -> Record {
         self.detail = Some(detail.to_string());
         self
     }
 
+    /// Sets the message the record is about: its id and marking.
     pub fn message(mut self, envelope: &Envelope, marking: &str) -> Record {
         self.id = Some(envelope.id.to_string());
         self.marking = Some(marking.to_owned());
@@ -109,16 +132,25 @@ impl Record {
     }
 }
 
+/// The current time, in microseconds since the Unix epoch.
 pub fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
+/// Why an audit log could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
+    /// The log file or its folder could not be created, opened or
+    /// given a writer thread.
     #[error("cannot open audit log {path}: {cause}")]
-    Open { path: PathBuf, cause: std::io::Error },
+    Open {
+        /// The log file's path.
+        path: PathBuf,
+        /// The I/O error.
+        cause: std::io::Error,
+    },
 }
 
 enum Message {
@@ -169,6 +201,8 @@ impl Audit {
         Ok(Audit { tx })
     }
 
+    /// Queues a record for the writer; waits while the channel is full, so a
+    /// record is never dropped.
     pub async fn record(&self, record: Record) {
         // Fails only once the writer has stopped, after `close`.
         let _ = self.tx.send(Message::Record(record)).await;

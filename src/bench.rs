@@ -36,22 +36,31 @@ const DRAIN: Duration = Duration::from_secs(3);
 /// How often an audit log is read while the bench waits on it.
 const POLL: Duration = Duration::from_millis(20);
 
+/// Why a bench could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
+    /// More hops than the bench supports (at most [`MAX_HOPS`]).
     #[error("--hops {0}: the bench runs chains of 0 to {MAX_HOPS} hops (1 to {nodes} nodes)", nodes = MAX_HOPS + 1)]
     TooManyHops(usize),
+    /// More peers than a star of the bench's 15 nations can have (at most 14).
     #[error("--peers {0}: the bench draws nodes from 15 nations, so a node can have at most 14 peers")]
     TooManyPeers(usize),
+    /// A payload size, in bytes, too small for the sequence number and send time.
     #[error("--size {0}: the payload must hold at least 16 bytes (sequence number and send time)")]
     TooSmall(usize),
+    /// A send rate of 0 messages per second.
     #[error("--rate must be above 0")]
     ZeroRate,
+    /// Setting up the chain failed: ports, files, node processes, links.
     #[error("bench setup: {0}")]
     Setup(String),
+    /// The generated network file did not load.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The PKI could not be generated or loaded.
     #[error(transparent)]
     Pki(#[from] PkiError),
+    /// A bench client failed to connect, publish or subscribe.
     #[error(transparent)]
     Client(#[from] ClientError),
 }
@@ -303,6 +312,7 @@ impl Chain {
             .ok_or_else(|| setup(format!("no VmRSS for process {pid}")))
     }
 
+    /// A client connected to node `index` as its `<nation>.bench` principal.
     pub async fn client(&self, index: usize) -> Result<Client, BenchError> {
         let nation = self.nations[index];
         let overrides = Overrides {
@@ -364,18 +374,31 @@ fn read_stamp(payload: &[u8]) -> Option<(u64, u64)> {
     Some((seq, sent))
 }
 
+/// The result of [`latency`]: latency quantiles over one run. Times are in
+/// microseconds, from send to delivery.
 #[derive(Debug, Serialize)]
 pub struct LatencyReport {
+    /// Hops from the publisher's node to the subscriber's node.
     pub hops: usize,
+    /// Payload size, in bytes.
     pub size: usize,
+    /// Send rate, in messages per second.
     pub rate: u64,
+    /// Median latency, in microseconds.
     pub p50_us: f64,
+    /// 90th percentile latency, in microseconds.
     pub p90_us: f64,
+    /// 99th percentile latency, in microseconds.
     pub p99_us: f64,
+    /// 99.9th percentile latency, in microseconds.
     pub p999_us: f64,
+    /// Highest latency, in microseconds.
     pub max_us: f64,
+    /// Messages published.
     pub sent: u64,
+    /// Messages delivered.
     pub received: u64,
+    /// `sent − received`.
     pub lost: u64,
     /// How far the sender ever fell behind its schedule; large values mean
     /// the machine, not the broker, limited the rate.
@@ -457,13 +480,18 @@ pub async fn latency(
     })
 }
 
+/// The result of [`throughput`]: sustained delivery rate over one run.
 #[derive(Debug, Serialize)]
 pub struct ThroughputReport {
+    /// Hops from the publisher's node to the subscribers' node.
     pub hops: usize,
+    /// Payload size, in bytes.
     pub size: usize,
+    /// Subscribers, all on the last node.
     pub subscribers: usize,
     /// Deliveries per second, over all subscribers.
     pub msgs_per_s: f64,
+    /// Delivered payload, in MiB per second, over all subscribers.
     pub mib_per_s: f64,
     /// Messages acknowledged by the first node.
     pub sent: u64,
@@ -585,9 +613,13 @@ pub async fn throughput(
     })
 }
 
+/// The result of [`memory`]: resident memory of a hub node, idle and with
+/// client sessions.
 #[derive(Debug, Serialize)]
 pub struct MemoryReport {
+    /// Peer links of the hub node.
     pub peers: usize,
+    /// Idle client sessions connected for the second reading.
     pub sessions: usize,
     /// Resident memory of the hub node with its peer links up and idle.
     pub idle_node_kib: u64,

@@ -31,32 +31,54 @@ const REQUEST_BUFFER: usize = 1024;
 /// The most requests written at once.
 const WRITE_BATCH: usize = 256;
 
+/// Why a client could not connect, or a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// A certificate, key or CA file could not be read.
     #[error(transparent)]
     Pki(#[from] PkiError),
+    /// A certificate is not usable: it names no valid identity.
     #[error("the client certificate is not usable: {0}")]
     Identity(#[from] IdentityError),
+    /// The client certificate is a node's: only principals connect as clients.
     #[error("the client certificate belongs to the node of {0}, not to a principal")]
     NotAPrincipal(Nation),
+    /// The principal is not in the network file, and the overrides do not say
+    /// everything needed without it.
     #[error("principal `{0}` is not in the network file; pass --cert, --key, --ca and --node to connect without it")]
     UnknownPrincipal(String),
+    /// The node address did not resolve to a socket address.
     #[error("cannot resolve node address `{0}`")]
     Address(String),
+    /// The TLS configuration could not be built.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The QUIC/TLS connection to the node could not be made.
     #[error("cannot connect to {nation}'s node at {addr} (a principal connects only to its own nation's node): {cause}")]
     Connect {
+        /// The nation whose node was dialed.
         nation: Nation,
+        /// The node's address.
         addr: SocketAddr,
+        /// Why the connection failed.
         cause: String,
     },
+    /// The node closed the connection; the reason it gave.
     #[error("the node closed the connection: {0}")]
     Closed(String),
+    /// The node refused a request.
     #[error("refused ({code}): {message}")]
-    Refused { code: String, message: String },
+    Refused {
+        /// The node's stable reason code.
+        code: String,
+        /// The node's sentence for people.
+        message: String,
+    },
+    /// The node sent something unexpected, or a frame could not be encoded or
+    /// decoded.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The payload is larger than [`wire::MAX_PAYLOAD`]; its size in bytes.
     #[error("the payload is {0} bytes; the limit is {max} bytes (1 MiB)", max = wire::MAX_PAYLOAD)]
     PayloadTooLarge(usize),
 }
@@ -69,10 +91,13 @@ impl From<WireError> for ClientError {
 
 /// Where and as whom to connect.
 pub struct ClientOptions {
+    /// The node's address.
     pub node: SocketAddr,
     /// The name the node's certificate must be valid for (its address host).
     pub server_name: String,
+    /// The principal's certificate chain, leaf first.
     pub cert_chain: Vec<CertificateDer<'static>>,
+    /// The principal's private key.
     pub key: PrivateKeyDer<'static>,
     /// The CA of the principal's own nation, which issued the node's
     /// certificate.
@@ -82,9 +107,13 @@ pub struct ClientOptions {
 /// Paths that override what the network file and certs folder say.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
+    /// The node's address (`host:port`).
     pub node: Option<String>,
+    /// The principal's certificate file (PEM).
     pub cert: Option<PathBuf>,
+    /// The principal's private key file (PEM).
     pub key: Option<PathBuf>,
+    /// The CA certificate file (PEM) of the principal's nation.
     pub ca: Option<PathBuf>,
 }
 
@@ -137,6 +166,8 @@ impl ClientOptions {
         Self::from_files(&address, &cert_path, &key_path, &ca_path)
     }
 
+    /// Options from a node address (`host:port`) and certificate, key and CA
+    /// files (PEM).
     pub fn from_files(
         address: &str,
         cert: &Path,
@@ -196,6 +227,7 @@ fn closed_reason(err: &quinn::ConnectionError) -> String {
 }
 
 impl Client {
+    /// Connects to the node, says `Hello` and waits for its `Welcome`.
     pub async fn connect(options: ClientOptions) -> Result<Client, ClientError> {
         let nation = match claimed_identity(options.cert_chain.first().ok_or(IdentityError::NoCertificate)?)?
         {
@@ -256,10 +288,12 @@ impl Client {
         })
     }
 
+    /// The principal's nation.
     pub fn nation(&self) -> Nation {
         self.nation
     }
 
+    /// The principal's name, as the node admitted it.
     pub fn principal(&self) -> &str {
         &self.principal
     }
@@ -347,6 +381,7 @@ impl Client {
         )
     }
 
+    /// Subscribes to a topic pattern; returns once the node has acknowledged it.
     pub async fn subscribe(&self, pattern: &str) -> Result<(), ClientError> {
         match self
             .request(|request| Frame::Subscribe {

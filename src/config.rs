@@ -14,34 +14,59 @@ use crate::topic::Pattern;
 /// The file `entente` reads when `--network` is not given.
 pub const DEFAULT_NETWORK_FILE: &str = "config/network.toml";
 
+/// Why a network file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("cannot read network file {path}: {cause}")]
-    Read { path: PathBuf, cause: std::io::Error },
+    Read {
+        /// The network file.
+        path: PathBuf,
+        /// The I/O error.
+        cause: std::io::Error,
+    },
+    /// The file is not valid TOML, or does not have the network file's shape.
     #[error("{path}: {message}")]
-    Syntax { path: PathBuf, message: String },
+    Syntax {
+        /// The network file.
+        path: PathBuf,
+        /// The parser's message, with the line and column.
+        message: String,
+    },
+    /// The file parsed but broke a rule.
     #[error("{path}: {item}: {problem}; {fix}")]
     Invalid {
+        /// The network file.
         path: PathBuf,
+        /// The item at fault, such as `nations.GBR.peers`.
         item: String,
+        /// What is wrong with it.
         problem: String,
+        /// How to fix it.
         fix: String,
     },
 }
 
+/// The whole network file, as written.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkFile {
+    /// The classification levels and compartments.
     #[serde(default)]
     pub classification: ClassificationFile,
+    /// Communities: names for sets of nations, usable in `REL TO` lists.
     #[serde(default)]
     pub communities: BTreeMap<String, Vec<String>>,
+    /// The nations, by ISO 3166-1 alpha-3 code (`[nations.GBR]`).
     #[serde(default)]
     pub nations: BTreeMap<String, NationFile>,
+    /// The principals (`[[principals]]`): the people and systems that connect
+    /// as clients.
     #[serde(default)]
     pub principals: Vec<PrincipalFile>,
 }
 
+/// The `[classification]` table.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClassificationFile {
@@ -53,39 +78,52 @@ pub struct ClassificationFile {
     pub compartments: Vec<String>,
 }
 
+/// One classification level.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LevelFile {
+    /// The full name, such as `SECRET`.
     pub name: String,
+    /// An abbreviation markings may use instead, such as `S`.
     #[serde(default)]
     pub short: Option<String>,
 }
 
+/// One `[nations.XXX]` table: a nation's node and its release ceilings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NationFile {
     /// `host:port` where the nation's node listens.
     pub address: String,
+    /// The nations this node links to; every link must be listed at both ends.
     #[serde(default)]
     pub peers: Vec<String>,
     /// The highest level released to a partner not named in `ceilings`.
     /// Absent means the lowest level: release is denied by default.
     #[serde(default)]
     pub default_ceiling: Option<String>,
+    /// The highest level released to each named partner nation.
     #[serde(default)]
     pub ceilings: BTreeMap<String, String>,
 }
 
+/// One `[[principals]]` entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrincipalFile {
+    /// The principal's name, such as `gbr.analyst` (lower case).
     pub name: String,
+    /// The nation whose node the principal connects to.
     pub nation: String,
+    /// The highest level the principal may see or publish.
     pub clearance: String,
+    /// The compartments the principal holds.
     #[serde(default)]
     pub compartments: Vec<String>,
+    /// The topic patterns the principal may publish to.
     #[serde(default)]
     pub publish: Vec<String>,
+    /// The topic patterns the principal may subscribe to.
     #[serde(default)]
     pub subscribe: Vec<String>,
 }
@@ -173,6 +211,8 @@ fn is_identifier(text: &str) -> bool {
 }
 
 impl NetworkFile {
+    /// Checks every rule and builds the [`Policy`]; `path` is used only in error
+    /// messages.
     pub fn validate(self, path: &Path) -> Result<Policy, ConfigError> {
         let check = Checker { path };
         let levels = self.validate_levels(&check)?;

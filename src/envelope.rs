@@ -45,26 +45,41 @@ const ROOT_CONTEXT: &[u8] = b"entente batch root v1\0";
 const LEAF_TAG: u8 = 0;
 const NODE_TAG: u8 = 1;
 
+/// The length of an Ed25519 signature, in bytes.
 pub const SIGNATURE_LEN: usize = 64;
 /// The most envelopes one seal covers; it bounds a proof to 32 hashes.
 pub const MAX_BATCH: usize = 1 << 16;
 /// A proof has one sibling per tree level at most.
 const MAX_PROOF: usize = 32;
 
+/// A SHA-256 hash: a Merkle leaf, inner node or root.
 pub type Hash = [u8; 32];
 
+/// Why an envelope's seal or a node key was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvelopeError {
+    /// The seal does not verify under the origin node's key.
     #[error("signature on message {id} from {origin} does not verify: its label, topic or payload was changed after signing, or it was not signed by {origin}'s node")]
-    BadSignature { id: MessageId, origin: Nation },
+    BadSignature {
+        /// The message's id.
+        id: MessageId,
+        /// The nation whose node should have signed it.
+        origin: Nation,
+    },
+    /// No node key is known for the origin nation.
     #[error("no node key is known for origin nation {0}")]
     UnknownOrigin(Nation),
+    /// A node key file's contents are not a usable Ed25519 key.
     #[error("the node key is not a valid Ed25519 PKCS#8 key: {0}")]
     BadKey(String),
+    /// The inclusion proof is longer than any batch can need.
     #[error("message {id} from {origin} carries an inclusion proof of {len} hashes; at most {MAX_PROOF} are possible")]
     BadProof {
+        /// The message's id.
         id: MessageId,
+        /// The nation whose node signed it.
         origin: Nation,
+        /// The proof's length, in hashes.
         len: usize,
     },
 }
@@ -110,6 +125,7 @@ impl MessageIds {
         }
     }
 
+    /// The next id of this run.
     pub fn next_id(&self) -> MessageId {
         let counter = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut id = [0u8; 16];
@@ -122,15 +138,23 @@ impl MessageIds {
 /// Everything the origin node signs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
+    /// The message's unique id.
     pub id: MessageId,
+    /// The nation whose node accepted the message from its publisher and
+    /// seals it.
     pub origin: Nation,
+    /// The principal who published the message.
     pub publisher: String,
+    /// The topic it was published to.
     pub topic: Topic,
+    /// The security label every hop enforces.
     pub label: Label,
     /// Microseconds since the Unix epoch, by the origin node's clock.
     pub created_us: u64,
     #[serde(with = "serde_bytes")]
+    /// The message body, opaque to the broker.
     pub payload: Vec<u8>,
+    /// The origin node's seal; empty until the envelope is sealed.
     pub seal: Seal,
 }
 
@@ -151,16 +175,21 @@ pub struct Seal {
 /// link: the one signature over the batch root, and each envelope's proof.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealBatch {
+    /// The origin node's Ed25519 signature over the batch root.
     #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
+    /// One proof per envelope of the batch.
     pub proofs: Vec<Proof>,
 }
 
 /// One envelope's place in a sealed batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proof {
+    /// The envelope this proof belongs to.
     pub id: MessageId,
+    /// The sibling hashes from the envelope's leaf up to the root.
     pub siblings: Vec<Hash>,
+    /// Bit `i` is set when `siblings[i]` is the left one of its pair.
     pub left: u32,
 }
 
@@ -199,12 +228,19 @@ impl Envelope {
 /// The fields of a message before it is signed.
 #[derive(Debug, Clone)]
 pub struct Unsigned {
+    /// The message's unique id.
     pub id: MessageId,
+    /// The nation whose node accepts and signs the message.
     pub origin: Nation,
+    /// The principal publishing the message.
     pub publisher: String,
+    /// The topic it is published to.
     pub topic: Topic,
+    /// The security label every hop enforces.
     pub label: Label,
+    /// Microseconds since the Unix epoch, by the origin node's clock.
     pub created_us: u64,
+    /// The message body, opaque to the broker.
     pub payload: Vec<u8>,
 }
 
@@ -332,10 +368,12 @@ impl Signer {
             .map_err(|err| EnvelopeError::BadKey(err.to_string()))
     }
 
+    /// The Ed25519 public key that verifies this signer's seals.
     pub fn public_key(&self) -> &[u8] {
         self.key.public_key().as_ref()
     }
 
+    /// Seals one envelope as a batch of one.
     pub fn seal(&self, message: Unsigned) -> Envelope {
         let mut envelope = Envelope::from(message);
         self.seal_batch(std::slice::from_mut(&mut envelope));
@@ -384,6 +422,8 @@ impl fmt::Debug for Signer {
 }
 
 impl Envelope {
+    /// Whether the envelope carries a seal. An unsealed one is delivered
+    /// locally, or sent on a link ahead of its [`SealBatch`].
     pub fn is_signed(&self) -> bool {
         !self.seal.signature.is_empty()
     }
@@ -437,6 +477,7 @@ pub struct Verifier {
 }
 
 impl Verifier {
+    /// A verifier that remembers at most `capacity` verified roots (at least 1).
     pub fn new(capacity: usize) -> Verifier {
         Verifier {
             verified: HashMap::new(),

@@ -9,12 +9,16 @@ use crate::label::{MarkingError, Nation};
 use crate::policy::{Decision, Policy, Reason};
 use crate::routing;
 
+/// Why a marking could not be explained.
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
+    /// The marking does not parse.
     #[error(transparent)]
     Marking(#[from] MarkingError),
+    /// The recipient (`--to`) names no nation or principal of the network.
     #[error("`{0}` is neither a nation of the network nor a principal; use a nation code such as FRA or a principal such as fra.analyst")]
     UnknownRecipient(String),
+    /// The origin (`--from`) names no nation of the network.
     #[error("`{0}` is not a nation of the network")]
     UnknownOrigin(String),
 }
@@ -22,6 +26,7 @@ pub enum ExplainError {
 /// The answer to "who can see this?".
 #[derive(Debug, Serialize)]
 pub struct Explanation {
+    /// The marking in canonical form.
     pub marking: String,
     /// The nations that may hold it: with `--from`, the origin and every
     /// nation it may be forwarded to (release ceilings included).
@@ -34,8 +39,10 @@ pub struct Explanation {
     /// nations reaches it.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub paths: BTreeMap<Nation, Option<Vec<Nation>>>,
+    /// With `--to`: `allow` or `deny` for that recipient.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<&'static str>,
+    /// With `--to` and a denial: the stable reason code.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The sentence behind the reason code, for people.

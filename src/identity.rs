@@ -17,17 +17,25 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::label::Nation;
 
+/// How every identity URI in a certificate's SAN starts.
 pub const URI_PREFIX: &str = "entente://";
 
+/// Who a certificate speaks for: a nation's node or one of its principals.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Identity {
     /// The broker node of a nation.
     Node(Nation),
     /// A user or system account of a nation.
-    Principal { nation: Nation, name: String },
+    Principal {
+        /// The principal's nation, whose node it connects to.
+        nation: Nation,
+        /// The principal's name, such as `gbr.analyst`.
+        name: String,
+    },
 }
 
 impl Identity {
+    /// The nation the identity belongs to.
     pub fn nation(&self) -> Nation {
         match self {
             Identity::Node(nation) | Identity::Principal { nation, .. } => *nation,
@@ -42,6 +50,7 @@ impl Identity {
         }
     }
 
+    /// Parses an identity URI; `None` if it is not one (see [`Identity::uri`]).
     pub fn from_uri(uri: &str) -> Option<Identity> {
         let rest = uri.strip_prefix(URI_PREFIX)?;
         let parts: Vec<&str> = rest.split('/').collect();
@@ -66,22 +75,41 @@ impl fmt::Display for Identity {
     }
 }
 
+/// Why a certificate's identity was not accepted, or a trust store not built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {
+    /// The peer presented no certificate.
     #[error("no certificate was presented")]
     NoCertificate,
+    /// The certificate is not valid DER X.509, or its SAN extension is malformed.
     #[error("the certificate cannot be parsed: {0}")]
     Unparsable(String),
+    /// The certificate has no `entente://` SAN URI, or one that does not parse.
     #[error("the certificate carries no Entente identity (a SAN URI starting {URI_PREFIX})")]
     NoIdentity,
+    /// The certificate has more than one `entente://` SAN URI.
     #[error("the certificate carries more than one Entente identity")]
     SeveralIdentities,
+    /// The claimed nation has no CA in the trust store.
     #[error("the certificate claims {0}, but no CA is trusted for {nation}", nation = .0.nation())]
     UnknownNation(Identity),
+    /// The chain does not verify against the claimed nation's CA.
     #[error("the certificate claims {claimed}, but its chain is not anchored in {nation}'s CA: {cause}", nation = .claimed.nation())]
-    WrongAnchor { claimed: Identity, cause: String },
+    WrongAnchor {
+        /// The identity the certificate claims.
+        claimed: Identity,
+        /// Why the chain did not verify.
+        cause: String,
+    },
+    /// A nation's CA could not be made into a verifier.
     #[error("cannot build the trust store for {nation}: {cause}")]
-    TrustStore { nation: Nation, cause: String },
+    TrustStore {
+        /// The nation whose CA was refused.
+        nation: Nation,
+        /// Why it was refused.
+        cause: String,
+    },
+    /// A node certificate's key is not Ed25519, so it cannot verify envelopes.
     #[error("the node certificate's key is not Ed25519")]
     NotEd25519,
 }
@@ -174,6 +202,7 @@ impl TrustStore {
         })
     }
 
+    /// Whether a CA is known for `nation`.
     pub fn trusts(&self, nation: Nation) -> bool {
         self.nations.contains_key(&nation)
     }

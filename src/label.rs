@@ -36,11 +36,13 @@ impl Nation {
         ]))
     }
 
+    /// The code, in upper case.
     pub fn as_str(&self) -> &str {
         // Only ASCII letters are ever stored, so this cannot fail.
         std::str::from_utf8(&self.0).unwrap_or("???")
     }
 
+    /// The code in lower case, as principal names start (`gbr`).
     pub fn lowercase(&self) -> String {
         self.as_str().to_ascii_lowercase()
     }
@@ -88,7 +90,9 @@ pub struct Level(pub u8);
 /// labels have one encoding, which the envelope signature relies on.
 #[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub struct Label {
+    /// The classification level.
     pub level: Level,
+    /// Compartments, in upper case: a reader must hold every one.
     pub compartments: BTreeSet<String>,
     /// Nations and communities, unexpanded, as written in the marking.
     pub rel_to: BTreeSet<String>,
@@ -108,7 +112,9 @@ impl Label {
 /// One classification level as the network file declares it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LevelName {
+    /// The full name, such as `SECRET`.
     pub name: String,
+    /// An abbreviation markings may use instead, such as `S`.
     pub short: Option<String>,
 }
 
@@ -126,26 +132,58 @@ pub struct MarkingScheme {
 /// what was expected there.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MarkingError {
+    /// The marking is empty or blank.
     #[error("empty marking: expected a classification such as SECRET")]
     Empty,
+    /// The first block is not a level of the scheme.
     #[error("unknown classification `{token}`: expected one of {expected}")]
-    UnknownLevel { token: String, expected: String },
+    UnknownLevel {
+        /// The text where a level was expected.
+        token: String,
+        /// The scheme's levels, for the message.
+        expected: String,
+    },
+    /// A `//`-separated block is empty.
     #[error("empty block at position {position} (doubled or trailing `//`): expected `REL TO ...` or compartments")]
-    EmptyBlock { position: usize },
+    EmptyBlock {
+        /// Which block, counting from 1 (the classification).
+        position: usize,
+    },
+    /// `REL TO` names nothing.
     #[error("empty `REL TO`: expected at least one nation or community after `REL TO`")]
     EmptyRelTo,
+    /// A name in a `REL TO` list is empty.
     #[error("empty name in `REL TO` list (doubled or trailing `,`): expected a nation or community")]
     EmptyRelToName,
+    /// A `REL TO` name is neither a nation nor a community of the scheme.
     #[error("unknown nation or community `{token}` in `REL TO`: expected a nation code such as GBR or a community such as NORDIC")]
-    UnknownName { token: String },
+    UnknownName {
+        /// The unknown name, as written.
+        token: String,
+    },
+    /// The marking has more than one `REL TO` block.
     #[error("`REL TO` appears twice: write all names in one `REL TO` block")]
     DuplicateRelTo,
+    /// A block starts with `REL` but not with `REL TO`.
     #[error("malformed `REL TO` block `{token}`: expected `REL TO ` followed by names separated by `, `")]
-    MalformedRelTo { token: String },
+    MalformedRelTo {
+        /// The block, as written.
+        token: String,
+    },
+    /// A compartment block has an empty compartment.
     #[error("empty compartment (doubled or trailing `/`) in `{block}`")]
-    EmptyCompartment { block: String },
+    EmptyCompartment {
+        /// The block, as written.
+        block: String,
+    },
+    /// A compartment the scheme does not declare.
     #[error("unknown compartment `{token}`: expected one of {expected}")]
-    UnknownCompartment { token: String, expected: String },
+    UnknownCompartment {
+        /// The unknown compartment, as written.
+        token: String,
+        /// The scheme's compartments, for the message.
+        expected: String,
+    },
 }
 
 fn join_or_none<'a>(items: impl Iterator<Item = &'a str>) -> String {
@@ -158,6 +196,8 @@ fn join_or_none<'a>(items: impl Iterator<Item = &'a str>) -> String {
 }
 
 impl MarkingScheme {
+    /// A scheme of these levels (lowest first), nations, communities and
+    /// compartments.
     pub fn new(
         levels: Vec<LevelName>,
         nations: BTreeSet<Nation>,
@@ -172,18 +212,22 @@ impl MarkingScheme {
         }
     }
 
+    /// The levels, lowest first.
     pub fn levels(&self) -> &[LevelName] {
         &self.levels
     }
 
+    /// The nations of the network.
     pub fn nations(&self) -> &BTreeSet<Nation> {
         &self.nations
     }
 
+    /// The communities, each with its member nations.
     pub fn communities(&self) -> &BTreeMap<String, BTreeSet<Nation>> {
         &self.communities
     }
 
+    /// The compartments a marking may name.
     pub fn compartments(&self) -> &BTreeSet<String> {
         &self.compartments
     }
@@ -210,6 +254,7 @@ impl MarkingScheme {
         }
     }
 
+    /// The most sensitive level of the scheme.
     pub fn highest_level(&self) -> Level {
         Level(u8::try_from(self.levels.len().saturating_sub(1)).unwrap_or(u8::MAX))
     }
@@ -230,6 +275,8 @@ impl MarkingScheme {
         }
     }
 
+    /// Parses a marking, in any case, against this scheme; see the module docs
+    /// for the grammar.
     pub fn parse(&self, marking: &str) -> Result<Label, MarkingError> {
         let marking = marking.trim();
         if marking.is_empty() {

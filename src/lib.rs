@@ -4,19 +4,37 @@
 //!
 //! # Layout
 //! The sans-IO core is plain, synchronous, deterministic code with no
-//! sockets and no clock:
-//! - [`label`]: nations, classification levels, markings (parse and print);
-//! - [`policy`]: the network policy and the publish, deliver and forward
-//!   decisions, each with a reason;
-//! - [`envelope`]: signed envelopes and their canonical encoding;
-//! - [`topic`]: topics and wildcard patterns.
+//! sockets and no clock (times and randomness are passed in):
+//! - [`label`]: nations, classification levels, labels, the marking grammar
+//!   (parse, canonical print, community expansion);
+//! - [`policy`]: the validated network (nations, ceilings, principals) and
+//!   the publish, deliver and forward decisions, each with a reason;
+//! - [`envelope`]: envelopes, their canonical encoding, batch seals (Ed25519
+//!   over a Merkle root) and their verification, message ids;
+//! - [`topic`]: topics, `*` / `>` patterns, and pattern coverage;
+//! - [`wire`]: frames, their bincode encoding, length prefix, size limits,
+//!   ALPN and close codes;
+//! - [`routing`]: local subscriptions, signed announcements, delivery trees
+//!   over nation bitsets, and the replay window.
 //!
 //! Around it:
 //! - [`config`]: the network file and its strict validation;
-//! - [`identity`]: certificate → nation or principal, anchored in that
-//!   nation's own CA;
+//! - [`identity`]: certificate → node or principal identity, anchored in
+//!   that nation's own CA;
 //! - [`pki`]: generating and loading a network's national PKI;
-//! - [`explain`]: who may see a marking, for `entente explain`.
+//! - [`tls`]: rustls configs for quinn (TLS 1.3, ALPN `entente/1`, client
+//!   certificates required), with verifiers that go through [`identity`];
+//! - [`stream`]: reading frames from quinn streams in batches, and writing
+//!   encoded frames;
+//! - [`node`]: the broker: accept loop, admission, sessions, peer links,
+//!   routing and bounded outbound queues;
+//! - [`client`]: the client library used by the CLI, the tests and the
+//!   benches;
+//! - [`audit`]: audit records, written by a dedicated thread from a bounded
+//!   channel;
+//! - [`explain`]: who may see a marking, for `entente explain`;
+//! - [`bench`](mod@bench): latency, throughput and memory over real node
+//!   processes, for `entente bench`.
 
 pub mod audit;
 pub mod bench;

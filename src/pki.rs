@@ -33,16 +33,37 @@ pub const DEFAULT_CERTS_DIR: &str = "certs";
 const CA_VALIDITY_DAYS: i64 = 10 * 365;
 const LEAF_VALIDITY_DAYS: i64 = 2 * 365;
 
+/// Why a PKI could not be generated, written or loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
+    /// Generating would overwrite this existing file, and `--force` was not given.
     #[error("{0} already exists; pass --force to replace the existing PKI (this overwrites its keys)")]
     Exists(PathBuf),
+    /// A file or folder could not be written.
     #[error("cannot write {path}: {cause}")]
-    Write { path: PathBuf, cause: std::io::Error },
+    Write {
+        /// The file or folder.
+        path: PathBuf,
+        /// The I/O error.
+        cause: std::io::Error,
+    },
+    /// A certificate or key file could not be read or parsed.
     #[error("cannot read {path}: {cause}; run `entente certs init` to create the PKI")]
-    Read { path: PathBuf, cause: String },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why it could not be read.
+        cause: String,
+    },
+    /// rcgen could not generate a key or certificate.
     #[error("certificate generation failed for {what}: {cause}")]
-    Generate { what: String, cause: String },
+    Generate {
+        /// What was being generated, such as `the GBR CA`.
+        what: String,
+        /// rcgen's error.
+        cause: String,
+    },
+    /// The CA certificates could not be made into a trust store.
     #[error(transparent)]
     Identity(#[from] IdentityError),
 }
@@ -54,22 +75,27 @@ pub struct PkiLayout {
 }
 
 impl PkiLayout {
+    /// The layout of the certs folder at `root`.
     pub fn new(root: impl Into<PathBuf>) -> PkiLayout {
         PkiLayout { root: root.into() }
     }
 
+    /// The certs folder.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// The folder of a nation's CA, node and principal files.
     pub fn nation_dir(&self, nation: Nation) -> PathBuf {
         self.root.join(nation.as_str())
     }
 
+    /// A nation's CA certificate file.
     pub fn ca_cert(&self, nation: Nation) -> PathBuf {
         self.nation_dir(nation).join("ca.crt")
     }
 
+    /// A nation's CA private key file.
     pub fn ca_key(&self, nation: Nation) -> PathBuf {
         self.nation_dir(nation).join("ca.key")
     }
@@ -99,11 +125,14 @@ pub struct NationalCa {
 
 /// A freshly issued certificate and its private key, in PEM.
 pub struct Issued {
+    /// The certificate, PEM-encoded.
     pub cert_pem: String,
+    /// The private key (PKCS#8), PEM-encoded.
     pub key_pem: String,
 }
 
 impl Issued {
+    /// The certificate, DER-encoded.
     pub fn cert_der(&self) -> CertificateDer<'static> {
         // The PEM was produced by rcgen a moment ago, so it always parses.
         CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).expect("rcgen PEM parses")
@@ -126,6 +155,7 @@ fn validity(params: &mut CertificateParams, days: i64) {
 }
 
 impl NationalCa {
+    /// A new self-signed CA for `nation`, with a fresh Ed25519 key.
     pub fn generate(nation: Nation) -> Result<NationalCa, PkiError> {
         let what = format!("the {nation} CA");
         let key = KeyPair::generate_for(&PKCS_ED25519).map_err(generation_error(&what))?;
@@ -141,14 +171,17 @@ impl NationalCa {
         Ok(NationalCa { nation, cert, key })
     }
 
+    /// The nation this CA issues identities for.
     pub fn nation(&self) -> Nation {
         self.nation
     }
 
+    /// The CA certificate, DER-encoded.
     pub fn cert_der(&self) -> CertificateDer<'static> {
         self.cert.der().clone()
     }
 
+    /// The CA's own certificate and key, for writing to disk.
     pub fn issued(&self) -> Issued {
         Issued {
             cert_pem: self.cert.pem(),
@@ -213,8 +246,11 @@ pub fn address_host(address: &str) -> &str {
 /// What `generate` wrote.
 #[derive(Debug, Default)]
 pub struct GeneratedPki {
+    /// National CAs created.
     pub nations: usize,
+    /// Node certificates issued.
     pub nodes: usize,
+    /// Principal certificates issued.
     pub principals: usize,
 }
 
@@ -299,6 +335,7 @@ pub fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), PkiEr
     }
 }
 
+/// Reads a PEM certificate file.
 pub fn read_cert(path: &Path) -> Result<CertificateDer<'static>, PkiError> {
     CertificateDer::from_pem_file(path).map_err(|err| PkiError::Read {
         path: path.to_owned(),
@@ -306,6 +343,7 @@ pub fn read_cert(path: &Path) -> Result<CertificateDer<'static>, PkiError> {
     })
 }
 
+/// Reads a PEM private key file.
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, PkiError> {
     PrivateKeyDer::from_pem_file(path).map_err(|err| PkiError::Read {
         path: path.to_owned(),

@@ -10,16 +10,22 @@ use crate::wire::{self, Frame, FrameBuffer, WireError, LENGTH_PREFIX};
 /// a batch (and the work done before the next `select!`) unbounded.
 pub const READ_BATCH: usize = 256;
 
+/// Why reading or writing frames on a stream failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
+    /// A frame could not be encoded or decoded, or its length is over the limit.
     #[error(transparent)]
     Wire(#[from] WireError),
+    /// Reading a frame's prefix or body failed.
     #[error("connection lost: {0}")]
     Read(#[from] quinn::ReadExactError),
+    /// Writing to the stream failed.
     #[error("connection lost: {0}")]
     Write(#[from] quinn::WriteError),
+    /// Reading a batch of chunks failed.
     #[error("connection lost: {0}")]
     ReadChunks(#[from] quinn::ReadError),
+    /// The other side finished the stream in the middle of a frame.
     #[error("the stream ended inside a frame")]
     Truncated,
 }
@@ -39,6 +45,7 @@ pub async fn read_frame(recv: &mut RecvStream) -> Result<Option<Frame>, StreamEr
     Ok(Some(wire::decode(&body)?))
 }
 
+/// Encodes one frame and writes it.
 pub async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<(), StreamError> {
     send.write_all(&wire::encode(frame)?).await?;
     Ok(())
@@ -56,6 +63,7 @@ pub struct FrameReader {
 const READ_CHUNKS: usize = 64;
 
 impl FrameReader {
+    /// A reader of frames from `recv`.
     pub fn new(recv: RecvStream) -> FrameReader {
         FrameReader {
             recv,

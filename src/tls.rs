@@ -17,10 +17,13 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use crate::identity::{Identity, IdentityError, TrustStore};
 use crate::wire::ALPN;
 
+/// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// rustls refused the certificates, key or settings.
     #[error("invalid TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    /// quinn could not use the rustls configuration.
     #[error("TLS configuration is unusable for QUIC: {0}")]
     Quic(String),
 }

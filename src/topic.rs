@@ -10,18 +10,31 @@ use serde::{Deserialize, Serialize};
 /// frame can make a node store.
 pub const MAX_TOPIC_LEN: usize = 256;
 
+/// Why a topic or pattern was refused; variants hold the text as given.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopicError {
+    /// The text is empty.
     #[error("empty topic: expected tokens separated by `.`, such as sigint.ru.launch")]
     Empty,
+    /// The text is longer than [`MAX_TOPIC_LEN`] bytes.
     #[error("topic `{0}` is longer than {MAX_TOPIC_LEN} bytes")]
     TooLong(String),
+    /// A token is empty: a leading, trailing or doubled `.`.
     #[error("topic `{0}` has an empty token (leading, trailing or doubled `.`)")]
     EmptyToken(String),
+    /// A token holds whitespace, a control character, or a `*` or `>` among
+    /// other characters.
     #[error("topic `{topic}` has a bad token `{token}`: tokens may not contain spaces, `*` or `>`")]
-    BadToken { topic: String, token: String },
+    BadToken {
+        /// The topic or pattern.
+        topic: String,
+        /// The bad token.
+        token: String,
+    },
+    /// A pattern has `>` other than as its last token.
     #[error("pattern `{0}`: `>` may only be the last token")]
     TailNotLast(String),
+    /// A topic has a `*` or `>` token: only patterns may.
     #[error("topic `{0}` has a wildcard: publish to a concrete topic, wildcards are for subscribing")]
     WildcardInTopic(String),
 }
@@ -68,28 +81,33 @@ fn check_tokens(text: &str, allow_wildcards: bool) -> Result<(), TopicError> {
 }
 
 impl Topic {
+    /// Checks and wraps a concrete topic: no wildcards.
     pub fn new(text: impl Into<String>) -> Result<Topic, TopicError> {
         let text = text.into();
         check_tokens(&text, false)?;
         Ok(Topic(text))
     }
 
+    /// The topic's text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 }
 
 impl Pattern {
+    /// Checks and wraps a pattern: `*` anywhere, `>` only last.
     pub fn new(text: impl Into<String>) -> Result<Pattern, TopicError> {
         let text = text.into();
         check_tokens(&text, true)?;
         Ok(Pattern(text))
     }
 
+    /// The pattern's text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
+    /// Whether the pattern matches `topic`.
     pub fn matches(&self, topic: &Topic) -> bool {
         let mut topic_tokens = topic.0.split('.');
         for pattern_token in self.0.split('.') {

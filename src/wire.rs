@@ -26,27 +26,43 @@ pub const MAX_PAYLOAD: usize = 1024 * 1024;
 /// envelope's other fields.
 pub const MAX_FRAME: usize = MAX_PAYLOAD + 64 * 1024;
 
+/// The size of a frame's length prefix, in bytes (a big-endian `u32`).
 pub const LENGTH_PREFIX: usize = 4;
 
 /// QUIC application close codes, so the other side can tell why.
 pub mod close {
+    /// A normal close: the connection is done with.
     pub const NORMAL: u32 = 0;
+    /// The peer was not admitted: another nation's principal, unknown, or
+    /// not a configured peer.
     pub const REFUSED: u32 = 1;
+    /// The peer broke the protocol.
     pub const PROTOCOL: u32 = 2;
+    /// The peer read too slowly and its queue filled up.
     pub const SLOW_CONSUMER: u32 = 3;
+    /// The node is shutting down.
     pub const SHUTDOWN: u32 = 4;
 }
 
+/// Why a frame could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
+    /// The frame is larger than [`MAX_FRAME`].
     #[error("frame of {len} bytes exceeds the limit of {MAX_FRAME} bytes")]
-    TooLarge { len: usize },
+    TooLarge {
+        /// The frame's length, in bytes.
+        len: usize,
+    },
+    /// A length prefix of 0.
     #[error("empty frame")]
     Empty,
+    /// The body does not decode as a frame.
     #[error("malformed frame: {0}")]
     Malformed(String),
+    /// The body holds bytes after the frame; how many.
     #[error("malformed frame: {0} trailing bytes after the frame")]
     Trailing(usize),
+    /// The frame could not be encoded.
     #[error("cannot encode frame: {0}")]
     Encode(String),
 }
@@ -55,12 +71,19 @@ pub enum WireError {
 /// the node, so clients need no copy of the network file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
+    /// The message's unique id.
     pub id: MessageId,
+    /// The nation whose node accepted and sealed the message.
     pub origin: Nation,
+    /// The principal who published it.
     pub publisher: String,
+    /// The topic it was published to.
     pub topic: String,
+    /// Its label as a canonical marking.
     pub marking: String,
+    /// When the origin node created it, in microseconds since the Unix epoch.
     pub created_us: u64,
+    /// The message body.
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
@@ -71,41 +94,62 @@ pub struct Delivery {
 pub enum Frame {
     /// First frame from whoever dialed.
     Hello {
+        /// The protocol version the dialer speaks ([`PROTOCOL_VERSION`]).
         version: u32,
     },
     /// The node's answer to `Hello` from a principal.
     Welcome {
+        /// The node's nation.
         nation: Nation,
+        /// The principal the node admitted the client as.
         principal: String,
     },
     /// The node's answer to `Hello` from a peer node.
     PeerWelcome {
+        /// The answering node's nation.
         nation: Nation,
     },
+    /// A principal's request to publish a message.
     Publish {
+        /// The client's id for the request, echoed in the reply.
         request: u64,
+        /// The topic to publish to.
         topic: String,
+        /// The message's marking, such as `SECRET//REL TO GBR, FRA`.
         marking: String,
+        /// The message body, at most [`MAX_PAYLOAD`] bytes.
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
+    /// A principal's request to subscribe to a pattern.
     Subscribe {
+        /// The client's id for the request, echoed in the reply.
         request: u64,
+        /// The topic pattern.
         pattern: String,
     },
+    /// The node accepted and routed a publish.
     PublishAck {
+        /// The request this answers.
         request: u64,
+        /// The id the node gave the message.
         id: MessageId,
     },
+    /// The node accepted a subscription.
     SubscribeAck {
+        /// The request this answers.
         request: u64,
     },
     /// A refused request, with the policy's reason code and sentence.
     Refused {
+        /// The request this answers.
         request: u64,
+        /// The stable reason code.
         code: String,
+        /// The sentence for people.
         message: String,
     },
+    /// A message for a subscriber.
     Deliver(Delivery),
     /// An envelope between nodes: sealed, or unsealed when its seal
     /// follows in a `Seals` frame on the same link.
@@ -157,12 +201,19 @@ impl<T: Serialize> Serialize for Variant<'_, T> {
 /// `Delivery` with borrowed fields.
 #[derive(Serialize)]
 pub struct DeliveryRef<'a> {
+    /// The message's unique id.
     pub id: MessageId,
+    /// The nation whose node accepted and sealed the message.
     pub origin: Nation,
+    /// The principal who published it.
     pub publisher: &'a str,
+    /// The topic it was published to.
     pub topic: &'a str,
+    /// Its label as a canonical marking.
     pub marking: &'a str,
+    /// When the origin node created it, in microseconds since the Unix epoch.
     pub created_us: u64,
+    /// The message body.
     #[serde(with = "serde_bytes")]
     pub payload: &'a [u8],
 }
@@ -203,10 +254,12 @@ pub struct FrameBuffer {
 }
 
 impl FrameBuffer {
+    /// Appends bytes read from the stream.
     pub fn extend(&mut self, chunk: &[u8]) {
         self.bytes.extend_from_slice(chunk);
     }
 
+    /// Whether no bytes are buffered, not even part of a frame.
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }

@@ -25,6 +25,7 @@ pub const MAX_ANNOUNCED_PATTERNS: usize = 1024;
 /// One node's view of itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Announcement {
+    /// The announcing nation.
     pub nation: Nation,
     /// Higher is newer. The origin starts from its clock in microseconds,
     /// so a restarted node's announcements supersede its old ones.
@@ -38,23 +39,36 @@ pub struct Announcement {
 /// An announcement with its origin node's signature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedAnnouncement {
+    /// The announcement.
     pub announcement: Announcement,
+    /// The announcing nation's node's Ed25519 signature over it.
     #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
 }
 
+/// Why an announcement was refused (audited as `bad-announcement`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AnnouncementError {
+    /// The signature is not the announcing nation's node key's.
     #[error("announcement of {0}: its signature does not verify with {0}'s node key")]
     BadSignature(Nation),
+    /// The announcing nation is not in the network.
     #[error("announcement of {0}, which is not a nation of the network")]
     UnknownNation(Nation),
+    /// The announcement's `seq` is further ahead of this node's clock than the
+    /// allowed skew.
     #[error("announcement of {0} is timed ahead of this node's clock by more than the allowed skew")]
     FromTheFuture(Nation),
+    /// The announcement holds more than [`MAX_ANNOUNCED_PATTERNS`] patterns.
     #[error(
         "announcement of {nation} holds {count} patterns; at most {MAX_ANNOUNCED_PATTERNS} are accepted"
     )]
-    TooManyPatterns { nation: Nation, count: usize },
+    TooManyPatterns {
+        /// The announcing nation.
+        nation: Nation,
+        /// How many patterns it held.
+        count: usize,
+    },
 }
 
 fn put(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -81,6 +95,7 @@ impl Announcement {
         out
     }
 
+    /// Signs the announcement with its nation's node key.
     pub fn sign(self, signer: &Signer) -> SignedAnnouncement {
         let signature = signer.sign_with_context(&self.signed_bytes());
         SignedAnnouncement {

@@ -88,6 +88,7 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// The stable code, as audit records write it.
     pub fn code(self) -> &'static str {
         match self {
             Reason::Duplicate => "duplicate",
@@ -126,6 +127,7 @@ pub enum SealState {
     /// Not yet: allowed only straight from its origin (invariant 3), and
     /// then delivered but not relayed until [`Routing::relay`].
     Unverified,
+    /// Checked against the origin's node key.
     Verified,
 }
 
@@ -141,6 +143,7 @@ pub struct Route {
 /// An envelope the core refused; the audit record is already queued.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
+    /// The stable reason code, as the audit record gives it.
     pub reason: &'static str,
 }
 
@@ -149,7 +152,9 @@ pub struct Refused {
 pub enum Action {
     /// Send this announcement on the links to these peers.
     Announce {
+        /// The peers to send it to.
         to: Vec<Nation>,
+        /// The announcement, as its origin signed it.
         announcement: Arc<SignedAnnouncement>,
     },
     /// Append this record to the audit log.
@@ -159,15 +164,19 @@ pub enum Action {
 /// Why a subscription was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubscribeError {
+    /// The principal may not subscribe to the pattern; the policy's sentence.
     #[error("{0}")]
     NotPermitted(String),
+    /// The session already holds the most subscriptions allowed (this many).
     #[error("a session may hold at most {0} subscriptions; use wildcards or another session")]
     TooMany(usize),
+    /// The session is not open in the core.
     #[error("no such session")]
     NoSession,
 }
 
 impl SubscribeError {
+    /// The stable code the node sends with its refusal.
     pub fn code(&self) -> &'static str {
         match self {
             SubscribeError::NotPermitted(_) => "topic-not-permitted",
@@ -180,6 +189,7 @@ impl SubscribeError {
 /// What the core has decided so far, for status and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Counters {
+    /// Envelopes published by this node's sessions.
     pub published: u64,
     /// Session deliveries allowed.
     pub delivered: u64,
@@ -198,7 +208,9 @@ pub struct Counters {
 /// Limits of the core.
 #[derive(Debug, Clone)]
 pub struct RoutingSettings {
+    /// The most subscriptions one session may hold.
     pub max_subscriptions: usize,
+    /// The most message ids the replay window holds ([`seen::SeenIds`]).
     pub seen_capacity: usize,
 }
 
@@ -308,14 +320,17 @@ impl Routing {
         routing
     }
 
+    /// The nation whose node this is.
     pub fn nation(&self) -> Nation {
         self.nation
     }
 
+    /// The network policy the core decides by.
     pub fn policy(&self) -> &Arc<Policy> {
         &self.policy
     }
 
+    /// What the core has decided so far.
     pub fn counters(&self) -> &Counters {
         &self.counters
     }
@@ -331,6 +346,7 @@ impl Routing {
 
     // ----- sessions and subscriptions -----
 
+    /// A session of `principal` opened; it receives nothing until it subscribes.
     pub fn open_session(&mut self, session: SessionId, principal: Arc<Principal>) {
         self.sessions.insert(
             session,
@@ -364,6 +380,7 @@ impl Routing {
         Ok(())
     }
 
+    /// Removes a subscription, if the session holds it.
     pub fn unsubscribe(&mut self, session: SessionId, pattern: &Pattern, now_us: u64) {
         if let Some(entry) = self.sessions.get_mut(&session) {
             entry.patterns.retain(|p| p != pattern);
@@ -371,6 +388,7 @@ impl Routing {
         self.interest_changed(now_us);
     }
 
+    /// A session ended: its subscriptions go with it.
     pub fn close_session(&mut self, session: SessionId, now_us: u64) {
         if self.sessions.remove(&session).is_some() {
             self.interest_changed(now_us);
@@ -419,6 +437,7 @@ impl Routing {
         self.announce_soon(now_us);
     }
 
+    /// This node's link to `peer` went down.
     pub fn link_down(&mut self, peer: Nation, now_us: u64) {
         if self.live_peers.remove(&peer) {
             self.rebuild_live();
@@ -426,6 +445,7 @@ impl Routing {
         }
     }
 
+    /// The peers this node has a live link to.
     pub fn live_peers(&self) -> &BTreeSet<Nation> {
         &self.live_peers
     }

@@ -58,6 +58,8 @@ impl Window {
     }
 }
 
+/// The replay window: the ids seen per origin, bounded by the age limit and
+/// by a capacity (see the module docs).
 #[derive(Debug)]
 pub struct SeenIds {
     windows: HashMap<Nation, Window>,
@@ -66,6 +68,7 @@ pub struct SeenIds {
 }
 
 impl SeenIds {
+    /// A window that remembers at most `capacity` ids (at least 1).
     pub fn new(capacity: usize) -> SeenIds {
         SeenIds {
             windows: HashMap::new(),
@@ -90,6 +93,7 @@ impl SeenIds {
         Ok(())
     }
 
+    /// Whether this id of this origin is remembered.
     pub fn contains(&self, origin: Nation, id: MessageId) -> bool {
         self.windows.get(&origin).is_some_and(|w| w.ids.contains(&id))
     }
@@ -131,10 +135,12 @@ impl SeenIds {
         }
     }
 
+    /// The ids remembered, over all origins.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether no id is remembered.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -15,34 +15,41 @@ pub const MAX_NATIONS: usize = 128;
 pub struct NationSet(u128);
 
 impl NationSet {
+    /// Whether the nation at `index` is in the set.
     pub fn contains(self, index: usize) -> bool {
         index < MAX_NATIONS && self.0 & (1 << index) != 0
     }
 
+    /// Adds the nation at `index`; indices past [`MAX_NATIONS`] are ignored.
     pub fn insert(&mut self, index: usize) {
         if index < MAX_NATIONS {
             self.0 |= 1 << index;
         }
     }
 
+    /// Removes the nation at `index`.
     pub fn remove(&mut self, index: usize) {
         if index < MAX_NATIONS {
             self.0 &= !(1 << index);
         }
     }
 
+    /// Whether the two sets share a nation.
     pub fn intersects(self, other: NationSet) -> bool {
         self.0 & other.0 != 0
     }
 
+    /// The intersection.
     pub fn and(self, other: NationSet) -> NationSet {
         NationSet(self.0 & other.0)
     }
 
+    /// The nations of `self` not in `other`.
     pub fn minus(self, other: NationSet) -> NationSet {
         NationSet(self.0 & !other.0)
     }
 
+    /// Whether the set is empty.
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
@@ -68,27 +75,33 @@ impl NationSet {
 pub struct Nations(Vec<Nation>);
 
 impl Nations {
+    /// The nations of `policy`, at most [`MAX_NATIONS`].
     pub fn of(policy: &Policy) -> Nations {
         // BTreeMap keys are sorted; validation caps their number.
         Nations(policy.nations().keys().copied().take(MAX_NATIONS).collect())
     }
 
+    /// The index of `nation`; `None` if it is not in the network.
     pub fn index(&self, nation: Nation) -> Option<usize> {
         self.0.binary_search(&nation).ok()
     }
 
+    /// The nation at `index`; panics if `index` is out of range.
     pub fn nation(&self, index: usize) -> Nation {
         self.0[index]
     }
 
+    /// How many nations the network holds.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// Whether the network holds no nations.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// The set of these nations; nations not in the network are left out.
     pub fn set_of(&self, nations: impl IntoIterator<Item = Nation>) -> NationSet {
         let mut set = NationSet::default();
         for nation in nations {
@@ -99,6 +112,7 @@ impl Nations {
         set
     }
 
+    /// The nations of `set`, in index order.
     pub fn names(&self, set: NationSet) -> Vec<Nation> {
         set.iter()
             .filter(|&i| i < self.0.len())
@@ -114,6 +128,7 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// A graph of `nations` nations with no links.
     pub fn empty(nations: usize) -> Graph {
         Graph {
             neighbours: vec![NationSet::default(); nations],
@@ -133,6 +148,8 @@ impl Graph {
         graph
     }
 
+    /// Adds the link between `a` and `b`; self-links and unknown indices are
+    /// ignored.
     pub fn link(&mut self, a: usize, b: usize) {
         if a != b && a < self.neighbours.len() && b < self.neighbours.len() {
             self.neighbours[a].insert(b);
@@ -140,6 +157,7 @@ impl Graph {
         }
     }
 
+    /// The nations linked to the nation at `index`.
     pub fn neighbours(&self, index: usize) -> NationSet {
         self.neighbours.get(index).copied().unwrap_or_default()
     }
@@ -196,10 +214,13 @@ pub struct PathTree {
 }
 
 impl PathTree {
+    /// Every nation the tree reaches, the root included.
     pub fn reached(&self) -> NationSet {
         self.reached
     }
 
+    /// The parent of the nation at `index`; `None` for the root and for
+    /// nations not reached.
     pub fn parent(&self, index: usize) -> Option<usize> {
         self.parent.get(index).copied().flatten()
     }
@@ -250,7 +271,9 @@ impl PathTree {
 /// One child of a node in a tree, and the nations reached through it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Branch {
+    /// The child's index.
     pub child: usize,
+    /// The nations reached through the child, itself included.
     pub beyond: NationSet,
 }
 
