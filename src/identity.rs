@@ -202,11 +202,6 @@ impl TrustStore {
         })
     }
 
-    /// Whether a CA is known for `nation`.
-    pub fn trusts(&self, nation: Nation) -> bool {
-        self.nations.contains_key(&nation)
-    }
-
     /// Every nation's CA, for the subjects a server hints to clients.
     pub fn all_roots(&self) -> Arc<RootCertStore> {
         self.all_roots.clone()

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Entente: a federated, security-label-aware message broker. Each nation
 //! runs a node; nodes talk QUIC with mutual TLS, and every message carries a
 //! security label that every hop enforces.

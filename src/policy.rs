@@ -13,21 +13,33 @@ use crate::identity::Identity;
 use crate::label::{Label, Level, MarkingScheme, Nation};
 use crate::topic::{Pattern, Topic};
 
+/// One nation's table of the network file.
 #[derive(Debug, Clone)]
 pub struct NationPolicy {
+    /// Where its node listens (`host:port`).
     pub address: String,
+    /// The nations its node links to (links are symmetric).
     pub peers: BTreeSet<Nation>,
+    /// The highest level it releases to a partner not in `ceilings`.
     pub default_ceiling: Level,
+    /// The highest level it releases to each listed partner.
     pub ceilings: BTreeMap<Nation, Level>,
 }
 
+/// A user or system account of one nation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
+    /// Its name, such as `gbr.analyst`; its certificate carries it.
     pub name: String,
+    /// The nation it belongs to, whose node alone admits it.
     pub nation: Nation,
+    /// The highest level it may see or publish.
     pub clearance: Level,
+    /// The compartments it holds.
     pub compartments: BTreeSet<String>,
+    /// The topics it may publish to.
     pub publish: Vec<Pattern>,
+    /// The topics it may subscribe to.
     pub subscribe: Vec<Pattern>,
 }
 
@@ -44,16 +56,22 @@ pub struct Policy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Reason {
+    /// The nation is not in the label's releasability.
     NotReleasable,
+    /// The principal's clearance is below the classification.
     ClearanceTooLow,
+    /// The principal lacks a compartment of the label.
     MissingCompartment,
+    /// The principal's permissions do not cover the topic.
     TopicNotPermitted,
+    /// Above the origin's release ceiling for that nation.
     AboveCeiling,
     /// No path of nations that may see the message leads to the nation.
     Unreachable,
 }
 
 impl Reason {
+    /// The stable code, as audit records print it.
     pub fn code(self) -> &'static str {
         match self {
             Reason::NotReleasable => "not-releasable",
@@ -72,17 +90,27 @@ impl fmt::Display for Reason {
     }
 }
 
+/// A release decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
+    /// Every condition holds.
     Allow,
-    Deny { reason: Reason, message: String },
+    /// The first condition that failed.
+    Deny {
+        /// Its stable code.
+        reason: Reason,
+        /// A sentence for people, naming who and what.
+        message: String,
+    },
 }
 
 impl Decision {
+    /// Whether the decision allows.
     pub fn is_allow(&self) -> bool {
         matches!(self, Decision::Allow)
     }
 
+    /// A denial for `reason`, explained by `message`.
     pub fn deny(reason: Reason, message: String) -> Decision {
         Decision::Deny { reason, message }
     }
@@ -120,6 +148,7 @@ pub enum RefusalReason {
 }
 
 impl RefusalReason {
+    /// The stable code, as audit records print it.
     pub fn code(self) -> &'static str {
         match self {
             RefusalReason::ForeignPrincipal => "foreign-principal",
@@ -138,7 +167,9 @@ impl fmt::Display for RefusalReason {
 /// A refused connection: the code, and the sentence it is closed with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
+    /// Its stable code.
     pub reason: RefusalReason,
+    /// The sentence the connection is closed with.
     pub message: String,
 }
 
@@ -155,22 +186,27 @@ impl Policy {
         }
     }
 
+    /// The levels, nations, communities and compartments markings use.
     pub fn scheme(&self) -> &MarkingScheme {
         &self.scheme
     }
 
+    /// Every nation's table, in code order.
     pub fn nations(&self) -> &BTreeMap<Nation, NationPolicy> {
         &self.nations
     }
 
+    /// One nation's table, if the network has that nation.
     pub fn nation(&self, nation: Nation) -> Option<&NationPolicy> {
         self.nations.get(&nation)
     }
 
+    /// Every principal, by name.
     pub fn principals(&self) -> impl Iterator<Item = &Principal> {
         self.principals.values()
     }
 
+    /// The principal with this name, if any.
     pub fn principal(&self, name: &str) -> Option<&Principal> {
         self.principals.get(name)
     }

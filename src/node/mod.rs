@@ -48,22 +48,41 @@ const VERIFIED_ROOTS: usize = 1024;
 /// when it is full, publishers wait.
 const SEALER_QUEUE: usize = 16 * 1024;
 
+/// Why a node could not be loaded, bound or run.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The nation asked for has no table in the network file.
     #[error("{0} is not a nation of the network file")]
     UnknownNation(Nation),
+    /// The certs folder is missing a file or holds a bad one.
     #[error(transparent)]
     Pki(#[from] PkiError),
+    /// A nation's node certificate does not check out against its CA.
     #[error("node certificate of {nation}: {cause}")]
-    NodeCertificate { nation: Nation, cause: IdentityError },
+    NodeCertificate {
+        /// Whose node certificate.
+        nation: Nation,
+        /// What is wrong with it.
+        cause: IdentityError,
+    },
+    /// The node key cannot sign.
     #[error(transparent)]
     Envelope(#[from] EnvelopeError),
+    /// The TLS configuration could not be built.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The audit log cannot be opened.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// The listening socket could not be bound.
     #[error("cannot listen on {addr}: {cause}")]
-    Bind { addr: SocketAddr, cause: std::io::Error },
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The operating system's answer.
+        cause: std::io::Error,
+    },
+    /// A node address in the network file does not resolve.
     #[error("cannot resolve the address `{0}` of a node")]
     Address(String),
 }
@@ -111,17 +130,25 @@ impl Default for NodeSettings {
 /// Everything a node needs to run, loaded from the network file and the
 /// certs folder.
 pub struct NodeConfig {
+    /// The nation this node serves.
     pub nation: Nation,
+    /// The validated network file.
     pub policy: Arc<Policy>,
+    /// Every nation's CA, each anchoring only its own nation's identities.
     pub trust: TrustStore,
+    /// The node's certificate chain, presented to clients and peers.
     pub cert_chain: Vec<CertificateDer<'static>>,
+    /// The node's private key, for TLS.
     pub key: PrivateKeyDer<'static>,
+    /// The same key, for seals and announcements.
     pub signer: Signer,
     /// Every nation's node key, to verify the envelopes it signs.
     pub node_keys: HashMap<Nation, Vec<u8>>,
+    /// Where the audit log goes.
     pub data_dir: PathBuf,
     /// Peer addresses that override the network file (tests bind port 0).
     pub peer_addresses: BTreeMap<Nation, SocketAddr>,
+    /// Queue limits and timeouts.
     pub settings: NodeSettings,
 }
 

@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+/// A node-level reason code (the policy's and the routing core's have
+/// their own enums).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     /// A TLS handshake that did not complete.
@@ -50,6 +52,7 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// The stable code, as audit records print it.
     pub fn code(self) -> &'static str {
         match self {
             Reason::HandshakeFailed => "handshake-failed",
