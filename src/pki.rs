@@ -132,7 +132,8 @@ pub struct Issued {
 }
 
 impl Issued {
-    /// The certificate, DER-encoded.
+    /// The certificate, DER-encoded (tests read it; the node reads files).
+    #[cfg(test)]
     pub fn cert_der(&self) -> CertificateDer<'static> {
         // The PEM was produced by rcgen a moment ago, so it always parses.
         CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).expect("rcgen PEM parses")
@@ -177,6 +178,7 @@ impl NationalCa {
     }
 
     /// The CA certificate, DER-encoded.
+    #[cfg(test)]
     pub fn cert_der(&self) -> CertificateDer<'static> {
         self.cert.der().clone()
     }
