@@ -50,6 +50,9 @@ pub const ANNOUNCEMENT_TTL_US: u64 = 3 * REFRESH_US + 5 * 1_000_000;
 /// The shortest time between two announcements of this node's own; a
 /// burst of subscriptions becomes one announcement.
 pub const ANNOUNCE_INTERVAL_US: u64 = 20_000;
+/// The most distinct patterns whose pairwise coverage is worked out
+/// before announcing them.
+const REDUCE_PATTERNS: usize = 256;
 /// Trees kept at most; the cache is cleared when it fills (each tree is a
 /// few hundred bytes, and the set of labels in use is small).
 const TREE_CACHE: usize = 4096;
@@ -399,15 +402,19 @@ impl Routing {
     /// those another one covers; `>` if there are too many to list.
     fn local_patterns(&self) -> BTreeSet<Pattern> {
         let all: BTreeSet<&Pattern> = self.sessions.values().flat_map(|s| s.patterns.iter()).collect();
-        let kept: BTreeSet<Pattern> = all
-            .iter()
-            .filter(|p| !all.iter().any(|q| q != *p && p.is_covered_by(q)))
-            .map(|p| (*p).clone())
-            .collect();
-        if kept.len() > MAX_ANNOUNCED_PATTERNS {
+        if all.len() > MAX_ANNOUNCED_PATTERNS {
             return Pattern::new(">").into_iter().collect();
         }
-        kept
+        if all.len() > REDUCE_PATTERNS {
+            // Pairwise coverage grows with the square of the count: past
+            // this, list them as they are rather than let one subscriber
+            // make every subscribe slow.
+            return all.into_iter().cloned().collect();
+        }
+        all.iter()
+            .filter(|p| !all.iter().any(|q| q != *p && p.is_covered_by(q)))
+            .map(|p| (*p).clone())
+            .collect()
     }
 
     fn interest_changed(&mut self, now_us: u64) {

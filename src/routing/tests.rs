@@ -620,3 +620,29 @@ fn a_new_policy_reroutes_around_a_nation_it_no_longer_trusts() {
         Some(vec![nation("GBR"), nation("POL"), nation("LTU"), nation("LVA")])
     );
 }
+
+#[test]
+fn announced_interest_is_reduced_and_bounded() {
+    let policy = chain_policy();
+    let mut mesh = Mesh::new(policy.clone(), &BTreeSet::new());
+    let lva = policy.principal("lva.analyst").unwrap().clone();
+    mesh.subscribe(&lva, "sigint.ru").unwrap();
+    mesh.subscribe(&lva, "sigint.>").unwrap();
+    let node = &mesh.nodes[&nation("LVA")];
+    let announced: Vec<&str> = node.own_patterns.iter().map(Pattern::as_str).collect();
+    assert_eq!(announced, ["sigint.>"], "a covered pattern adds nothing");
+
+    // More distinct patterns than an announcement may hold: `>` instead.
+    let now = mesh.now;
+    let node = mesh.nodes.get_mut(&nation("LVA")).unwrap();
+    for n in 0..=MAX_ANNOUNCED_PATTERNS {
+        let session = 1000 + (n / 200) as SessionId;
+        if n % 200 == 0 {
+            node.open_session(session, Arc::new(lva.clone()));
+        }
+        node.subscribe(session, Pattern::new(format!("t{n}")).unwrap(), now)
+            .unwrap();
+    }
+    let announced: Vec<&str> = node.own_patterns.iter().map(Pattern::as_str).collect();
+    assert_eq!(announced, [">"]);
+}
