@@ -350,7 +350,7 @@ fn is_record(record: &serde_json::Value, reason: &str, subject: Nation) -> bool 
 }
 
 /// The links and interest `nation` announced, from an `announcement`
-/// audit record of it (`links: A, B; interest: p, q`, or `none`).
+/// audit record of it (`links: A, B; interest: p, q`, or `no entries`).
 fn announced(record: &serde_json::Value, nation: Nation) -> Option<(Vec<&str>, Vec<&str>)> {
     if !is_record(record, "announcement", nation) {
         return None;

@@ -50,7 +50,9 @@ pub(super) struct Router {
     links: DashMap<Nation, LinkEntry>,
     next_id: AtomicU64,
     /// Actions produced where nothing can wait (such as a slow consumer
-    /// dropped mid-delivery), for the ticker task to carry out.
+    /// dropped mid-delivery), for the ticker task to carry out. Bounded by
+    /// the sessions: each close adds at most an announcement and a record,
+    /// and the ticker drains it as soon as it is woken.
     deferred: Mutex<Vec<Action>>,
     deferred_ready: tokio::sync::Notify,
 }
