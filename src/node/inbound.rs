@@ -16,7 +16,7 @@ use super::outbound::send_or_cut;
 use super::{Reason, Shared};
 use crate::audit::{Event, Record, Verdict};
 use crate::envelope::{Envelope, EnvelopeError, MessageId};
-use crate::label::{Label, MarkingScheme, Nation};
+use crate::label::Nation;
 use crate::routing::{self, Route, SealState, Source};
 use crate::stream::FrameReader;
 use crate::wire::{self, Frame};
@@ -40,12 +40,11 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
     let mut reader = FrameReader::new(recv);
     let mut frames = Vec::new();
     let mut unsealed = Unsealed::default();
-    let mut markings = LastMarking::default();
     let mut shutdown = shared.shutdown.clone();
     let result = loop {
         match next_batch(&mut reader, &mut frames, &mut shutdown).await {
             Ok(true) => {
-                if let Err(err) = ingress(&shared, peer, &mut frames, &mut unsealed, &mut markings).await {
+                if let Err(err) = ingress(&shared, peer, &mut frames, &mut unsealed).await {
                     break Err(err);
                 }
             }
@@ -81,7 +80,7 @@ const MAX_UNSEALED_BYTES: usize = 32 * 1024 * 1024;
 /// Envelopes from one link delivered ahead of their seals.
 #[derive(Default)]
 struct Unsealed {
-    waiting: HashMap<MessageId, (Envelope, String)>,
+    waiting: HashMap<MessageId, (Envelope, Arc<str>)>,
     bytes: usize,
 }
 
@@ -95,41 +94,22 @@ impl Unsealed {
         Ok(())
     }
 
-    fn insert(&mut self, envelope: Envelope, marking: String) {
+    fn insert(&mut self, envelope: Envelope, marking: Arc<str>) {
         self.bytes += envelope.payload.len();
         self.waiting.insert(envelope.id, (envelope, marking));
     }
 
-    fn take(&mut self, id: &MessageId) -> Option<(Envelope, String)> {
+    fn take(&mut self, id: &MessageId) -> Option<(Envelope, Arc<str>)> {
         let taken = self.waiting.remove(id)?;
         self.bytes -= taken.0.payload.len();
         Some(taken)
     }
 }
 
-/// The canonical marking of the last label a link carried: a link mostly
-/// carries a few labels over and over, and comparing one costs less than
-/// printing it.
-#[derive(Default)]
-struct LastMarking(Option<(Label, String)>);
-
-impl LastMarking {
-    fn of(&mut self, scheme: &MarkingScheme, label: &Label) -> String {
-        if let Some((last, marking)) = &self.0 {
-            if last == label {
-                return marking.clone();
-            }
-        }
-        let marking = scheme.format(label);
-        self.0 = Some((label.clone(), marking.clone()));
-        marking
-    }
-}
-
 /// An envelope from a peer whose seal is to be checked.
 struct ToVerify {
     envelope: Envelope,
-    marking: String,
+    marking: Arc<str>,
     /// Delivered already (it came unsealed, straight from its origin), so
     /// only relaying waits for the seal.
     delivered: bool,
@@ -154,7 +134,6 @@ async fn ingress(
     peer: Nation,
     frames: &mut Vec<Frame>,
     unsealed: &mut Unsealed,
-    markings: &mut LastMarking,
 ) -> Result<(), StreamError> {
     let mut records = Vec::new();
     let mut actions = Vec::new();
@@ -168,7 +147,6 @@ async fn ingress(
                     result = Err(err);
                     break;
                 }
-                let marking = markings.of(shared.policy.scheme(), &envelope.label);
                 let (route, more) = shared
                     .router
                     .core(|core, now| core.route(&envelope, Source::Peer(peer), SealState::Unverified, now));
@@ -176,16 +154,18 @@ async fn ingress(
                 if let Ok(route) = route {
                     shared
                         .router
-                        .deliver(&envelope, &marking, &route.deliver, &mut records);
+                        .deliver(&envelope, &route.marking, &route.deliver, &mut records);
                     delivered_any = true;
-                    unsealed.insert(envelope, marking);
+                    unsealed.insert(envelope, route.marking);
                 }
             }
             Frame::Forward(envelope) => {
-                let marking = markings.of(shared.policy.scheme(), &envelope.label);
-                let (duplicate, _) = shared
-                    .router
-                    .core(|core, _| core.is_duplicate(envelope.origin, envelope.id));
+                let ((duplicate, marking), _) = shared.router.core(|core, _| {
+                    (
+                        core.is_duplicate(envelope.origin, envelope.id),
+                        core.marking(envelope.origin, &envelope.label),
+                    )
+                });
                 if duplicate {
                     // The common case with two paths: skip the seal check.
                     records.push(
@@ -246,6 +226,7 @@ async fn ingress(
                 Ok(Route {
                     deliver: Vec::new(),
                     forward: core.relay(&envelope, peer, now),
+                    marking: marking.clone(),
                 })
             } else {
                 core.route(&envelope, Source::Peer(peer), SealState::Verified, now)
@@ -309,7 +290,7 @@ fn verify(
 
 /// Sends verified envelopes on to this node's children, with their seals
 /// (each is sealed already), waiting for room like any forward.
-async fn relay(shared: &Shared, relays: Vec<(Envelope, String, Vec<Nation>)>, records: &mut Vec<Record>) {
+async fn relay(shared: &Shared, relays: Vec<(Envelope, Arc<str>, Vec<Nation>)>, records: &mut Vec<Record>) {
     for (envelope, marking, forward) in relays {
         let frame = match wire::encode_forward(&envelope) {
             Ok(encoded) => Bytes::from(encoded),

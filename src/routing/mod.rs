@@ -141,6 +141,9 @@ pub struct Route {
     pub deliver: Vec<SessionId>,
     /// Peers to send it to: this node's children in its delivery tree.
     pub forward: Vec<Nation>,
+    /// Its label's canonical marking, as deliveries and audit records
+    /// print it (worked out once, for the route).
+    pub marking: Arc<str>,
 }
 
 /// An envelope the core refused; the audit record is already queued.
@@ -868,7 +871,11 @@ impl Routing {
             }
             (Source::Local, _) => self.children(envelope, eligible, &marking, None, now_us),
         };
-        Ok(Route { deliver, forward })
+        Ok(Route {
+            deliver,
+            forward,
+            marking,
+        })
     }
 
     /// The peers to pass on an envelope that came unverified from `from`
