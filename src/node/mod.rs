@@ -274,9 +274,15 @@ impl Shared {
                         }
                     };
                     for target in self.router.targets(&to) {
-                        // A link that fails here is going down; its peer
-                        // hears the news when it comes back.
-                        let _ = outbound::send_or_cut(self, &target, frame.clone()).await;
+                        // Offered, never awaited: the ticker and every link
+                        // reader carry announcements out, so waiting on one
+                        // peer's full queue would stall them for everyone.
+                        // A link that full is being cut for stalling (its
+                        // peer gets everything again when it returns), or
+                        // the 30 s refresh repairs what it missed.
+                        if target.queue.offer(frame.clone()).is_err() {
+                            warn!(to = %target.nation, "link queue full: an announcement was not sent");
+                        }
                     }
                 }
             }
