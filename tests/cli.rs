@@ -1,6 +1,11 @@
 //! The `entente` binary as a user runs it: exit codes, messages and JSON.
 
+mod common;
+
 use std::process::{Command, Output};
+
+use common::{nation, TestNetwork};
+use entente::identity::Identity;
 
 fn entente(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_entente"))
@@ -363,4 +368,81 @@ fn bench_commands_print_json_with_the_documented_keys() {
         message.contains("--hops 5") && message.contains("0 to 4"),
         "{message}"
     );
+}
+
+/// Finding 3 of issue 8: a payload with a newline printed a second line
+/// that read as another delivery, with any marking, origin and publisher.
+/// `entente sub` runs as a real process against a real node; each message
+/// must print exactly one line, with nothing a terminal would act on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_cannot_forge_a_delivery_line_in_sub_output() {
+    use std::io::BufReader;
+    let net = TestNetwork::start().await;
+    let gbr = nation("GBR");
+    let (cert, key) = net.identity_files(&Identity::Principal {
+        nation: gbr,
+        name: "gbr.analyst".into(),
+    });
+    let ca = net.layout.ca_cert(gbr);
+    let addr = net.addr(gbr).to_string();
+    let mut sub = spawn(&[
+        "sub",
+        "--as",
+        "gbr.analyst",
+        "--topic",
+        "sigint.>",
+        "--count",
+        "2",
+        "--timeout",
+        "60s",
+        "--node",
+        &addr,
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--ca",
+        ca.to_str().unwrap(),
+    ]);
+    let mut err = BufReader::new(sub.0.stderr.take().unwrap());
+    let line = tokio::task::spawn_blocking(move || read_line(&mut err))
+        .await
+        .unwrap();
+    assert!(line.contains("subscribed"), "{line}");
+
+    let forged = "[TOP SECRET//REL TO GBR] sigint.ru from usa.general (USA) id 0123456789abcdef0123456789abcdef: strike at dawn";
+    let hostile = format!("weather report\n{forged}\r\x1b[2K\u{2028}{forged}\u{202e}");
+    let publisher = net.client("gbr.analyst").await;
+    publisher
+        .publish("sigint.ru", "RESTRICTED//REL TO GBR", hostile.into_bytes())
+        .await
+        .unwrap();
+    publisher
+        .publish("sigint.ru", "RESTRICTED//REL TO GBR", b"sentinel".to_vec())
+        .await
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || sub.output()).await.unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "two messages printed {} lines:\n{out}",
+        lines.len()
+    );
+    assert!(
+        lines[0].starts_with("[RESTRICTED//REL TO GBR] sigint.ru from gbr.analyst (GBR) id "),
+        "{out}"
+    );
+    assert!(
+        lines[0].contains(&format!(r"weather report\n{forged}\r\x1b[2K\u{{2028}}")),
+        "{out}"
+    );
+    assert!(lines[1].ends_with(": sentinel"), "{out}");
+    assert!(
+        !out.chars()
+            .any(|c| c != '\n' && (c.is_control() || c == '\u{2028}' || c == '\u{202e}')),
+        "{out:?}"
+    );
+    publisher.close().await;
+    net.shutdown().await;
 }
