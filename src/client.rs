@@ -54,7 +54,7 @@ pub enum ClientError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     /// The QUIC/TLS connection to the node could not be made.
-    #[error("cannot connect to {nation}'s node at {addr} (a principal connects only to its own nation's node): {cause}")]
+    #[error("cannot connect to {nation}'s node at {addr} (a principal connects only to its own nation's node): {}", escape_text(.cause))]
     Connect {
         /// The nation whose node was dialed.
         nation: Nation,
@@ -64,10 +64,10 @@ pub enum ClientError {
         cause: String,
     },
     /// The node closed the connection; the reason it gave.
-    #[error("the node closed the connection: {0}")]
+    #[error("the node closed the connection: {}", escape_text(.0))]
     Closed(String),
     /// The node refused a request.
-    #[error("refused ({code}): {message}")]
+    #[error("refused ({}): {}", escape_text(.code), escape_text(.message))]
     Refused {
         /// The node's stable reason code.
         code: String,
@@ -76,7 +76,7 @@ pub enum ClientError {
     },
     /// The node sent something unexpected, or a frame could not be encoded or
     /// decoded.
-    #[error("protocol error: {0}")]
+    #[error("protocol error: {}", escape_text(.0))]
     Protocol(String),
     /// The payload is larger than [`wire::MAX_PAYLOAD`]; its size in bytes.
     #[error("the payload is {0} bytes; the limit is {max} bytes (1 MiB)", max = wire::MAX_PAYLOAD)]
@@ -497,9 +497,87 @@ pub fn delivery_json(delivery: &Delivery) -> serde_json::Value {
     value
 }
 
+/// Whether printing `c` as it is could end a line, move the cursor, or
+/// reorder or hide the text around it. Bidi overrides and isolates can make
+/// a line read as something else; tags and zero-width characters hide text.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}'
+                | '\u{2029}'
+                | '\u{061c}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{e0000}'..='\u{e007f}'
+        )
+}
+
+fn push_escaped(out: &mut String, text: &str) {
+    use std::fmt::Write;
+    for c in text.chars() {
+        // `fmt::Write` into a String cannot fail.
+        let _ = match c {
+            '\\' => out.write_str("\\\\"),
+            '\n' => out.write_str("\\n"),
+            '\r' => out.write_str("\\r"),
+            '\t' => out.write_str("\\t"),
+            c if c.is_ascii_control() => write!(out, "\\x{:02x}", u32::from(c)),
+            c if needs_escape(c) => write!(out, "\\u{{{:x}}}", u32::from(c)),
+            c => out.write_char(c),
+        };
+    }
+}
+
+/// Bytes from the network as text that is safe to print on a terminal and
+/// cannot pass for more than one line: `\` becomes `\\`; newline, carriage
+/// return and tab become `\n`, `\r`, `\t`; other ASCII controls (ESC, DEL,
+/// …) `\x1b`; C1 controls, line and paragraph separators, bidi controls and
+/// invisible characters `\u{202e}`; and bytes that are not UTF-8 `\xff`
+/// (always 80 to ff, which no ASCII control is). Every other character is
+/// printed as it is. Distinct inputs give distinct outputs, so an escaped
+/// sequence cannot be forged by sending its text.
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        push_escaped(&mut out, chunk.valid());
+        for byte in chunk.invalid() {
+            let _ = write!(out, "\\x{byte:02x}");
+        }
+    }
+    out
+}
+
+/// Text from the network, escaped as [`escape_bytes`] does.
+pub fn escape_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    push_escaped(&mut out, text);
+    out
+}
+
+/// A delivery as one line of text (without the newline), every field from
+/// the network escaped, so no message can print a line that looks like
+/// another: `[marking] topic from publisher (origin) id ID: payload`.
+pub fn delivery_line(delivery: &Delivery) -> String {
+    format!(
+        "[{}] {} from {} ({}) id {}: {}",
+        escape_text(&delivery.marking),
+        escape_text(&delivery.topic),
+        escape_text(&delivery.publisher),
+        escape_text(delivery.origin.as_str()),
+        delivery.id,
+        escape_bytes(&delivery.payload)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn delivery(payload: &[u8]) -> Delivery {
         Delivery {
@@ -524,5 +602,146 @@ mod tests {
         let binary = delivery_json(&delivery(&[0xff, 0x00, 0xfe]));
         assert_eq!(binary["payload_b64"], "/wD+");
         assert!(binary.get("payload").is_none());
+    }
+
+    /// The inverse of `escape_bytes`: if it recovers every input, no two
+    /// inputs can print the same.
+    fn unescape(text: &str) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut chars = text.chars();
+        let push = |out: &mut Vec<u8>, c: char| out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                push(&mut out, c);
+                continue;
+            }
+            match chars.next()? {
+                '\\' => out.push(b'\\'),
+                'n' => out.push(b'\n'),
+                'r' => out.push(b'\r'),
+                't' => out.push(b'\t'),
+                'x' => {
+                    let hex: String = chars.by_ref().take(2).collect();
+                    out.push(u8::from_str_radix(&hex, 16).ok()?);
+                }
+                'u' => {
+                    if chars.next()? != '{' {
+                        return None;
+                    }
+                    let hex: String = chars.by_ref().take_while(|&c| c != '}').collect();
+                    push(&mut out, char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                }
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+
+    /// What must never reach a terminal raw, listed here rather than taken
+    /// from the code under test.
+    fn dangerous(c: char) -> bool {
+        c.is_control()
+            || [
+                '\u{2028}', '\u{2029}', '\u{061c}', '\u{200e}', '\u{200f}', '\u{202a}', '\u{202b}',
+                '\u{202c}', '\u{202d}', '\u{202e}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
+                '\u{feff}', '\u{200b}',
+            ]
+            .contains(&c)
+    }
+
+    /// Byte strings rich in what attackers send: raw bytes, any character,
+    /// and fragments of escapes and terminal sequences.
+    fn hostile_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            any::<u8>().prop_map(|b| vec![b]),
+            any::<char>().prop_map(|c| c.to_string().into_bytes()),
+            proptest::sample::select(vec![
+                "\\",
+                "\\n",
+                "\n",
+                "\r\n",
+                "\u{202e}",
+                "\u{2028}",
+                "\x1b[2K",
+                "\\x1b",
+                "\\u{202e}",
+                "\u{85}",
+                "\u{9b}",
+                "\x7f",
+                "x",
+                "u{",
+                "}",
+                "[TOP SECRET] ",
+            ])
+            .prop_map(|s| s.as_bytes().to_vec()),
+        ];
+        proptest::collection::vec(piece, 0..24).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn escaped_output_has_no_control_characters_and_loses_nothing(bytes in hostile_bytes()) {
+            let escaped = escape_bytes(&bytes);
+            prop_assert!(!escaped.chars().any(dangerous), "{escaped:?}");
+            prop_assert!(!escaped.contains('\n') && !escaped.contains('\r'));
+            prop_assert_eq!(unescape(&escaped), Some(bytes.clone()));
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                prop_assert_eq!(escape_text(text), escaped);
+            }
+        }
+
+        #[test]
+        fn distinct_inputs_print_distinctly(a in hostile_bytes(), b in hostile_bytes()) {
+            prop_assume!(a != b);
+            prop_assert_ne!(escape_bytes(&a), escape_bytes(&b));
+        }
+    }
+
+    #[test]
+    fn escapes_are_the_conventional_ones() {
+        assert_eq!(
+            escape_bytes(b"a\\b\nc\rd\te\x1b[2Kf\x7f\xff"),
+            r"a\\b\nc\rd\te\x1b[2Kf\x7f\xff"
+        );
+        assert_eq!(
+            escape_text("\u{202e}evil\u{2028}\u{85}é"),
+            r"\u{202e}evil\u{2028}\u{85}é"
+        );
+        assert_eq!(
+            escape_text("plain text, SECRET//REL TO FRA"),
+            "plain text, SECRET//REL TO FRA"
+        );
+    }
+
+    #[test]
+    fn a_hostile_delivery_prints_as_one_line() {
+        let fake = "\n[TOP SECRET//REL TO GBR] orders from usa.general (USA) id 00: strike";
+        let mut hostile = delivery(format!("hello{fake}").as_bytes());
+        hostile.publisher = format!("fra.analyst{fake}");
+        hostile.topic = "sigint.ru\r\u{202e}".into();
+        hostile.marking = "SECRET\x1b[1A".into();
+        let line = delivery_line(&hostile);
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(!line.chars().any(dangerous), "{line:?}");
+        assert!(
+            line.ends_with(r"hello\n[TOP SECRET//REL TO GBR] orders from usa.general (USA) id 00: strike"),
+            "{line}"
+        );
+        assert!(
+            line.starts_with(r"[SECRET\x1b[1A] sigint.ru\r\u{202e} from fra.analyst\n[TOP"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn errors_that_quote_the_node_are_escaped() {
+        let closed = ClientError::Closed("bye\nerror: forged".into()).to_string();
+        assert_eq!(closed, r"the node closed the connection: bye\nerror: forged");
+        let refused = ClientError::Refused {
+            code: "x\x1b]0;t\x07".into(),
+            message: "m\u{2028}".into(),
+        }
+        .to_string();
+        assert!(!refused.chars().any(dangerous), "{refused:?}");
     }
 }

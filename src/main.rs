@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
 use entente::bench;
-use entente::client::{delivery_json, Client, ClientOptions, Overrides};
+use entente::client::{delivery_json, delivery_line, escape_text, Client, ClientOptions, Overrides};
 use entente::config::{load_network, DEFAULT_NETWORK_FILE};
 use entente::label::Nation;
 use entente::node::{self, NodeConfig};
@@ -107,7 +107,9 @@ enum Command {
         #[arg(long, value_parser = parse_duration)]
         timeout: Option<Duration>,
         /// One JSON object per line: id, origin, publisher, topic, marking,
-        /// and payload (or payload_b64 when it is not UTF-8).
+        /// and payload (or payload_b64 when it is not UTF-8). Without it,
+        /// one line per message, with control characters escaped (\n,
+        /// \x1b, \u{202e}, and \\ for a backslash).
         #[arg(long)]
         json: bool,
     },
@@ -334,9 +336,10 @@ async fn subscribe(
     let client = connect.connect().await?;
     client.subscribe(&pattern).await.context("subscribe failed")?;
     // On stderr even with --json, so scripts know when publishing is safe.
+    // The principal's name is the node's word for it, so it is escaped.
     eprintln!(
         "subscribed to {pattern} as {} ({})",
-        client.principal(),
+        escape_text(client.principal()),
         client.nation()
     );
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
@@ -365,16 +368,7 @@ async fn subscribe(
         if json {
             writeln!(stdout, "{}", delivery_json(&delivery))?;
         } else {
-            writeln!(
-                stdout,
-                "[{}] {} from {} ({}) id {}: {}",
-                delivery.marking,
-                delivery.topic,
-                delivery.publisher,
-                delivery.origin,
-                delivery.id,
-                String::from_utf8_lossy(&delivery.payload)
-            )?;
+            writeln!(stdout, "{}", delivery_line(&delivery))?;
         }
         stdout.flush()?;
     };

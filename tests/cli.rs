@@ -1,6 +1,16 @@
 //! The `entente` binary as a user runs it: exit codes, messages and JSON.
 
+mod common;
+
 use std::process::{Command, Output};
+
+use common::{nation, RawConnection, TestNetwork};
+use entente::audit::now_us;
+use entente::envelope::{MessageId, Signer, Unsigned};
+use entente::identity::Identity;
+use entente::pki;
+use entente::topic::Topic;
+use entente::wire::Frame;
 
 fn entente(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_entente"))
@@ -96,7 +106,10 @@ fn certs_init_writes_the_pki_once() {
         .success());
 }
 
-/// Two free UDP ports on loopback (held together so they differ).
+/// Two free UDP ports on loopback (held together so they differ). They
+/// are free only until released, and tests run in parallel: whoever binds
+/// them must retry with new ones when they have been taken meanwhile
+/// (`start_up`).
 fn free_ports() -> (u16, u16) {
     let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -140,18 +153,22 @@ fn read_line(stream: &mut impl std::io::BufRead) -> String {
     line
 }
 
-/// The README's walk-through, with real processes: `up`, then `sub` and
-/// `pub` from other processes, then Ctrl-C.
-#[test]
-fn up_sub_and_pub_as_a_user_would() {
-    use std::io::BufReader;
-    let dir = tempfile::tempdir().unwrap();
-    let (gbr_port, fra_port) = free_ports();
-    let network = dir.path().join("network.toml");
-    std::fs::write(
-        &network,
-        format!(
-            r#"
+/// `entente up` for a GBR–FRA network written to `network`, on ports free
+/// when it starts: when another test took one of them between `free_ports`
+/// and the bind, it starts again with new ones. Returns the process, its
+/// stdout after the "running" line, and GBR's port.
+fn start_up(
+    network: &std::path::Path,
+    certs: &std::path::Path,
+    data: &std::path::Path,
+) -> (KillOnDrop, std::io::BufReader<std::process::ChildStdout>, u16) {
+    let mut failures = Vec::new();
+    for _ in 0..10 {
+        let (gbr_port, fra_port) = free_ports();
+        std::fs::write(
+            network,
+            format!(
+                r#"
 [nations.GBR]
 address = "127.0.0.1:{gbr_port}"
 peers = ["FRA"]
@@ -177,24 +194,42 @@ nation = "FRA"
 clearance = "SECRET"
 subscribe = [">"]
 "#
-        ),
-    )
-    .unwrap();
-    let network = network.to_str().unwrap();
+            ),
+        )
+        .unwrap();
+        let mut up = spawn(&[
+            "up",
+            "--network",
+            network.to_str().unwrap(),
+            "--certs",
+            certs.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ]);
+        let mut up_out = std::io::BufReader::new(up.0.stdout.take().unwrap());
+        if read_line(&mut up_out).contains("running") {
+            return (up, up_out, gbr_port);
+        }
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut up.0.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(stderr.contains("in use"), "entente up failed: {stderr}");
+        failures.push(stderr);
+    }
+    panic!("no free ports after 10 tries: {failures:#?}");
+}
+
+/// The README's walk-through, with real processes: `up`, then `sub` and
+/// `pub` from other processes, then Ctrl-C.
+#[test]
+fn up_sub_and_pub_as_a_user_would() {
+    use std::io::BufReader;
+    let dir = tempfile::tempdir().unwrap();
+    let network = dir.path().join("network.toml");
     let certs = dir.path().join("certs");
-    let certs = certs.to_str().unwrap();
     let data = dir.path().join("data");
-    let mut up = spawn(&[
-        "up",
-        "--network",
-        network,
-        "--certs",
-        certs,
-        "--data",
-        data.to_str().unwrap(),
-    ]);
-    let mut up_out = BufReader::new(up.0.stdout.take().unwrap());
-    assert!(read_line(&mut up_out).contains("running"));
+    let (mut up, mut up_out, gbr_port) = start_up(&network, &certs, &data);
+    let network = network.to_str().unwrap();
+    let certs = certs.to_str().unwrap();
     let listed: Vec<String> = (0..2).map(|_| read_line(&mut up_out)).collect();
     assert!(
         listed
@@ -335,15 +370,21 @@ fn bench_commands_print_json_with_the_documented_keys() {
     for key in ["msgs_per_s", "mib_per_s"] {
         assert!(report[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {report}");
     }
+    // Checked against what must hold, not the bench's own formula: every
+    // acknowledged message reached both subscribers, once.
     let sent = report["sent"].as_u64().unwrap();
-    let received = report["received"].as_u64().unwrap();
-    assert!(sent > 0);
-    assert_eq!(
-        report["lost"].as_u64().unwrap(),
-        2 * sent - received.min(2 * sent)
-    );
+    assert!(sent > 0, "{report}");
+    assert_eq!(report["received"].as_u64().unwrap(), 2 * sent, "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["subscribers"], 2, "{report}");
+    assert_eq!(report["hops"], 1, "{report}");
 
-    let memory = entente(&["bench", "memory", "--peers", "2", "--sessions", "5", "--json"]);
+    // Each idle session costs a node tens of KiB (about 45 KiB when this was
+    // written), so 40 of them grow it by far more than allocator noise; a
+    // measurement that read the wrong figure, the wrong process or the
+    // wrong unit, or read before the sessions were up, falls outside these
+    // (wide) bounds.
+    let memory = entente(&["bench", "memory", "--peers", "2", "--sessions", "40", "--json"]);
     assert!(
         memory.status.success(),
         "{}",
@@ -351,9 +392,21 @@ fn bench_commands_print_json_with_the_documented_keys() {
     );
     let report: serde_json::Value = serde_json::from_slice(&memory.stdout).expect("one JSON object");
     let idle = report["idle_node_kib"].as_u64().unwrap();
-    assert!(idle > 0, "{report}");
-    assert!(report["with_sessions_kib"].as_u64().unwrap() > 0, "{report}");
-    assert_eq!(report["sessions"], 5);
+    let with_sessions = report["with_sessions_kib"].as_u64().unwrap();
+    assert!(
+        (2 * 1024..512 * 1024).contains(&idle),
+        "an idle node is a few MiB resident, not {idle} KiB: {report}"
+    );
+    assert!(
+        with_sessions > idle + 40 * 4,
+        "40 sessions must cost the node more than 4 KiB each: {report}"
+    );
+    let per_session = report["per_session_kib"].as_f64().unwrap();
+    assert!(
+        (4.0..1024.0).contains(&per_session),
+        "{per_session} KiB per session: {report}"
+    );
+    assert_eq!(report["sessions"], 40);
     assert_eq!(report["peers"], 2);
 
     let too_far = entente(&["bench", "latency", "--hops", "5"]);
@@ -363,4 +416,139 @@ fn bench_commands_print_json_with_the_documented_keys() {
         message.contains("--hops 5") && message.contains("0 to 4"),
         "{message}"
     );
+}
+
+/// Finding 3 of issue 8: a payload with a newline printed a second line
+/// that read as another delivery, with any marking, origin and publisher.
+/// `entente sub` runs as a real process against a real node; each message
+/// must print exactly one line, with nothing a terminal would act on.
+/// `entente sub` as a separate process, connected to `net`'s GBR node as
+/// gbr.analyst, once it has said it is subscribed.
+async fn sub_process(net: &TestNetwork, count: &str) -> KillOnDrop {
+    use std::io::BufReader;
+    let gbr = nation("GBR");
+    let (cert, key) = net.identity_files(&Identity::Principal {
+        nation: gbr,
+        name: "gbr.analyst".into(),
+    });
+    let ca = net.layout.ca_cert(gbr);
+    let addr = net.addr(gbr).to_string();
+    let mut sub = spawn(&[
+        "sub",
+        "--as",
+        "gbr.analyst",
+        "--topic",
+        "sigint.>",
+        "--count",
+        count,
+        "--timeout",
+        "60s",
+        "--node",
+        &addr,
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--ca",
+        ca.to_str().unwrap(),
+    ]);
+    let mut err = BufReader::new(sub.0.stderr.take().unwrap());
+    let line = tokio::task::spawn_blocking(move || read_line(&mut err))
+        .await
+        .unwrap();
+    assert!(line.contains("subscribed"), "{line}");
+    sub
+}
+
+/// What a terminal would act on, other than the newline ending each line.
+fn has_terminal_controls(out: &str) -> bool {
+    out.chars()
+        .any(|c| c != '\n' && (c.is_control() || c == '\u{2028}' || c == '\u{202e}'))
+}
+
+const FORGED: &str = "[TOP SECRET//REL TO GBR] sigint.ru from usa.general (USA) id 0123456789abcdef0123456789abcdef: strike at dawn";
+
+/// Finding 3 of issue 8: a payload with a newline printed a second line
+/// that read as another delivery, with any marking, origin and publisher.
+/// `entente sub` runs as a real process against a real node; each message
+/// must print exactly one line, with nothing a terminal would act on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_cannot_forge_a_delivery_line_in_sub_output() {
+    let net = TestNetwork::start().await;
+    let sub = sub_process(&net, "2").await;
+    let hostile = format!("weather report\n{FORGED}\r\x1b[2K\u{2028}{FORGED}\u{202e}");
+    let publisher = net.client("gbr.analyst").await;
+    publisher
+        .publish("sigint.ru", "RESTRICTED//REL TO GBR", hostile.into_bytes())
+        .await
+        .unwrap();
+    publisher
+        .publish("sigint.ru", "RESTRICTED//REL TO GBR", b"sentinel".to_vec())
+        .await
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || sub.output()).await.unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "two messages printed {} lines:\n{out}",
+        lines.len()
+    );
+    assert!(
+        lines[0].starts_with("[RESTRICTED//REL TO GBR] sigint.ru from gbr.analyst (GBR) id "),
+        "{out}"
+    );
+    assert!(
+        lines[0].contains(&format!(r"weather report\n{FORGED}\r\x1b[2K\u{{2028}}")),
+        "{out}"
+    );
+    assert!(lines[1].ends_with(": sentinel"), "{out}");
+    assert!(!has_terminal_controls(&out), "{out:?}");
+    publisher.close().await;
+    net.shutdown().await;
+}
+
+/// The same forgery from a hostile member: FRA's node, played with its
+/// genuine certificate and key, sends a validly sealed envelope whose
+/// payload carries a fake delivery line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_peer_cannot_forge_a_delivery_line_in_sub_output() {
+    let net = TestNetwork::start().await;
+    let sub = sub_process(&net, "2").await;
+    let fra = nation("FRA");
+    let (_, key_path) = net.identity_files(&Identity::Node(fra));
+    let signer = Signer::from_pkcs8(pki::read_key(&key_path).unwrap().secret_der()).unwrap();
+    let mut peer = RawConnection::open(&net, &Identity::Node(fra), nation("GBR"))
+        .await
+        .unwrap();
+    peer.hello().await;
+    let scheme = net.policy.scheme();
+    let seal = |n: u8, payload: &[u8]| {
+        signer.seal(Unsigned {
+            id: MessageId([n; 16]),
+            origin: fra,
+            publisher: "fra.analyst".into(),
+            topic: Topic::new("sigint.ru").unwrap(),
+            label: scheme.parse("SECRET//REL TO FRA, GBR").unwrap(),
+            created_us: now_us(),
+            payload: payload.to_vec(),
+        })
+    };
+    let hostile = format!("all quiet\n{FORGED}");
+    peer.send_frame(&Frame::Forward(seal(0xf1, hostile.as_bytes())))
+        .await;
+    peer.send_frame(&Frame::Forward(seal(0xf2, b"sentinel"))).await;
+    let out = tokio::task::spawn_blocking(move || sub.output()).await.unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "two messages printed {} lines:\n{out}",
+        lines.len()
+    );
+    assert!(lines[0].contains(" (FRA) id "), "{out}");
+    assert!(lines[0].ends_with(&format!(r"all quiet\n{FORGED}")), "{out}");
+    assert!(lines[1].ends_with(": sentinel"), "{out}");
+    assert!(!has_terminal_controls(&out), "{out:?}");
+    net.shutdown().await;
 }

@@ -34,8 +34,9 @@ pub(super) async fn accept(shared: Arc<Shared>, incoming: quinn::Incoming) {
             warn!(%remote, cause = %err, "handshake failed");
             shared
                 .audit(
+                    // The address without its port, so a flood from one host is one source.
                     Record::new(Event::Refuse, Verdict::Deny, Reason::HandshakeFailed.code())
-                        .subject(remote)
+                        .subject(remote.ip())
                         .detail(err),
                 )
                 .await;
