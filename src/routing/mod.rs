@@ -822,9 +822,6 @@ impl Routing {
                 let _ = self.seen.take(origin, envelope.id, envelope.created_us, now_us);
             }
             Source::Peer(from) => {
-                if let Some((reason, detail)) = self.malformed(envelope) {
-                    return Err(self.refuse(envelope, &marking, from, reason.code(), detail, now_us));
-                }
                 if self.nations.index(origin).is_none() {
                     return Err(self.refuse(
                         envelope,
@@ -834,6 +831,9 @@ impl Routing {
                         format!("{from} sent a message from {origin}, which is not a nation of the network"),
                         now_us,
                     ));
+                }
+                if let Some((reason, detail)) = self.malformed(envelope) {
+                    return Err(self.refuse(envelope, &marking, from, reason.code(), detail, now_us));
                 }
                 if seal == SealState::Unverified && origin != from {
                     return Err(self.refuse(

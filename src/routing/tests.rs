@@ -786,6 +786,18 @@ fn what_an_origin_may_not_sign_is_refused_at_ingress() {
             );
         }
     }
+    // An origin outside the network is that, whatever else is wrong.
+    let mut stranger = good.clone();
+    stranger.origin = nation("ZZZ");
+    stranger.label.level = crate::label::Level(200);
+    let refused = node.route(&stranger, Source::Peer(nation("EST")), SealState::Verified, now);
+    assert_eq!(
+        refused,
+        Err(Refused {
+            reason: "unknown-origin"
+        })
+    );
+    while node.poll().is_some() {}
     // None of it burned the id: the genuine envelope still goes through.
     let route = node
         .route(&good, Source::Peer(nation("EST")), SealState::Unverified, now)
