@@ -832,3 +832,71 @@ fn one_origin_cannot_make_anothers_message_a_duplicate() {
     assert!(outcome.refusals.is_empty(), "{:?}", outcome.refusals);
     assert_eq!(outcome.deliveries.len(), 1);
 }
+
+/// Names a hostile label or publisher may carry: known ones, and ones
+/// wrong by case, joining, padding, control characters or nonsense.
+fn hostile_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        proptest::sample::select(vec![
+            "GBR",
+            "EST",
+            "LVA",
+            "EVERYONE",
+            "est",
+            "Everyone",
+            "EST, LVA",
+            " LVA",
+            "LVA\n",
+            "USA",
+            "ZZZ",
+            "",
+            "est.analyst",
+            "lva.analyst",
+            "gbr.analyst",
+        ])
+        .prop_map(str::to_owned),
+        "[A-Za-z., \\n]{0,10}",
+    ]
+}
+
+proptest! {
+    // Each case builds a mesh of six cores, with keys.
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever a peer puts in the label and publisher of an envelope it
+    /// signs, the core refuses it for the first rule it breaks, never
+    /// panics, and takes it only if it is canonical and attributed to a
+    /// principal of its origin.
+    #[test]
+    fn a_peers_label_and_publisher_are_checked_against_the_network(
+        level in 0u8..8,
+        compartments in proptest::collection::btree_set(hostile_name(), 0..3),
+        rel_to in proptest::collection::btree_set(hostile_name(), 0..3),
+        publisher in hostile_name(),
+    ) {
+        let policy = chain_policy();
+        let mut mesh = Mesh::new(policy.clone(), &BTreeSet::new());
+        let mut envelope = mesh.envelope(
+            nation("EST"),
+            Label { level: crate::label::Level(level), compartments, rel_to },
+            &Topic::new("a.b").unwrap(),
+        );
+        envelope.publisher = publisher.clone();
+        let scheme = policy.scheme();
+        let canonical = scheme.parse(&scheme.format(&envelope.label)).as_ref() == Ok(&envelope.label);
+        let attributed = policy.principal(&publisher).is_some_and(|p| p.nation == nation("EST"));
+        let now = mesh.now;
+        let node = mesh.nodes.get_mut(&nation("LVA")).unwrap();
+        let result = node.route(&envelope, Source::Peer(nation("EST")), SealState::Unverified, now);
+        match result {
+            Err(Refused { reason: "malformed-label" }) => prop_assert!(!canonical),
+            Err(Refused { reason: "unknown-publisher" }) => prop_assert!(canonical && !attributed),
+            Err(Refused { reason }) => {
+                // Well-formed, but the policy keeps it from LVA.
+                prop_assert!(canonical && attributed, "{}", reason);
+                prop_assert!(reason == "not-releasable" || reason == "above-ceiling", "{}", reason);
+            }
+            Ok(_) => prop_assert!(canonical && attributed),
+        }
+    }
+}
