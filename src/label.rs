@@ -449,8 +449,9 @@ pub fn quoted(text: &str) -> String {
 impl MarkingScheme {
     /// Whether a label is canonical under this scheme: its level is in
     /// range and every compartment and `REL TO` entry is one known name
-    /// in upper case. Exactly the labels for which
-    /// `parse(format(label)) == label`, so the marking printed for a
+    /// in upper case. For a scheme from a valid network file (upper-case
+    /// names, none of them reserved words) these are exactly the labels
+    /// for which `parse(format(label)) == label`, so the marking printed for a
     /// canonical label says what is enforced (a property test holds the
     /// two definitions together). Cheap: a lookup per name, and it stops
     /// at the first bad one, so a huge hostile label costs little.

@@ -913,10 +913,11 @@ impl Routing {
         })
     }
 
-    /// What is wrong with the parts of a peer's envelope that its seal
-    /// cannot vouch for: the origin node signs whatever it likes, so its
-    /// payload size, label and publisher are checked against the network
-    /// here, whether it came straight from its origin or through a relay.
+    /// What is wrong with the parts of a peer's envelope that only the
+    /// network file can vouch for: a seal proves that the origin sent
+    /// them, but a hostile origin signs whatever it likes, so payload
+    /// size, label and publisher are checked here, whether the envelope
+    /// came straight from its origin or through a relay.
     fn malformed(&mut self, envelope: &Envelope) -> Option<(Reason, String)> {
         let origin = envelope.origin;
         if envelope.payload.len() > wire::MAX_PAYLOAD {
