@@ -203,6 +203,19 @@ fn list<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
         .join(", ")
 }
 
+/// Words the marking grammar gives a meaning of its own: a block that
+/// starts with the word `REL` is read as `REL TO ...`, so a compartment
+/// named `REL` could never be parsed, and names that read as part of the
+/// grammar make markings ambiguous to people.
+pub const RESERVED_WORDS: [&str; 2] = ["REL", "TO"];
+
+/// The reserved word `name` is, in any case.
+fn reserved(name: &str) -> Option<&'static str> {
+    RESERVED_WORDS
+        .into_iter()
+        .find(|word| word.eq_ignore_ascii_case(name))
+}
+
 fn is_identifier(text: &str) -> bool {
     !text.is_empty()
         && text
@@ -251,6 +264,13 @@ impl NetworkFile {
 
         let mut compartments = BTreeSet::new();
         for name in &self.classification.compartments {
+            if let Some(word) = reserved(name) {
+                return Err(check.invalid(
+                    format!("classification.compartments `{name}`"),
+                    format!("`{word}` is a reserved word of the marking grammar (`REL TO`)"),
+                    "rename the compartment",
+                ));
+            }
             if !is_identifier(name) {
                 return Err(check.invalid(
                     format!("classification.compartments `{name}`"),
@@ -270,6 +290,13 @@ impl NetworkFile {
         let mut communities = BTreeMap::new();
         for (name, members) in &self.communities {
             let item = format!("communities.{name}");
+            if let Some(word) = reserved(name) {
+                return Err(check.invalid(
+                    &item,
+                    format!("`{word}` is a reserved word of the marking grammar (`REL TO`)"),
+                    "rename the community",
+                ));
+            }
             if !is_identifier(name) || name.len() == 3 {
                 return Err(check.invalid(
                     &item,
@@ -655,6 +682,41 @@ subscribe = [">"]
         assert!(err.contains("nations.FRA.address"), "{err}");
         let err = error_for(&MINIMAL.replace("publish = [\">\"]", "publish = [\"a.>.b\"]"));
         assert!(err.contains("gbr.analyst") && err.contains("publish"), "{err}");
+    }
+
+    #[test]
+    fn reserved_words_are_refused_as_compartments_and_communities() {
+        for word in ["REL", "TO", "rel", "To"] {
+            let err = error_for(&MINIMAL.replace("[\"SIGINT\"]", &format!("[\"SIGINT\", \"{word}\"]")));
+            let upper = word.to_ascii_uppercase();
+            assert!(
+                err.contains(&format!("classification.compartments `{word}`"))
+                    && err.contains(&format!("`{upper}` is a reserved word")),
+                "{err}"
+            );
+            let err = error_for(&MINIMAL.replace("WEST = ", &format!("{word} = ")));
+            assert!(
+                err.contains(&format!("communities.{word}"))
+                    && err.contains(&format!("`{upper}` is a reserved word")),
+                "{err}"
+            );
+        }
+        // Names that only contain a reserved word are fine, and every
+        // compartment and community a valid file declares can be written
+        // in a marking and parsed back.
+        let text = MINIMAL
+            .replace("[\"SIGINT\"]", "[\"SIGINT\", \"RELAY\", \"TOTEM\", \"REL-TO\"]")
+            .replace("WEST = ", "TOWER = ");
+        let policy = parse_network(&text, Path::new("net.toml")).unwrap();
+        let scheme = policy.scheme();
+        for compartment in scheme.compartments() {
+            let label = scheme.parse(&format!("SECRET//{compartment}")).unwrap();
+            assert_eq!(scheme.format(&label), format!("SECRET//{compartment}"));
+        }
+        for community in scheme.communities().keys() {
+            let marking = format!("SECRET//REL TO {community}");
+            assert_eq!(scheme.format(&scheme.parse(&marking).unwrap()), marking);
+        }
     }
 
     #[test]

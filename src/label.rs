@@ -404,6 +404,82 @@ impl MarkingScheme {
     }
 }
 
+/// Why a label from outside is not in canonical form under a scheme: it
+/// would print as a marking that says something other than what every
+/// hop enforces. Each message names the offending part, escaped and cut
+/// short, since it came from outside.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LabelError {
+    /// The level's rank is past the scheme's highest level.
+    #[error("classification level {rank} is out of range: the network has {levels} levels")]
+    LevelOutOfRange {
+        /// The rank the label carries.
+        rank: u8,
+        /// How many levels the scheme has.
+        levels: usize,
+    },
+    /// A compartment the scheme does not declare, or not in its upper-case
+    /// form.
+    #[error("unknown compartment {0}")]
+    UnknownCompartment(String),
+    /// A `REL TO` entry that is not exactly one known nation code or
+    /// community name, in upper case.
+    #[error("`REL TO` entry {0} is not one known nation or community")]
+    UnknownName(String),
+}
+
+/// At most this much of a name from outside goes into an error message.
+const QUOTED_MAX: usize = 64;
+
+/// A name from outside, quoted for a message: control characters escaped
+/// and cut short, so it can neither forge a line nor flood a log.
+pub fn quoted(text: &str) -> String {
+    let mut out = String::from("`");
+    for (count, c) in text.chars().enumerate() {
+        if count == QUOTED_MAX {
+            out.push_str(&format!("…` ({} bytes)", text.len()));
+            return out;
+        }
+        out.extend(c.escape_debug());
+    }
+    out.push('`');
+    out
+}
+
+impl MarkingScheme {
+    /// Whether a label is canonical under this scheme: its level is in
+    /// range and every compartment and `REL TO` entry is one known name
+    /// in upper case. For a scheme from a valid network file (upper-case
+    /// names, none of them reserved words) these are exactly the labels
+    /// for which `parse(format(label)) == label`, so the marking printed for a
+    /// canonical label says what is enforced (a property test holds the
+    /// two definitions together). Cheap: a lookup per name, and it stops
+    /// at the first bad one, so a huge hostile label costs little.
+    pub fn check_canonical(&self, label: &Label) -> Result<(), LabelError> {
+        if usize::from(label.level.0) >= self.levels.len() {
+            return Err(LabelError::LevelOutOfRange {
+                rank: label.level.0,
+                levels: self.levels.len(),
+            });
+        }
+        if let Some(bad) = label
+            .compartments
+            .iter()
+            .find(|c| !self.compartments.contains(*c))
+        {
+            return Err(LabelError::UnknownCompartment(quoted(bad)));
+        }
+        let known = |name: &String| {
+            self.communities.contains_key(name)
+                || Nation::parse(name).is_some_and(|n| n.as_str() == name && self.nations.contains(&n))
+        };
+        if let Some(bad) = label.rel_to.iter().find(|n| !known(n)) {
+            return Err(LabelError::UnknownName(quoted(bad)));
+        }
+        Ok(())
+    }
+}
+
 /// `Some(names)` when the block is a `REL TO` block, `None` when it is a
 /// compartment block, and an error when it starts like `REL TO` but is not.
 fn rel_to_names(block: &str) -> Result<Option<&str>, MarkingError> {
@@ -585,6 +661,37 @@ mod tests {
             })
     }
 
+    /// Labels as a hostile peer could send them: known names, and names
+    /// that are unknown, in the wrong case, joined, padded or with control
+    /// characters; levels in and out of range.
+    fn arb_any_label() -> impl Strategy<Value = Label> {
+        let names = prop_oneof![
+            Just("GBR".to_owned()),
+            Just("NORDIC".to_owned()),
+            Just("AIRDEF".to_owned()),
+            Just("SIGINT".to_owned()),
+            Just("gbr".to_owned()),
+            Just("Nordic".to_owned()),
+            Just("FRA, GBR".to_owned()),
+            Just("USA".to_owned()),
+            Just(" POL".to_owned()),
+            Just("SIGINT/AIRDEF".to_owned()),
+            Just("REL TO GBR".to_owned()),
+            Just("".to_owned()),
+            "[A-Za-z ,/\\n]{0,8}",
+        ];
+        (
+            0u8..8,
+            proptest::collection::btree_set(names.clone(), 0..3),
+            proptest::collection::btree_set(names, 0..3),
+        )
+            .prop_map(|(level, compartments, rel_to)| Label {
+                level: Level(level),
+                compartments,
+                rel_to,
+            })
+    }
+
     proptest! {
         #[test]
         fn print_then_parse_round_trips(label in arb_label()) {
@@ -607,6 +714,42 @@ mod tests {
                 // Anything accepted must print to something that parses back the same.
                 prop_assert_eq!(s.parse(&s.format(&label)).unwrap(), label);
             }
+        }
+
+        #[test]
+        fn every_label_the_scheme_parses_is_canonical(
+            input in "(S|SECRET|TS|C)(//(REL TO |rel to )?(GBR|fra|NORDIC|baltic|AIRDEF|sigint|HUMINT)((, |,|/)(POL|gbr|nordic|SIGINT|airdef))*){0,3}"
+        ) {
+            let s = scheme();
+            if let Ok(label) = s.parse(&input) {
+                prop_assert_eq!(s.check_canonical(&label), Ok(()));
+            }
+        }
+
+        #[test]
+        fn canonical_labels_are_exactly_those_that_print_and_parse_back(label in arb_any_label()) {
+            let s = scheme();
+            let round_trips = s.parse(&s.format(&label)).as_ref() == Ok(&label);
+            prop_assert_eq!(s.check_canonical(&label).is_ok(), round_trips, "{:?}", label);
+        }
+
+        #[test]
+        fn a_mutated_label_is_not_canonical(label in arb_label(), mutation in 0usize..6, at in any::<prop::sample::Index>()) {
+            let s = scheme();
+            prop_assert_eq!(s.check_canonical(&label), Ok(()));
+            let mut bad = label.clone();
+            let names: Vec<String> = s.nations().iter().map(Nation::to_string).collect();
+            let name = at.get(&names).clone();
+            match mutation {
+                0 => { bad.compartments.insert("NOFORN".into()); }
+                1 => { bad.rel_to.insert(name.to_ascii_lowercase()); }
+                2 => bad.level = Level(5 + at.index(250) as u8),
+                3 => { bad.rel_to.insert(format!("{name}, GBR")); }
+                4 => { bad.compartments.insert("sigint".into()); }
+                _ => { bad.rel_to.insert(format!("{name}\n")); }
+            }
+            prop_assert!(s.check_canonical(&bad).is_err(), "{:?}", bad);
+            prop_assert!(s.parse(&s.format(&bad)).as_ref() != Ok(&bad));
         }
 
         #[test]

@@ -506,6 +506,19 @@ pub(crate) mod tests {
                         subscribe: patterns,
                     });
                 }
+                // Every nation has a principal, who may do nothing, so
+                // that any nation can be the origin of a message whose
+                // publisher passes the ingress check.
+                for code in CODES {
+                    file.principals.push(PrincipalFile {
+                        name: format!("{}.source", code.to_ascii_lowercase()),
+                        nation: code.to_owned(),
+                        clearance: LEVELS[0].to_owned(),
+                        compartments: Vec::new(),
+                        publish: Vec::new(),
+                        subscribe: Vec::new(),
+                    });
+                }
                 file.validate(Path::new("generated.toml"))
                     .expect("generated networks are valid")
             })

@@ -29,9 +29,10 @@ use serde::Serialize;
 
 use crate::audit::{Event, Record, Verdict};
 use crate::envelope::{Envelope, MessageId, Signer};
-use crate::label::{Label, Nation};
+use crate::label::{quoted, Label, LabelError, Nation};
 use crate::policy::{Decision, Policy, Principal};
 use crate::topic::{Pattern, Topic};
+use crate::wire;
 
 use announce::{Announcement, AnnouncementError, SignedAnnouncement, MAX_ANNOUNCED_PATTERNS};
 use seen::{SeenIds, Unseen};
@@ -77,6 +78,12 @@ pub enum Reason {
     UnsealedRelay,
     /// The link peer may not hold this message itself.
     IneligibleRelay,
+    /// The publisher is not a principal of the origin nation.
+    UnknownPublisher,
+    /// The label is not canonical under the network's marking scheme.
+    MalformedLabel,
+    /// The payload is over [`wire::MAX_PAYLOAD`].
+    PayloadTooLarge,
     /// An announcement that is forged, malformed or from an unknown nation.
     BadAnnouncement,
     /// An interested, eligible nation that no path of eligible nations
@@ -100,6 +107,9 @@ impl Reason {
             Reason::UnknownOrigin => "unknown-origin",
             Reason::UnsealedRelay => "unsealed-relay",
             Reason::IneligibleRelay => "ineligible-relay",
+            Reason::UnknownPublisher => "unknown-publisher",
+            Reason::MalformedLabel => "malformed-label",
+            Reason::PayloadTooLarge => "payload-too-large",
             Reason::BadAnnouncement => "bad-announcement",
             Reason::Unreachable => "unreachable",
             Reason::NoRoute => "no-route",
@@ -256,7 +266,12 @@ struct LabelMemo {
     label: Label,
     eligible: NationSet,
     marking: Arc<str>,
+    malformed: Option<LabelError>,
 }
+
+/// The longest marking printed for a label that is not canonical: a
+/// hostile label may be as large as a frame.
+const MALFORMED_MARKING_MAX: usize = 256;
 
 /// The routing core of one node. See the module docs.
 pub struct Routing {
@@ -691,20 +706,37 @@ impl Routing {
     /// The canonical marking and the eligible nations of a label from
     /// `origin`: the origin and every nation `may_forward` allows.
     fn eligibility(&mut self, origin: Nation, label: &Label) -> (NationSet, Arc<str>) {
-        if let Some(memo) = &self.last_label {
-            if memo.origin == origin && memo.label == *label {
-                return (memo.eligible, memo.marking.clone());
+        let memo = self.label_memo(origin, label);
+        (memo.eligible, memo.marking.clone())
+    }
+
+    /// What the core knows about a label, worked out once for a run of
+    /// envelopes that carry it. A label that is not canonical is never
+    /// routed: it gets no eligible nations (so it is not worked through
+    /// `may_forward` name by name) and a marking cut short.
+    fn label_memo(&mut self, origin: Nation, label: &Label) -> &LabelMemo {
+        let memo = match self.last_label.take() {
+            Some(memo) if memo.origin == origin && memo.label == *label => memo,
+            _ => {
+                let scheme = self.policy.scheme();
+                let malformed = scheme.check_canonical(label).err();
+                let (eligible, marking) = match malformed {
+                    None => (
+                        eligible_nations(&self.policy, &self.nations, origin, label),
+                        scheme.format(label),
+                    ),
+                    Some(_) => (NationSet::default(), malformed_marking(scheme.format(label))),
+                };
+                LabelMemo {
+                    origin,
+                    label: label.clone(),
+                    eligible,
+                    marking: marking.into(),
+                    malformed,
+                }
             }
-        }
-        let eligible = eligible_nations(&self.policy, &self.nations, origin, label);
-        let marking: Arc<str> = self.policy.scheme().format(label).into();
-        self.last_label = Some(LabelMemo {
-            origin,
-            label: label.clone(),
-            eligible,
-            marking: marking.clone(),
-        });
-        (eligible, marking)
+        };
+        self.last_label.insert(memo)
     }
 
     /// The canonical marking of a label, as audit records print it.
@@ -800,6 +832,9 @@ impl Routing {
                         now_us,
                     ));
                 }
+                if let Some((reason, detail)) = self.malformed(envelope) {
+                    return Err(self.refuse(envelope, &marking, from, reason.code(), detail, now_us));
+                }
                 if seal == SealState::Unverified && origin != from {
                     return Err(self.refuse(
                         envelope,
@@ -876,6 +911,47 @@ impl Routing {
             forward,
             marking,
         })
+    }
+
+    /// What is wrong with the parts of a peer's envelope that only the
+    /// network file can vouch for: a seal proves that the origin sent
+    /// them, but a hostile origin signs whatever it likes, so payload
+    /// size, label and publisher are checked here, whether the envelope
+    /// came straight from its origin or through a relay.
+    fn malformed(&mut self, envelope: &Envelope) -> Option<(Reason, String)> {
+        let origin = envelope.origin;
+        if envelope.payload.len() > wire::MAX_PAYLOAD {
+            return Some((
+                Reason::PayloadTooLarge,
+                format!(
+                    "a payload of {} bytes from {origin}; the limit is {} bytes",
+                    envelope.payload.len(),
+                    wire::MAX_PAYLOAD
+                ),
+            ));
+        }
+        if let Some(err) = &self.label_memo(origin, &envelope.label).malformed {
+            return Some((Reason::MalformedLabel, format!("a label from {origin}: {err}")));
+        }
+        let publisher = &envelope.publisher;
+        match self.policy.principal(publisher) {
+            Some(principal) if principal.nation == origin => None,
+            Some(principal) => Some((
+                Reason::UnknownPublisher,
+                format!(
+                    "publisher {} is a principal of {}, not of the origin {origin}",
+                    quoted(publisher),
+                    principal.nation
+                ),
+            )),
+            None => Some((
+                Reason::UnknownPublisher,
+                format!(
+                    "publisher {} is not a principal of {origin} in the network file",
+                    quoted(publisher)
+                ),
+            )),
+        }
     }
 
     /// The peers to pass on an envelope that came unverified from `from`
@@ -1035,6 +1111,19 @@ impl Routing {
             .path(t)
             .map(|path| path.into_iter().map(|i| self.nations.nation(i)).collect())
     }
+}
+
+/// The printed form of a label that is not canonical, cut short.
+fn malformed_marking(mut printed: String) -> String {
+    if printed.len() > MALFORMED_MARKING_MAX {
+        let mut end = MALFORMED_MARKING_MAX;
+        while !printed.is_char_boundary(end) {
+            end -= 1;
+        }
+        printed.truncate(end);
+        printed.push('…');
+    }
+    printed
 }
 
 /// The origin and every nation a label from it may be forwarded to

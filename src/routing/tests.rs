@@ -146,7 +146,13 @@ impl Mesh {
         Envelope::from(Unsigned {
             id: self.ids.next_id(),
             origin,
-            publisher: format!("{}.someone", origin.lowercase()),
+            // A principal of the origin, as ingress checks; the networks
+            // of these tests give every nation one.
+            publisher: self
+                .policy
+                .principals()
+                .find(|p| p.nation == origin)
+                .map_or_else(|| format!("{}.nobody", origin.lowercase()), |p| p.name.clone()),
             topic: topic.clone(),
             label,
             created_us: self.now,
@@ -386,6 +392,22 @@ fn ring_policy(gbr_ceilings: &str) -> Arc<Policy> {
         address = "127.0.0.1:6"
         peers = ["GBR"]
         default_ceiling = "SECRET"
+        [[principals]]
+        name = "gbr.analyst"
+        nation = "GBR"
+        clearance = "SECRET"
+        [[principals]]
+        name = "est.analyst"
+        nation = "EST"
+        clearance = "SECRET"
+        [[principals]]
+        name = "ltu.analyst"
+        nation = "LTU"
+        clearance = "SECRET"
+        [[principals]]
+        name = "pol.analyst"
+        nation = "POL"
+        clearance = "SECRET"
         [[principals]]
         name = "lva.analyst"
         nation = "LVA"
@@ -645,4 +667,236 @@ fn announced_interest_is_reduced_and_bounded() {
     }
     let announced: Vec<&str> = node.own_patterns.iter().map(Pattern::as_str).collect();
     assert_eq!(announced, [">"]);
+}
+
+/// A hostile origin signs whatever it likes, so the parts of an envelope
+/// its seal cannot vouch for are checked against the network at ingress,
+/// straight from the origin or relayed, sealed or not; a refusal burns
+/// no id, and the node goes on taking good envelopes.
+#[test]
+fn what_an_origin_may_not_sign_is_refused_at_ingress() {
+    let policy = chain_policy();
+    let mut mesh = Mesh::new(policy.clone(), &BTreeSet::new());
+    let lva = policy.principal("lva.analyst").unwrap().clone();
+    mesh.subscribe(&lva, ">").unwrap();
+    mesh.settle();
+    let now = mesh.now;
+    let scheme = policy.scheme();
+    let good = mesh.envelope(
+        nation("EST"),
+        scheme.parse("SECRET//REL TO EVERYONE").unwrap(),
+        &Topic::new("a.b").unwrap(),
+    );
+    type Mutation = fn(&mut Envelope);
+    let cases: Vec<(&str, Mutation, &str)> = vec![
+        (
+            "another nation's principal",
+            |e| e.publisher = "lva.analyst".into(),
+            "unknown-publisher",
+        ),
+        (
+            "no principal",
+            |e| e.publisher = "est.nobody".into(),
+            "unknown-publisher",
+        ),
+        (
+            "a forged line",
+            |e| e.publisher = "est.analyst\n2026 GBR gbr.analyst".into(),
+            "unknown-publisher",
+        ),
+        (
+            "a huge name",
+            |e| e.publisher = "e".repeat(100_000),
+            "unknown-publisher",
+        ),
+        (
+            "unknown compartment",
+            |e| {
+                e.label.compartments.insert("NOFORN".into());
+            },
+            "malformed-label",
+        ),
+        (
+            "lower-case nation",
+            |e| {
+                e.label.rel_to.insert("lva".into());
+            },
+            "malformed-label",
+        ),
+        (
+            "unknown nation",
+            |e| {
+                e.label.rel_to.insert("USA, FRA".into());
+            },
+            "malformed-label",
+        ),
+        (
+            "joined entry",
+            |e| {
+                e.label.rel_to.insert("LVA, EST".into());
+            },
+            "malformed-label",
+        ),
+        (
+            "level out of range",
+            |e| e.label.level = crate::label::Level(200),
+            "malformed-label",
+        ),
+        (
+            "huge label",
+            |e| e.label.rel_to.extend((0..20_000).map(|i| format!("X{i}"))),
+            "malformed-label",
+        ),
+        (
+            "oversized payload",
+            |e| e.payload = vec![0; wire::MAX_PAYLOAD + 1],
+            "payload-too-large",
+        ),
+    ];
+    let node = mesh.nodes.get_mut(&nation("LVA")).unwrap();
+    for (what, mutate, reason) in cases {
+        for (from, seal) in [
+            (nation("EST"), SealState::Unverified),
+            (nation("EST"), SealState::Verified),
+            // Relayed to LVA through LTU.
+            (nation("LTU"), SealState::Verified),
+        ] {
+            let mut bad = good.clone();
+            mutate(&mut bad);
+            let refused = node.route(&bad, Source::Peer(from), seal, now);
+            assert_eq!(refused, Err(Refused { reason }), "{what} from {from}");
+            let mut records = Vec::new();
+            while let Some(action) = node.poll() {
+                if let Action::Audit(record) = action {
+                    records.push(record);
+                }
+            }
+            assert_eq!(records.len(), 1, "{what}: {records:?}");
+            let record = &records[0];
+            assert_eq!(
+                (record.reason, record.decision),
+                (reason, Verdict::Deny),
+                "{what}"
+            );
+            let detail = record.detail.as_deref().unwrap_or_default();
+            assert!(!detail.contains('\n') && detail.len() < 300, "{what}: {detail}");
+            assert!(
+                record.marking.as_deref().unwrap_or_default().len() < 300,
+                "{what}"
+            );
+        }
+    }
+    // An origin outside the network is that, whatever else is wrong.
+    let mut stranger = good.clone();
+    stranger.origin = nation("ZZZ");
+    stranger.label.level = crate::label::Level(200);
+    let refused = node.route(&stranger, Source::Peer(nation("EST")), SealState::Verified, now);
+    assert_eq!(
+        refused,
+        Err(Refused {
+            reason: "unknown-origin"
+        })
+    );
+    while node.poll().is_some() {}
+    // None of it burned the id: the genuine envelope still goes through.
+    let route = node
+        .route(&good, Source::Peer(nation("EST")), SealState::Unverified, now)
+        .unwrap();
+    assert_eq!(route.deliver.len(), 1);
+    assert_eq!(route.marking.as_ref(), "SECRET//REL TO EVERYONE");
+}
+
+/// Ids are per origin: another origin's envelope under the same id, sealed
+/// by its own node, neither suppresses the genuine one nor is suppressed.
+#[test]
+fn one_origin_cannot_make_anothers_message_a_duplicate() {
+    let policy = chain_policy();
+    let mut mesh = Mesh::new(policy.clone(), &BTreeSet::new());
+    let lva = policy.principal("lva.analyst").unwrap().clone();
+    mesh.subscribe(&lva, ">").unwrap();
+    mesh.settle();
+    let label = policy.scheme().parse("SECRET//REL TO EVERYONE").unwrap();
+    let topic = Topic::new("a.b").unwrap();
+    let genuine = mesh.envelope(nation("GBR"), label, &topic);
+    let mut squatter = genuine.clone();
+    squatter.origin = nation("EST");
+    squatter.publisher = "est.analyst".into();
+    let now = mesh.now;
+    let node = mesh.nodes.get_mut(&nation("LVA")).unwrap();
+    // EST's own, under the id GBR is about to use.
+    assert!(node
+        .route(&squatter, Source::Peer(nation("EST")), SealState::Unverified, now)
+        .is_ok());
+    assert!(!node.is_duplicate(nation("GBR"), genuine.id));
+    let outcome = mesh.publish(&genuine);
+    assert!(outcome.refusals.is_empty(), "{:?}", outcome.refusals);
+    assert_eq!(outcome.deliveries.len(), 1);
+}
+
+/// Names a hostile label or publisher may carry: known ones, and ones
+/// wrong by case, joining, padding, control characters or nonsense.
+fn hostile_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        proptest::sample::select(vec![
+            "GBR",
+            "EST",
+            "LVA",
+            "EVERYONE",
+            "est",
+            "Everyone",
+            "EST, LVA",
+            " LVA",
+            "LVA\n",
+            "USA",
+            "ZZZ",
+            "",
+            "est.analyst",
+            "lva.analyst",
+            "gbr.analyst",
+        ])
+        .prop_map(str::to_owned),
+        "[A-Za-z., \\n]{0,10}",
+    ]
+}
+
+proptest! {
+    // Each case builds a mesh of six cores, with keys.
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever a peer puts in the label and publisher of an envelope it
+    /// signs, the core refuses it for the first rule it breaks, never
+    /// panics, and takes it only if it is canonical and attributed to a
+    /// principal of its origin.
+    #[test]
+    fn a_peers_label_and_publisher_are_checked_against_the_network(
+        level in 0u8..8,
+        compartments in proptest::collection::btree_set(hostile_name(), 0..3),
+        rel_to in proptest::collection::btree_set(hostile_name(), 0..3),
+        publisher in hostile_name(),
+    ) {
+        let policy = chain_policy();
+        let mut mesh = Mesh::new(policy.clone(), &BTreeSet::new());
+        let mut envelope = mesh.envelope(
+            nation("EST"),
+            Label { level: crate::label::Level(level), compartments, rel_to },
+            &Topic::new("a.b").unwrap(),
+        );
+        envelope.publisher = publisher.clone();
+        let scheme = policy.scheme();
+        let canonical = scheme.parse(&scheme.format(&envelope.label)).as_ref() == Ok(&envelope.label);
+        let attributed = policy.principal(&publisher).is_some_and(|p| p.nation == nation("EST"));
+        let now = mesh.now;
+        let node = mesh.nodes.get_mut(&nation("LVA")).unwrap();
+        let result = node.route(&envelope, Source::Peer(nation("EST")), SealState::Unverified, now);
+        match result {
+            Err(Refused { reason: "malformed-label" }) => prop_assert!(!canonical),
+            Err(Refused { reason: "unknown-publisher" }) => prop_assert!(canonical && !attributed),
+            Err(Refused { reason }) => {
+                // Well-formed, but the policy keeps it from LVA.
+                prop_assert!(canonical && attributed, "{}", reason);
+                prop_assert!(reason == "not-releasable" || reason == "above-ceiling", "{}", reason);
+            }
+            Ok(_) => prop_assert!(canonical && attributed),
+        }
+    }
 }

@@ -429,3 +429,38 @@ impl RawConnection {
         }
     }
 }
+
+impl RawConnection {
+    /// As `open`, but dialing `addr`, which need not be `node_nation`'s
+    /// node: to see what a dialer does when another node answers.
+    pub async fn open_at(
+        net: &TestNetwork,
+        identity: &Identity,
+        node_nation: Nation,
+        addr: SocketAddr,
+    ) -> Result<RawConnection, String> {
+        let (cert, key) = net.identity_files(identity);
+        let trust = pki::load_trust_store(&net.policy, &net.layout).map_err(|e| e.to_string())?;
+        let config = entente::tls::client_config_for_protocol(
+            &trust,
+            vec![pki::read_cert(&cert).unwrap()],
+            pki::read_key(&key).unwrap(),
+            Identity::Node(node_nation),
+            wire::ALPN,
+        )
+        .map_err(|e| e.to_string())?;
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let connection = endpoint
+            .connect_with(config, addr, "127.0.0.1")
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        Ok(RawConnection {
+            endpoint,
+            connection,
+            send,
+            recv,
+        })
+    }
+}

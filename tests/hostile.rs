@@ -1,0 +1,754 @@
+//! A hostile member: a coalition node with a genuine certificate, a
+//! configured peer, that sends what its node key lets it sign. Each test
+//! plays that member over real QUIC against real in-process nodes, with
+//! the member's real node key, and checks both that the attack is refused
+//! and audited and that the node goes on serving everyone else.
+//!
+//! Non-delivery is shown without timing: after what must not arrive, the
+//! member sends a good sentinel on the same link, and the subscriber's
+//! next delivery must be the sentinel (a link's frames are handled in
+//! order, and an envelope that comes unsealed is delivered before the
+//! sealed ones read with it).
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{nation, RawConnection, TestNetwork, NETWORK};
+use entente::audit::now_us;
+use entente::client::{Client, ClientError};
+use entente::envelope::{Envelope, MessageId, SealBatch, Signer, Unsigned};
+use entente::identity::Identity;
+use entente::label::{Label, Level, Nation};
+use entente::node::NodeSettings;
+use entente::pki;
+use entente::topic::Topic;
+use entente::wire::{self, Delivery, Frame};
+
+/// The node key of `of`, as the hostile member holds its own.
+fn node_signer(net: &TestNetwork, of: Nation) -> Signer {
+    let (_, key) = net.identity_files(&Identity::Node(of));
+    Signer::from_pkcs8(pki::read_key(&key).unwrap().secret_der()).unwrap()
+}
+
+/// A link to `to`'s node, opened as `member`'s node with its genuine
+/// certificate, past `Hello`.
+async fn link(net: &TestNetwork, member: &str, to: &str) -> RawConnection {
+    let mut link = RawConnection::open(net, &Identity::Node(nation(member)), nation(to))
+        .await
+        .unwrap();
+    assert_eq!(link.hello().await, Frame::PeerWelcome { nation: nation(to) });
+    link
+}
+
+/// The next delivery; a test that never gets one fails rather than hangs
+/// (the limit is generous: only a broken feature reaches it).
+async fn next(client: &Client) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(30), client.next_delivery())
+        .await
+        .expect("a delivery within 30 s")
+        .unwrap()
+}
+
+async fn next_payload(client: &Client) -> String {
+    String::from_utf8_lossy(&next(client).await.payload).into_owned()
+}
+
+async fn subscriber(net: &TestNetwork, principal: &str, pattern: &str, known_at: &[&str]) -> Client {
+    let client = net.client(principal).await;
+    client.subscribe(pattern).await.unwrap();
+    let of = net.policy.principal(principal).unwrap().nation;
+    for &at in known_at {
+        net.wait_for_interest(nation(at), of, pattern).await;
+    }
+    client
+}
+
+/// A message of `origin` as its node would sign it.
+fn message(id: MessageId, origin: &str, publisher: &str, label: Label, payload: &[u8]) -> Unsigned {
+    Unsigned {
+        id,
+        origin: nation(origin),
+        publisher: publisher.into(),
+        topic: Topic::new("reports.hostile").unwrap(),
+        label,
+        created_us: now_us(),
+        payload: payload.to_vec(),
+    }
+}
+
+/// Ids of this file's own messages: `tag` keeps each test's apart.
+fn test_id(tag: u8, n: u64) -> MessageId {
+    let mut id = [tag; 16];
+    id[8..].copy_from_slice(&n.to_be_bytes());
+    MessageId(id)
+}
+
+/// The id a node's counter gives after `id` (ids are a per-run prefix
+/// and a counter, DESIGN.md): what a member that saw one can predict.
+fn after(id: MessageId, steps: u64) -> MessageId {
+    let mut bytes = id.0;
+    let counter = u64::from_be_bytes(bytes[8..].try_into().unwrap());
+    bytes[8..].copy_from_slice(&(counter + steps).to_be_bytes());
+    MessageId(bytes)
+}
+
+/// Sends envelopes unsealed, as an origin does on its own link, then
+/// their seals.
+async fn send_unsealed_then_seals(link: &mut RawConnection, signer: &Signer, messages: Vec<Unsigned>) {
+    let mut envelopes: Vec<Envelope> = messages.into_iter().map(Envelope::from).collect();
+    for envelope in &envelopes {
+        link.send_frame(&Frame::Forward(envelope.clone())).await;
+    }
+    signer.seal_batch(&mut envelopes);
+    link.send_frame(&Frame::Seals(SealBatch::of(&envelopes))).await;
+}
+
+fn count(net: &TestNetwork, at: &str, matches: impl Fn(&str) -> bool) -> usize {
+    net.audit_lines(nation(at)).iter().filter(|l| matches(l)).count()
+}
+
+fn reason(code: &str) -> String {
+    format!("\"reason\":\"{code}\"")
+}
+
+/// Finding 1, straight to the victim's partner: DEU, which sees FRA's
+/// traffic, sends GBR its own validly signed envelopes under FRA's next
+/// ids, unsealed and sealed, and forgeries claiming FRA's origin under
+/// another. Every one of FRA's genuine messages is still delivered at
+/// GBR: ids are remembered per origin, and a forgery burns no id.
+#[tokio::test]
+async fn a_member_cannot_suppress_another_nations_messages_by_taking_their_ids() {
+    let net = TestNetwork::start().await;
+    let gbr = subscriber(&net, "gbr.analyst", "reports.>", &["FRA", "DEU"]).await;
+    let fra = net.client("fra.analyst").await;
+    let secret = |marking: &str| net.policy.scheme().parse(marking).unwrap();
+    let first = fra
+        .publish("reports.fra", "SECRET//REL TO FRA, GBR", b"fra 1".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(next_payload(&gbr).await, "fra 1");
+
+    let deu_key = node_signer(&net, nation("DEU"));
+    let mut deu = link(&net, "DEU", "GBR").await;
+    // DEU's own messages under FRA's next two ids: one unsealed with its
+    // seal after it, one sealed.
+    send_unsealed_then_seals(
+        &mut deu,
+        &deu_key,
+        vec![message(
+            after(first, 1),
+            "DEU",
+            "deu.analyst",
+            secret("SECRET//REL TO DEU, GBR"),
+            b"deu under fra 2",
+        )],
+    )
+    .await;
+    let sealed = deu_key.seal(message(
+        after(first, 2),
+        "DEU",
+        "deu.analyst",
+        secret("SECRET//REL TO DEU, GBR"),
+        b"deu under fra 3",
+    ));
+    deu.send_frame(&Frame::Forward(sealed)).await;
+    // Claiming FRA's origin under FRA's id after that: DEU's key does not
+    // make FRA's seal, and an unsealed envelope may come only from its
+    // origin.
+    let forged = message(
+        after(first, 3),
+        "FRA",
+        "fra.analyst",
+        secret("SECRET//REL TO FRA, GBR"),
+        b"forged fra 4",
+    );
+    deu.send_frame(&Frame::Forward(deu_key.seal(forged.clone())))
+        .await;
+    deu.send_frame(&Frame::Forward(Envelope::from(forged))).await;
+    // DEU's own are DEU's to send: they are delivered, as DEU's.
+    for expected in ["deu under fra 2", "deu under fra 3"] {
+        let delivery = next(&gbr).await;
+        assert_eq!(
+            (delivery.origin, delivery.payload.as_slice()),
+            (nation("DEU"), expected.as_bytes())
+        );
+    }
+    net.wait_for_audit(nation("GBR"), |l| l.contains(&reason("unsealed-relay")))
+        .await;
+    net.wait_for_audit(nation("GBR"), |l| l.contains(&reason("bad-signature")))
+        .await;
+
+    // FRA's next three messages carry exactly the ids DEU took.
+    for n in 1..=3u64 {
+        let id = fra
+            .publish(
+                "reports.fra",
+                "SECRET//REL TO FRA, GBR",
+                format!("fra {}", n + 1).into_bytes(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(id, after(first, n), "the ids were predicted right");
+    }
+    for n in 2..=4 {
+        assert_eq!(next_payload(&gbr).await, format!("fra {n}"));
+    }
+    assert_eq!(count(&net, "GBR", |l| l.contains(&reason("duplicate"))), 0);
+    net.shutdown().await;
+}
+
+/// The ring of `tests/relay.rs`, with a principal for every nation.
+const RING: &str = r#"
+[communities]
+RING = ["GBR", "EST", "LVA", "LTU", "POL", "FIN"]
+
+[nations.GBR]
+address = "127.0.0.1:1"
+peers = ["EST", "POL"]
+default_ceiling = "SECRET"
+
+[nations.EST]
+address = "127.0.0.1:2"
+peers = ["GBR", "LVA", "FIN"]
+default_ceiling = "SECRET"
+
+[nations.LVA]
+address = "127.0.0.1:3"
+peers = ["EST", "LTU"]
+default_ceiling = "SECRET"
+
+[nations.LTU]
+address = "127.0.0.1:4"
+peers = ["LVA", "POL"]
+default_ceiling = "SECRET"
+
+[nations.POL]
+address = "127.0.0.1:5"
+peers = ["GBR", "LTU"]
+default_ceiling = "SECRET"
+
+[nations.FIN]
+address = "127.0.0.1:6"
+peers = ["EST"]
+default_ceiling = "SECRET"
+
+[[principals]]
+name = "gbr.analyst"
+nation = "GBR"
+clearance = "SECRET"
+publish = [">"]
+subscribe = [">"]
+
+[[principals]]
+name = "fin.analyst"
+nation = "FIN"
+clearance = "SECRET"
+publish = [">"]
+subscribe = [">"]
+
+[[principals]]
+name = "lva.analyst"
+nation = "LVA"
+clearance = "SECRET"
+publish = [">"]
+subscribe = [">"]
+"#;
+
+/// Finding 1 through a relay: on the ring (FIN ── EST ── LVA, GBR ── EST),
+/// GBR sends EST its own sealed envelope under FIN's next id, which EST
+/// verifies and relays to LVA, and a forgery claiming FIN's origin under
+/// the id after. FIN's genuine messages still cross EST and reach LVA.
+#[tokio::test]
+async fn a_member_cannot_suppress_another_nations_messages_through_a_relay() {
+    let net = TestNetwork::start_from(RING, NodeSettings::default()).await;
+    let lva = subscriber(&net, "lva.analyst", "reports.>", &["FIN", "GBR"]).await;
+    let fin = net.client("fin.analyst").await;
+    let first = fin
+        .publish("reports.fin", "SECRET//REL TO RING", b"fin 1".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(next_payload(&lva).await, "fin 1");
+
+    let ring = net.policy.scheme().parse("SECRET//REL TO RING").unwrap();
+    let gbr_key = node_signer(&net, nation("GBR"));
+    let mut gbr = link(&net, "GBR", "EST").await;
+    let own = gbr_key.seal(message(
+        after(first, 1),
+        "GBR",
+        "gbr.analyst",
+        ring.clone(),
+        b"gbr under fin 2",
+    ));
+    gbr.send_frame(&Frame::Forward(own)).await;
+    let forged = gbr_key.seal(message(
+        after(first, 2),
+        "FIN",
+        "fin.analyst",
+        ring.clone(),
+        b"forged fin 3",
+    ));
+    gbr.send_frame(&Frame::Forward(forged)).await;
+    let delivery = next(&lva).await;
+    assert_eq!(
+        (delivery.origin, delivery.payload.as_slice()),
+        (nation("GBR"), b"gbr under fin 2".as_slice()),
+        "GBR's own message is relayed by EST"
+    );
+    net.wait_for_audit(nation("EST"), |l| l.contains(&reason("bad-signature")))
+        .await;
+
+    for n in 1..=2u64 {
+        let id = fin
+            .publish(
+                "reports.fin",
+                "SECRET//REL TO RING",
+                format!("fin {}", n + 1).into_bytes(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(id, after(first, n), "the ids were predicted right");
+    }
+    assert_eq!(next_payload(&lva).await, "fin 2");
+    assert_eq!(next_payload(&lva).await, "fin 3");
+    for at in ["EST", "LVA"] {
+        assert_eq!(count(&net, at, |l| l.contains(&reason("duplicate"))), 0, "{at}");
+    }
+    net.shutdown().await;
+}
+
+/// Sends each bad envelope sealed, then a good sentinel, and checks that
+/// the sentinel is the subscriber's next delivery: nothing bad was
+/// delivered, and the link still serves.
+async fn bad_then_sentinel(
+    link: &mut RawConnection,
+    signer: &Signer,
+    subscriber: &Client,
+    bad: Vec<Unsigned>,
+    sentinel: Unsigned,
+) {
+    for message in bad {
+        link.send_frame(&Frame::Forward(signer.seal(message))).await;
+    }
+    let expected = String::from_utf8(sentinel.payload.clone()).unwrap();
+    link.send_frame(&Frame::Forward(signer.seal(sentinel))).await;
+    let got = next_payload(subscriber).await;
+    let shown: String = got.chars().take(80).collect();
+    assert!(
+        got == expected,
+        "expected {expected:?}, got {shown:?} ({} bytes)",
+        got.len()
+    );
+}
+
+/// The refusals `at` audited with `code`, once there are `expected` of
+/// them; exactly that many.
+async fn refusals(net: &TestNetwork, at: &str, code: &str, expected: usize) -> Vec<String> {
+    let matches = |l: &str| l.contains(&reason(code)) && l.contains("\"event\":\"refuse\"");
+    net.wait_for_audit_count(nation(at), expected, matches).await;
+    let records: Vec<String> = net
+        .audit_lines(nation(at))
+        .into_iter()
+        .filter(|l| matches(l))
+        .collect();
+    assert_eq!(records.len(), expected, "{records:#?}");
+    records
+}
+
+/// Finding 2: FRA's node attributes messages to others: GBR's own
+/// analyst, DEU's, a name nobody has, a name that would print a second
+/// line, and a name of 200,000 bytes. GBR refuses each as
+/// `unknown-publisher`, straight from FRA (sealed and unsealed) and when
+/// relayed (GBR's node passing FRA's envelope to DEU).
+#[tokio::test]
+async fn a_member_cannot_attribute_a_message_to_someone_else() {
+    let net = TestNetwork::start().await;
+    let gbr = subscriber(&net, "gbr.analyst", "reports.>", &[]).await;
+    let deu = subscriber(&net, "deu.analyst", "reports.>", &[]).await;
+    let scheme = net.policy.scheme();
+    // DEU is named only for the relayed part, so that GBR does not pass
+    // the direct part's sentinel on to DEU.
+    let direct = scheme.parse("SECRET//REL TO FRA, GBR").unwrap();
+    let relayed = scheme.parse("SECRET//REL TO DEU, FRA, GBR").unwrap();
+    let fra_key = node_signer(&net, nation("FRA"));
+    let long = "f".repeat(200_000);
+    let names = [
+        "gbr.analyst",
+        "deu.analyst",
+        "fra.nobody",
+        "fra.analyst\n2026-11-25 TOP SECRET from GBR gbr.analyst: strike at dawn",
+        long.as_str(),
+    ];
+    let bad = |tag: u8, label: &Label| -> Vec<Unsigned> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(n, name)| {
+                message(
+                    test_id(tag, n as u64),
+                    "FRA",
+                    name,
+                    label.clone(),
+                    b"misattributed",
+                )
+            })
+            .collect()
+    };
+
+    let mut fra = link(&net, "FRA", "GBR").await;
+    send_unsealed_then_seals(&mut fra, &fra_key, bad(0x21, &direct)).await;
+    bad_then_sentinel(
+        &mut fra,
+        &fra_key,
+        &gbr,
+        bad(0x22, &direct),
+        message(
+            test_id(0x22, 99),
+            "FRA",
+            "fra.analyst",
+            direct.clone(),
+            b"sentinel",
+        ),
+    )
+    .await;
+    let records = refusals(&net, "GBR", "unknown-publisher", 2 * names.len()).await;
+    assert!(
+        records
+            .iter()
+            .any(|l| l.contains("gbr.analyst") && l.contains("a principal of GBR, not of the origin FRA")),
+        "{records:#?}"
+    );
+    assert!(records.iter().all(|l| l.len() < 1_000), "details are bounded");
+
+    // The same, relayed: the test plays GBR passing FRA's envelopes to DEU.
+    let mut relay = link(&net, "GBR", "DEU").await;
+    bad_then_sentinel(
+        &mut relay,
+        &fra_key,
+        &deu,
+        bad(0x23, &relayed),
+        message(
+            test_id(0x23, 99),
+            "FRA",
+            "fra.analyst",
+            relayed.clone(),
+            b"relayed sentinel",
+        ),
+    )
+    .await;
+    refusals(&net, "DEU", "unknown-publisher", names.len()).await;
+    net.shutdown().await;
+}
+
+/// Finding 6: labels that are not canonical under the network's scheme,
+/// some of which the old code delivered with a marking that disagreed
+/// with what it enforced (an unknown nation, a lower-case one, a joined
+/// `REL TO` entry) and some it refused for another reason (an unknown
+/// compartment, a level out of range). Each is refused as
+/// `malformed-label`, direct and relayed.
+#[tokio::test]
+async fn a_member_cannot_send_labels_outside_the_scheme() {
+    let net = TestNetwork::start().await;
+    let gbr = subscriber(&net, "gbr.analyst", "reports.>", &[]).await;
+    let deu = subscriber(&net, "deu.analyst", "reports.>", &[]).await;
+    // DEU is named only for the relayed part, so that GBR does not pass
+    // the direct part's sentinel on to DEU.
+    let direct = net.policy.scheme().parse("SECRET//REL TO FRA, GBR").unwrap();
+    let relayed = net.policy.scheme().parse("SECRET//REL TO DEU, FRA, GBR").unwrap();
+    let mutations: Vec<fn(&mut Label)> = vec![
+        |l| {
+            l.rel_to.insert("USA".into());
+        },
+        |l| {
+            l.rel_to.insert("pol".into());
+        },
+        |l| {
+            l.rel_to.insert("FRA, USA".into());
+        },
+        |l| {
+            l.rel_to = ["gbr".into(), "deu".into(), "fra".into()].into();
+        },
+        |l| {
+            l.compartments.insert("NOFORN".into());
+        },
+        |l| l.level = Level(9),
+    ];
+    let bad = |tag: u8, good: &Label| -> Vec<Unsigned> {
+        mutations
+            .iter()
+            .enumerate()
+            .map(|(n, mutate)| {
+                let mut label = good.clone();
+                mutate(&mut label);
+                message(test_id(tag, n as u64), "FRA", "fra.analyst", label, b"malformed")
+            })
+            .collect()
+    };
+    let fra_key = node_signer(&net, nation("FRA"));
+    let mut fra = link(&net, "FRA", "GBR").await;
+    send_unsealed_then_seals(&mut fra, &fra_key, bad(0x61, &direct)).await;
+    bad_then_sentinel(
+        &mut fra,
+        &fra_key,
+        &gbr,
+        bad(0x62, &direct),
+        message(
+            test_id(0x62, 99),
+            "FRA",
+            "fra.analyst",
+            direct.clone(),
+            b"sentinel",
+        ),
+    )
+    .await;
+    let records = refusals(&net, "GBR", "malformed-label", 2 * mutations.len()).await;
+    assert!(
+        records.iter().any(|l| l.contains("`FRA, USA`")),
+        "the detail names the bad entry: {records:#?}"
+    );
+
+    let mut relay = link(&net, "GBR", "DEU").await;
+    bad_then_sentinel(
+        &mut relay,
+        &fra_key,
+        &deu,
+        bad(0x63, &relayed),
+        message(
+            test_id(0x63, 99),
+            "FRA",
+            "fra.analyst",
+            relayed.clone(),
+            b"relayed sentinel",
+        ),
+    )
+    .await;
+    refusals(&net, "DEU", "malformed-label", mutations.len()).await;
+    net.shutdown().await;
+}
+
+/// Finding 7, payload size: a peer's envelope with a payload over
+/// `wire::MAX_PAYLOAD` (it still fits in a frame) is refused as
+/// `payload-too-large`, as a publish of one would be.
+#[tokio::test]
+async fn a_member_cannot_send_payloads_over_the_limit() {
+    let net = TestNetwork::start().await;
+    let gbr = subscriber(&net, "gbr.analyst", "reports.>", &[]).await;
+    let label = net.policy.scheme().parse("SECRET//REL TO FRA, GBR").unwrap();
+    let huge = vec![b'x'; wire::MAX_PAYLOAD + 1];
+    let fra_key = node_signer(&net, nation("FRA"));
+    let mut fra = link(&net, "FRA", "GBR").await;
+    send_unsealed_then_seals(
+        &mut fra,
+        &fra_key,
+        vec![message(
+            test_id(0x71, 0),
+            "FRA",
+            "fra.analyst",
+            label.clone(),
+            &huge,
+        )],
+    )
+    .await;
+    bad_then_sentinel(
+        &mut fra,
+        &fra_key,
+        &gbr,
+        vec![message(
+            test_id(0x72, 0),
+            "FRA",
+            "fra.analyst",
+            label.clone(),
+            &huge,
+        )],
+        message(
+            test_id(0x72, 99),
+            "FRA",
+            "fra.analyst",
+            label.clone(),
+            b"sentinel",
+        ),
+    )
+    .await;
+    let records = refusals(&net, "GBR", "payload-too-large", 2).await;
+    assert!(
+        records[0].contains(&format!("{} bytes", wire::MAX_PAYLOAD + 1)),
+        "{records:#?}"
+    );
+    net.shutdown().await;
+}
+
+/// The above-ceiling check on ingress: FRA releases at most SECRET to GBR
+/// (its default ceiling) and GBR at most CONFIDENTIAL to DEU (a bilateral
+/// ceiling). A member that sends above the ceiling agreed for the
+/// receiver is refused there, and audited, even to a reader cleared for it.
+#[tokio::test]
+async fn a_member_cannot_send_above_the_ceiling_agreed_for_the_receiver() {
+    let net = TestNetwork::start().await;
+    let scheme = net.policy.scheme();
+    let gbr = subscriber(&net, "gbr.sigint", "reports.>", &[]).await;
+    let fra_key = node_signer(&net, nation("FRA"));
+    let mut fra = link(&net, "FRA", "GBR").await;
+    bad_then_sentinel(
+        &mut fra,
+        &fra_key,
+        &gbr,
+        vec![message(
+            test_id(0x81, 0),
+            "FRA",
+            "fra.analyst",
+            scheme.parse("TOP SECRET//REL TO FRA, GBR").unwrap(),
+            b"above the ceiling",
+        )],
+        message(
+            test_id(0x81, 99),
+            "FRA",
+            "fra.analyst",
+            scheme.parse("SECRET//REL TO FRA, GBR").unwrap(),
+            b"sentinel",
+        ),
+    )
+    .await;
+    let records = refusals(&net, "GBR", "above-ceiling", 1).await;
+    assert!(
+        records[0].contains("FRA releases at most SECRET to GBR"),
+        "{records:#?}"
+    );
+
+    let deu = subscriber(&net, "deu.analyst", "reports.>", &[]).await;
+    let gbr_key = node_signer(&net, nation("GBR"));
+    let mut gbr_link = link(&net, "GBR", "DEU").await;
+    bad_then_sentinel(
+        &mut gbr_link,
+        &gbr_key,
+        &deu,
+        vec![message(
+            test_id(0x82, 0),
+            "GBR",
+            "gbr.analyst",
+            scheme.parse("SECRET//REL TO DEU, GBR").unwrap(),
+            b"above the bilateral ceiling",
+        )],
+        message(
+            test_id(0x82, 99),
+            "GBR",
+            "gbr.analyst",
+            scheme.parse("CONFIDENTIAL//REL TO DEU, GBR").unwrap(),
+            b"sentinel",
+        ),
+    )
+    .await;
+    let records = refusals(&net, "DEU", "above-ceiling", 1).await;
+    assert!(
+        records[0].contains("GBR releases at most CONFIDENTIAL to DEU"),
+        "{records:#?}"
+    );
+    net.shutdown().await;
+}
+
+/// Finding 8: a network file that names a compartment or a community with
+/// a word the marking grammar reserves does not load, and the error names
+/// the word and where it is. (With a compartment named `REL`, no marking
+/// carrying it could ever be parsed.)
+#[test]
+fn a_network_file_with_a_reserved_word_as_a_name_does_not_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            NETWORK.replace(r#"["SIGINT", "AIRDEF"]"#, r#"["SIGINT", "AIRDEF", "REL"]"#),
+            "classification.compartments `REL`",
+            "`REL`",
+        ),
+        (NETWORK.replace("WEST = ", "TO = "), "communities.TO", "`TO`"),
+    ];
+    for (text, item, word) in cases {
+        assert_ne!(text, NETWORK, "the replacement applies");
+        let path = dir.path().join("network.toml");
+        std::fs::write(&path, &text).unwrap();
+        let err = entente::config::load_network(&path).unwrap_err().to_string();
+        assert!(
+            err.contains(item)
+                && err.contains(&format!("{word} is a reserved word"))
+                && err.contains(&path.display().to_string()),
+            "{err}"
+        );
+    }
+    assert!(entente::config::load_network(Path::new("/nonexistent")).is_err());
+}
+
+/// `WrongNode`: a node dialing its peer GBR at an address where DEU's node
+/// answers is shown DEU's genuine certificate, which chains to a CA it
+/// trusts; the handshake still fails, and says which node it found. A
+/// principal, which trusts only its own nation's CA, is refused too.
+#[tokio::test]
+async fn a_dialer_shown_another_nations_node_refuses_it() {
+    let net = TestNetwork::start().await;
+    let err = match RawConnection::open_at(
+        &net,
+        &Identity::Node(nation("FRA")),
+        nation("GBR"),
+        net.addr(nation("DEU")),
+    )
+    .await
+    {
+        Ok(_) => panic!("FRA took DEU's node for GBR's"),
+        Err(err) => err,
+    };
+    assert!(
+        err.contains("expected the node GBR, but the server is node DEU"),
+        "{err}"
+    );
+
+    let mut options = net.options("gbr.analyst");
+    options.node = net.addr(nation("FRA"));
+    let err = match Client::connect(options).await {
+        Ok(_) => panic!("gbr.analyst took FRA's node for GBR's"),
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains("cannot connect to GBR's node"), "{err}");
+    // GBR's node still serves its principal.
+    net.client("gbr.analyst").await;
+    net.shutdown().await;
+}
+
+/// Subscribe permissions at node level: a principal allowed only
+/// `weather.>` is refused anything wider or elsewhere, with the reason,
+/// and audited, while what it may have is delivered.
+#[tokio::test]
+async fn subscriptions_are_limited_to_the_principals_permissions() {
+    let network = format!(
+        "{NETWORK}\n[[principals]]\nname = \"gbr.weather\"\nnation = \"GBR\"\nclearance = \"SECRET\"\npublish = []\nsubscribe = [\"weather.>\"]\n"
+    );
+    let net = TestNetwork::start_from(&network, NodeSettings::default()).await;
+    let weather = net.client("gbr.weather").await;
+    for pattern in ["sigint.>", ">", "*.uk"] {
+        match weather.subscribe(pattern).await {
+            Err(ClientError::Refused { code, message }) => {
+                assert_eq!(code, "topic-not-permitted");
+                assert!(
+                    message.contains(&format!("gbr.weather may not subscribe to {pattern}"))
+                        && message.contains("permitted: weather.>"),
+                    "{message}"
+                );
+            }
+            other => panic!("subscribing to {pattern}: {other:?}"),
+        }
+        net.wait_for_audit(nation("GBR"), |l| {
+            l.contains(&reason("topic-not-permitted"))
+                && l.contains("\"subject\":\"gbr.weather\"")
+                && l.contains(&format!("subscribe to {pattern}:"))
+        })
+        .await;
+    }
+    weather.subscribe("weather.>").await.unwrap();
+    let publisher = net.client("gbr.analyst").await;
+    for topic in ["sigint.ru", "weather.uk"] {
+        publisher
+            .publish(topic, "SECRET", topic.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    let delivery = next(&weather).await;
+    assert_eq!(delivery.topic, "weather.uk");
+    net.shutdown().await;
+}
