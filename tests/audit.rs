@@ -2,15 +2,13 @@
 //! rather than written line by line, and the counts add up to every
 //! attempt. Real nodes, real QUIC and TLS.
 
-mod common;
-
-use common::{nation, RawConnection, TestNetwork};
 use entente::audit::now_us;
 use entente::envelope::{MessageId, Signer, Unsigned};
 use entente::identity::Identity;
 use entente::pki;
 use entente::topic::Topic;
 use entente::wire::Frame;
+use entente_testkit::{nation, RawConnection, TestNetwork};
 
 /// The parsed lines of `at`'s audit log whose reason is `reason`.
 fn records(net: &TestNetwork, at: &str, reason: &str) -> Vec<serde_json::Value> {

@@ -1,16 +1,14 @@
 //! The `entente` binary as a user runs it: exit codes, messages and JSON.
 
-mod common;
-
 use std::process::{Command, Output};
 
-use common::{nation, RawConnection, TestNetwork};
 use entente::audit::now_us;
 use entente::envelope::{MessageId, Signer, Unsigned};
 use entente::identity::Identity;
 use entente::pki;
 use entente::topic::Topic;
 use entente::wire::Frame;
+use entente_testkit::{nation, RawConnection, TestNetwork};
 
 fn entente(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_entente"))

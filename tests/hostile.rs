@@ -10,12 +10,9 @@
 //! order, and an envelope that comes unsealed is delivered before the
 //! sealed ones read with it).
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::{nation, RawConnection, TestNetwork, NETWORK};
 use entente::audit::now_us;
 use entente::client::{Client, ClientError};
 use entente::envelope::{Envelope, MessageId, SealBatch, Signer, Unsigned};
@@ -25,6 +22,7 @@ use entente::node::NodeSettings;
 use entente::pki;
 use entente::topic::Topic;
 use entente::wire::{self, Delivery, Frame};
+use entente_testkit::{nation, RawConnection, TestNetwork, NETWORK};
 
 /// The node key of `of`, as the hostile member holds its own.
 fn node_signer(net: &TestNetwork, of: Nation) -> Signer {

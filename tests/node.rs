@@ -5,11 +5,8 @@
 //! arrive, the same publisher sends an allowed sentinel on the same path,
 //! and the subscriber's next delivery must be the sentinel.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{nation, RawConnection, TestNetwork};
 use entente::audit::now_us;
 use entente::client::ClientError;
 use entente::envelope::{Envelope, SealBatch, Signer, Unsigned};
@@ -19,6 +16,7 @@ use entente::pki;
 use entente::routing::announce::Announcement;
 use entente::topic::{Pattern, Topic};
 use entente::wire::{self, Frame, MAX_FRAME};
+use entente_testkit::{nation, RawConnection, TestNetwork};
 
 const TOPIC: &str = "sigint.ru.launch";
 

@@ -12,9 +12,6 @@
 //! Non-delivery is shown without timing: after what must not arrive, an
 //! allowed sentinel goes the same way, and it must come first.
 
-mod common;
-
-use common::{nation, RawConnection, TestNetwork};
 use entente::audit::now_us;
 use entente::client::Client;
 use entente::envelope::{Envelope, MessageId, Signer, Unsigned};
@@ -25,6 +22,7 @@ use entente::pki;
 use entente::routing::announce::Announcement;
 use entente::topic::{Pattern, Topic};
 use entente::wire::Frame;
+use entente_testkit::{nation, RawConnection, TestNetwork};
 
 const RING: &str = r#"
 [communities]
@@ -98,7 +96,8 @@ async fn subscriber(net: &TestNetwork, principal: &str, pattern: &str, known_at:
     client.subscribe(pattern).await.unwrap();
     let nation = net.policy.principal(principal).unwrap().nation;
     for &at in known_at {
-        net.wait_for_interest(common::nation(at), nation, pattern).await;
+        net.wait_for_interest(entente_testkit::nation(at), nation, pattern)
+            .await;
     }
     client
 }

@@ -1,7 +1,7 @@
-//! A real network for integration tests: a PKI generated in a temporary
-//! folder, and in-process nodes on 127.0.0.1:0 talking real QUIC and TLS.
-
-#![allow(dead_code)] // Each test binary uses a different part of this harness.
+//! Entente's integration-test harness: a real network, with a PKI
+//! generated in a temporary folder and in-process nodes on 127.0.0.1:0
+//! talking real QUIC and TLS, and raw connections that speak the wire
+//! protocol by hand to play a misbehaving client or a hostile member.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -215,7 +215,7 @@ impl TestNetwork {
             .insert(nation, spawn_node(config, endpoint, &self.addresses));
     }
 
-    pub fn audit_path(&self, nation: Nation) -> PathBuf {
+    fn audit_path(&self, nation: Nation) -> PathBuf {
         data_dir(self.dir.path(), nation).join("audit.jsonl")
     }
 
@@ -373,6 +373,27 @@ impl RawConnection {
         node_nation: Nation,
         alpn: &[u8],
     ) -> Result<RawConnection, String> {
+        Self::connect(net, identity, node_nation, net.addr(node_nation), alpn).await
+    }
+
+    /// As `open`, but dialing `addr`, which need not be `node_nation`'s
+    /// node: to see what a dialer does when another node answers.
+    pub async fn open_at(
+        net: &TestNetwork,
+        identity: &Identity,
+        node_nation: Nation,
+        addr: SocketAddr,
+    ) -> Result<RawConnection, String> {
+        Self::connect(net, identity, node_nation, addr, wire::ALPN).await
+    }
+
+    async fn connect(
+        net: &TestNetwork,
+        identity: &Identity,
+        node_nation: Nation,
+        addr: SocketAddr,
+        alpn: &[u8],
+    ) -> Result<RawConnection, String> {
         let (cert, key) = net.identity_files(identity);
         let trust = pki::load_trust_store(&net.policy, &net.layout).map_err(|e| e.to_string())?;
         let config = entente::tls::client_config_for_protocol(
@@ -385,7 +406,7 @@ impl RawConnection {
         .map_err(|e| e.to_string())?;
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         let connection = endpoint
-            .connect_with(config, net.addr(node_nation), "127.0.0.1")
+            .connect_with(config, addr, "127.0.0.1")
             .map_err(|e| e.to_string())?
             .await
             .map_err(|e| e.to_string())?;
@@ -427,40 +448,5 @@ impl RawConnection {
             }
             other => other.to_string(),
         }
-    }
-}
-
-impl RawConnection {
-    /// As `open`, but dialing `addr`, which need not be `node_nation`'s
-    /// node: to see what a dialer does when another node answers.
-    pub async fn open_at(
-        net: &TestNetwork,
-        identity: &Identity,
-        node_nation: Nation,
-        addr: SocketAddr,
-    ) -> Result<RawConnection, String> {
-        let (cert, key) = net.identity_files(identity);
-        let trust = pki::load_trust_store(&net.policy, &net.layout).map_err(|e| e.to_string())?;
-        let config = entente::tls::client_config_for_protocol(
-            &trust,
-            vec![pki::read_cert(&cert).unwrap()],
-            pki::read_key(&key).unwrap(),
-            Identity::Node(node_nation),
-            wire::ALPN,
-        )
-        .map_err(|e| e.to_string())?;
-        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let connection = endpoint
-            .connect_with(config, addr, "127.0.0.1")
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
-        let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
-        Ok(RawConnection {
-            endpoint,
-            connection,
-            send,
-            recv,
-        })
     }
 }
