@@ -551,16 +551,18 @@ async fn a_dropped_link_is_redialed() {
             .filter(|l| l.contains("\"reason\":\"link-up\"") && l.contains("\"subject\":\"FRA\""))
             .count()
     };
-    assert_eq!(links_up(&net), 1);
+    // Counted from here: a link that flapped at start-up is no failure.
+    let before = links_up(&net);
+    assert!(before >= 1);
     net.restart(nation("FRA")).await;
     // GBR notices the old link died and dials the new FRA node.
     for _ in 0..1000 {
-        if links_up(&net) == 2 {
+        if links_up(&net) > before {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(links_up(&net), 2, "GBR never re-dialed FRA");
+    assert!(links_up(&net) > before, "GBR never re-dialed FRA");
     let fra = net.client("fra.analyst").await;
     fra.subscribe(">").await.unwrap();
     net.wait_for_interest(nation("GBR"), nation("FRA"), ">").await;
