@@ -12,7 +12,6 @@ use quinn::Connection;
 use tracing::warn;
 
 use super::connection::{accept_hello, close_after, next_batch, write_frame, StreamError};
-use super::outbound::send_or_cut;
 use super::{Reason, Shared};
 use crate::audit::{Event, Record, Verdict};
 use crate::envelope::{Envelope, EnvelopeError, MessageId};
@@ -242,7 +241,7 @@ async fn ingress(
         }
     }
     shared.carry_out(actions).await;
-    relay(shared, relays, &mut records).await;
+    relay(shared, relays, &mut records);
     for record in records {
         shared.audit(record).await;
     }
@@ -288,9 +287,10 @@ fn verify(
     good
 }
 
-/// Sends verified envelopes on to this node's children, with their seals
-/// (each is sealed already), waiting for room like any forward.
-async fn relay(shared: &Shared, relays: Vec<(Envelope, Arc<str>, Vec<Nation>)>, records: &mut Vec<Record>) {
+/// Offers verified envelopes to this node's children, with their seals
+/// (each is sealed already), never waiting: like any forward, a child's
+/// link whose queue is full is cut, so one child cannot slow this reader.
+fn relay(shared: &Shared, relays: Vec<(Envelope, Arc<str>, Vec<Nation>)>, records: &mut Vec<Record>) {
     for (envelope, marking, forward) in relays {
         let frame = match wire::encode_forward(&envelope) {
             Ok(encoded) => Bytes::from(encoded),
@@ -304,7 +304,7 @@ async fn relay(shared: &Shared, relays: Vec<(Envelope, Arc<str>, Vec<Nation>)>, 
             }
         };
         for target in shared.router.targets(&forward) {
-            let record = match send_or_cut(shared, &target, frame.clone()).await {
+            let record = match target.offer_or_cut(frame.clone(), records) {
                 Ok(()) => Record::new(Event::Forward, Verdict::Allow, Reason::PolicyAllows.code()),
                 Err(reason) => Record::new(Event::Drop, Verdict::Deny, reason.code()),
             };

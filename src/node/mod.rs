@@ -98,13 +98,13 @@ pub struct NodeSettings {
     pub session_queue_bytes: usize,
     /// Subscriptions one session may hold.
     pub max_subscriptions: usize,
-    /// Frames queued for one peer link; past it, publishers wait.
+    /// Frames queued for one peer link. Nothing ever waits for room in a
+    /// link's queue: a link whose queue is full is cut (`peer-stalled`),
+    /// so this is sized for the bursts a peer that keeps up must absorb.
     pub peer_queue: usize,
-    /// Bytes queued for one peer link; past it, publishers wait.
+    /// Bytes queued for one peer link; with `peer_queue`, this bounds the
+    /// memory one peer that stops reading can hold.
     pub peer_queue_bytes: usize,
-    /// How long a publish may wait for room in a peer link's queue before
-    /// the link counts as stuck and is closed.
-    pub peer_stall_timeout: Duration,
     /// How long a new connection may take to open its stream and send
     /// `Hello`, so an idle or slow dialer cannot hold a slot.
     pub first_frame_timeout: Duration,
@@ -118,9 +118,8 @@ impl Default for NodeSettings {
             session_queue: 1024,
             session_queue_bytes: 4 * 1024 * 1024,
             max_subscriptions: 256,
-            peer_queue: 8192,
-            peer_queue_bytes: 32 * 1024 * 1024,
-            peer_stall_timeout: Duration::from_secs(5),
+            peer_queue: 32 * 1024,
+            peer_queue_bytes: 64 * 1024 * 1024,
             first_frame_timeout: Duration::from_secs(5),
             max_redial_backoff: Duration::from_secs(5),
         }

@@ -1,15 +1,13 @@
 //! Links this node dials, the only ones it sends on: dialing each
 //! configured peer and re-dialing with backoff, one link's life
-//! (`run_link`), and queueing frames on links with backpressure
-//! (`send_or_cut`, `forward_batch`), which hands what the links carried to
-//! the sealer.
+//! (`run_link`), and offering publishers' envelopes to links
+//! (`forward_batch`), which hands what the links carried to the sealer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use quinn::VarInt;
 use tracing::{debug, error, info, warn};
 
 use super::connection::{read_frame, write_frame, StreamError};
@@ -27,10 +25,9 @@ use crate::wire::{self, Frame};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Queues each envelope, unsealed, for its target links, waiting for
-/// room (a busy link slows the publisher down), then hands what the links
-/// carried to the sealer. A link that stays full for `peer_stall_timeout`
-/// is closed.
+/// Offers each envelope, unsealed, to its target links without waiting
+/// (a link whose queue is full is cut: see [`PeerTarget::offer_or_cut`]),
+/// then hands what the links carried to the sealer.
 ///
 /// The seal follows its envelopes so that signing (24 µs) is not on the
 /// way: the receiving node delivers an envelope from its origin at once,
@@ -59,7 +56,7 @@ pub(super) async fn forward_batch(
         };
         let mut carried_by = Vec::with_capacity(targets.len());
         for target in targets {
-            match send_or_cut(shared, &target, frame.clone()).await {
+            match target.offer_or_cut(frame.clone(), records) {
                 Ok(()) => {
                     debug!(to = %target.nation, id = %envelope.id, "forwarded");
                     records.push(record(
@@ -70,16 +67,7 @@ pub(super) async fn forward_batch(
                     ));
                     carried_by.push(target);
                 }
-                Err(reason) => {
-                    let mut drop = record(target.nation, Event::Drop, Verdict::Deny, reason);
-                    if reason == Reason::PeerStalled {
-                        drop = drop.detail(format!(
-                            "its queue stayed full for {:?}",
-                            shared.settings.peer_stall_timeout
-                        ));
-                    }
-                    records.push(drop);
-                }
+                Err(reason) => records.push(record(target.nation, Event::Drop, Verdict::Deny, reason)),
             }
         }
         if !carried_by.is_empty() {
@@ -88,26 +76,10 @@ pub(super) async fn forward_batch(
                 leaf: envelope.leaf(),
                 carried_by,
             };
-            // Fails only at shutdown; the peers audit the missing seals.
+            // The sealer never waits for a link, so this waits at most for
+            // one signature; it fails only at shutdown, and then the peers
+            // audit the missing seals.
             let _ = shared.sealer.send(to_seal).await;
-        }
-    }
-}
-
-/// Queues `frame` on a link, waiting for room up to `peer_stall_timeout`;
-/// a link that stays full that long is closed. The error is the reason
-/// for the audit record.
-pub(super) async fn send_or_cut(shared: &Shared, target: &PeerTarget, frame: Bytes) -> Result<(), Reason> {
-    match tokio::time::timeout(shared.settings.peer_stall_timeout, target.queue.send(frame)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(Reason::LinkDown),
-        Err(_) => {
-            warn!(to = %target.nation, "closing a link whose queue stayed full");
-            target.connection.close(
-                VarInt::from_u32(wire::close::SLOW_CONSUMER),
-                b"slow consumer: peer queue stayed full",
-            );
-            Err(Reason::PeerStalled)
         }
     }
 }

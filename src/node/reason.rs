@@ -25,7 +25,7 @@ pub enum Reason {
     SessionEnded,
     /// A subscriber whose queue was full, disconnected.
     SlowConsumer,
-    /// A link whose queue stayed full for `peer_stall_timeout`, closed.
+    /// A link whose queue was full, cut: its peer does not keep up.
     PeerStalled,
     /// A link this node dialed came up.
     LinkUp,

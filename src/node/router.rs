@@ -2,12 +2,12 @@
 //! only for a call, never across `.await`), the session and link tables
 //! that I/O tasks share, and carrying out what the core decides. Local
 //! deliveries go to session queues without waiting (a full one
-//! disconnects its subscriber); links are handed back, for the caller to
-//! queue on with backpressure.
+//! disconnects its subscriber); links are handed back as [`PeerTarget`]s,
+//! which are offered to the same way (a full one cuts its link).
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -33,6 +33,8 @@ struct LinkEntry {
     link: u64,
     queue: QueueSender,
     connection: Connection,
+    /// Set by whoever cuts the link first, so the cut is audited once.
+    cut: Arc<AtomicBool>,
 }
 
 /// What happened when a frame was offered to a session's queue.
@@ -167,6 +169,7 @@ impl Router {
                 link,
                 queue,
                 connection,
+                cut: Arc::new(AtomicBool::new(false)),
             },
         );
         (link, self.core(|core, now| core.link_up(peer, now)).1)
@@ -183,8 +186,8 @@ impl Router {
         self.core(|core, now| core.link_down(peer, now)).1
     }
 
-    /// The live links to `peers`, taken out of the table so the sender can
-    /// wait for room without holding a guard.
+    /// The live links to `peers`, taken out of the table so that no
+    /// guard is held while the caller offers to them.
     pub(super) fn targets(&self, peers: &[Nation]) -> Vec<PeerTarget> {
         peers
             .iter()
@@ -194,6 +197,7 @@ impl Router {
                     link: entry.link,
                     queue: entry.queue.clone(),
                     connection: entry.connection.clone(),
+                    cut: entry.cut.clone(),
                 })
             })
             .collect()
@@ -256,14 +260,59 @@ impl Router {
     }
 }
 
-/// A peer link a message may go to, taken out of the table so the sender
-/// can wait for room in its queue without holding a lock.
+/// A peer link a message may go to, taken out of the table so that no
+/// lock is held while it is offered to.
 #[derive(Clone)]
 pub(super) struct PeerTarget {
     pub(super) nation: Nation,
     pub(super) link: u64,
     pub(super) queue: QueueSender,
     pub(super) connection: Connection,
+    cut: Arc<AtomicBool>,
+}
+
+impl PeerTarget {
+    /// Queues `frame` on the link if there is room now; never waits.
+    ///
+    /// Nothing that sends on links (publishers' sessions, the sealer,
+    /// relaying readers) may wait for one link: each serves every link, so
+    /// a peer that stops reading, or reads just often enough, would slow
+    /// them all. A full queue therefore means its peer cannot keep up, as
+    /// with a slow subscriber: the link is cut, alone, and its peer gets
+    /// everything again (announcements first) when it re-dials. The queue
+    /// is sized (`NodeSettings::peer_queue`) so that a peer that keeps up
+    /// absorbs any burst. The first to find it full closes the connection
+    /// and pushes the audit record of the cut onto `records`; every frame
+    /// offered until the link is gone is refused as `peer-stalled`.
+    pub(super) fn offer_or_cut(&self, frame: Bytes, records: &mut Vec<Record>) -> Result<(), Reason> {
+        match self.queue.offer(frame) {
+            Ok(()) => Ok(()),
+            Err(OfferError::Closed) => Err(Reason::LinkDown),
+            Err(OfferError::Full) => {
+                if !self.cut.swap(true, Ordering::AcqRel) {
+                    let limit = self.queue.describe_limit();
+                    tracing::warn!(to = %self.nation, %limit, "cutting a link whose queue is full");
+                    self.connection.close(
+                        VarInt::from_u32(close::SLOW_CONSUMER),
+                        format!(
+                            "slow consumer: the link queue of {limit} for {} was full, and no link is waited for",
+                            self.nation
+                        )
+                        .as_bytes(),
+                    );
+                    records.push(
+                        Record::new(Event::Disconnect, Verdict::Deny, Reason::PeerStalled.code())
+                            .subject(self.nation)
+                            .detail(format!(
+                                "its link queue of {limit} was full: {} does not read fast enough, so its link is cut rather than let it slow anyone else",
+                                self.nation
+                            )),
+                    );
+                }
+                Err(Reason::PeerStalled)
+            }
+        }
+    }
 }
 
 fn encode_delivery(envelope: &Envelope, marking: &str) -> Result<Bytes, wire::WireError> {

@@ -9,7 +9,6 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::outbound::send_or_cut;
 use super::router::PeerTarget;
 use super::Shared;
 use crate::envelope::{Hash, MessageId, Proof, SealBatch};
@@ -50,6 +49,7 @@ pub(super) async fn seal_forever(shared: Arc<Shared>, mut queue: mpsc::Receiver<
         refilled = now;
     };
     let mut batch = Vec::new();
+    let mut records = Vec::new();
     loop {
         tokio::select! {
             received = queue.recv_many(&mut batch, SEAL_BATCH) => if received == 0 { return },
@@ -94,13 +94,17 @@ pub(super) async fn seal_forever(shared: Arc<Shared>, mut queue: mpsc::Receiver<
                 proofs,
             });
             match wire::encode(&seals) {
-                // A link that fails here is going down: its peer audits
-                // the envelopes whose seals never came.
+                // Offered, never awaited: one link that cannot take its
+                // seals is cut, and its peer audits the envelopes whose
+                // seals never came; every other link gets its seals now.
                 Ok(frame) => {
-                    let _ = send_or_cut(&shared, &target, Bytes::from(frame)).await;
+                    let _ = target.offer_or_cut(Bytes::from(frame), &mut records);
                 }
                 Err(err) => warn!(to = %target.nation, cause = %err, "cannot encode seals"),
             }
+        }
+        for record in records.drain(..) {
+            shared.audit(record).await;
         }
     }
 }
