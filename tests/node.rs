@@ -140,16 +140,15 @@ async fn nothing_is_delivered_outside_the_label() {
         l.contains("fra.junior") && l.contains("\"reason\":\"clearance-too-low\"")
     })
     .await;
-    // GBR never sent the GBR-only message to FRA at all.
+    // GBR never sent the GBR-only message to FRA at all: its one forward
+    // record lists FRA as denied, with the policy's reason.
     let denied_forward = net
         .wait_for_audit(nation("GBR"), |l| {
-            l.contains("\"event\":\"forward\"")
-                && l.contains("\"subject\":\"FRA\"")
-                && l.contains("\"decision\":\"deny\"")
+            l.contains("\"event\":\"forward\"") && l.contains("{\"peer\":\"FRA\",\"decision\":\"deny\"")
         })
         .await;
     assert!(
-        denied_forward.contains("\"reason\":\"not-releasable\"")
+        denied_forward.contains("{\"peer\":\"FRA\",\"decision\":\"deny\",\"reason\":\"not-releasable\"}")
             && denied_forward.contains("SECRET//REL TO GBR\""),
         "{denied_forward}"
     );

@@ -7,18 +7,18 @@
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError};
 
-use bytes::Bytes;
 use quinn::Connection;
 use tracing::warn;
 
 use super::connection::{accept_hello, close_after, next_batch, write_frame, StreamError};
+use super::outbound::Outgoing;
 use super::{Reason, Shared};
 use crate::audit::{Event, Record, Verdict};
 use crate::envelope::{Envelope, EnvelopeError, MessageId};
 use crate::label::Nation;
-use crate::routing::{self, Route, SealState, Source};
+use crate::routing::{self, SealState, Source};
 use crate::stream::FrameReader;
-use crate::wire::{self, Frame};
+use crate::wire::Frame;
 
 pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nation) {
     let subject = peer.to_string();
@@ -222,11 +222,7 @@ async fn ingress(
     {
         let (route, more) = shared.router.core(|core, now| {
             if delivered {
-                Ok(Route {
-                    deliver: Vec::new(),
-                    forward: core.relay(&envelope, peer, now),
-                    marking: marking.clone(),
-                })
+                Ok(core.relay(&envelope, peer, now))
             } else {
                 core.route(&envelope, Source::Peer(peer), SealState::Verified, now)
             }
@@ -236,8 +232,13 @@ async fn ingress(
         shared
             .router
             .deliver(&envelope, &marking, &route.deliver, &mut records);
-        if !route.forward.is_empty() {
-            relays.push((envelope, marking, route.forward));
+        if !route.forward.is_empty() || !route.denied.is_empty() {
+            relays.push(Outgoing {
+                envelope,
+                marking,
+                forward: route.forward,
+                denied: route.denied,
+            });
         }
     }
     shared.carry_out(actions).await;
@@ -290,25 +291,8 @@ fn verify(
 /// Offers verified envelopes to this node's children, with their seals
 /// (each is sealed already), never waiting: like any forward, a child's
 /// link whose queue is full is cut, so one child cannot slow this reader.
-fn relay(shared: &Shared, relays: Vec<(Envelope, Arc<str>, Vec<Nation>)>, records: &mut Vec<Record>) {
-    for (envelope, marking, forward) in relays {
-        let frame = match wire::encode_forward(&envelope) {
-            Ok(encoded) => Bytes::from(encoded),
-            Err(err) => {
-                records.push(
-                    Record::new(Event::Drop, Verdict::Deny, Reason::EncodeFailed.code())
-                        .message(&envelope, &marking)
-                        .detail(err),
-                );
-                continue;
-            }
-        };
-        for target in shared.router.targets(&forward) {
-            let record = match target.offer_or_cut(frame.clone(), records) {
-                Ok(()) => Record::new(Event::Forward, Verdict::Allow, Reason::PolicyAllows.code()),
-                Err(reason) => Record::new(Event::Drop, Verdict::Deny, reason.code()),
-            };
-            records.push(record.message(&envelope, &marking).subject(target.nation));
-        }
+fn relay(shared: &Shared, relays: Vec<Outgoing<Arc<str>>>, records: &mut Vec<Record>) {
+    for message in relays {
+        message.offer(shared, records);
     }
 }

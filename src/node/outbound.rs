@@ -14,16 +14,75 @@ use super::connection::{read_frame, write_frame, StreamError};
 use super::router::PeerTarget;
 use super::sealer::ToSeal;
 use super::{queue, resolve, Reason, Shared};
-use crate::audit::{Event, Record, Verdict};
+use crate::audit::{Event, PeerOutcome, Record, Verdict};
 use crate::envelope::Envelope;
 use crate::identity::Identity;
 use crate::label::Nation;
 use crate::pki::address_host;
+use crate::policy;
 use crate::stream;
 use crate::tls;
 use crate::wire::{self, Frame};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A message to offer to peers, with its route's forward decisions.
+pub(super) struct Outgoing<M> {
+    pub(super) envelope: Envelope,
+    pub(super) marking: M,
+    /// The peers the routing core chose: this node's children in the tree.
+    pub(super) forward: Vec<Nation>,
+    /// Interested neighbours the policy denied, with its reason.
+    pub(super) denied: Vec<(Nation, policy::Reason)>,
+}
+
+impl<M: AsRef<str>> Outgoing<M> {
+    /// Offers the message (its encoded forward frame) to each chosen
+    /// peer's link without waiting, and records every peer's outcome,
+    /// allowed, denied or dropped, in the message's one `forward` record.
+    /// Returns the links that took it.
+    pub(super) fn offer(&self, shared: &Shared, records: &mut Vec<Record>) -> Vec<PeerTarget> {
+        let mut peers: Vec<PeerOutcome> = self
+            .denied
+            .iter()
+            .map(|&(peer, reason)| PeerOutcome {
+                peer,
+                decision: Verdict::Deny,
+                reason: reason.code(),
+            })
+            .collect();
+        let mut carried_by = Vec::with_capacity(self.forward.len());
+        let frame = wire::encode_forward(&self.envelope).map(Bytes::from);
+        if let Err(err) = &frame {
+            warn!(id = %self.envelope.id, cause = %err, "cannot encode a forward");
+        }
+        for &peer in &self.forward {
+            let outcome = match (&frame, shared.router.target(peer)) {
+                (Err(_), _) => Err(Reason::EncodeFailed),
+                // The link went down since the core chose it.
+                (Ok(_), None) => Err(Reason::LinkDown),
+                (Ok(frame), Some(target)) => target.offer_or_cut(frame.clone(), records).map(|()| target),
+            };
+            let (decision, reason) = match outcome {
+                Ok(target) => {
+                    debug!(to = %peer, id = %self.envelope.id, "forwarded");
+                    carried_by.push(target);
+                    (Verdict::Allow, Reason::PolicyAllows)
+                }
+                Err(reason) => (Verdict::Deny, reason),
+            };
+            peers.push(PeerOutcome {
+                peer,
+                decision,
+                reason: reason.code(),
+            });
+        }
+        if !peers.is_empty() {
+            records.push(Record::forward(peers).message(&self.envelope, self.marking.as_ref()));
+        }
+        carried_by
+    }
+}
 
 /// Offers each envelope, unsealed, to its target links without waiting
 /// (a link whose queue is full is cut: see [`PeerTarget::offer_or_cut`]),
@@ -34,46 +93,15 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// and relays or stores it only once the seal has come and verified.
 pub(super) async fn forward_batch(
     shared: &Shared,
-    outgoing: Vec<(Envelope, String, Vec<PeerTarget>)>,
+    outgoing: Vec<Outgoing<String>>,
     records: &mut Vec<Record>,
 ) {
-    for (envelope, marking, targets) in outgoing {
-        let record = |peer: Nation, event, verdict, reason: Reason| {
-            Record::new(event, verdict, reason.code())
-                .message(&envelope, &marking)
-                .subject(peer)
-        };
-        let frame = match wire::encode_forward(&envelope) {
-            Ok(encoded) => Bytes::from(encoded),
-            Err(err) => {
-                for target in &targets {
-                    records.push(
-                        record(target.nation, Event::Drop, Verdict::Deny, Reason::EncodeFailed).detail(&err),
-                    );
-                }
-                continue;
-            }
-        };
-        let mut carried_by = Vec::with_capacity(targets.len());
-        for target in targets {
-            match target.offer_or_cut(frame.clone(), records) {
-                Ok(()) => {
-                    debug!(to = %target.nation, id = %envelope.id, "forwarded");
-                    records.push(record(
-                        target.nation,
-                        Event::Forward,
-                        Verdict::Allow,
-                        Reason::PolicyAllows,
-                    ));
-                    carried_by.push(target);
-                }
-                Err(reason) => records.push(record(target.nation, Event::Drop, Verdict::Deny, reason)),
-            }
-        }
+    for message in outgoing {
+        let carried_by = message.offer(shared, records);
         if !carried_by.is_empty() {
             let to_seal = ToSeal {
-                id: envelope.id,
-                leaf: envelope.leaf(),
+                id: message.envelope.id,
+                leaf: message.envelope.leaf(),
                 carried_by,
             };
             // The sealer never waits for a link, so this waits at most for

@@ -189,18 +189,18 @@ impl Router {
     /// The live links to `peers`, taken out of the table so that no
     /// guard is held while the caller offers to them.
     pub(super) fn targets(&self, peers: &[Nation]) -> Vec<PeerTarget> {
-        peers
-            .iter()
-            .filter_map(|&peer| {
-                self.links.get(&peer).map(|entry| PeerTarget {
-                    nation: peer,
-                    link: entry.link,
-                    queue: entry.queue.clone(),
-                    connection: entry.connection.clone(),
-                    cut: entry.cut.clone(),
-                })
-            })
-            .collect()
+        peers.iter().filter_map(|&peer| self.target(peer)).collect()
+    }
+
+    /// The live link to `peer`, if it is up.
+    pub(super) fn target(&self, peer: Nation) -> Option<PeerTarget> {
+        self.links.get(&peer).map(|entry| PeerTarget {
+            nation: peer,
+            link: entry.link,
+            queue: entry.queue.clone(),
+            connection: entry.connection.clone(),
+            cut: entry.cut.clone(),
+        })
     }
 
     /// Offers `envelope` to the sessions the core chose, without waiting.

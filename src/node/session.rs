@@ -257,9 +257,13 @@ async fn route_publishes(
         shared
             .router
             .deliver(&envelope, &marking, &route.deliver, &mut records);
-        let targets = shared.router.targets(&route.forward);
-        if !targets.is_empty() {
-            outgoing.push((envelope, marking, targets));
+        if !route.forward.is_empty() || !route.denied.is_empty() {
+            outgoing.push(outbound::Outgoing {
+                envelope,
+                marking,
+                forward: route.forward,
+                denied: route.denied,
+            });
         }
     }
     if !outgoing.is_empty() {

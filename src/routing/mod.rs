@@ -141,6 +141,12 @@ pub struct Route {
     pub deliver: Vec<SessionId>,
     /// Peers to send it to: this node's children in its delivery tree.
     pub forward: Vec<Nation>,
+    /// Live neighbours that want it but may not have it, each with the
+    /// policy's reason (invariant 7 at this node's boundary; nations
+    /// further away are denied by their own neighbours). The I/O layer
+    /// lists them with the peers it forwarded to in the message's one
+    /// `forward` audit record.
+    pub denied: Vec<(Nation, crate::policy::Reason)>,
     /// Its label's canonical marking, as deliveries and audit records
     /// print it (worked out once, for the route).
     pub marking: Arc<str>,
@@ -864,8 +870,8 @@ impl Routing {
             }
         }
         let deliver = self.deliver_locally(envelope, &marking, now_us);
-        let forward = match (source, seal) {
-            (Source::Peer(_), SealState::Unverified) => Vec::new(),
+        let (forward, denied) = match (source, seal) {
+            (Source::Peer(_), SealState::Unverified) => (Vec::new(), Vec::new()),
             (Source::Peer(from), SealState::Verified) => {
                 self.children(envelope, eligible, &marking, Some(from), now_us)
             }
@@ -874,15 +880,23 @@ impl Routing {
         Ok(Route {
             deliver,
             forward,
+            denied,
             marking,
         })
     }
 
-    /// The peers to pass on an envelope that came unverified from `from`
-    /// (its origin) and whose seal has now verified.
-    pub fn relay(&mut self, envelope: &Envelope, from: Nation, now_us: u64) -> Vec<Nation> {
+    /// Where to pass on an envelope that came unverified from `from` (its
+    /// origin) and whose seal has now verified: a route with nobody to
+    /// deliver to (that was done on arrival).
+    pub fn relay(&mut self, envelope: &Envelope, from: Nation, now_us: u64) -> Route {
         let (eligible, marking) = self.eligibility(envelope.origin, &envelope.label);
-        self.children(envelope, eligible, &marking, Some(from), now_us)
+        let (forward, denied) = self.children(envelope, eligible, &marking, Some(from), now_us);
+        Route {
+            deliver: Vec::new(),
+            forward,
+            denied,
+            marking,
+        }
     }
 
     fn deliver_locally(&mut self, envelope: &Envelope, marking: &str, now_us: u64) -> Vec<SessionId> {
@@ -915,8 +929,8 @@ impl Routing {
     }
 
     /// This node's children in the envelope's tree that lead to an
-    /// interested nation; at the origin, also audits the targets no path
-    /// reaches.
+    /// interested nation, and the interested neighbours it may not go to;
+    /// at the origin, also audits the targets no path reaches.
     fn children(
         &mut self,
         envelope: &Envelope,
@@ -924,17 +938,17 @@ impl Routing {
         marking: &str,
         from: Option<Nation>,
         now_us: u64,
-    ) -> Vec<Nation> {
+    ) -> (Vec<Nation>, Vec<(Nation, crate::policy::Reason)>) {
         let Some(origin) = self.nations.index(envelope.origin) else {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
         let interested = self.interested(&envelope.topic);
-        self.audit_ineligible_neighbours(envelope, interested.minus(eligible), marking, now_us);
+        let denied = self.ineligible_neighbours(envelope, interested.minus(eligible));
         let mut targets = interested.and(eligible);
         targets.remove(origin);
         targets.remove(self.me);
         if targets.is_empty() {
-            return Vec::new();
+            return (Vec::new(), denied);
         }
         let tree = self.tree(origin, eligible);
         let mut forward = Vec::new();
@@ -989,40 +1003,33 @@ impl Routing {
                 }
             }
         }
-        forward
+        (forward, denied)
     }
 
     /// Invariant 7 at this node's own boundary: each live peer that wants
-    /// the message but may not have it gets a denial with the policy's
-    /// reason (nations further away are denied by their own neighbours).
-    fn audit_ineligible_neighbours(
-        &mut self,
+    /// the message but may not have it, with the policy's reason (nations
+    /// further away are denied by their own neighbours). Returned in the
+    /// route rather than audited here, so that the I/O layer writes one
+    /// record per message with every peer's outcome.
+    fn ineligible_neighbours(
+        &self,
         envelope: &Envelope,
         denied: NationSet,
-        marking: &str,
-        now_us: u64,
-    ) {
+    ) -> Vec<(Nation, crate::policy::Reason)> {
         if denied.is_empty() {
-            return;
+            return Vec::new();
         }
-        let peers: Vec<Nation> = self
-            .live_peers
+        self.live_peers
             .iter()
             .copied()
             .filter(|&p| self.nations.index(p).is_some_and(|i| denied.contains(i)))
-            .collect();
-        for peer in peers {
-            if let Decision::Deny { reason, message } =
-                self.policy.may_forward(&envelope.label, envelope.origin, peer)
-            {
-                self.audit(
-                    Record::at(now_us, Event::Forward, Verdict::Deny, reason.code())
-                        .message(envelope, marking)
-                        .subject(peer)
-                        .detail(message),
-                );
-            }
-        }
+            .filter_map(
+                |peer| match self.policy.may_forward(&envelope.label, envelope.origin, peer) {
+                    Decision::Deny { reason, .. } => Some((peer, reason)),
+                    Decision::Allow => None,
+                },
+            )
+            .collect()
     }
 
     /// The path a message from `origin` with `label` takes to `to` over

@@ -581,7 +581,7 @@ fn an_unverified_envelope_from_its_origin_is_delivered_but_relayed_only_after_it
     assert_eq!(route.deliver.len(), 1);
     assert!(route.forward.is_empty());
     // LVA has no one beyond it that wants it, so even verified it stays.
-    assert!(lva_node.relay(&envelope, nation("EST"), now).is_empty());
+    assert!(lva_node.relay(&envelope, nation("EST"), now).forward.is_empty());
 }
 
 #[test]
