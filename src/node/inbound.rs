@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError};
 
-use quinn::Connection;
+use quinn::{Connection, VarInt};
 use tracing::warn;
 
 use super::connection::{accept_hello, close_after, next_batch, write_frame, StreamError};
@@ -18,7 +18,7 @@ use crate::envelope::{Envelope, EnvelopeError, MessageId};
 use crate::label::Nation;
 use crate::routing::{self, SealState, Source};
 use crate::stream::FrameReader;
-use crate::wire::Frame;
+use crate::wire::{close, Frame};
 
 pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nation) {
     let subject = peer.to_string();
@@ -36,7 +36,12 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
     {
         return close_after(&shared, &connection, subject, &err).await;
     }
-    let mut reader = FrameReader::new(recv);
+    // One inbound link per peer: the newest wins, so a peer that opens
+    // many links gets one budget of envelopes waiting for seals, not one
+    // per link. The old link's reader fails at once on the close, and its
+    // unsealed envelopes are audited and dropped with it.
+    let _inbound = InboundLink::register(&shared, peer, &connection).await;
+    let mut reader = FrameReader::with_frame_timeout(recv, shared.settings.frame_timeout);
     let mut frames = Vec::new();
     let mut unsealed = Unsealed::default();
     let mut shutdown = shared.shutdown.clone();
@@ -67,6 +72,47 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
     }
     if let Err(err) = result {
         close_after(&shared, &connection, subject, &err).await;
+    }
+}
+
+/// A peer's registration as the holder of its one inbound link, undone
+/// on every way out of `serve`.
+struct InboundLink<'a> {
+    shared: &'a Shared,
+    peer: Nation,
+    generation: u64,
+}
+
+impl<'a> InboundLink<'a> {
+    /// Makes `connection` `peer`'s inbound link, closing and auditing the
+    /// one it replaces.
+    async fn register(shared: &'a Shared, peer: Nation, connection: &Connection) -> InboundLink<'a> {
+        let (generation, replaced) = shared.router.replace_inbound(peer, connection.clone());
+        if let Some(old) = replaced {
+            let reason = format!("replaced by a newer link from {peer}");
+            warn!(%reason, "closing the older inbound link");
+            old.close(VarInt::from_u32(close::REPLACED), reason.as_bytes());
+            shared
+                .audit(
+                    Record::new(Event::Disconnect, Verdict::Deny, Reason::LinkReplaced.code())
+                        .subject(peer)
+                        .detail(format!(
+                            "{reason}: a peer has one inbound link at a time, and one budget of messages waiting for seals"
+                        )),
+                )
+                .await;
+        }
+        InboundLink {
+            shared,
+            peer,
+            generation,
+        }
+    }
+}
+
+impl Drop for InboundLink<'_> {
+    fn drop(&mut self) {
+        self.shared.router.remove_inbound(self.peer, self.generation);
     }
 }
 

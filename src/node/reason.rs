@@ -49,6 +49,15 @@ pub enum Reason {
     PayloadTooLarge,
     /// A subscription to a pattern that does not parse.
     BadPattern,
+    /// A peer's inbound link, closed because a newer one from the same
+    /// peer replaced it (one inbound link per peer).
+    LinkReplaced,
+    /// A principal already holding `max_sessions_per_principal` sessions.
+    TooManySessions,
+    /// A connection attempt past `max_connections`, refused before TLS.
+    TooManyConnections,
+    /// Connection attempts past the handshake rate limit, refused before TLS.
+    TooManyHandshakes,
 }
 
 impl Reason {
@@ -75,6 +84,10 @@ impl Reason {
             Reason::BadMarking => "bad-marking",
             Reason::PayloadTooLarge => "payload-too-large",
             Reason::BadPattern => "bad-pattern",
+            Reason::LinkReplaced => "link-replaced",
+            Reason::TooManySessions => "too-many-sessions",
+            Reason::TooManyConnections => "too-many-connections",
+            Reason::TooManyHandshakes => "too-many-handshakes",
         }
     }
 }

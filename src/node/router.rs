@@ -50,6 +50,8 @@ pub(super) struct Router {
     sessions: DashMap<SessionId, SessionEntry>,
     /// The links this node dialed: the only ones it sends on.
     links: DashMap<Nation, LinkEntry>,
+    /// The one inbound link of each peer, with its generation.
+    inbound: DashMap<Nation, (u64, Connection)>,
     next_id: AtomicU64,
     /// Actions produced where nothing can wait (such as a slow consumer
     /// dropped mid-delivery), for the ticker task to carry out. Bounded by
@@ -73,6 +75,7 @@ impl Router {
             core: Mutex::new(core),
             sessions: DashMap::new(),
             links: DashMap::new(),
+            inbound: DashMap::new(),
             next_id: AtomicU64::new(1),
             deferred: Mutex::new(Vec::new()),
             deferred_ready: tokio::sync::Notify::new(),
@@ -184,6 +187,22 @@ impl Router {
             return Vec::new();
         }
         self.core(|core, now| core.link_down(peer, now)).1
+    }
+
+    /// Makes `connection` `peer`'s one inbound link; returns its
+    /// generation, for [`Router::remove_inbound`], and the link it
+    /// replaced, for the caller to close.
+    pub(super) fn replace_inbound(&self, peer: Nation, connection: Connection) -> (u64, Option<Connection>) {
+        let generation = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let replaced = self.inbound.insert(peer, (generation, connection));
+        (generation, replaced.map(|(_, old)| old))
+    }
+
+    /// Forgets `peer`'s inbound link of `generation`, unless a newer one
+    /// has replaced it already.
+    pub(super) fn remove_inbound(&self, peer: Nation, generation: u64) {
+        self.inbound
+            .remove_if(&peer, |_, (current, _)| *current == generation);
     }
 
     /// The live links to `peers`, taken out of the table so that no

@@ -49,7 +49,7 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal
         }
     });
 
-    let mut reader = FrameReader::new(recv);
+    let mut reader = FrameReader::with_frame_timeout(recv, shared.settings.frame_timeout);
     let mut frames = Vec::new();
     let mut markings = MarkingCache::default();
     let mut shutdown = shared.shutdown.clone();
