@@ -8,6 +8,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{nation, RawConnection, TestNetwork};
@@ -149,16 +151,18 @@ subscribe = [">"]
 /// seals stop while they pass cuts its link and audits them `unsealed`.
 const FOR_POL: usize = 768;
 const FOR_POL_SIZE: usize = 64 * 1024;
-/// Small messages for the hostile FRA alone: more than its stream window
-/// and its link queue (2,048 frames here) hold together.
+/// Small messages for the hostile FRA alone, before POL's start: more than
+/// its stream window and its link queue (2,048 frames here) hold together.
+/// The flood goes on until POL's last message is acknowledged, so FRA
+/// fills up again at every re-dial.
 const FOR_FRA: usize = 16_000;
 
 /// FRA's node turns hostile (stuck or trickling) and asks for `shared.>`;
 /// one GBR publisher floods FRA with it while another sends POL, through
 /// the healthy DEU, more than a link may hold waiting for seals. The
-/// hostile link is cut alone, and POL gets every one of its messages,
-/// which DEU relays only once their seals have come, with no `unsealed`
-/// record at DEU.
+/// hostile link is cut alone (at every re-dial), and POL gets every one of
+/// its messages, which DEU relays only once their seals have come, with no
+/// `unsealed` record at DEU.
 async fn one_hostile_peer_does_not_hold_up_the_healthy_ones(hostility: Hostility) {
     let mut net = TestNetwork::start_from(
         RELAYED,
@@ -182,19 +186,31 @@ async fn one_hostile_peer_does_not_hold_up_the_healthy_ones(hostility: Hostility
 
     let flood = net.client("gbr.analyst").await;
     let healthy = net.client("gbr.analyst").await;
-    let flooding = tokio::spawn(async move {
-        for i in 0..FOR_FRA {
-            flood
-                .publish_unawaited(
-                    "shared.flood",
-                    "SECRET//REL TO GBR, FRA",
-                    format!("{i}").into_bytes(),
-                )
-                .await
-                .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (filled, started) = tokio::sync::oneshot::channel();
+    let flooding = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut filled = Some(filled);
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                flood
+                    .publish_unawaited(
+                        "shared.flood",
+                        "SECRET//REL TO GBR, FRA",
+                        sent.to_string().into_bytes(),
+                    )
+                    .await
+                    .unwrap();
+                sent += 1;
+                if sent == FOR_FRA as u64 {
+                    let _ = filled.take().map(|f| f.send(()));
+                }
+            }
+            (flood, sent)
         }
-        flood
     });
+    within("the first flood", started).await.unwrap();
     let padding = vec![0x5a; FOR_POL_SIZE];
     for i in 0..FOR_POL {
         let mut payload = format!("{i:08}").into_bytes();
@@ -208,7 +224,6 @@ async fn one_hostile_peer_does_not_hold_up_the_healthy_ones(hostility: Hostility
         .publish("only.pol", "SECRET//REL TO GBR, DEU, POL", b"last".to_vec())
         .await
         .unwrap();
-    let flood = within("the flood", flooding).await.unwrap();
 
     for i in 0..FOR_POL {
         let delivery = within("a relayed delivery", subscriber.next_delivery())
@@ -220,7 +235,21 @@ async fn one_hostile_peer_does_not_hold_up_the_healthy_ones(hostility: Hostility
         .await
         .unwrap();
     assert_eq!(last.payload, b"last");
+    stop.store(true, Ordering::Relaxed);
+    let (flood, sent) = within("the end of the flood", flooding).await.unwrap();
 
+    // DEU never waited for a seal it did not get.
+    let unsealed: Vec<String> = net
+        .audit_lines(deu)
+        .into_iter()
+        .filter(|l| l.contains("\"reason\":\"unsealed\""))
+        .collect();
+    assert!(
+        unsealed.is_empty(),
+        "{} unsealed at DEU: {:?}",
+        unsealed.len(),
+        unsealed.first()
+    );
     // The hostile peer was cut, alone, and the cut is on record.
     let cut = net
         .wait_for_audit(gbr, |l| {
@@ -236,24 +265,12 @@ async fn one_hostile_peer_does_not_hold_up_the_healthy_ones(hostility: Hostility
             .any(|l| l.contains("\"reason\":\"peer-stalled\"") && l.contains("\"subject\":\"DEU\"")),
         "the healthy link was cut too"
     );
-    // DEU never waited for a seal it did not get.
-    let unsealed: Vec<String> = net
-        .audit_lines(deu)
-        .into_iter()
-        .filter(|l| l.contains("\"reason\":\"unsealed\""))
-        .collect();
-    assert!(
-        unsealed.is_empty(),
-        "{} unsealed at DEU: {:?}",
-        unsealed.len(),
-        unsealed.first()
-    );
     // Every publish of the flood was acknowledged: nobody waited for FRA.
     flood
         .publish("shared.flood", "SECRET//REL TO GBR, FRA", b"after".to_vec())
         .await
         .unwrap();
-    assert_eq!(flood.unawaited_replies(), (FOR_FRA as u64, 0));
+    assert_eq!(flood.unawaited_replies(), (sent, 0));
     net.shutdown().await;
 }
 
