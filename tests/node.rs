@@ -286,9 +286,12 @@ async fn a_certificate_from_an_unknown_ca_is_refused() {
 
 #[tokio::test]
 async fn a_tampered_envelope_from_a_misbehaving_peer_is_refused_and_audited() {
-    let net = TestNetwork::start().await;
+    let mut net = TestNetwork::start().await;
     let gbr = net.client("gbr.analyst").await;
     gbr.subscribe(">").await.unwrap();
+    // The test plays FRA's node: its real one goes, since a peer has one
+    // inbound link at a time and the newest wins.
+    net.stop(nation("FRA")).await.unwrap();
 
     // The test plays FRA's node, with FRA's real certificate and key.
     let (_, key_path) = net.identity_files(&Identity::Node(nation("FRA")));
@@ -669,9 +672,12 @@ async fn a_peer_that_stops_reading_is_cut_off_without_slowing_publishers() {
 /// the node hold unbounded state.
 #[tokio::test]
 async fn seals_sent_after_their_envelopes_are_checked_and_missing_ones_audited() {
-    let net = TestNetwork::start().await;
+    let mut net = TestNetwork::start().await;
     let gbr = net.client("gbr.analyst").await;
     gbr.subscribe(">").await.unwrap();
+    // The test plays FRA's node: its real one goes, since a peer has one
+    // inbound link at a time and the newest wins.
+    net.stop(nation("FRA")).await.unwrap();
     let (_, key_path) = net.identity_files(&Identity::Node(nation("FRA")));
     let signer = Signer::from_pkcs8(pki::read_key(&key_path).unwrap().secret_der()).unwrap();
     let scheme = net.policy.scheme();

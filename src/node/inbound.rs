@@ -284,6 +284,8 @@ async fn ingress(
                 marking,
                 forward: route.forward,
                 denied: route.denied,
+                // Only the origin audits what no path reaches.
+                unreached: Vec::new(),
             });
         }
     }

@@ -20,11 +20,15 @@ use crate::identity::Identity;
 use crate::label::Nation;
 use crate::pki::address_host;
 use crate::policy;
+use crate::routing;
 use crate::stream;
 use crate::tls;
 use crate::wire::{self, Frame};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The shortest wait before re-dialing a peer this node cut for not
+/// keeping up (capped by `max_redial_backoff`).
+const CUT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A message to offer to peers, with its route's forward decisions.
 pub(super) struct Outgoing<M> {
@@ -34,6 +38,9 @@ pub(super) struct Outgoing<M> {
     pub(super) forward: Vec<Nation>,
     /// Interested neighbours the policy denied, with its reason.
     pub(super) denied: Vec<(Nation, policy::Reason)>,
+    /// Interested, eligible nations no live path reaches (`no-route`,
+    /// `unreachable`): at the origin only.
+    pub(super) unreached: Vec<(Nation, routing::Reason)>,
 }
 
 impl<M: AsRef<str>> Outgoing<M> {
@@ -77,6 +84,15 @@ impl<M: AsRef<str>> Outgoing<M> {
                 reason: reason.code(),
             });
         }
+        // Listed in the same record, so a nation that is away (one cut
+        // for not keeping up, say) adds no line to every message; a line
+        // of its own per message measured as most of what a hostile peer
+        // cost the healthy ones (BENCHMARKS.md, issue 8).
+        peers.extend(self.unreached.iter().map(|&(peer, reason)| PeerOutcome {
+            peer,
+            decision: Verdict::Deny,
+            reason: reason.code(),
+        }));
         if !peers.is_empty() {
             records.push(Record::forward(peers).message(&self.envelope, self.marking.as_ref()));
         }
@@ -127,7 +143,16 @@ pub(super) async fn dial_forever(shared: Arc<Shared>, peer: Nation) {
     let mut backoff = FIRST_BACKOFF;
     while !*shutdown.borrow() {
         match run_link(&shared, peer, &config).await {
-            Ok(()) => backoff = FIRST_BACKOFF,
+            Ok(LinkEnd::Down) => backoff = FIRST_BACKOFF,
+            // A peer cut for not keeping up is re-dialed after a second at
+            // least, and then with a growing backoff, as if the dial had
+            // failed: one that keeps filling its queue costs a handshake
+            // and a refill (queued for nobody) every few seconds, not ten
+            // times a second.
+            Ok(LinkEnd::Cut) => {
+                backoff = backoff.max(CUT_BACKOFF).min(shared.settings.max_redial_backoff);
+                debug!(?backoff, "link cut; re-dialing later");
+            }
             Err(err) => debug!(cause = %err, ?backoff, "link down; re-dialing"),
         }
         tokio::select! {
@@ -161,9 +186,17 @@ fn peer_address(shared: &Shared, peer: Nation) -> Result<(SocketAddr, String), L
     Ok((addr, address_host(address).to_owned()))
 }
 
+/// How a link that was up ended.
+enum LinkEnd {
+    /// It went down: the peer left, the network failed, or shutdown.
+    Down,
+    /// This node cut it: its queue was full.
+    Cut,
+}
+
 /// One link's life: dial, greet, then write queued frames until the
 /// connection ends. Returns `Ok` if the link was up at some point.
-async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -> Result<(), LinkError> {
+async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -> Result<LinkEnd, LinkError> {
     let (addr, server_name) = peer_address(shared, peer)?;
     let connection = shared
         .endpoint
@@ -209,6 +242,11 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
             _ = shutdown.changed() => break "node shutting down".to_owned(),
         }
     };
+    let end = if shared.router.was_cut(peer, link) {
+        LinkEnd::Cut
+    } else {
+        LinkEnd::Down
+    };
     let actions = shared.router.remove_link(peer, link);
     let dropped = outbox.close_and_count();
     if *shutdown.borrow() {
@@ -224,5 +262,5 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
     }
     shared.audit(record).await;
     shared.carry_out(actions).await;
-    Ok(())
+    Ok(end)
 }

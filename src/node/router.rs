@@ -178,6 +178,13 @@ impl Router {
         (link, self.core(|core, now| core.link_up(peer, now)).1)
     }
 
+    /// Whether this node cut its link `link` to `peer` for not keeping up.
+    pub(super) fn was_cut(&self, peer: Nation, link: u64) -> bool {
+        self.links
+            .get(&peer)
+            .is_some_and(|entry| entry.link == link && entry.cut.load(Ordering::Acquire))
+    }
+
     pub(super) fn remove_link(&self, peer: Nation, link: u64) -> Vec<Action> {
         if self
             .links

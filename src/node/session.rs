@@ -257,12 +257,13 @@ async fn route_publishes(
         shared
             .router
             .deliver(&envelope, &marking, &route.deliver, &mut records);
-        if !route.forward.is_empty() || !route.denied.is_empty() {
+        if !route.forward.is_empty() || !route.denied.is_empty() || !route.unreached.is_empty() {
             outgoing.push(outbound::Outgoing {
                 envelope,
                 marking,
                 forward: route.forward,
                 denied: route.denied,
+                unreached: route.unreached,
             });
         }
     }

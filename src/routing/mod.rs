@@ -147,10 +147,25 @@ pub struct Route {
     /// lists them with the peers it forwarded to in the message's one
     /// `forward` audit record.
     pub denied: Vec<(Nation, crate::policy::Reason)>,
+    /// At the origin only: interested, eligible nations no live path
+    /// reaches, as `no-route` (configured links on the way are down) or
+    /// `unreachable` (no configured path of eligible nations exists). In
+    /// the route rather than in an audit record of their own, so that a
+    /// nation that is away does not add a line to every message.
+    pub unreached: Vec<(Nation, Reason)>,
     /// Its label's canonical marking, as deliveries and audit records
     /// print it (worked out once, for the route).
     pub marking: Arc<str>,
 }
+
+/// What [`Routing`]'s tree walk decides for one envelope at one node: the
+/// peers to forward to, the neighbours denied, and the nations no path
+/// reaches (see [`Route`]).
+type Children = (
+    Vec<Nation>,
+    Vec<(Nation, crate::policy::Reason)>,
+    Vec<(Nation, Reason)>,
+);
 
 /// An envelope the core refused; the audit record is already queued.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -870,8 +885,8 @@ impl Routing {
             }
         }
         let deliver = self.deliver_locally(envelope, &marking, now_us);
-        let (forward, denied) = match (source, seal) {
-            (Source::Peer(_), SealState::Unverified) => (Vec::new(), Vec::new()),
+        let (forward, denied, unreached) = match (source, seal) {
+            (Source::Peer(_), SealState::Unverified) => (Vec::new(), Vec::new(), Vec::new()),
             (Source::Peer(from), SealState::Verified) => {
                 self.children(envelope, eligible, &marking, Some(from), now_us)
             }
@@ -881,6 +896,7 @@ impl Routing {
             deliver,
             forward,
             denied,
+            unreached,
             marking,
         })
     }
@@ -890,11 +906,12 @@ impl Routing {
     /// deliver to (that was done on arrival).
     pub fn relay(&mut self, envelope: &Envelope, from: Nation, now_us: u64) -> Route {
         let (eligible, marking) = self.eligibility(envelope.origin, &envelope.label);
-        let (forward, denied) = self.children(envelope, eligible, &marking, Some(from), now_us);
+        let (forward, denied, unreached) = self.children(envelope, eligible, &marking, Some(from), now_us);
         Route {
             deliver: Vec::new(),
             forward,
             denied,
+            unreached,
             marking,
         }
     }
@@ -929,8 +946,8 @@ impl Routing {
     }
 
     /// This node's children in the envelope's tree that lead to an
-    /// interested nation, and the interested neighbours it may not go to;
-    /// at the origin, also audits the targets no path reaches.
+    /// interested nation, the interested neighbours it may not go to, and,
+    /// at the origin, the interested, eligible nations no path reaches.
     fn children(
         &mut self,
         envelope: &Envelope,
@@ -938,17 +955,18 @@ impl Routing {
         marking: &str,
         from: Option<Nation>,
         now_us: u64,
-    ) -> (Vec<Nation>, Vec<(Nation, crate::policy::Reason)>) {
+    ) -> Children {
         let Some(origin) = self.nations.index(envelope.origin) else {
-            return (Vec::new(), Vec::new());
+            return (Vec::new(), Vec::new(), Vec::new());
         };
         let interested = self.interested(&envelope.topic);
         let denied = self.ineligible_neighbours(envelope, interested.minus(eligible));
         let mut targets = interested.and(eligible);
         targets.remove(origin);
         targets.remove(self.me);
+        let mut unreached = Vec::new();
         if targets.is_empty() {
-            return (Vec::new(), denied);
+            return (Vec::new(), denied, unreached);
         }
         let tree = self.tree(origin, eligible);
         let mut forward = Vec::new();
@@ -976,34 +994,17 @@ impl Routing {
             if !missed.is_empty() {
                 let no_route = missed.and(tree.configured_reach);
                 let unreachable = missed.minus(tree.configured_reach);
-                for (set, reason, counter, why) in [
-                    (
-                        no_route,
-                        Reason::NoRoute,
-                        &mut self.counters.no_route,
-                        "interested, but the links of every eligible path are down",
-                    ),
-                    (
-                        unreachable,
-                        Reason::Unreachable,
-                        &mut self.counters.unreachable,
-                        "interested, but no path of eligible nations reaches it over the configured links",
-                    ),
+                for (set, reason, counter) in [
+                    (no_route, Reason::NoRoute, &mut self.counters.no_route),
+                    (unreachable, Reason::Unreachable, &mut self.counters.unreachable),
                 ] {
-                    if set.is_empty() {
-                        continue;
-                    }
                     let names = self.nations.names(set);
                     *counter += names.len() as u64;
-                    let record = Record::at(now_us, Event::Drop, Verdict::Deny, reason.code())
-                        .message(envelope, marking)
-                        .subjects(names.iter().map(Nation::to_string).collect())
-                        .detail(why);
-                    self.actions.push_back(Action::Audit(record));
+                    unreached.extend(names.into_iter().map(|nation| (nation, reason)));
                 }
             }
         }
-        (forward, denied)
+        (forward, denied, unreached)
     }
 
     /// Invariant 7 at this node's own boundary: each live peer that wants
