@@ -59,7 +59,13 @@ impl<M: AsRef<str>> Outgoing<M> {
             })
             .collect();
         let mut carried_by = Vec::with_capacity(self.forward.len());
-        let frame = wire::encode_forward(&self.envelope).map(Bytes::from);
+        // Encoded only if it goes anywhere: a message that stays local may
+        // still have denials to record.
+        let frame = if self.forward.is_empty() {
+            Ok(Bytes::new())
+        } else {
+            wire::encode_forward(&self.envelope).map(Bytes::from)
+        };
         if let Err(err) = &frame {
             warn!(id = %self.envelope.id, cause = %err, "cannot encode a forward");
         }
