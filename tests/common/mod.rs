@@ -432,12 +432,6 @@ impl RawConnection {
 
 // ----- A hostile member (tests/containment.rs) -----
 
-/// The key of `of`'s node, as a member holding its node's key signs with it.
-pub fn node_signer(net: &TestNetwork, of: Nation) -> entente::envelope::Signer {
-    let (_, key) = net.identity_files(&Identity::Node(of));
-    entente::envelope::Signer::from_pkcs8(pki::read_key(&key).unwrap().secret_der()).unwrap()
-}
-
 /// `nation`'s node turned hostile: it holds its genuine certificate, greets
 /// the link `at` dials to it, has announced interest in `patterns` to
 /// `at`, and treats every link dialed to it the `hostility` way.
