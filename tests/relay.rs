@@ -459,6 +459,12 @@ async fn a_forged_announcement_is_refused() {
         patterns: [Pattern::new("nothing").unwrap()].into(),
     }
     .sign(&est_signer);
+    let link_up = |l: &str| l.contains("\"reason\":\"link-up\"") && l.contains("\"subject\":\"LVA\"");
+    let ups = net
+        .audit_lines(nation("EST"))
+        .iter()
+        .filter(|l| link_up(l))
+        .count();
     let mut est = RawConnection::open(&net, &Identity::Node(nation("EST")), nation("LVA"))
         .await
         .unwrap();
@@ -471,6 +477,13 @@ async fn a_forged_announcement_is_refused() {
         record.contains("\"subject\":\"EST\"") && record.contains("GBR's node key"),
         "{record}"
     );
+    // The test's link replaced EST's real one (one inbound link per
+    // peer); the real one re-dials and takes its place back.
+    est.connection.close(0u32.into(), b"done");
+    net.wait_for_audit_count(nation("EST"), ups + 1, link_up).await;
+    for at in ["LVA", "GBR"] {
+        wait_for_announced_link(&net, at, "EST", "LVA").await;
+    }
 
     // LVA still routes by GBR's genuine picture: its messages reach GBR.
     let gbr = subscriber(&net, "gbr.analyst", "from.lva", &["LVA"]).await;
