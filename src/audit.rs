@@ -29,6 +29,9 @@ const BUSY_PAUSE: Duration = Duration::from_millis(2);
 /// waits in memory before it reaches the file.
 const IDLE_PAUSE: Duration = Duration::from_millis(50);
 
+/// The reason of a `forward` record whose peers had different outcomes.
+pub const MIXED: &str = "mixed";
+
 /// What happened: the kind of decision or connection event a record is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -94,6 +97,10 @@ pub struct Record {
     /// channels and queues and summaries are rare.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub summary: Option<Box<Summary>>,
+    /// Each peer's outcome in a `forward` record: the forward decisions
+    /// for one message are one record, whatever the number of peers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerOutcome>,
 }
 
 /// What a summary line adds: how many refusals it stands for, and when.
@@ -110,6 +117,19 @@ pub struct Summary {
     /// at most [`SUMMARY_IDS`]; the rest are only counted.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ids: Vec<String>,
+}
+
+/// One peer's part in the forward decisions for one message, written in a
+/// `forward` record's `peers` as `{"peer":"FRA","decision":"allow","reason":"policy-allows"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerOutcome {
+    /// The peer nation.
+    pub peer: Nation,
+    /// Whether the message went to it.
+    pub decision: Verdict,
+    /// Why: `policy-allows`; a policy reason such as `not-releasable`; or
+    /// why it was dropped, such as `peer-stalled` or `link-down`.
+    pub reason: &'static str,
 }
 
 impl Record {
@@ -131,7 +151,26 @@ impl Record {
             subjects: Vec::new(),
             detail: None,
             summary: None,
+            peers: Vec::new(),
         }
+    }
+
+    /// The one `forward` record of a message, listing each peer's outcome.
+    /// It is allowed if the message went to any peer; its own reason is
+    /// the peers' reason when they all share one, and `mixed` otherwise.
+    pub fn forward(peers: Vec<PeerOutcome>) -> Record {
+        let decision = if peers.iter().any(|p| p.decision == Verdict::Allow) {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        };
+        let reason = match peers.first() {
+            Some(first) if peers.iter().all(|p| p.reason == first.reason) => first.reason,
+            _ => MIXED,
+        };
+        let mut record = Record::new(Event::Forward, decision, reason);
+        record.peers = peers;
+        record
     }
 
     /// Sets the principal or nation the decision was about.

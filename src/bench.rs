@@ -15,7 +15,9 @@ use serde::Serialize;
 
 use crate::client::{Client, ClientError, ClientOptions, Overrides};
 use crate::config::ConfigError;
+use crate::hostile::{self, Hostility};
 use crate::label::Nation;
+use crate::node::{self, NodeConfig};
 use crate::pki::{self, PkiError, PkiLayout};
 use crate::policy::Policy;
 
@@ -77,6 +79,9 @@ pub struct Chain {
     nations: Vec<Nation>,
     addresses: Vec<String>,
     processes: Vec<Child>,
+    /// The nation in the network file, linked to the first node, whose
+    /// node this process plays as a hostile member (no process runs it).
+    hostile: Option<usize>,
 }
 
 impl Drop for Chain {
@@ -85,6 +90,20 @@ impl Drop for Chain {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// The hostile node this process plays, stopped when dropped.
+struct HostileNode {
+    endpoint: quinn::Endpoint,
+    task: tokio::task::JoinHandle<()>,
+    _announcer: quinn::Connection,
+}
+
+impl Drop for HostileNode {
+    fn drop(&mut self) {
+        self.endpoint.close(0u32.into(), b"bench over");
+        self.task.abort();
     }
 }
 
@@ -125,20 +144,37 @@ impl Chain {
     /// processes, and waits until every link is up and every node knows
     /// the whole line.
     pub fn start(hops: usize, node_binary: &Path) -> Result<Chain, BenchError> {
+        Chain::start_with(hops, false, node_binary)
+    }
+
+    /// As [`Chain::start`]; with `hostile`, the network file also has one
+    /// more nation, a peer of the first node, whose node no process runs:
+    /// [`throughput`] plays it as a hostile member. It is not part of the
+    /// line, so the hops and the subscribers stay where they were.
+    pub fn start_with(hops: usize, hostile: bool, node_binary: &Path) -> Result<Chain, BenchError> {
         if hops > MAX_HOPS {
             return Err(BenchError::TooManyHops(hops));
         }
         let last = hops;
-        Chain::launch(hops + 1, node_binary, &|i| {
+        let extra = hops + 1;
+        let links = move |i: usize| {
             let mut peers = Vec::new();
+            if i == extra {
+                return vec![0];
+            }
             if i > 0 {
                 peers.push(i - 1);
             }
             if i < last {
                 peers.push(i + 1);
             }
+            if i == 0 && hostile {
+                peers.push(extra);
+            }
             peers
-        })
+        };
+        let count = hops + 1 + usize::from(hostile);
+        Chain::launch(count, hostile.then_some(extra), node_binary, &links)
     }
 
     /// Starts a hub node linked to `spokes` other nodes (at most 14).
@@ -146,7 +182,7 @@ impl Chain {
         if spokes >= CHAIN.len() {
             return Err(BenchError::TooManyPeers(spokes));
         }
-        Chain::launch(spokes + 1, node_binary, &|i| match i {
+        Chain::launch(spokes + 1, None, node_binary, &|i| match i {
             0 => (1..=spokes).collect(),
             _ => vec![0],
         })
@@ -154,9 +190,11 @@ impl Chain {
 
     fn launch(
         count: usize,
+        hostile: Option<usize>,
         node_binary: &Path,
         links: &dyn Fn(usize) -> Vec<usize>,
     ) -> Result<Chain, BenchError> {
+        let real = |i: &usize| Some(*i) != hostile;
         let nations: Vec<Nation> = CHAIN[..count].iter().filter_map(|c| Nation::parse(c)).collect();
         let dir = tempfile::tempdir().map_err(setup)?;
         let network_path = dir.path().join("network.toml");
@@ -173,9 +211,10 @@ impl Chain {
             nations,
             processes: Vec::new(),
             dir,
+            hostile,
         };
         let root = chain.dir.path().to_owned();
-        for &nation in &chain.nations {
+        for (_, &nation) in chain.nations.iter().enumerate().filter(|(i, _)| real(i)) {
             let mut child = Command::new(node_binary)
                 .arg("node")
                 .args(["--nation", nation.as_str()])
@@ -200,8 +239,8 @@ impl Chain {
             }
         }
         let deadline = Instant::now() + START_LIMIT;
-        for i in 0..count {
-            for j in links(i) {
+        for i in (0..count).filter(real) {
+            for j in links(i).into_iter().filter(real) {
                 let to = chain.nations[j];
                 chain.wait_for_audit(i, deadline, &|record| is_record(record, "link-up", to), || {
                     format!("the {}–{to} link did not come up", chain.nations[i])
@@ -212,10 +251,14 @@ impl Chain {
         // heard, and a node misses a link it has not heard both ends of
         // announce: until every node has heard every other announce all
         // its links, a relay can drop what it should pass on.
-        for at in 0..count {
-            for of in (0..count).filter(|&of| of != at) {
+        for at in (0..count).filter(real) {
+            for of in (0..count).filter(|&of| of != at).filter(real) {
                 let nation = chain.nations[of];
-                let mut expected: Vec<&str> = links(of).iter().map(|&j| chain.nations[j].as_str()).collect();
+                let mut expected: Vec<&str> = links(of)
+                    .into_iter()
+                    .filter(real)
+                    .map(|j| chain.nations[j].as_str())
+                    .collect();
                 expected.sort_unstable();
                 let complete = |record: &serde_json::Value| {
                     announced(record, nation).is_some_and(|(mut heard, _)| {
@@ -300,6 +343,76 @@ impl Chain {
         Ok(())
     }
 
+    /// As `wait_for_audit`, without blocking the thread: for waits while
+    /// this process also plays a node.
+    async fn wait_for_audit_async(
+        &self,
+        at: usize,
+        wanted: &dyn Fn(&serde_json::Value) -> bool,
+        failure: impl Fn() -> String,
+    ) -> Result<(), BenchError> {
+        let deadline = Instant::now() + START_LIMIT;
+        while !self.audit_has(at, wanted) {
+            if Instant::now() > deadline {
+                return Err(setup(failure()));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        Ok(())
+    }
+
+    /// Plays the chain's hostile nation (see [`Chain::start_with`]) with its
+    /// genuine certificate: serves the link the first node dials to it the
+    /// `hostility` way (at every re-dial), and announces to the first node
+    /// that it wants everything the bench publishes, so that node forwards
+    /// all of it there too. Returns once the first node has heard it.
+    async fn play_hostile(&self, hostility: Hostility) -> Result<HostileNode, BenchError> {
+        let index = self
+            .hostile
+            .ok_or_else(|| setup("this chain was started without a hostile nation"))?;
+        let nation = self.nations[index];
+        let data = self.dir.path().join("data").join(nation.as_str());
+        let config =
+            NodeConfig::load(nation, Arc::new(self.policy.clone()), &self.layout, data).map_err(setup)?;
+        let addr = self.addresses[index].parse().map_err(setup)?;
+        let endpoint = node::bind(&config, addr).map_err(setup)?;
+        let task = tokio::spawn(hostile::serve(endpoint.clone(), nation, hostility));
+        let first = self.nations[0];
+        self.wait_for_audit_async(0, &|record| is_record(record, "link-up", nation), || {
+            format!("the {first} node did not dial the hostile {nation} node")
+        })
+        .await?;
+        let first_addr = self.addresses[0].parse().map_err(setup)?;
+        let announcer = hostile::announce_interest(&config, &endpoint, first, first_addr, &[PATTERN])
+            .await
+            .map_err(setup)?;
+        let interested = |record: &serde_json::Value| {
+            announced(record, nation).is_some_and(|(_, interest)| interest.contains(&PATTERN))
+        };
+        self.wait_for_audit_async(0, &interested, || {
+            format!("the {first} node did not hear the hostile {nation} node's interest")
+        })
+        .await?;
+        Ok(HostileNode {
+            endpoint,
+            task,
+            _announcer: announcer,
+        })
+    }
+
+    /// How many times the first node cut the hostile nation's link as a
+    /// peer that does not keep up.
+    fn hostile_cuts(&self) -> u64 {
+        let Some(index) = self.hostile else { return 0 };
+        let nation = self.nations[index];
+        std::fs::read_to_string(self.audit_path(0)).map_or(0, |text| {
+            text.lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .filter(|record| record["event"] == "disconnect" && is_record(record, "peer-stalled", nation))
+                .count() as u64
+        })
+    }
+
     /// Resident memory of node `index`, from /proc (Linux).
     fn resident_kib(&self, index: usize) -> Result<u64, BenchError> {
         let pid = self.processes[index].id();
@@ -324,8 +437,9 @@ impl Chain {
         Ok(Client::connect(options).await?)
     }
 
+    /// The last node of the line (the hostile nation, if any, comes after it).
     fn last(&self) -> usize {
-        self.nations.len() - 1
+        self.nations.len() - 1 - usize::from(self.hostile.is_some())
     }
 
     /// A marking releasable to every nation of the chain.
@@ -499,6 +613,13 @@ pub struct ThroughputReport {
     pub received: u64,
     /// `sent × subscribers − received`.
     pub lost: u64,
+    /// How the hostile peer of the first node behaved, if there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostile: Option<&'static str>,
+    /// How many times the first node cut the hostile peer's link
+    /// (`peer-stalled`): once per re-dial that it filled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostile_cuts: Option<u64>,
 }
 
 /// The most messages the publisher keeps ahead of the slowest subscriber:
@@ -513,12 +634,16 @@ fn window(size: usize) -> u64 {
 
 /// Publishes as fast as the chain delivers for `duration`, never more
 /// than 512 messages (or 2 MiB) ahead of the slowest subscriber, and counts
-/// what each of `subscribers` receives on the last node.
+/// what each of `subscribers` receives on the last node. With `hostile`
+/// (on a chain from [`Chain::start_with`]), the first node also has a
+/// hostile peer that asked for all of it and then stops reading or
+/// trickles: what it costs the healthy chain is the difference in rate.
 pub async fn throughput(
     chain: &Chain,
     size: usize,
     duration: Duration,
     subscribers: usize,
+    hostile: Option<Hostility>,
 ) -> Result<ThroughputReport, BenchError> {
     if size < 16 {
         return Err(BenchError::TooSmall(size));
@@ -554,6 +679,10 @@ pub async fn throughput(
     };
     let total = || received.iter().map(|r| r.load(Ordering::Relaxed)).sum::<u64>();
     chain.wait_for_interest(PATTERN).await?;
+    let hostile_node = match hostile {
+        Some(hostility) => Some(chain.play_hostile(hostility).await?),
+        None => None,
+    };
     let publisher = chain.client(0).await?;
     let marking = chain.marking();
     let sending_from = nanos(start.elapsed());
@@ -600,6 +729,7 @@ pub async fn throughput(
         task.abort();
     }
     publisher.close().await;
+    drop(hostile_node);
     let seconds = (elapsed_ns as f64 / 1e9).max(f64::EPSILON);
     Ok(ThroughputReport {
         hops: chain.last(),
@@ -610,6 +740,11 @@ pub async fn throughput(
         sent: acked,
         received: delivered,
         lost: wanted(acked).saturating_sub(delivered),
+        hostile: hostile.map(|h| match h {
+            Hostility::Stuck => "stuck",
+            Hostility::Trickle => "trickle",
+        }),
+        hostile_cuts: hostile.map(|_| chain.hostile_cuts()),
     })
 }
 

@@ -35,7 +35,9 @@
 //!   channel;
 //! - [`explain`]: who may see a marking, for `entente explain`;
 //! - [`bench`](mod@bench): latency, throughput and memory over real node
-//!   processes, for `entente bench`.
+//!   processes, for `entente bench`;
+//! - [`hostile`]: a hostile member's node (genuine certificate, stuck or
+//!   trickling links), for the benches and the containment tests.
 
 pub mod audit;
 pub mod bench;
@@ -43,6 +45,7 @@ pub mod client;
 pub mod config;
 pub mod envelope;
 pub mod explain;
+pub mod hostile;
 pub mod identity;
 pub mod label;
 pub mod node;

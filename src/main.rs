@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use entente::bench;
 use entente::client::{delivery_json, delivery_line, escape_text, Client, ClientOptions, Overrides};
 use entente::config::{load_network, DEFAULT_NETWORK_FILE};
+use entente::hostile::Hostility;
 use entente::label::Nation;
 use entente::node::{self, NodeConfig};
 use entente::pki::{self, PkiLayout, DEFAULT_CERTS_DIR};
@@ -198,7 +199,8 @@ enum BenchCommand {
     /// Messages per second delivered, as fast as the chain delivers them.
     #[command(after_help = "Examples:
   entente bench throughput --hops 2
-  entente bench throughput --subscribers 100 --size 64 --json")]
+  entente bench throughput --subscribers 100 --size 64 --json
+  entente bench throughput --hops 1 --hostile trickle   # a third, hostile peer asks for the same traffic")]
     Throughput {
         /// Links between publisher and subscribers, 0 to 4: 0 = all on one
         /// node; each link past the first adds a relay node.
@@ -211,9 +213,22 @@ enum BenchCommand {
         /// Subscribers on the last node.
         #[arg(long, default_value_t = 1)]
         subscribers: usize,
+        /// Give the first node a hostile peer (a genuine node certificate)
+        /// that asks for the same traffic, then stops reading or trickles.
+        #[arg(long, value_enum)]
+        hostile: Option<HostileArg>,
         #[arg(long)]
         json: bool,
     },
+}
+
+/// How the bench's hostile peer behaves (`entente bench throughput --hostile`).
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum HostileArg {
+    /// Stops reading once its link is up.
+    Stuck,
+    /// Reads a little every so often: never silent, always behind.
+    Trickle,
 }
 
 /// How a client finds its node, certificate, key and CA.
@@ -458,8 +473,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             size,
             duration,
             subscribers,
+            hostile,
             json,
-        }) => cmd_bench_throughput(hops, size, duration, subscribers, json),
+        }) => cmd_bench_throughput(hops, size, duration, subscribers, hostile, json),
         Command::Certs(CertsCommand::Init { network, out, force }) => cmd_certs_init(network, out, force),
         Command::Explain {
             marking,
@@ -604,10 +620,16 @@ fn cmd_bench_throughput(
     size: usize,
     duration: Duration,
     subscribers: usize,
+    hostile: Option<HostileArg>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let chain = bench::Chain::start(hops, &bench::node_binary()?)?;
-    let report = single_thread_runtime()?.block_on(bench::throughput(&chain, size, duration, subscribers))?;
+    let hostile = hostile.map(|h| match h {
+        HostileArg::Stuck => Hostility::Stuck,
+        HostileArg::Trickle => Hostility::Trickle,
+    });
+    let chain = bench::Chain::start_with(hops, hostile.is_some(), &bench::node_binary()?)?;
+    let report =
+        single_thread_runtime()?.block_on(bench::throughput(&chain, size, duration, subscribers, hostile))?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -619,6 +641,9 @@ fn cmd_bench_throughput(
             "sent {}  received {}  lost {}",
             report.sent, report.received, report.lost
         );
+        if let (Some(hostile), Some(cuts)) = (report.hostile, report.hostile_cuts) {
+            println!("hostile peer ({hostile}) of the first node: its link was cut {cuts} times");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

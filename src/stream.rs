@@ -1,8 +1,11 @@
 //! Frame I/O on quinn streams, shared by the node and the client: the thin
 //! I/O side of `wire`.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use quinn::{RecvStream, SendStream};
+use tokio::time::Instant;
 
 use crate::wire::{self, Frame, FrameBuffer, WireError, LENGTH_PREFIX};
 
@@ -28,6 +31,9 @@ pub enum StreamError {
     /// The other side finished the stream in the middle of a frame.
     #[error("the stream ended inside a frame")]
     Truncated,
+    /// A frame was started and not finished within the frame deadline.
+    #[error("a frame was started but not finished within {0:?}; a sender finishes each frame it starts")]
+    FrameTimeout(Duration),
 }
 
 /// Reads one frame; `None` when the other side finished the stream cleanly
@@ -57,6 +63,10 @@ pub struct FrameReader {
     recv: RecvStream,
     buffer: FrameBuffer,
     chunks: Vec<Bytes>,
+    /// How long the rest of a started frame may take, if limited.
+    frame_timeout: Option<Duration>,
+    /// When the frame now partly buffered started to arrive.
+    partial_since: Option<Instant>,
 }
 
 /// Chunks taken from the stream per read.
@@ -69,6 +79,20 @@ impl FrameReader {
             recv,
             buffer: FrameBuffer::default(),
             chunks: vec![Bytes::new(); READ_CHUNKS],
+            frame_timeout: None,
+            partial_since: None,
+        }
+    }
+
+    /// A reader that fails with [`StreamError::FrameTimeout`] when a frame
+    /// whose first bytes came is not whole within `timeout`. Only started
+    /// frames have a deadline: waiting between frames is not limited, so an
+    /// idle subscriber is fine, but no one can park a partial frame (and
+    /// the buffer it holds, up to the frame limit) for ever.
+    pub fn with_frame_timeout(recv: RecvStream, timeout: Duration) -> FrameReader {
+        FrameReader {
+            frame_timeout: Some(timeout),
+            ..FrameReader::new(recv)
         }
     }
 
@@ -85,13 +109,27 @@ impl FrameReader {
                 };
                 out.push(frame);
             }
+            // The deadline runs from the first bytes of the frame now
+            // partly buffered: a new one starts when a frame completes.
+            if self.buffer.is_empty() {
+                self.partial_since = None;
+            } else if out.len() > before || self.partial_since.is_none() {
+                self.partial_since = Some(Instant::now());
+            }
             if out.len() > before {
                 return Ok(true);
             }
             // Every chunk already received, not just the next one: a QUIC
             // chunk is about one packet, and batches are what make the
             // per-message cost small.
-            match self.recv.read_chunks(&mut self.chunks).await? {
+            let read = self.recv.read_chunks(&mut self.chunks);
+            let read = match (self.frame_timeout, self.partial_since) {
+                (Some(limit), Some(since)) => tokio::time::timeout_at(since + limit, read)
+                    .await
+                    .map_err(|_| StreamError::FrameTimeout(limit))?,
+                _ => read.await,
+            };
+            match read? {
                 Some(count) => {
                     for chunk in &mut self.chunks[..count] {
                         self.buffer.extend(chunk);

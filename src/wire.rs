@@ -42,6 +42,9 @@ pub mod close {
     pub const SLOW_CONSUMER: u32 = 3;
     /// The node is shutting down.
     pub const SHUTDOWN: u32 = 4;
+    /// A newer link from the same peer took this one's place: a peer has
+    /// one inbound link at a time.
+    pub const REPLACED: u32 = 5;
 }
 
 /// Why a frame could not be encoded or decoded.

@@ -112,18 +112,50 @@ async fn payload(client: &Client) -> String {
     String::from_utf8(delivery.payload).unwrap()
 }
 
+/// Whether an audit line is a `forward` record of message `id` whose
+/// peers list `to` with `decision`.
+fn forwarded(line: &str, to: &str, id: &str, decision: &str) -> bool {
+    line.contains("\"event\":\"forward\"")
+        && line.contains(id)
+        && line.contains(&format!("{{\"peer\":\"{to}\",\"decision\":\"{decision}\""))
+}
+
 /// The `forward` records of `at`'s audit log that allowed a message to
-/// `to`: one per envelope copy that crossed the link.
+/// `to`: one per envelope copy that crossed the link. Each message has
+/// one forward record at a node, listing every peer's outcome.
 fn crossings(net: &TestNetwork, at: &str, to: &str, id: &str) -> usize {
     net.audit_lines(nation(at))
         .iter()
-        .filter(|l| {
-            l.contains("\"event\":\"forward\"")
-                && l.contains("\"decision\":\"allow\"")
-                && l.contains(&format!("\"subject\":\"{to}\""))
-                && l.contains(id)
-        })
+        .filter(|l| forwarded(l, to, id, "allow"))
         .count()
+}
+
+/// Waits until `at`'s latest record of `of`'s announcement lists a link
+/// to `to`.
+async fn wait_for_announced_link(net: &TestNetwork, at: &str, of: &str, to: &str) {
+    let latest = || {
+        net.audit_lines(nation(at)).into_iter().rev().find(|l| {
+            l.contains("\"reason\":\"announcement\"") && l.contains(&format!("\"subject\":\"{of}\""))
+        })
+    };
+    for _ in 0..1000 {
+        let links = latest().and_then(|l| {
+            let record: serde_json::Value = serde_json::from_str(&l).ok()?;
+            let detail = record["detail"].as_str()?.to_owned();
+            Some(
+                detail
+                    .split("; ")
+                    .next()?
+                    .trim_start_matches("links: ")
+                    .to_owned(),
+            )
+        });
+        if links.is_some_and(|links| links.split(", ").any(|n| n == to)) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("{at} never heard {of} announce its link to {to}");
 }
 
 fn node_signer(net: &TestNetwork, of: Nation) -> Signer {
@@ -191,7 +223,12 @@ async fn an_ineligible_relay_never_carries_and_the_target_is_unreachable() {
             l.contains("\"reason\":\"unreachable\"") && l.contains(&id)
         })
         .await;
-    assert!(record.contains("\"subjects\":[\"LVA\"]"), "{record}");
+    // In the message's one forward record.
+    assert!(
+        record.contains("\"event\":\"forward\"")
+            && record.contains("{\"peer\":\"LVA\",\"decision\":\"deny\",\"reason\":\"unreachable\"}"),
+        "{record}"
+    );
     assert_eq!(crossings(&net, "FIN", "EST", &id), 0);
     assert!(!net
         .audit_lines(nation("EST"))
@@ -218,8 +255,7 @@ async fn two_paths_deliver_once_and_a_second_copy_is_a_duplicate() {
     // writes its audit log on its own schedule (up to 50 ms behind), so
     // wait for every forward before counting.
     for (at, to) in [("GBR", "EST"), ("GBR", "POL"), ("EST", "LVA"), ("POL", "LTU")] {
-        let subject = format!("\"subject\":\"{to}\"");
-        net.wait_for_audit(nation(at), |l| l.contains(&id_text) && l.contains(&subject))
+        net.wait_for_audit(nation(at), |l| forwarded(l, to, &id_text, "allow"))
             .await;
     }
     assert_eq!(crossings(&net, "GBR", "EST", &id_text), 1);
@@ -228,6 +264,18 @@ async fn two_paths_deliver_once_and_a_second_copy_is_a_duplicate() {
     assert_eq!(crossings(&net, "POL", "LTU", &id_text), 1);
     assert_eq!(crossings(&net, "LVA", "LTU", &id_text), 0);
     assert_eq!(crossings(&net, "LTU", "LVA", &id_text), 0);
+    // GBR sent it to both its links, and says so in one record.
+    let gbr_forwards: Vec<String> = net
+        .audit_lines(nation("GBR"))
+        .into_iter()
+        .filter(|l| l.contains("\"event\":\"forward\"") && l.contains(&id_text))
+        .collect();
+    assert_eq!(gbr_forwards.len(), 1, "{gbr_forwards:#?}");
+    assert!(
+        gbr_forwards[0].contains("\"decision\":\"allow\",\"reason\":\"policy-allows\""),
+        "{}",
+        gbr_forwards[0]
+    );
 
     // The same sealed message arriving by two links (as a relay that
     // replays, or a second path, would send it) is delivered once.
@@ -242,6 +290,12 @@ async fn two_paths_deliver_once_and_a_second_copy_is_a_duplicate() {
         payload: b"by two links".to_vec(),
     });
     for relay in ["EST", "LTU"] {
+        let link_up = |l: &str| l.contains("\"reason\":\"link-up\"") && l.contains("\"subject\":\"LVA\"");
+        let ups = net
+            .audit_lines(nation(relay))
+            .iter()
+            .filter(|l| link_up(l))
+            .count();
         let mut peer = RawConnection::open(&net, &Identity::Node(nation(relay)), nation("LVA"))
             .await
             .unwrap();
@@ -251,6 +305,12 @@ async fn two_paths_deliver_once_and_a_second_copy_is_a_duplicate() {
             l.contains("5a5a5a5a") && l.contains(&format!("\"subject\":\"{relay}\""))
         })
         .await;
+        // A peer has one inbound link at a time: this one replaced the
+        // real relay's, which re-dials and takes its place back. Wait for
+        // that, and for GBR to hear of it, before the sentinel.
+        peer.connection.close(0u32.into(), b"done");
+        net.wait_for_audit_count(nation(relay), ups + 1, link_up).await;
+        wait_for_announced_link(&net, "GBR", relay, "LVA").await;
     }
     gbr.publish("sigint.ru", "SECRET//REL TO RING", b"sentinel".to_vec())
         .await
@@ -398,6 +458,12 @@ async fn a_forged_announcement_is_refused() {
         patterns: [Pattern::new("nothing").unwrap()].into(),
     }
     .sign(&est_signer);
+    let link_up = |l: &str| l.contains("\"reason\":\"link-up\"") && l.contains("\"subject\":\"LVA\"");
+    let ups = net
+        .audit_lines(nation("EST"))
+        .iter()
+        .filter(|l| link_up(l))
+        .count();
     let mut est = RawConnection::open(&net, &Identity::Node(nation("EST")), nation("LVA"))
         .await
         .unwrap();
@@ -410,6 +476,13 @@ async fn a_forged_announcement_is_refused() {
         record.contains("\"subject\":\"EST\"") && record.contains("GBR's node key"),
         "{record}"
     );
+    // The test's link replaced EST's real one (one inbound link per
+    // peer); the real one re-dials and takes its place back.
+    est.connection.close(0u32.into(), b"done");
+    net.wait_for_audit_count(nation("EST"), ups + 1, link_up).await;
+    for at in ["LVA", "GBR"] {
+        wait_for_announced_link(&net, at, "EST", "LVA").await;
+    }
 
     // LVA still routes by GBR's genuine picture: its messages reach GBR.
     let gbr = subscriber(&net, "gbr.analyst", "from.lva", &["LVA"]).await;
@@ -446,7 +519,10 @@ async fn a_target_behind_failed_links_is_audited_as_no_route() {
             l.contains("\"reason\":\"no-route\"") && l.contains(&id)
         })
         .await;
-    assert!(record.contains("\"subjects\":[\"LVA\"]"), "{record}");
+    assert!(
+        record.contains("{\"peer\":\"LVA\",\"decision\":\"deny\",\"reason\":\"no-route\"}"),
+        "{record}"
+    );
     assert!(!net
         .audit_lines(nation("GBR"))
         .iter()

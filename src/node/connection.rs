@@ -40,6 +40,7 @@ impl StreamError {
         matches!(
             self,
             StreamError::Frame(crate::stream::StreamError::Wire(_))
+                | StreamError::Frame(crate::stream::StreamError::FrameTimeout(_))
                 | StreamError::Unexpected(_)
                 | StreamError::Unsealed(_)
                 | StreamError::Version(_)

@@ -7,19 +7,18 @@
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError};
 
-use bytes::Bytes;
-use quinn::Connection;
+use quinn::{Connection, VarInt};
 use tracing::warn;
 
 use super::connection::{accept_hello, close_after, next_batch, write_frame, StreamError};
-use super::outbound::send_or_cut;
+use super::outbound::Outgoing;
 use super::{Reason, Shared};
 use crate::audit::{Event, Record, Verdict};
 use crate::envelope::{Envelope, EnvelopeError, MessageId};
 use crate::label::Nation;
-use crate::routing::{self, Route, SealState, Source};
+use crate::routing::{self, SealState, Source};
 use crate::stream::FrameReader;
-use crate::wire::{self, Frame};
+use crate::wire::{close, Frame};
 
 pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nation) {
     let subject = peer.to_string();
@@ -37,7 +36,12 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
     {
         return close_after(&shared, &connection, subject, &err).await;
     }
-    let mut reader = FrameReader::new(recv);
+    // One inbound link per peer: the newest wins, so a peer that opens
+    // many links gets one budget of envelopes waiting for seals, not one
+    // per link. The old link's reader fails at once on the close, and its
+    // unsealed envelopes are audited and dropped with it.
+    let _inbound = InboundLink::register(&shared, peer, &connection).await;
+    let mut reader = FrameReader::with_frame_timeout(recv, shared.settings.frame_timeout);
     let mut frames = Vec::new();
     let mut unsealed = Unsealed::default();
     let mut shutdown = shared.shutdown.clone();
@@ -68,6 +72,47 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
     }
     if let Err(err) = result {
         close_after(&shared, &connection, subject, &err).await;
+    }
+}
+
+/// A peer's registration as the holder of its one inbound link, undone
+/// on every way out of `serve`.
+struct InboundLink<'a> {
+    shared: &'a Shared,
+    peer: Nation,
+    generation: u64,
+}
+
+impl<'a> InboundLink<'a> {
+    /// Makes `connection` `peer`'s inbound link, closing and auditing the
+    /// one it replaces.
+    async fn register(shared: &'a Shared, peer: Nation, connection: &Connection) -> InboundLink<'a> {
+        let (generation, replaced) = shared.router.replace_inbound(peer, connection.clone());
+        if let Some(old) = replaced {
+            let reason = format!("replaced by a newer link from {peer}");
+            warn!(%reason, "closing the older inbound link");
+            old.close(VarInt::from_u32(close::REPLACED), reason.as_bytes());
+            shared
+                .audit(
+                    Record::new(Event::Disconnect, Verdict::Deny, Reason::LinkReplaced.code())
+                        .subject(peer)
+                        .detail(format!(
+                            "{reason}: a peer has one inbound link at a time, and one budget of messages waiting for seals"
+                        )),
+                )
+                .await;
+        }
+        InboundLink {
+            shared,
+            peer,
+            generation,
+        }
+    }
+}
+
+impl Drop for InboundLink<'_> {
+    fn drop(&mut self) {
+        self.shared.router.remove_inbound(self.peer, self.generation);
     }
 }
 
@@ -223,11 +268,7 @@ async fn ingress(
     {
         let (route, more) = shared.router.core(|core, now| {
             if delivered {
-                Ok(Route {
-                    deliver: Vec::new(),
-                    forward: core.relay(&envelope, peer, now),
-                    marking: marking.clone(),
-                })
+                Ok(core.relay(&envelope, peer, now))
             } else {
                 core.route(&envelope, Source::Peer(peer), SealState::Verified, now)
             }
@@ -237,12 +278,19 @@ async fn ingress(
         shared
             .router
             .deliver(&envelope, &marking, &route.deliver, &mut records);
-        if !route.forward.is_empty() {
-            relays.push((envelope, marking, route.forward));
+        if !route.forward.is_empty() || !route.denied.is_empty() {
+            relays.push(Outgoing {
+                envelope,
+                marking,
+                forward: route.forward,
+                denied: route.denied,
+                // Only the origin audits what no path reaches.
+                unreached: Vec::new(),
+            });
         }
     }
     shared.carry_out(actions).await;
-    relay(shared, relays, &mut records).await;
+    relay(shared, relays, &mut records);
     for record in records {
         shared.audit(record).await;
     }
@@ -288,27 +336,11 @@ fn verify(
     good
 }
 
-/// Sends verified envelopes on to this node's children, with their seals
-/// (each is sealed already), waiting for room like any forward.
-async fn relay(shared: &Shared, relays: Vec<(Envelope, Arc<str>, Vec<Nation>)>, records: &mut Vec<Record>) {
-    for (envelope, marking, forward) in relays {
-        let frame = match wire::encode_forward(&envelope) {
-            Ok(encoded) => Bytes::from(encoded),
-            Err(err) => {
-                records.push(
-                    Record::new(Event::Drop, Verdict::Deny, Reason::EncodeFailed.code())
-                        .message(&envelope, &marking)
-                        .detail(err),
-                );
-                continue;
-            }
-        };
-        for target in shared.router.targets(&forward) {
-            let record = match send_or_cut(shared, &target, frame.clone()).await {
-                Ok(()) => Record::new(Event::Forward, Verdict::Allow, Reason::PolicyAllows.code()),
-                Err(reason) => Record::new(Event::Drop, Verdict::Deny, reason.code()),
-            };
-            records.push(record.message(&envelope, &marking).subject(target.nation));
-        }
+/// Offers verified envelopes to this node's children, with their seals
+/// (each is sealed already), never waiting: like any forward, a child's
+/// link whose queue is full is cut, so one child cannot slow this reader.
+fn relay(shared: &Shared, relays: Vec<Outgoing<Arc<str>>>, records: &mut Vec<Record>) {
+    for message in relays {
+        message.offer(shared, records);
     }
 }

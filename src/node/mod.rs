@@ -98,16 +98,35 @@ pub struct NodeSettings {
     pub session_queue_bytes: usize,
     /// Subscriptions one session may hold.
     pub max_subscriptions: usize,
-    /// Frames queued for one peer link; past it, publishers wait.
+    /// Frames queued for one peer link. Nothing ever waits for room in a
+    /// link's queue: a link whose queue is full is cut (`peer-stalled`),
+    /// so this is sized for the bursts a peer that keeps up must absorb.
     pub peer_queue: usize,
-    /// Bytes queued for one peer link; past it, publishers wait.
+    /// Bytes queued for one peer link; with `peer_queue`, this bounds the
+    /// memory one peer that stops reading can hold.
     pub peer_queue_bytes: usize,
-    /// How long a publish may wait for room in a peer link's queue before
-    /// the link counts as stuck and is closed.
-    pub peer_stall_timeout: Duration,
     /// How long a new connection may take to open its stream and send
     /// `Hello`, so an idle or slow dialer cannot hold a slot.
     pub first_frame_timeout: Duration,
+    /// How long the rest of a frame may take once its first bytes came:
+    /// past it, the connection is closed as a protocol violation, so no
+    /// one can park a partial frame (up to 1 MiB) for ever. A connection
+    /// idle between frames has no deadline: an idle subscriber is fine.
+    pub frame_timeout: Duration,
+    /// Sessions one principal may hold at once; past it, a new one is
+    /// refused (`too-many-sessions`), so one account cannot take every slot.
+    pub max_sessions_per_principal: usize,
+    /// Inbound connections (sessions and peers' links, handshakes in
+    /// progress included) the node holds at once; past it, a new attempt
+    /// is refused before any TLS work (`too-many-connections`).
+    pub max_connections: usize,
+    /// Handshakes started per second, on average: attempts past it are
+    /// refused before any TLS work (`too-many-handshakes`), so a flood of
+    /// attempts costs the node neither signatures nor an audit line each.
+    pub handshakes_per_second: u32,
+    /// Handshakes that may start back to back after a quiet spell, such as
+    /// every client and peer re-connecting after a restart.
+    pub handshake_burst: u32,
     /// The longest wait between re-dials of a peer that is down.
     pub max_redial_backoff: Duration,
 }
@@ -118,10 +137,14 @@ impl Default for NodeSettings {
             session_queue: 1024,
             session_queue_bytes: 4 * 1024 * 1024,
             max_subscriptions: 256,
-            peer_queue: 8192,
-            peer_queue_bytes: 32 * 1024 * 1024,
-            peer_stall_timeout: Duration::from_secs(5),
+            peer_queue: 32 * 1024,
+            peer_queue_bytes: 64 * 1024 * 1024,
             first_frame_timeout: Duration::from_secs(5),
+            frame_timeout: Duration::from_secs(10),
+            max_sessions_per_principal: 16,
+            max_connections: 1024,
+            handshakes_per_second: 256,
+            handshake_burst: 256,
             max_redial_backoff: Duration::from_secs(5),
         }
     }
@@ -250,6 +273,8 @@ struct Shared {
     settings: NodeSettings,
     audit: Audit,
     router: Router,
+    /// Sessions held per principal, for `max_sessions_per_principal`.
+    principal_sessions: Arc<dashmap::DashMap<String, usize>>,
     endpoint: Endpoint,
     shutdown: watch::Receiver<bool>,
 }
@@ -354,6 +379,7 @@ pub async fn run(
         peer_addresses: config.peer_addresses,
         settings: config.settings,
         audit: audit.clone(),
+        principal_sessions: Arc::default(),
         endpoint: endpoint.clone(),
         shutdown: stopped,
     });
@@ -371,20 +397,49 @@ pub async fn run(
         );
     }
 
+    let settings = &shared.settings;
+    let mut gate = admission::Gate::new(
+        settings.max_connections,
+        settings.handshakes_per_second,
+        settings.handshake_burst,
+        std::time::Instant::now(),
+    );
+    let mut report = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
-                    let shared = shared.clone();
-                    tasks.spawn(async move { admission::accept(shared, incoming).await });
+                    let now = std::time::Instant::now();
+                    match gate.admit(now) {
+                        Ok(slot) => {
+                            let shared = shared.clone();
+                            tasks.spawn(async move { admission::accept(shared, incoming, slot).await });
+                        }
+                        Err(reason) => {
+                            let remote = incoming.remote_address();
+                            incoming.refuse();
+                            if let Some(record) = gate.refused(reason, remote, now) {
+                                warn!(%remote, %reason, "connection attempt refused before TLS");
+                                shared.audit(record).await;
+                            }
+                        }
+                    }
                 }
                 None => break,
             },
+            _ = report.tick() => {
+                for record in gate.overdue(std::time::Instant::now()) {
+                    shared.audit(record).await;
+                }
+            }
             // Reap finished connection tasks so the set stays small.
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
+    }
+    for record in gate.overdue(std::time::Instant::now() + Duration::from_secs(1)) {
+        shared.audit(record).await;
     }
 
     info!(nation = %shared.nation, "node shutting down");

@@ -1,113 +1,135 @@
 //! Links this node dials, the only ones it sends on: dialing each
 //! configured peer and re-dialing with backoff, one link's life
-//! (`run_link`), and queueing frames on links with backpressure
-//! (`send_or_cut`, `forward_batch`), which hands what the links carried to
-//! the sealer.
+//! (`run_link`), and offering publishers' envelopes to links
+//! (`forward_batch`), which hands what the links carried to the sealer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use quinn::VarInt;
 use tracing::{debug, error, info, warn};
 
 use super::connection::{read_frame, write_frame, StreamError};
 use super::router::PeerTarget;
 use super::sealer::ToSeal;
 use super::{queue, resolve, Reason, Shared};
-use crate::audit::{Event, Record, Verdict};
+use crate::audit::{Event, PeerOutcome, Record, Verdict};
 use crate::envelope::Envelope;
 use crate::identity::Identity;
 use crate::label::Nation;
 use crate::pki::address_host;
+use crate::policy;
+use crate::routing;
 use crate::stream;
 use crate::tls;
 use crate::wire::{self, Frame};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The shortest wait before re-dialing a peer this node cut for not
+/// keeping up (capped by `max_redial_backoff`).
+const CUT_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Queues each envelope, unsealed, for its target links, waiting for
-/// room (a busy link slows the publisher down), then hands what the links
-/// carried to the sealer. A link that stays full for `peer_stall_timeout`
-/// is closed.
+/// A message to offer to peers, with its route's forward decisions.
+pub(super) struct Outgoing<M> {
+    pub(super) envelope: Envelope,
+    pub(super) marking: M,
+    /// The peers the routing core chose: this node's children in the tree.
+    pub(super) forward: Vec<Nation>,
+    /// Interested neighbours the policy denied, with its reason.
+    pub(super) denied: Vec<(Nation, policy::Reason)>,
+    /// Interested, eligible nations no live path reaches (`no-route`,
+    /// `unreachable`): at the origin only.
+    pub(super) unreached: Vec<(Nation, routing::Reason)>,
+}
+
+impl<M: AsRef<str>> Outgoing<M> {
+    /// Offers the message (its encoded forward frame) to each chosen
+    /// peer's link without waiting, and records every peer's outcome,
+    /// allowed, denied or dropped, in the message's one `forward` record.
+    /// Returns the links that took it.
+    pub(super) fn offer(&self, shared: &Shared, records: &mut Vec<Record>) -> Vec<PeerTarget> {
+        let mut peers: Vec<PeerOutcome> = self
+            .denied
+            .iter()
+            .map(|&(peer, reason)| PeerOutcome {
+                peer,
+                decision: Verdict::Deny,
+                reason: reason.code(),
+            })
+            .collect();
+        let mut carried_by = Vec::with_capacity(self.forward.len());
+        // Encoded only if it goes anywhere: a message that stays local may
+        // still have denials to record.
+        let frame = if self.forward.is_empty() {
+            Ok(Bytes::new())
+        } else {
+            wire::encode_forward(&self.envelope).map(Bytes::from)
+        };
+        if let Err(err) = &frame {
+            warn!(id = %self.envelope.id, cause = %err, "cannot encode a forward");
+        }
+        for &peer in &self.forward {
+            let outcome = match (&frame, shared.router.target(peer)) {
+                (Err(_), _) => Err(Reason::EncodeFailed),
+                // The link went down since the core chose it.
+                (Ok(_), None) => Err(Reason::LinkDown),
+                (Ok(frame), Some(target)) => target.offer_or_cut(frame.clone(), records).map(|()| target),
+            };
+            let (decision, reason) = match outcome {
+                Ok(target) => {
+                    debug!(to = %peer, id = %self.envelope.id, "forwarded");
+                    carried_by.push(target);
+                    (Verdict::Allow, Reason::PolicyAllows)
+                }
+                Err(reason) => (Verdict::Deny, reason),
+            };
+            peers.push(PeerOutcome {
+                peer,
+                decision,
+                reason: reason.code(),
+            });
+        }
+        // Listed in the same record, so a nation that is away (one cut
+        // for not keeping up, say) adds no line to every message; a line
+        // of its own per message measured as most of what a hostile peer
+        // cost the healthy ones (BENCHMARKS.md, issue 8).
+        peers.extend(self.unreached.iter().map(|&(peer, reason)| PeerOutcome {
+            peer,
+            decision: Verdict::Deny,
+            reason: reason.code(),
+        }));
+        if !peers.is_empty() {
+            records.push(Record::forward(peers).message(&self.envelope, self.marking.as_ref()));
+        }
+        carried_by
+    }
+}
+
+/// Offers each envelope, unsealed, to its target links without waiting
+/// (a link whose queue is full is cut: see [`PeerTarget::offer_or_cut`]),
+/// then hands what the links carried to the sealer.
 ///
 /// The seal follows its envelopes so that signing (24 µs) is not on the
 /// way: the receiving node delivers an envelope from its origin at once,
 /// and relays or stores it only once the seal has come and verified.
 pub(super) async fn forward_batch(
     shared: &Shared,
-    outgoing: Vec<(Envelope, String, Vec<PeerTarget>)>,
+    outgoing: Vec<Outgoing<String>>,
     records: &mut Vec<Record>,
 ) {
-    for (envelope, marking, targets) in outgoing {
-        let record = |peer: Nation, event, verdict, reason: Reason| {
-            Record::new(event, verdict, reason.code())
-                .message(&envelope, &marking)
-                .subject(peer)
-        };
-        let frame = match wire::encode_forward(&envelope) {
-            Ok(encoded) => Bytes::from(encoded),
-            Err(err) => {
-                for target in &targets {
-                    records.push(
-                        record(target.nation, Event::Drop, Verdict::Deny, Reason::EncodeFailed).detail(&err),
-                    );
-                }
-                continue;
-            }
-        };
-        let mut carried_by = Vec::with_capacity(targets.len());
-        for target in targets {
-            match send_or_cut(shared, &target, frame.clone()).await {
-                Ok(()) => {
-                    debug!(to = %target.nation, id = %envelope.id, "forwarded");
-                    records.push(record(
-                        target.nation,
-                        Event::Forward,
-                        Verdict::Allow,
-                        Reason::PolicyAllows,
-                    ));
-                    carried_by.push(target);
-                }
-                Err(reason) => {
-                    let mut drop = record(target.nation, Event::Drop, Verdict::Deny, reason);
-                    if reason == Reason::PeerStalled {
-                        drop = drop.detail(format!(
-                            "its queue stayed full for {:?}",
-                            shared.settings.peer_stall_timeout
-                        ));
-                    }
-                    records.push(drop);
-                }
-            }
-        }
+    for message in outgoing {
+        let carried_by = message.offer(shared, records);
         if !carried_by.is_empty() {
             let to_seal = ToSeal {
-                id: envelope.id,
-                leaf: envelope.leaf(),
+                id: message.envelope.id,
+                leaf: message.envelope.leaf(),
                 carried_by,
             };
-            // Fails only at shutdown; the peers audit the missing seals.
+            // The sealer never waits for a link, so this waits at most for
+            // one signature; it fails only at shutdown, and then the peers
+            // audit the missing seals.
             let _ = shared.sealer.send(to_seal).await;
-        }
-    }
-}
-
-/// Queues `frame` on a link, waiting for room up to `peer_stall_timeout`;
-/// a link that stays full that long is closed. The error is the reason
-/// for the audit record.
-pub(super) async fn send_or_cut(shared: &Shared, target: &PeerTarget, frame: Bytes) -> Result<(), Reason> {
-    match tokio::time::timeout(shared.settings.peer_stall_timeout, target.queue.send(frame)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(Reason::LinkDown),
-        Err(_) => {
-            warn!(to = %target.nation, "closing a link whose queue stayed full");
-            target.connection.close(
-                VarInt::from_u32(wire::close::SLOW_CONSUMER),
-                b"slow consumer: peer queue stayed full",
-            );
-            Err(Reason::PeerStalled)
         }
     }
 }
@@ -127,7 +149,16 @@ pub(super) async fn dial_forever(shared: Arc<Shared>, peer: Nation) {
     let mut backoff = FIRST_BACKOFF;
     while !*shutdown.borrow() {
         match run_link(&shared, peer, &config).await {
-            Ok(()) => backoff = FIRST_BACKOFF,
+            Ok(LinkEnd::Down) => backoff = FIRST_BACKOFF,
+            // A peer cut for not keeping up is re-dialed after a second at
+            // least, and then with a growing backoff, as if the dial had
+            // failed: one that keeps filling its queue costs a handshake
+            // and a refill (queued for nobody) every few seconds, not ten
+            // times a second.
+            Ok(LinkEnd::Cut) => {
+                backoff = backoff.max(CUT_BACKOFF).min(shared.settings.max_redial_backoff);
+                debug!(?backoff, "link cut; re-dialing later");
+            }
             Err(err) => debug!(cause = %err, ?backoff, "link down; re-dialing"),
         }
         tokio::select! {
@@ -161,9 +192,17 @@ fn peer_address(shared: &Shared, peer: Nation) -> Result<(SocketAddr, String), L
     Ok((addr, address_host(address).to_owned()))
 }
 
+/// How a link that was up ended.
+enum LinkEnd {
+    /// It went down: the peer left, the network failed, or shutdown.
+    Down,
+    /// This node cut it: its queue was full.
+    Cut,
+}
+
 /// One link's life: dial, greet, then write queued frames until the
 /// connection ends. Returns `Ok` if the link was up at some point.
-async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -> Result<(), LinkError> {
+async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -> Result<LinkEnd, LinkError> {
     let (addr, server_name) = peer_address(shared, peer)?;
     let connection = shared
         .endpoint
@@ -209,6 +248,11 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
             _ = shutdown.changed() => break "node shutting down".to_owned(),
         }
     };
+    let end = if shared.router.was_cut(peer, link) {
+        LinkEnd::Cut
+    } else {
+        LinkEnd::Down
+    };
     let actions = shared.router.remove_link(peer, link);
     let dropped = outbox.close_and_count();
     if *shutdown.borrow() {
@@ -224,5 +268,5 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
     }
     shared.audit(record).await;
     shared.carry_out(actions).await;
-    Ok(())
+    Ok(end)
 }

@@ -1,9 +1,8 @@
 //! The bounded outbound queue of one session or peer link, limited both in
 //! frames and in bytes, so memory per consumer stays small whatever the
 //! frame sizes. Offering never waits: a full queue is the caller's signal
-//! that a subscriber is too slow. Sending waits for room: peer links use
-//! it, so a busy link slows its publishers down instead of losing what
-//! they published.
+//! that its consumer (a subscriber or a peer link) is too slow, and that
+//! consumer is cut alone.
 
 use std::sync::Arc;
 
@@ -77,19 +76,6 @@ impl QueueSender {
         }
     }
 
-    /// Queues `frame`, waiting for room: backpressure for whoever produces
-    /// it. Fails only once the consumer is gone.
-    pub(super) async fn send(&self, frame: Bytes) -> Result<(), OfferError> {
-        let permit = self
-            .bytes
-            .acquire_many(permits(frame.len(), self.max_bytes))
-            .await
-            .map_err(|_| OfferError::Closed)?;
-        self.frames.send(frame).await.map_err(|_| OfferError::Closed)?;
-        permit.forget();
-        Ok(())
-    }
-
     pub(super) fn describe_limit(&self) -> String {
         format!(
             "{} frames or {} bytes",
@@ -125,8 +111,7 @@ impl QueueReceiver {
         true
     }
 
-    /// Closes the queue and counts what was still in it; senders waiting
-    /// for room fail.
+    /// Closes the queue and counts what was still in it; later offers fail.
     pub(super) fn close_and_count(&mut self) -> usize {
         self.frames.close();
         self.bytes.close();
@@ -162,26 +147,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn send_waits_for_room_and_recv_many_makes_it() {
+    async fn recv_many_makes_room_and_close_fails_offers() {
         let (sender, mut receiver) = bounded(2, 100);
-        sender.send(Bytes::from(vec![0; 60])).await.unwrap();
-        let waiting = {
-            let sender = sender.clone();
-            tokio::spawn(async move { sender.send(Bytes::from(vec![0; 60])).await })
-        };
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished(), "a send past the byte budget must wait");
+        assert_eq!(sender.offer(Bytes::from(vec![0; 60])), Ok(()));
+        assert_eq!(sender.offer(Bytes::from(vec![0; 60])), Err(OfferError::Full));
         let mut batch = Vec::new();
         assert!(receiver.recv_many(&mut batch).await);
         assert_eq!(batch.len(), 1);
-        assert_eq!(waiting.await.unwrap(), Ok(()));
-        let blocked = {
-            let sender = sender.clone();
-            tokio::spawn(async move { sender.send(Bytes::from(vec![0; 60])).await })
-        };
-        tokio::task::yield_now().await;
+        assert_eq!(sender.offer(Bytes::from(vec![0; 60])), Ok(()));
         assert_eq!(receiver.close_and_count(), 1);
-        assert_eq!(blocked.await.unwrap(), Err(OfferError::Closed));
+        assert_eq!(sender.offer(Bytes::from(vec![0; 60])), Err(OfferError::Closed));
     }
 
     #[tokio::test]

@@ -25,7 +25,7 @@ pub enum Reason {
     SessionEnded,
     /// A subscriber whose queue was full, disconnected.
     SlowConsumer,
-    /// A link whose queue stayed full for `peer_stall_timeout`, closed.
+    /// A link whose queue was full, cut: its peer does not keep up.
     PeerStalled,
     /// A link this node dialed came up.
     LinkUp,
@@ -49,6 +49,15 @@ pub enum Reason {
     PayloadTooLarge,
     /// A subscription to a pattern that does not parse.
     BadPattern,
+    /// A peer's inbound link, closed because a newer one from the same
+    /// peer replaced it (one inbound link per peer).
+    LinkReplaced,
+    /// A principal already holding `max_sessions_per_principal` sessions.
+    TooManySessions,
+    /// A connection attempt past `max_connections`, refused before TLS.
+    TooManyConnections,
+    /// Connection attempts past the handshake rate limit, refused before TLS.
+    TooManyHandshakes,
 }
 
 impl Reason {
@@ -75,6 +84,10 @@ impl Reason {
             Reason::BadMarking => "bad-marking",
             Reason::PayloadTooLarge => "payload-too-large",
             Reason::BadPattern => "bad-pattern",
+            Reason::LinkReplaced => "link-replaced",
+            Reason::TooManySessions => "too-many-sessions",
+            Reason::TooManyConnections => "too-many-connections",
+            Reason::TooManyHandshakes => "too-many-handshakes",
         }
     }
 }

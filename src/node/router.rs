@@ -2,12 +2,12 @@
 //! only for a call, never across `.await`), the session and link tables
 //! that I/O tasks share, and carrying out what the core decides. Local
 //! deliveries go to session queues without waiting (a full one
-//! disconnects its subscriber); links are handed back, for the caller to
-//! queue on with backpressure.
+//! disconnects its subscriber); links are handed back as [`PeerTarget`]s,
+//! which are offered to the same way (a full one cuts its link).
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -33,6 +33,8 @@ struct LinkEntry {
     link: u64,
     queue: QueueSender,
     connection: Connection,
+    /// Set by whoever cuts the link first, so the cut is audited once.
+    cut: Arc<AtomicBool>,
 }
 
 /// What happened when a frame was offered to a session's queue.
@@ -48,6 +50,8 @@ pub(super) struct Router {
     sessions: DashMap<SessionId, SessionEntry>,
     /// The links this node dialed: the only ones it sends on.
     links: DashMap<Nation, LinkEntry>,
+    /// The one inbound link of each peer, with its generation.
+    inbound: DashMap<Nation, (u64, Connection)>,
     next_id: AtomicU64,
     /// Actions produced where nothing can wait (such as a slow consumer
     /// dropped mid-delivery), for the ticker task to carry out. Bounded by
@@ -71,6 +75,7 @@ impl Router {
             core: Mutex::new(core),
             sessions: DashMap::new(),
             links: DashMap::new(),
+            inbound: DashMap::new(),
             next_id: AtomicU64::new(1),
             deferred: Mutex::new(Vec::new()),
             deferred_ready: tokio::sync::Notify::new(),
@@ -167,9 +172,17 @@ impl Router {
                 link,
                 queue,
                 connection,
+                cut: Arc::new(AtomicBool::new(false)),
             },
         );
         (link, self.core(|core, now| core.link_up(peer, now)).1)
+    }
+
+    /// Whether this node cut its link `link` to `peer` for not keeping up.
+    pub(super) fn was_cut(&self, peer: Nation, link: u64) -> bool {
+        self.links
+            .get(&peer)
+            .is_some_and(|entry| entry.link == link && entry.cut.load(Ordering::Acquire))
     }
 
     pub(super) fn remove_link(&self, peer: Nation, link: u64) -> Vec<Action> {
@@ -183,20 +196,37 @@ impl Router {
         self.core(|core, now| core.link_down(peer, now)).1
     }
 
-    /// The live links to `peers`, taken out of the table so the sender can
-    /// wait for room without holding a guard.
+    /// Makes `connection` `peer`'s one inbound link; returns its
+    /// generation, for [`Router::remove_inbound`], and the link it
+    /// replaced, for the caller to close.
+    pub(super) fn replace_inbound(&self, peer: Nation, connection: Connection) -> (u64, Option<Connection>) {
+        let generation = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let replaced = self.inbound.insert(peer, (generation, connection));
+        (generation, replaced.map(|(_, old)| old))
+    }
+
+    /// Forgets `peer`'s inbound link of `generation`, unless a newer one
+    /// has replaced it already.
+    pub(super) fn remove_inbound(&self, peer: Nation, generation: u64) {
+        self.inbound
+            .remove_if(&peer, |_, (current, _)| *current == generation);
+    }
+
+    /// The live links to `peers`, taken out of the table so that no
+    /// guard is held while the caller offers to them.
     pub(super) fn targets(&self, peers: &[Nation]) -> Vec<PeerTarget> {
-        peers
-            .iter()
-            .filter_map(|&peer| {
-                self.links.get(&peer).map(|entry| PeerTarget {
-                    nation: peer,
-                    link: entry.link,
-                    queue: entry.queue.clone(),
-                    connection: entry.connection.clone(),
-                })
-            })
-            .collect()
+        peers.iter().filter_map(|&peer| self.target(peer)).collect()
+    }
+
+    /// The live link to `peer`, if it is up.
+    pub(super) fn target(&self, peer: Nation) -> Option<PeerTarget> {
+        self.links.get(&peer).map(|entry| PeerTarget {
+            nation: peer,
+            link: entry.link,
+            queue: entry.queue.clone(),
+            connection: entry.connection.clone(),
+            cut: entry.cut.clone(),
+        })
     }
 
     /// Offers `envelope` to the sessions the core chose, without waiting.
@@ -256,14 +286,59 @@ impl Router {
     }
 }
 
-/// A peer link a message may go to, taken out of the table so the sender
-/// can wait for room in its queue without holding a lock.
+/// A peer link a message may go to, taken out of the table so that no
+/// lock is held while it is offered to.
 #[derive(Clone)]
 pub(super) struct PeerTarget {
     pub(super) nation: Nation,
     pub(super) link: u64,
     pub(super) queue: QueueSender,
     pub(super) connection: Connection,
+    cut: Arc<AtomicBool>,
+}
+
+impl PeerTarget {
+    /// Queues `frame` on the link if there is room now; never waits.
+    ///
+    /// Nothing that sends on links (publishers' sessions, the sealer,
+    /// relaying readers) may wait for one link: each serves every link, so
+    /// a peer that stops reading, or reads just often enough, would slow
+    /// them all. A full queue therefore means its peer cannot keep up, as
+    /// with a slow subscriber: the link is cut, alone, and its peer gets
+    /// everything again (announcements first) when it re-dials. The queue
+    /// is sized (`NodeSettings::peer_queue`) so that a peer that keeps up
+    /// absorbs any burst. The first to find it full closes the connection
+    /// and pushes the audit record of the cut onto `records`; every frame
+    /// offered until the link is gone is refused as `peer-stalled`.
+    pub(super) fn offer_or_cut(&self, frame: Bytes, records: &mut Vec<Record>) -> Result<(), Reason> {
+        match self.queue.offer(frame) {
+            Ok(()) => Ok(()),
+            Err(OfferError::Closed) => Err(Reason::LinkDown),
+            Err(OfferError::Full) => {
+                if !self.cut.swap(true, Ordering::AcqRel) {
+                    let limit = self.queue.describe_limit();
+                    tracing::warn!(to = %self.nation, %limit, "cutting a link whose queue is full");
+                    self.connection.close(
+                        VarInt::from_u32(close::SLOW_CONSUMER),
+                        format!(
+                            "slow consumer: the link queue of {limit} for {} was full, and no link is waited for",
+                            self.nation
+                        )
+                        .as_bytes(),
+                    );
+                    records.push(
+                        Record::new(Event::Disconnect, Verdict::Deny, Reason::PeerStalled.code())
+                            .subject(self.nation)
+                            .detail(format!(
+                                "its link queue of {limit} was full: {} does not read fast enough, so its link is cut rather than let it slow anyone else",
+                                self.nation
+                            )),
+                    );
+                }
+                Err(Reason::PeerStalled)
+            }
+        }
+    }
 }
 
 fn encode_delivery(envelope: &Envelope, marking: &str) -> Result<Bytes, wire::WireError> {

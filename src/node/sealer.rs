@@ -9,7 +9,6 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::outbound::send_or_cut;
 use super::router::PeerTarget;
 use super::Shared;
 use crate::envelope::{Hash, MessageId, Proof, SealBatch};
@@ -50,6 +49,7 @@ pub(super) async fn seal_forever(shared: Arc<Shared>, mut queue: mpsc::Receiver<
         refilled = now;
     };
     let mut batch = Vec::new();
+    let mut records = Vec::new();
     loop {
         tokio::select! {
             received = queue.recv_many(&mut batch, SEAL_BATCH) => if received == 0 { return },
@@ -73,34 +73,58 @@ pub(super) async fn seal_forever(shared: Arc<Shared>, mut queue: mpsc::Receiver<
             }
         }
         let (signature, proofs) = shared.signer.seal_leaves(batch.iter().map(|s| s.leaf).collect());
-        // Each link gets one Seals frame with the proofs of what it carried.
-        let mut per_link: Vec<(PeerTarget, Vec<Proof>)> = Vec::new();
-        for (sealed, (siblings, left)) in batch.drain(..).zip(proofs) {
-            let proof = Proof {
+        let proofs: Vec<Proof> = batch
+            .iter()
+            .zip(proofs)
+            .map(|(sealed, (siblings, left))| Proof {
                 id: sealed.id,
                 siblings,
                 left,
-            };
+            })
+            .collect();
+        // Each link gets one Seals frame with the proofs of what it
+        // carried: which envelopes of the batch, per link.
+        let mut per_link: Vec<(PeerTarget, Vec<usize>)> = Vec::new();
+        for (index, sealed) in batch.drain(..).enumerate() {
             for target in sealed.carried_by {
                 match per_link.iter_mut().find(|(link, _)| link.link == target.link) {
-                    Some((_, proofs)) => proofs.push(proof.clone()),
-                    None => per_link.push((target, vec![proof.clone()])),
+                    Some((_, carried)) => carried.push(index),
+                    None => per_link.push((target, vec![index])),
                 }
             }
         }
-        for (target, proofs) in per_link {
-            let seals = Frame::Seals(SealBatch {
-                signature: signature.clone(),
-                proofs,
-            });
-            match wire::encode(&seals) {
-                // A link that fails here is going down: its peer audits
-                // the envelopes whose seals never came.
-                Ok(frame) => {
-                    let _ = send_or_cut(&shared, &target, Bytes::from(frame)).await;
+        // Links that carried the same envelopes (the common case: every
+        // peer wants the same traffic) share one encoded frame, so each
+        // more peer costs an offer, not another encoding.
+        let mut encoded: Vec<(Vec<usize>, Bytes)> = Vec::new();
+        for (target, carried) in per_link {
+            let frame = match encoded.iter().find(|(same, _)| *same == carried) {
+                Some((_, frame)) => frame.clone(),
+                None => {
+                    let seals = Frame::Seals(SealBatch {
+                        signature: signature.clone(),
+                        proofs: carried.iter().map(|&i| proofs[i].clone()).collect(),
+                    });
+                    match wire::encode(&seals) {
+                        Ok(frame) => {
+                            let frame = Bytes::from(frame);
+                            encoded.push((carried, frame.clone()));
+                            frame
+                        }
+                        Err(err) => {
+                            warn!(to = %target.nation, cause = %err, "cannot encode seals");
+                            continue;
+                        }
+                    }
                 }
-                Err(err) => warn!(to = %target.nation, cause = %err, "cannot encode seals"),
-            }
+            };
+            // Offered, never awaited: one link that cannot take its seals
+            // is cut, and its peer audits the envelopes whose seals never
+            // came; every other link gets its seals now.
+            let _ = target.offer_or_cut(frame, &mut records);
+        }
+        for record in records.drain(..) {
+            shared.audit(record).await;
         }
     }
 }

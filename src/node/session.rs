@@ -49,7 +49,7 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal
         }
     });
 
-    let mut reader = FrameReader::new(recv);
+    let mut reader = FrameReader::with_frame_timeout(recv, shared.settings.frame_timeout);
     let mut frames = Vec::new();
     let mut markings = MarkingCache::default();
     let mut shutdown = shared.shutdown.clone();
@@ -257,9 +257,14 @@ async fn route_publishes(
         shared
             .router
             .deliver(&envelope, &marking, &route.deliver, &mut records);
-        let targets = shared.router.targets(&route.forward);
-        if !targets.is_empty() {
-            outgoing.push((envelope, marking, targets));
+        if !route.forward.is_empty() || !route.denied.is_empty() || !route.unreached.is_empty() {
+            outgoing.push(outbound::Outgoing {
+                envelope,
+                marking,
+                forward: route.forward,
+                denied: route.denied,
+                unreached: route.unreached,
+            });
         }
     }
     if !outgoing.is_empty() {

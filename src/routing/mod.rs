@@ -151,10 +151,31 @@ pub struct Route {
     pub deliver: Vec<SessionId>,
     /// Peers to send it to: this node's children in its delivery tree.
     pub forward: Vec<Nation>,
+    /// Live neighbours that want it but may not have it, each with the
+    /// policy's reason (invariant 7 at this node's boundary; nations
+    /// further away are denied by their own neighbours). The I/O layer
+    /// lists them with the peers it forwarded to in the message's one
+    /// `forward` audit record.
+    pub denied: Vec<(Nation, crate::policy::Reason)>,
+    /// At the origin only: interested, eligible nations no live path
+    /// reaches, as `no-route` (configured links on the way are down) or
+    /// `unreachable` (no configured path of eligible nations exists). In
+    /// the route rather than in an audit record of their own, so that a
+    /// nation that is away does not add a line to every message.
+    pub unreached: Vec<(Nation, Reason)>,
     /// Its label's canonical marking, as deliveries and audit records
     /// print it (worked out once, for the route).
     pub marking: Arc<str>,
 }
+
+/// What [`Routing`]'s tree walk decides for one envelope at one node: the
+/// peers to forward to, the neighbours denied, and the nations no path
+/// reaches (see [`Route`]).
+type Children = (
+    Vec<Nation>,
+    Vec<(Nation, crate::policy::Reason)>,
+    Vec<(Nation, Reason)>,
+);
 
 /// An envelope the core refused; the audit record is already queued.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -899,8 +920,8 @@ impl Routing {
             }
         }
         let deliver = self.deliver_locally(envelope, &marking, now_us);
-        let forward = match (source, seal) {
-            (Source::Peer(_), SealState::Unverified) => Vec::new(),
+        let (forward, denied, unreached) = match (source, seal) {
+            (Source::Peer(_), SealState::Unverified) => (Vec::new(), Vec::new(), Vec::new()),
             (Source::Peer(from), SealState::Verified) => {
                 self.children(envelope, eligible, &marking, Some(from), now_us)
             }
@@ -909,6 +930,8 @@ impl Routing {
         Ok(Route {
             deliver,
             forward,
+            denied,
+            unreached,
             marking,
         })
     }
@@ -954,11 +977,19 @@ impl Routing {
         }
     }
 
-    /// The peers to pass on an envelope that came unverified from `from`
-    /// (its origin) and whose seal has now verified.
-    pub fn relay(&mut self, envelope: &Envelope, from: Nation, now_us: u64) -> Vec<Nation> {
+    /// Where to pass on an envelope that came unverified from `from` (its
+    /// origin) and whose seal has now verified: a route with nobody to
+    /// deliver to (that was done on arrival).
+    pub fn relay(&mut self, envelope: &Envelope, from: Nation, now_us: u64) -> Route {
         let (eligible, marking) = self.eligibility(envelope.origin, &envelope.label);
-        self.children(envelope, eligible, &marking, Some(from), now_us)
+        let (forward, denied, unreached) = self.children(envelope, eligible, &marking, Some(from), now_us);
+        Route {
+            deliver: Vec::new(),
+            forward,
+            denied,
+            unreached,
+            marking,
+        }
     }
 
     fn deliver_locally(&mut self, envelope: &Envelope, marking: &str, now_us: u64) -> Vec<SessionId> {
@@ -991,8 +1022,8 @@ impl Routing {
     }
 
     /// This node's children in the envelope's tree that lead to an
-    /// interested nation; at the origin, also audits the targets no path
-    /// reaches.
+    /// interested nation, the interested neighbours it may not go to, and,
+    /// at the origin, the interested, eligible nations no path reaches.
     fn children(
         &mut self,
         envelope: &Envelope,
@@ -1000,17 +1031,18 @@ impl Routing {
         marking: &str,
         from: Option<Nation>,
         now_us: u64,
-    ) -> Vec<Nation> {
+    ) -> Children {
         let Some(origin) = self.nations.index(envelope.origin) else {
-            return Vec::new();
+            return (Vec::new(), Vec::new(), Vec::new());
         };
         let interested = self.interested(&envelope.topic);
-        self.audit_ineligible_neighbours(envelope, interested.minus(eligible), marking, now_us);
+        let denied = self.ineligible_neighbours(envelope, interested.minus(eligible));
         let mut targets = interested.and(eligible);
         targets.remove(origin);
         targets.remove(self.me);
+        let mut unreached = Vec::new();
         if targets.is_empty() {
-            return Vec::new();
+            return (Vec::new(), denied, unreached);
         }
         let tree = self.tree(origin, eligible);
         let mut forward = Vec::new();
@@ -1038,67 +1070,43 @@ impl Routing {
             if !missed.is_empty() {
                 let no_route = missed.and(tree.configured_reach);
                 let unreachable = missed.minus(tree.configured_reach);
-                for (set, reason, counter, why) in [
-                    (
-                        no_route,
-                        Reason::NoRoute,
-                        &mut self.counters.no_route,
-                        "interested, but the links of every eligible path are down",
-                    ),
-                    (
-                        unreachable,
-                        Reason::Unreachable,
-                        &mut self.counters.unreachable,
-                        "interested, but no path of eligible nations reaches it over the configured links",
-                    ),
+                for (set, reason, counter) in [
+                    (no_route, Reason::NoRoute, &mut self.counters.no_route),
+                    (unreachable, Reason::Unreachable, &mut self.counters.unreachable),
                 ] {
-                    if set.is_empty() {
-                        continue;
-                    }
                     let names = self.nations.names(set);
                     *counter += names.len() as u64;
-                    let record = Record::at(now_us, Event::Drop, Verdict::Deny, reason.code())
-                        .message(envelope, marking)
-                        .subjects(names.iter().map(Nation::to_string).collect())
-                        .detail(why);
-                    self.actions.push_back(Action::Audit(record));
+                    unreached.extend(names.into_iter().map(|nation| (nation, reason)));
                 }
             }
         }
-        forward
+        (forward, denied, unreached)
     }
 
     /// Invariant 7 at this node's own boundary: each live peer that wants
-    /// the message but may not have it gets a denial with the policy's
-    /// reason (nations further away are denied by their own neighbours).
-    fn audit_ineligible_neighbours(
-        &mut self,
+    /// the message but may not have it, with the policy's reason (nations
+    /// further away are denied by their own neighbours). Returned in the
+    /// route rather than audited here, so that the I/O layer writes one
+    /// record per message with every peer's outcome.
+    fn ineligible_neighbours(
+        &self,
         envelope: &Envelope,
         denied: NationSet,
-        marking: &str,
-        now_us: u64,
-    ) {
+    ) -> Vec<(Nation, crate::policy::Reason)> {
         if denied.is_empty() {
-            return;
+            return Vec::new();
         }
-        let peers: Vec<Nation> = self
-            .live_peers
+        self.live_peers
             .iter()
             .copied()
             .filter(|&p| self.nations.index(p).is_some_and(|i| denied.contains(i)))
-            .collect();
-        for peer in peers {
-            if let Decision::Deny { reason, message } =
-                self.policy.may_forward(&envelope.label, envelope.origin, peer)
-            {
-                self.audit(
-                    Record::at(now_us, Event::Forward, Verdict::Deny, reason.code())
-                        .message(envelope, marking)
-                        .subject(peer)
-                        .detail(message),
-                );
-            }
-        }
+            .filter_map(
+                |peer| match self.policy.may_forward(&envelope.label, envelope.origin, peer) {
+                    Decision::Deny { reason, .. } => Some((peer, reason)),
+                    Decision::Allow => None,
+                },
+            )
+            .collect()
     }
 
     /// The path a message from `origin` with `label` takes to `to` over

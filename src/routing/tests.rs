@@ -173,6 +173,15 @@ impl Mesh {
             .route(envelope, Source::Local, SealState::Verified, now)
             .expect("a local publish is routed");
         outcome.deliveries.extend(route.deliver);
+        // What no path reaches is the I/O layer's to audit (in the
+        // message's forward record); here it is audited as a record per
+        // nation, as the tests below read it.
+        for &(nation, reason) in &route.unreached {
+            outcome.audit.push(
+                Record::at(now, Event::Forward, Verdict::Deny, reason.code())
+                    .subjects(vec![nation.to_string()]),
+            );
+        }
         let mut queue: VecDeque<(Nation, Nation)> = route.forward.iter().map(|&to| (origin, to)).collect();
         if !route.forward.is_empty() {
             outcome.forwarders.insert(origin);
@@ -603,7 +612,7 @@ fn an_unverified_envelope_from_its_origin_is_delivered_but_relayed_only_after_it
     assert_eq!(route.deliver.len(), 1);
     assert!(route.forward.is_empty());
     // LVA has no one beyond it that wants it, so even verified it stays.
-    assert!(lva_node.relay(&envelope, nation("EST"), now).is_empty());
+    assert!(lva_node.relay(&envelope, nation("EST"), now).forward.is_empty());
 }
 
 #[test]

@@ -450,3 +450,56 @@ impl RawConnection {
         }
     }
 }
+
+// ----- A hostile member (tests/containment.rs) -----
+
+/// `nation`'s node turned hostile: it holds its genuine certificate, greets
+/// the link `at` dials to it, has announced interest in `patterns` to
+/// `at`, and treats every link dialed to it the `hostility` way.
+pub struct HostilePeer {
+    endpoint: quinn::Endpoint,
+    task: JoinHandle<()>,
+    /// Its one inbound link at `at`, which carried the announcement.
+    pub announcer: quinn::Connection,
+}
+
+impl Drop for HostilePeer {
+    fn drop(&mut self) {
+        self.endpoint.close(0u32.into(), b"done");
+        self.task.abort();
+    }
+}
+
+impl TestNetwork {
+    /// Stops `nation`'s real node and runs a hostile one in its place, on
+    /// its address and with its certificate; returns once `at` has a live
+    /// link to it and has heard its interest in every pattern.
+    pub async fn hostile_peer(
+        &mut self,
+        nation: Nation,
+        at: Nation,
+        hostility: entente::hostile::Hostility,
+        patterns: &[&str],
+    ) -> HostilePeer {
+        let link_up = |l: &str| {
+            l.contains("\"reason\":\"link-up\"") && l.contains(&format!("\"subject\":\"{nation}\""))
+        };
+        let links_before = self.audit_lines(at).iter().filter(|l| link_up(l)).count();
+        self.stop(nation).await.expect("clean stop");
+        let config = self.node_config(nation);
+        let endpoint = node::bind(&config, self.addr(nation)).expect("bind the hostile node");
+        let task = tokio::spawn(entente::hostile::serve(endpoint.clone(), nation, hostility));
+        self.wait_for_audit_count(at, links_before + 1, link_up).await;
+        let announcer = entente::hostile::announce_interest(&config, &endpoint, at, self.addr(at), patterns)
+            .await
+            .expect("the hostile node announces its interest");
+        for pattern in patterns {
+            self.wait_for_interest(at, nation, pattern).await;
+        }
+        HostilePeer {
+            endpoint,
+            task,
+            announcer,
+        }
+    }
+}
