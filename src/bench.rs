@@ -119,6 +119,10 @@ fn free_ports(count: usize) -> Result<Vec<u16>, BenchError> {
         .collect()
 }
 
+/// Sessions the bench's one principal per nation may hold: the memory
+/// bench opens hundreds, all as that principal.
+const BENCH_SESSIONS_PER_PRINCIPAL: u32 = 100_000;
+
 /// A network file for `nations` on `ports`, where nation `i` links to
 /// the nations `links(i)`, and every nation has a `<nation>.bench`
 /// principal that may publish and subscribe to everything.
@@ -224,6 +228,11 @@ impl Chain {
                 .arg(root.join("certs"))
                 .arg("--data")
                 .arg(root.join("data").join(nation.as_str()))
+                // Every client of a bench is its nation's one principal.
+                .args([
+                    "--max-sessions-per-principal",
+                    &BENCH_SESSIONS_PER_PRINCIPAL.to_string(),
+                ])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .spawn()

@@ -15,7 +15,7 @@ use entente::client::{delivery_json, delivery_line, escape_text, Client, ClientO
 use entente::config::{load_network, DEFAULT_NETWORK_FILE};
 use entente::hostile::Hostility;
 use entente::label::Nation;
-use entente::node::{self, NodeConfig};
+use entente::node::{self, NodeConfig, NodeSettings};
 use entente::pki::{self, PkiLayout, DEFAULT_CERTS_DIR};
 
 #[derive(Parser)]
@@ -70,6 +70,12 @@ enum Command {
         /// Data folder, holding audit.jsonl [default: data/<NATION>].
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Sessions one principal may hold at once.
+        #[arg(long, default_value_t = node::DEFAULT_MAX_SESSIONS_PER_PRINCIPAL, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        max_sessions_per_principal: usize,
+        /// Inbound connections (sessions and peer links) held at once.
+        #[arg(long, default_value_t = node::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        max_connections: usize,
     },
     /// Publish one labelled message; exits 0 only once the node has acknowledged it.
     #[command(after_help = "Examples:
@@ -441,7 +447,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             certs,
             listen,
             data,
-        } => cmd_node(nation, network, certs, listen, data),
+            max_sessions_per_principal,
+            max_connections,
+        } => cmd_node(
+            nation,
+            network,
+            certs,
+            listen,
+            data,
+            NodeSettings {
+                max_sessions_per_principal,
+                max_connections,
+                ..NodeSettings::default()
+            },
+        ),
         Command::Pub {
             connect,
             topic,
@@ -517,12 +536,14 @@ fn cmd_node(
     certs: PathBuf,
     listen: Option<SocketAddr>,
     data: Option<PathBuf>,
+    settings: NodeSettings,
 ) -> anyhow::Result<ExitCode> {
     let nation =
         Nation::parse(&nation).with_context(|| format!("`{nation}` is not a nation code such as GBR"))?;
     let policy = Arc::new(load_network(&network)?);
     let data = data.unwrap_or_else(|| PathBuf::from("data").join(nation.as_str()));
-    let config = NodeConfig::load(nation, policy, &PkiLayout::new(&certs), data)?;
+    let mut config = NodeConfig::load(nation, policy, &PkiLayout::new(&certs), data)?;
+    config.settings = settings;
     let addr = match listen {
         Some(addr) => addr,
         None => config.listen_address()?,

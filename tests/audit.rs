@@ -8,7 +8,7 @@ use entente::identity::Identity;
 use entente::pki;
 use entente::topic::Topic;
 use entente::wire::Frame;
-use entente_testkit::{nation, RawConnection, TestNetwork};
+use entente_testkit::{nation, TestNetwork};
 
 /// The parsed lines of `at`'s audit log whose reason is `reason`.
 fn records(net: &TestNetwork, at: &str, reason: &str) -> Vec<serde_json::Value> {
@@ -78,16 +78,13 @@ async fn a_flood_of_failed_handshakes_is_counted_not_written_line_by_line() {
 #[tokio::test]
 async fn a_peer_flooding_refused_envelopes_is_counted_with_a_sample_of_ids() {
     const ENVELOPES: u64 = 2_000;
-    let net = TestNetwork::start().await;
+    let mut net = TestNetwork::start().await;
     let gbr = net.client("gbr.analyst").await;
     gbr.subscribe(">").await.unwrap();
     // The test plays FRA's node, with FRA's real certificate and key.
     let (_, key_path) = net.identity_files(&Identity::Node(nation("FRA")));
     let signer = Signer::from_pkcs8(pki::read_key(&key_path).unwrap().secret_der()).unwrap();
-    let mut peer = RawConnection::open(&net, &Identity::Node(nation("FRA")), nation("GBR"))
-        .await
-        .unwrap();
-    peer.hello().await;
+    let mut peer = net.play_node(nation("FRA"), nation("GBR")).await;
     let scheme = net.policy.scheme();
     let seal = |n: u64, created_us: u64, payload: &[u8]| {
         let mut id = [0u8; 16];
@@ -111,7 +108,6 @@ async fn a_peer_flooding_refused_envelopes_is_counted_with_a_sample_of_ids() {
         .await;
     let sentinel = gbr.next_delivery().await.unwrap();
     assert_eq!(sentinel.payload, b"sentinel");
-    let mut net = net;
     net.stop(nation("GBR")).await.unwrap();
 
     let stale = records(&net, "GBR", "stale");

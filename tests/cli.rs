@@ -8,7 +8,7 @@ use entente::identity::Identity;
 use entente::pki;
 use entente::topic::Topic;
 use entente::wire::Frame;
-use entente_testkit::{nation, RawConnection, TestNetwork};
+use entente_testkit::{nation, TestNetwork};
 
 fn entente(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_entente"))
@@ -511,15 +511,12 @@ async fn a_payload_cannot_forge_a_delivery_line_in_sub_output() {
 /// payload carries a fake delivery line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_peer_cannot_forge_a_delivery_line_in_sub_output() {
-    let net = TestNetwork::start().await;
+    let mut net = TestNetwork::start().await;
     let sub = sub_process(&net, "2").await;
     let fra = nation("FRA");
     let (_, key_path) = net.identity_files(&Identity::Node(fra));
     let signer = Signer::from_pkcs8(pki::read_key(&key_path).unwrap().secret_der()).unwrap();
-    let mut peer = RawConnection::open(&net, &Identity::Node(fra), nation("GBR"))
-        .await
-        .unwrap();
-    peer.hello().await;
+    let mut peer = net.play_node(fra, nation("GBR")).await;
     let scheme = net.policy.scheme();
     let seal = |n: u8, payload: &[u8]| {
         signer.seal(Unsigned {

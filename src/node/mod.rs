@@ -131,6 +131,11 @@ pub struct NodeSettings {
     pub max_redial_backoff: Duration,
 }
 
+/// Sessions one principal may hold at once, unless configured otherwise.
+pub const DEFAULT_MAX_SESSIONS_PER_PRINCIPAL: usize = 16;
+/// Inbound connections a node holds at once, unless configured otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
 impl Default for NodeSettings {
     fn default() -> Self {
         NodeSettings {
@@ -141,8 +146,8 @@ impl Default for NodeSettings {
             peer_queue_bytes: 64 * 1024 * 1024,
             first_frame_timeout: Duration::from_secs(5),
             frame_timeout: Duration::from_secs(10),
-            max_sessions_per_principal: 16,
-            max_connections: 1024,
+            max_sessions_per_principal: DEFAULT_MAX_SESSIONS_PER_PRINCIPAL,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             handshakes_per_second: 256,
             handshake_burst: 256,
             max_redial_backoff: Duration::from_secs(5),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use quinn::VarInt;
 use tracing::{debug, error, info, warn};
 
 use super::connection::{read_frame, write_frame, StreamError};
@@ -159,6 +160,16 @@ pub(super) async fn dial_forever(shared: Arc<Shared>, peer: Nation) {
                 backoff = backoff.max(CUT_BACKOFF).min(shared.settings.max_redial_backoff);
                 debug!(?backoff, "link cut; re-dialing later");
             }
+            // Two dialers holding one nation's certificate would otherwise
+            // take the link from each other ten times a second, a
+            // handshake each time: this one waits the longest backoff.
+            Ok(LinkEnd::Replaced) => {
+                backoff = shared.settings.max_redial_backoff;
+                warn!(
+                    ?backoff,
+                    "the peer took a newer link from this nation instead; re-dialing later"
+                );
+            }
             Err(err) => debug!(cause = %err, ?backoff, "link down; re-dialing"),
         }
         tokio::select! {
@@ -198,6 +209,10 @@ enum LinkEnd {
     Down,
     /// This node cut it: its queue was full.
     Cut,
+    /// The peer closed it for a newer link from this nation: another
+    /// dialer holds its certificate (a second instance of this node, or
+    /// someone playing it).
+    Replaced,
 }
 
 /// One link's life: dial, greet, then write queued frames until the
@@ -248,8 +263,15 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
             _ = shutdown.changed() => break "node shutting down".to_owned(),
         }
     };
+    let replaced = matches!(
+        connection.close_reason(),
+        Some(quinn::ConnectionError::ApplicationClosed(close))
+            if close.error_code == VarInt::from_u32(wire::close::REPLACED)
+    );
     let end = if shared.router.was_cut(peer, link) {
         LinkEnd::Cut
+    } else if replaced {
+        LinkEnd::Replaced
     } else {
         LinkEnd::Down
     };

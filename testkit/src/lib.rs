@@ -322,6 +322,19 @@ impl TestNetwork {
         }
     }
 
+    /// Plays `member`'s node towards `to`'s node: stops the real one
+    /// first (a node keeps one inbound link per peer, and the real one
+    /// would take its link back when it re-dials), then opens a link with
+    /// `member`'s genuine node certificate, past `Hello`.
+    pub async fn play_node(&mut self, member: Nation, to: Nation) -> RawConnection {
+        self.stop(member).await.expect("the real node stops cleanly");
+        let mut link = RawConnection::open(self, &Identity::Node(member), to)
+            .await
+            .expect("a link as the member's node");
+        assert_eq!(link.hello().await, Frame::PeerWelcome { nation: to });
+        link
+    }
+
     pub async fn shutdown(mut self) {
         let nations: Vec<Nation> = self.nodes.keys().copied().collect();
         for nation in nations {
