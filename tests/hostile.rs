@@ -22,7 +22,7 @@ use entente::node::NodeSettings;
 use entente::pki;
 use entente::topic::Topic;
 use entente::wire::{self, Delivery, Frame};
-use entente_testkit::{nation, RawConnection, TestNetwork, NETWORK};
+use entente_testkit::{nation, RawConnection, TestNetwork, NETWORK, RING};
 
 /// The node key of `of`, as the hostile member holds its own.
 fn node_signer(net: &TestNetwork, of: Nation) -> Signer {
@@ -196,63 +196,6 @@ async fn a_member_cannot_suppress_another_nations_messages_by_taking_their_ids()
     assert_eq!(count(&net, "GBR", |l| l.contains(&reason("duplicate"))), 0);
     net.shutdown().await;
 }
-
-/// The ring of `tests/relay.rs`, with a principal for every nation.
-const RING: &str = r#"
-[communities]
-RING = ["GBR", "EST", "LVA", "LTU", "POL", "FIN"]
-
-[nations.GBR]
-address = "127.0.0.1:1"
-peers = ["EST", "POL"]
-default_ceiling = "SECRET"
-
-[nations.EST]
-address = "127.0.0.1:2"
-peers = ["GBR", "LVA", "FIN"]
-default_ceiling = "SECRET"
-
-[nations.LVA]
-address = "127.0.0.1:3"
-peers = ["EST", "LTU"]
-default_ceiling = "SECRET"
-
-[nations.LTU]
-address = "127.0.0.1:4"
-peers = ["LVA", "POL"]
-default_ceiling = "SECRET"
-
-[nations.POL]
-address = "127.0.0.1:5"
-peers = ["GBR", "LTU"]
-default_ceiling = "SECRET"
-
-[nations.FIN]
-address = "127.0.0.1:6"
-peers = ["EST"]
-default_ceiling = "SECRET"
-
-[[principals]]
-name = "gbr.analyst"
-nation = "GBR"
-clearance = "SECRET"
-publish = [">"]
-subscribe = [">"]
-
-[[principals]]
-name = "fin.analyst"
-nation = "FIN"
-clearance = "SECRET"
-publish = [">"]
-subscribe = [">"]
-
-[[principals]]
-name = "lva.analyst"
-nation = "LVA"
-clearance = "SECRET"
-publish = [">"]
-subscribe = [">"]
-"#;
 
 /// Finding 1 through a relay: on the ring (FIN ── EST ── LVA, GBR ── EST),
 /// GBR sends EST its own sealed envelope under FIN's next id, which EST

@@ -22,70 +22,7 @@ use entente::pki;
 use entente::routing::announce::Announcement;
 use entente::topic::{Pattern, Topic};
 use entente::wire::Frame;
-use entente_testkit::{nation, RawConnection, TestNetwork};
-
-const RING: &str = r#"
-[communities]
-RING = ["GBR", "EST", "LVA", "LTU", "POL", "FIN"]
-
-[nations.GBR]
-address = "127.0.0.1:1"
-peers = ["EST", "POL"]
-default_ceiling = "SECRET"
-
-[nations.EST]
-address = "127.0.0.1:2"
-peers = ["GBR", "LVA", "FIN"]
-default_ceiling = "SECRET"
-
-[nations.LVA]
-address = "127.0.0.1:3"
-peers = ["EST", "LTU"]
-default_ceiling = "SECRET"
-
-[nations.LTU]
-address = "127.0.0.1:4"
-peers = ["LVA", "POL"]
-default_ceiling = "SECRET"
-
-[nations.POL]
-address = "127.0.0.1:5"
-peers = ["GBR", "LTU"]
-default_ceiling = "SECRET"
-
-[nations.FIN]
-address = "127.0.0.1:6"
-peers = ["EST"]
-default_ceiling = "SECRET"
-
-[[principals]]
-name = "gbr.analyst"
-nation = "GBR"
-clearance = "SECRET"
-publish = [">"]
-subscribe = [">"]
-
-[[principals]]
-name = "fin.analyst"
-nation = "FIN"
-clearance = "SECRET"
-publish = [">"]
-subscribe = [">"]
-
-[[principals]]
-name = "lva.analyst"
-nation = "LVA"
-clearance = "SECRET"
-publish = [">"]
-subscribe = [">"]
-
-[[principals]]
-name = "ltu.analyst"
-nation = "LTU"
-clearance = "SECRET"
-publish = [">"]
-subscribe = [">"]
-"#;
+use entente_testkit::{nation, RawConnection, TestNetwork, RING};
 
 async fn ring() -> TestNetwork {
     TestNetwork::start_from(RING, NodeSettings::default()).await
