@@ -711,3 +711,64 @@ async fn subscriptions_are_limited_to_the_principals_permissions() {
     assert_eq!(delivery.topic, "weather.uk");
     net.shutdown().await;
 }
+
+/// A peer that answers its envelopes with seals that all fail, each under
+/// its own root, so that no check can be shared: the node checks a few,
+/// refuses the rest of the batch unchecked (each still audited), and
+/// closes the link as a protocol violation; the node serves everyone else.
+#[tokio::test]
+async fn a_member_sending_a_batch_of_bad_seals_is_cut_after_a_few_checks() {
+    const ENVELOPES: u64 = 64;
+    let mut net = TestNetwork::start().await;
+    let gbr = subscriber(&net, "gbr.analyst", "reports.>", &[]).await;
+    let direct = net.policy.scheme().parse("SECRET//REL TO FRA, GBR").unwrap();
+    let mut fra = net.play_node(nation("FRA"), nation("GBR")).await;
+    let mut proofs = Vec::new();
+    for n in 0..ENVELOPES {
+        let envelope = Envelope::from(message(
+            test_id(0xb5, n),
+            "FRA",
+            "fra.analyst",
+            direct.clone(),
+            b"sealed badly",
+        ));
+        fra.send_frame(&Frame::Forward(envelope.clone())).await;
+        // No siblings: each proof's root is its own envelope's leaf.
+        proofs.push(entente::envelope::Proof {
+            id: envelope.id,
+            siblings: Vec::new(),
+            left: 0,
+        });
+    }
+    fra.send_frame(&Frame::Seals(SealBatch {
+        signature: vec![7; 64],
+        proofs,
+    }))
+    .await;
+    let reason_text = tokio::time::timeout(Duration::from_secs(30), fra.close_reason())
+        .await
+        .expect("the link is closed");
+    assert!(reason_text.contains("bad seals in one batch"), "{reason_text}");
+
+    // Every envelope is accounted for as a bad signature; only the first
+    // few were checked.
+    let records = refusals(&net, "GBR", "bad-signature", ENVELOPES).await;
+    assert!(records.iter().any(|l| l.contains("not checked")), "{records:#?}");
+    // They came unsealed from their origin, so they were delivered, but
+    // nothing else was: the subscriber got exactly those, then GBR's own.
+    let publisher = net.client("gbr.analyst").await;
+    publisher
+        .publish("reports.gbr", "SECRET//REL TO GBR", b"still serving".to_vec())
+        .await
+        .unwrap();
+    let mut payloads = Vec::new();
+    loop {
+        let payload = next_payload(&gbr).await;
+        if payload == "still serving" {
+            break;
+        }
+        payloads.push(payload);
+    }
+    assert_eq!(payloads.len() as u64, ENVELOPES);
+    net.shutdown().await;
+}

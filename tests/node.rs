@@ -336,6 +336,9 @@ async fn a_tampered_envelope_from_a_misbehaving_peer_is_refused_and_audited() {
     // on: it is checked against DEU's key and refused.
     let mut not_own = seal_at(now_us(), "SECRET//REL TO FRA, GBR", b"not own");
     not_own.origin = nation("DEU");
+    // A publisher of DEU's, or it would be refused before its seal is
+    // checked, as `unknown-publisher`.
+    not_own.publisher = "deu.analyst".into();
     let sentinel = seal_at(now_us(), "SECRET//REL TO FRA, GBR", b"sentinel");
     for envelope in [
         widened,

@@ -26,6 +26,8 @@ pub(super) enum StreamError {
     Unsealed(usize),
     #[error("protocol version {0} is not supported; this node speaks version {v}", v = wire::PROTOCOL_VERSION)]
     Version(u32),
+    #[error("{0} bad seals in one batch: a peer's seals never fail unless it tampers")]
+    BadSeals(usize),
 }
 
 impl From<WireError> for StreamError {
@@ -44,6 +46,7 @@ impl StreamError {
                 | StreamError::Unexpected(_)
                 | StreamError::Unsealed(_)
                 | StreamError::Version(_)
+                | StreamError::BadSeals(_)
                 | StreamError::Timeout(_)
         )
     }

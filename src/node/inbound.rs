@@ -205,12 +205,18 @@ async fn ingress(
                 }
             }
             Frame::Forward(envelope) => {
-                let ((duplicate, marking), _) = shared.router.core(|core, _| {
-                    (
-                        core.is_duplicate(envelope.origin, envelope.id),
-                        core.marking(envelope.origin, &envelope.label),
-                    )
+                let ((duplicate, marking, checked), more) = shared.router.core(|core, now| {
+                    let duplicate = core.is_duplicate(envelope.origin, envelope.id);
+                    let marking = core.marking(envelope.origin, &envelope.label);
+                    // What fails without its seal costs no signature check
+                    // (and is audited by the core).
+                    let checked = duplicate || core.precheck(&envelope, peer, now).is_ok();
+                    (duplicate, marking, checked)
                 });
+                actions.extend(more);
+                if !checked {
+                    continue;
+                }
                 if duplicate {
                     // The common case with two paths: skip the seal check.
                     records.push(
@@ -258,7 +264,13 @@ async fn ingress(
         tokio::task::yield_now().await;
         tokio::task::yield_now().await;
     }
-    let verified = verify(shared, peer, to_verify, &mut records);
+    let verified = match verify(shared, peer, to_verify, &mut records).await {
+        Ok(verified) => verified,
+        Err(err) => {
+            result = Err(err);
+            Vec::new()
+        }
+    };
     let mut relays = Vec::new();
     for ToVerify {
         envelope,
@@ -297,26 +309,52 @@ async fn ingress(
     result
 }
 
-/// Checks each seal and records the outcome; returns what verified.
-fn verify(
+/// Bad seals one batch from a peer may hold before the peer is cut. A
+/// well-behaved peer never sends one (origins seal what they send, relays
+/// pass on only what verified), and each costs a signature check (46 µs),
+/// so a peer sending thousands would otherwise hold this reader, and on a
+/// small runtime the whole node, for a second at a time.
+const MAX_BAD_SEALS: usize = 8;
+/// Seals checked between yields, so one large batch does not keep other
+/// tasks from running for more than about a millisecond.
+const SEALS_PER_YIELD: usize = 16;
+
+/// Checks each seal and records the outcome; returns what verified. The
+/// verifier's lock is held for one seal at a time, never for a batch, so
+/// other links' readers wait for one signature check at most. Past
+/// [`MAX_BAD_SEALS`] bad seals, the rest of the batch is refused unchecked
+/// and the link is closed as a protocol violation.
+async fn verify(
     shared: &Shared,
     peer: Nation,
     envelopes: Vec<ToVerify>,
     records: &mut Vec<Record>,
-) -> Vec<ToVerify> {
-    if envelopes.is_empty() {
-        return envelopes;
-    }
-    let mut verifier = shared.verifier.lock().unwrap_or_else(PoisonError::into_inner);
+) -> Result<Vec<ToVerify>, StreamError> {
     let mut good = Vec::with_capacity(envelopes.len());
-    for item in envelopes {
-        let verdict = match shared.node_keys.get(&item.envelope.origin) {
-            Some(key) => verifier.verify(&item.envelope, key),
-            None => Err(EnvelopeError::UnknownOrigin(item.envelope.origin)),
+    let mut bad = 0;
+    for (checked, item) in envelopes.into_iter().enumerate() {
+        if checked > 0 && checked % SEALS_PER_YIELD == 0 {
+            tokio::task::yield_now().await;
+        }
+        let verdict = if bad >= MAX_BAD_SEALS {
+            Err(format!(
+                "not checked: {peer} sent {bad} bad seals in this batch, so its link is closed"
+            ))
+        } else {
+            match shared.node_keys.get(&item.envelope.origin) {
+                Some(key) => shared
+                    .verifier
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .verify(&item.envelope, key),
+                None => Err(EnvelopeError::UnknownOrigin(item.envelope.origin)),
+            }
+            .map_err(|err| err.to_string())
         };
         let record = match verdict {
             Ok(()) => Record::new(Event::Admit, Verdict::Allow, Reason::Verified.code()),
             Err(err) => {
+                bad += 1;
                 warn!(id = %item.envelope.id, cause = %err, "refused: bad seal");
                 let fate = if item.delivered {
                     "it came on its origin's own link, so it was delivered here, but it is never relayed or stored"
@@ -333,7 +371,10 @@ fn verify(
             good.push(item);
         }
     }
-    good
+    if bad > MAX_BAD_SEALS {
+        return Err(StreamError::BadSeals(bad));
+    }
+    Ok(good)
 }
 
 /// Offers verified envelopes to this node's children, with their seals

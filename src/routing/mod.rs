@@ -823,6 +823,31 @@ impl Routing {
         Refused { reason }
     }
 
+    /// The checks on a peer's envelope that need no seal: a known origin,
+    /// and the fields only the network file can vouch for (payload size,
+    /// label, publisher). [`Routing::route`] makes them too; a reader makes
+    /// them first on a sealed envelope, so that one failing them costs no
+    /// signature check and is never audited as verified.
+    pub fn precheck(&mut self, envelope: &Envelope, from: Nation, now_us: u64) -> Result<(), Refused> {
+        let origin = envelope.origin;
+        if self.nations.index(origin).is_none() {
+            let marking = self.label_memo(origin, &envelope.label).marking.clone();
+            return Err(self.refuse(
+                envelope,
+                &marking,
+                from,
+                Reason::UnknownOrigin.code(),
+                format!("{from} sent a message from {origin}, which is not a nation of the network"),
+                now_us,
+            ));
+        }
+        if let Some((reason, detail)) = self.malformed(envelope) {
+            let marking = self.label_memo(origin, &envelope.label).marking.clone();
+            return Err(self.refuse(envelope, &marking, from, reason.code(), detail, now_us));
+        }
+        Ok(())
+    }
+
     /// Routes one envelope: the checks of a node boundary (for one from a
     /// peer), then local delivery, then the peers to forward it to. An
     /// unverified envelope (straight from its origin) is delivered but not
@@ -843,19 +868,7 @@ impl Routing {
                 let _ = self.seen.take(origin, envelope.id, envelope.created_us, now_us);
             }
             Source::Peer(from) => {
-                if self.nations.index(origin).is_none() {
-                    return Err(self.refuse(
-                        envelope,
-                        &marking,
-                        from,
-                        Reason::UnknownOrigin.code(),
-                        format!("{from} sent a message from {origin}, which is not a nation of the network"),
-                        now_us,
-                    ));
-                }
-                if let Some((reason, detail)) = self.malformed(envelope) {
-                    return Err(self.refuse(envelope, &marking, from, reason.code(), detail, now_us));
-                }
+                self.precheck(envelope, from, now_us)?;
                 if seal == SealState::Unverified && origin != from {
                     return Err(self.refuse(
                         envelope,
