@@ -27,6 +27,8 @@ use crate::tls;
 use crate::wire::{self, Frame};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a link must stay up for its end to reset the re-dial backoff.
+const STABLE_LINK: Duration = Duration::from_secs(10);
 /// The shortest wait before re-dialing a peer this node cut for not
 /// keeping up (capped by `max_redial_backoff`).
 const CUT_BACKOFF: Duration = Duration::from_secs(1);
@@ -149,8 +151,14 @@ pub(super) async fn dial_forever(shared: Arc<Shared>, peer: Nation) {
     let mut shutdown = shared.shutdown.clone();
     let mut backoff = FIRST_BACKOFF;
     while !*shutdown.borrow() {
+        let dialed = tokio::time::Instant::now();
         match run_link(&shared, peer, &config).await {
-            Ok(LinkEnd::Down) => backoff = FIRST_BACKOFF,
+            // A link that stayed up a while went down for a reason of its
+            // own: re-dial at once. One that drops as soon as it is up is
+            // a peer flapping it (each link-up costs a signed announcement
+            // flooded to every node), so the backoff keeps growing.
+            Ok(LinkEnd::Down) if dialed.elapsed() >= STABLE_LINK => backoff = FIRST_BACKOFF,
+            Ok(LinkEnd::Down) => debug!(?backoff, "link dropped soon after it came up"),
             // A peer cut for not keeping up is re-dialed after a second at
             // least, and then with a growing backoff, as if the dial had
             // failed: one that keeps filling its queue costs a handshake
