@@ -31,6 +31,15 @@ pub enum StreamError {
     /// The other side finished the stream in the middle of a frame.
     #[error("the stream ended inside a frame")]
     Truncated,
+    /// A frame's length prefix is over the limit of the frame expected
+    /// there, refused before anything is allocated for it.
+    #[error("a frame of {len} bytes was announced where at most {limit} bytes are expected")]
+    OverLimit {
+        /// The announced length, in bytes.
+        len: usize,
+        /// The most this frame may take, in bytes.
+        limit: usize,
+    },
     /// A frame was started and not finished within the frame deadline.
     #[error("a frame was started but not finished within {0:?}; a sender finishes each frame it starts")]
     FrameTimeout(Duration),
@@ -39,6 +48,15 @@ pub enum StreamError {
 /// Reads one frame; `None` when the other side finished the stream cleanly
 /// between frames. The length is checked before the body is allocated.
 pub async fn read_frame(recv: &mut RecvStream) -> Result<Option<Frame>, StreamError> {
+    read_frame_limited(recv, wire::MAX_FRAME).await
+}
+
+/// [`read_frame`] with a smaller limit than [`wire::MAX_FRAME`]: a length
+/// over `limit` is [`StreamError::OverLimit`], before the body is allocated.
+/// For frames known to be small (a node reads `Hello` with it), so that a
+/// connection with no session or link yet cannot make the node hold a
+/// large buffer.
+pub async fn read_frame_limited(recv: &mut RecvStream, limit: usize) -> Result<Option<Frame>, StreamError> {
     let mut prefix = [0u8; LENGTH_PREFIX];
     match recv.read_exact(&mut prefix).await {
         Ok(()) => {}
@@ -46,6 +64,9 @@ pub async fn read_frame(recv: &mut RecvStream) -> Result<Option<Frame>, StreamEr
         Err(err) => return Err(err.into()),
     }
     let len = wire::body_len(prefix)?;
+    if len > limit {
+        return Err(StreamError::OverLimit { len, limit });
+    }
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await?;
     Ok(Some(wire::decode(&body)?))

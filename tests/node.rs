@@ -428,6 +428,18 @@ async fn malformed_and_oversized_frames_close_only_their_connection() {
         )
     );
 
+    // A first frame announcing far more than any Hello takes is refused
+    // from its prefix alone, before the node allocates for it.
+    let mut huge_hello = RawConnection::open(&net, &analyst, nation("GBR")).await.unwrap();
+    huge_hello.send_bytes(&(MAX_FRAME as u32).to_be_bytes()).await;
+    let reason = huge_hello.close_reason().await;
+    assert!(
+        reason.contains(&format!(
+            "a frame of {MAX_FRAME} bytes was announced where at most"
+        )),
+        "{reason}"
+    );
+
     let other_protocol = RawConnection::open_with_alpn(&net, &analyst, nation("GBR"), b"entente/2").await;
     let err = other_protocol
         .err()
@@ -442,11 +454,11 @@ async fn malformed_and_oversized_frames_close_only_their_connection() {
         .contains("protocol version 99 is not supported"));
 
     let violations = net
-        .wait_for_audit_count(nation("GBR"), 3, |l| {
+        .wait_for_audit_count(nation("GBR"), 4, |l| {
             l.contains("\"reason\":\"protocol-violation\"")
         })
         .await;
-    assert_eq!(violations, 3, "{:#?}", net.audit_lines(nation("GBR")));
+    assert_eq!(violations, 4, "{:#?}", net.audit_lines(nation("GBR")));
     // Everyone else carries on.
     let publisher = net.client("gbr.analyst").await;
     publisher

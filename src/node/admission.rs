@@ -17,7 +17,7 @@ use rustls_pki_types::CertificateDer;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::{inbound, session, Reason, Shared};
-use crate::audit::{Event, Record, Verdict};
+use crate::audit::{self, Event, Record, Verdict};
 use crate::identity::{claimed_identity, Identity, IdentityError};
 use crate::policy::Admission;
 use crate::wire::close;
@@ -193,6 +193,9 @@ const REFUSAL_REPORT: Duration = Duration::from_secs(1);
 struct Refusals {
     count: u64,
     latest: Option<std::net::SocketAddr>,
+    /// When the first and the latest refusal counted came, in audit time.
+    first_us: u64,
+    last_us: u64,
     written: Option<Instant>,
 }
 
@@ -252,8 +255,13 @@ impl Gate {
         now: Instant,
     ) -> Option<Record> {
         let entry = self.refusals.entry(reason.code()).or_default();
+        let at = audit::now_us();
+        if entry.count == 0 {
+            entry.first_us = at;
+        }
         entry.count += 1;
         entry.latest = Some(remote);
+        entry.last_us = at;
         let due = entry
             .written
             .is_none_or(|at| now.saturating_duration_since(at) >= REFUSAL_REPORT);
@@ -294,15 +302,26 @@ impl Gate {
                 self.rate
             )
         };
-        let record = Record::new(Event::Refuse, Verdict::Deny, code).detail(format!(
+        let mut record = Record::new(Event::Refuse, Verdict::Deny, code).detail(format!(
             "refused {} connection attempt(s) before TLS, the latest from {}: {why}",
             entry.count,
             entry.latest.map_or_else(|| "?".to_owned(), |a| a.to_string()),
         ));
-        let record = match entry.latest {
-            Some(remote) => record.subject(remote),
-            None => record,
-        };
+        // The count goes in `summary` as well as in the prose, so the
+        // audit's counting rule (each line's `count`, or 1) counts every
+        // refusal this record stands for; a summary also passes the audit
+        // aggregator as it is, rather than being counted again there.
+        record.summary = Some(Box::new(audit::Summary {
+            count: entry.count,
+            first_us: entry.first_us,
+            last_us: entry.last_us,
+            ids: Vec::new(),
+        }));
+        // The address without its port, as for a failed handshake, so a
+        // flood from one host is one source.
+        if let Some(remote) = entry.latest {
+            record = record.subject(remote.ip());
+        }
         entry.count = 0;
         entry.written = Some(now);
         Some(record)
@@ -347,6 +366,10 @@ mod tests {
         assert_eq!(records.len(), 1);
         let detail = records[0].detail.clone().unwrap();
         assert!(detail.starts_with("refused 99 connection attempt(s)"), "{detail}");
+        let summary = records[0].summary.as_deref().unwrap();
+        assert_eq!(summary.count, 99);
+        assert!(summary.first_us <= summary.last_us, "{summary:?}");
+        assert_eq!(records[0].subject.as_deref(), Some("127.0.0.1"));
         assert!(gate.overdue(start + 3 * REFUSAL_REPORT).is_empty());
     }
 

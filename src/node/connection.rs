@@ -43,6 +43,7 @@ impl StreamError {
             self,
             StreamError::Frame(crate::stream::StreamError::Wire(_))
                 | StreamError::Frame(crate::stream::StreamError::FrameTimeout(_))
+                | StreamError::Frame(crate::stream::StreamError::OverLimit { .. })
                 | StreamError::Unexpected(_)
                 | StreamError::Unsealed(_)
                 | StreamError::Version(_)
@@ -73,6 +74,14 @@ pub(super) async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<
     Ok(crate::stream::write_frame(send, frame).await?)
 }
 
+/// The most a `Hello` may take on the wire. It encodes to a tag and a
+/// varint version, at most 6 bytes. The limit is small because `Hello` is
+/// read before a session or link exists and before the one-link-per-peer
+/// rule: with the full frame limit (about 1 MiB), each of a thousand
+/// connections could make the node hold that much for the first-frame
+/// timeout by trickling a huge "Hello".
+const MAX_HELLO: usize = 64;
+
 /// Accepts the dialer's stream and its `Hello`, within the first-frame
 /// timeout.
 pub(super) async fn accept_hello(
@@ -83,9 +92,10 @@ pub(super) async fn accept_hello(
     let (send, mut recv) = tokio::time::timeout(timeout, connection.accept_bi())
         .await
         .map_err(|_| StreamError::Timeout("stream"))??;
-    match tokio::time::timeout(timeout, read_frame(&mut recv))
+    match tokio::time::timeout(timeout, crate::stream::read_frame_limited(&mut recv, MAX_HELLO))
         .await
-        .map_err(|_| StreamError::Timeout("Hello"))??
+        .map_err(|_| StreamError::Timeout("Hello"))?
+        .map_err(StreamError::from)?
     {
         Some(Frame::Hello { version }) if version == wire::PROTOCOL_VERSION => Ok((send, recv)),
         Some(Frame::Hello { version }) => Err(StreamError::Version(version)),
@@ -122,5 +132,16 @@ pub(super) async fn close_after(
                     .detail(err),
             )
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_hello_fits_the_hello_limit() {
+        let bytes = wire::encode(&Frame::Hello { version: u32::MAX }).unwrap();
+        assert!(bytes.len() - wire::LENGTH_PREFIX <= MAX_HELLO, "{}", bytes.len());
     }
 }

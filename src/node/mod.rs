@@ -118,7 +118,8 @@ pub struct NodeSettings {
     pub max_sessions_per_principal: usize,
     /// Inbound connections (sessions and peers' links, handshakes in
     /// progress included) the node holds at once; past it, a new attempt
-    /// is refused before any TLS work (`too-many-connections`).
+    /// is refused before any TLS work (`too-many-connections`). Only
+    /// attempts from a validated address (after a QUIC retry) count.
     pub max_connections: usize,
     /// Handshakes started per second, on average: attempts past it are
     /// refused before any TLS work (`too-many-handshakes`), so a flood of
@@ -416,6 +417,25 @@ pub async fn run(
             () = &mut shutdown => break,
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
+                    // An attempt whose source address is not proven yet
+                    // gets a stateless retry before it may take a token or
+                    // a slot: the node keeps nothing for it, and only a
+                    // dialer that receives at the address it claims comes
+                    // back, so spoofed sources cannot spend the handshake
+                    // bucket or hold `max_connections`. Always, not only
+                    // under pressure: it costs one round trip at connection
+                    // setup only, and there is no threshold to tune or get
+                    // wrong. `retry` may only fail for an attempt that
+                    // already answered one; should it fail, the attempt
+                    // goes on to the gate rather than being dropped.
+                    let incoming = if incoming.remote_address_validated() {
+                        incoming
+                    } else {
+                        match incoming.retry() {
+                            Ok(()) => continue,
+                            Err(err) => err.into_incoming(),
+                        }
+                    };
                     let now = std::time::Instant::now();
                     match gate.admit(now) {
                         Ok(slot) => {
