@@ -8,7 +8,8 @@
 //! written one by one ([`Aggregator`]): every decision is still accounted
 //! for, and the log stays readable.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -456,6 +457,8 @@ enum Message {
 #[derive(Clone, Debug)]
 pub struct Audit {
     tx: mpsc::Sender<Message>,
+    /// Denials recorded so far, by reason code, for `admin status`.
+    denials: Arc<std::sync::Mutex<BTreeMap<&'static str, u64>>>,
 }
 
 /// One line of the log: the record, stamped with the node that wrote it.
@@ -492,12 +495,35 @@ impl Audit {
             .name(format!("audit-{node}"))
             .spawn(move || write_records(rx, BufWriter::new(file), writer_path, node))
             .map_err(error)?;
-        Ok(Audit { tx })
+        Ok(Audit {
+            tx,
+            denials: Arc::default(),
+        })
+    }
+
+    /// How many denials were recorded so far, by reason code (each record
+    /// counts as its summary's count, or 1).
+    pub fn denials(&self) -> BTreeMap<String, u64> {
+        self.denials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(&code, &count)| (code.to_owned(), count))
+            .collect()
     }
 
     /// Queues a record for the writer; waits while the channel is full, so a
     /// record is never dropped.
     pub async fn record(&self, record: Record) {
+        if record.decision == Verdict::Deny {
+            let count = record.summary.as_ref().map_or(1, |summary| summary.count);
+            *self
+                .denials
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(record.reason)
+                .or_default() += count;
+        }
         // Fails only once the writer has stopped, after `close`.
         let _ = self.tx.send(Message::Record(record)).await;
     }

@@ -397,6 +397,15 @@ impl Client {
         }
     }
 
+    /// Runs an admin command on the node, which must be this principal's
+    /// own nation's, as an admin principal; waits for it to be applied.
+    pub async fn admin(&self, command: crate::admin::AdminCommand) -> Result<crate::admin::AdminReply, ClientError> {
+        match self.request(|request| Frame::Admin { request, command }).await? {
+            Frame::AdminReply { reply, .. } => Ok(reply),
+            other => Err(ClientError::Protocol(format!("expected AdminReply, got {other:?}"))),
+        }
+    }
+
     /// The next delivered message; an error once the connection is gone,
     /// with the node's reason (such as "slow consumer").
     pub async fn next_delivery(&self) -> Result<Delivery, ClientError> {
@@ -455,6 +464,7 @@ async fn read_replies(
                 }
                 Frame::PublishAck { request, .. }
                 | Frame::SubscribeAck { request }
+                | Frame::AdminReply { request, .. }
                 | Frame::Refused { request, .. } => {
                     let waiter = pending
                         .lock()

@@ -126,6 +126,9 @@ pub struct PrincipalFile {
     /// The topic patterns the principal may subscribe to.
     #[serde(default)]
     pub subscribe: Vec<String>,
+    /// Its roles: `admin` may run admin commands on its nation's node.
+    #[serde(default)]
+    pub roles: Vec<String>,
 }
 
 /// Reads and validates a network file.
@@ -227,6 +230,12 @@ impl NetworkFile {
     /// Checks every rule and builds the [`Policy`]; `path` is used only in error
     /// messages.
     pub fn validate(self, path: &Path) -> Result<Policy, ConfigError> {
+        // Of what the file says, not how it is laid out: comments and
+        // spacing do not change the policy. `Debug` is deterministic here
+        // (maps are ordered) and cannot fail, unlike re-serializing.
+        let digest = ring::digest::digest(&ring::digest::SHA256, format!("{self:?}").as_bytes());
+        let mut file_digest = [0u8; 32];
+        file_digest.copy_from_slice(digest.as_ref());
         let check = Checker { path };
         let levels = self.validate_levels(&check)?;
 
@@ -364,7 +373,7 @@ impl NetworkFile {
             principals.insert(principal.name.clone(), principal);
         }
 
-        Ok(Policy::new(scheme, nation_policies, principals))
+        Ok(Policy::new(scheme, nation_policies, principals, file_digest))
     }
 
     fn validate_levels(&self, check: &Checker) -> Result<Vec<LevelName>, ConfigError> {
@@ -528,7 +537,19 @@ impl PrincipalFile {
                 })
                 .collect()
         };
+        let mut roles = BTreeSet::new();
+        for role in &self.roles {
+            if !crate::policy::ROLES.contains(&role.as_str()) {
+                return Err(check.invalid(
+                    format!("{item}.roles"),
+                    format!("unknown role `{role}`"),
+                    format!("use one of {}", crate::policy::ROLES.join(", ")),
+                ));
+            }
+            roles.insert(role.clone());
+        }
         Ok(Principal {
+            roles,
             name: self.name.clone(),
             nation,
             clearance,

@@ -57,6 +57,9 @@ pub enum HostileError {
     /// The real node did not answer `Hello` with its `PeerWelcome`.
     #[error("the node answered {0}, not PeerWelcome")]
     Welcome(String),
+    /// The CAs cannot be made into a trust store.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
     /// A pattern did not parse.
     #[error(transparent)]
     Pattern(#[from] crate::topic::TopicError),
@@ -121,7 +124,7 @@ pub async fn announce_interest(
     patterns: &[&str],
 ) -> Result<Connection, HostileError> {
     let client = tls::client_config(
-        &config.trust,
+        &config.trust.trust_store(&Default::default())?,
         config.cert_chain.clone(),
         config.key.clone_key(),
         Identity::Node(to),

@@ -126,6 +126,9 @@ pub struct MarkingScheme {
     nations: BTreeSet<Nation>,
     communities: BTreeMap<String, BTreeSet<Nation>>,
     compartments: BTreeSet<String>,
+    /// Nations cut out of the network: still names a marking may carry
+    /// (labels sealed before the cut stay valid), but released to no one.
+    suspended: BTreeSet<Nation>,
 }
 
 /// Why a marking could not be parsed. Each message names the bad token and
@@ -209,7 +212,22 @@ impl MarkingScheme {
             nations,
             communities,
             compartments,
+            suspended: BTreeSet::new(),
         }
+    }
+
+    /// The same scheme with `suspended` cut out: no label, community or
+    /// origin releases anything to them any more.
+    pub fn with_suspended(&self, suspended: BTreeSet<Nation>) -> MarkingScheme {
+        MarkingScheme {
+            suspended,
+            ..self.clone()
+        }
+    }
+
+    /// The nations cut out of the network.
+    pub fn suspended(&self) -> &BTreeSet<Nation> {
+        &self.suspended
     }
 
     /// The levels, lowest first.
@@ -379,6 +397,7 @@ impl MarkingScheme {
                 nations.insert(nation);
             }
         }
+        nations.retain(|nation| !self.suspended.contains(nation));
         nations
     }
 
@@ -388,6 +407,9 @@ impl MarkingScheme {
     /// when it is not known (as in `entente explain` without `--from`);
     /// then only the `REL TO` names count.
     pub fn releasable_to(&self, label: &Label, origin: Option<Nation>, nation: Nation) -> bool {
+        if self.suspended.contains(&nation) {
+            return false;
+        }
         origin == Some(nation)
             || label.rel_to.iter().any(|name| {
                 self.communities
@@ -399,7 +421,7 @@ impl MarkingScheme {
     /// Every nation of the scheme that may see `label` (see `releasable_to`).
     pub fn releasable_nations(&self, label: &Label, origin: Option<Nation>) -> BTreeSet<Nation> {
         let mut nations = self.expand(label);
-        nations.extend(origin);
+        nations.extend(origin.filter(|origin| !self.suspended.contains(origin)));
         nations
     }
 }

@@ -29,6 +29,8 @@
 //!   encoded frames;
 //! - [`node`]: the broker: accept loop, admission, sessions, peer links,
 //!   routing and bounded outbound queues;
+//! - [`admin`]: admin commands (status, reload, cut, restore) and asking
+//!   many nodes at once, each as its nation's admin;
 //! - [`client`]: the client library used by the CLI, the tests and the
 //!   benches;
 //! - [`audit`]: audit records, written by a dedicated thread from a bounded
@@ -39,6 +41,7 @@
 //! - [`hostile`]: a hostile member's node (genuine certificate, stuck or
 //!   trickling links), for the benches and the containment tests.
 
+pub mod admin;
 pub mod audit;
 pub mod bench;
 pub mod client;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
+use entente::admin::{self, AdminCommand, AdminReply};
 use entente::bench;
 use entente::client::{delivery_json, delivery_line, escape_text, Client, ClientOptions, Overrides};
 use entente::config::{load_network, DEFAULT_NETWORK_FILE};
@@ -129,6 +130,18 @@ enum Command {
   entente bench memory"
     )]
     Bench(BenchCommand),
+    /// Run admin commands on nodes (status, reload, cut, restore), each as
+    /// its own nation's admin principal.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  entente admin status
+  entente admin status --nation GBR --json
+  entente admin cut USA
+  entente admin restore USA
+  entente admin reload --as gbr.admin"
+    )]
+    Admin(AdminCli),
     /// Manage the national PKI of a network.
     #[command(
         subcommand,
@@ -235,6 +248,86 @@ enum HostileArg {
     Stuck,
     /// Reads a little every so often: never silent, always behind.
     Trickle,
+}
+
+#[derive(Subcommand)]
+enum AdminCli {
+    /// Show each node's peers, sessions, queue depths, cut-out nations,
+    /// counters and policy digest.
+    #[command(after_help = "Examples:
+  entente admin status                 # every node whose admin certificate is in certs/
+  entente admin status --nation GBR --json")]
+    Status {
+        #[command(flatten)]
+        nodes: AdminNodes,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make nodes re-read the network file, the CAs and the CRLs (as
+    /// SIGHUP does to a node process). A broken file is refused whole:
+    /// the node keeps its old policy and says why.
+    #[command(after_help = "Examples:
+  entente admin reload
+  entente admin reload --nation GBR")]
+    Reload {
+        #[command(flatten)]
+        nodes: AdminNodes,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Cut a nation out, on every other node, in parallel: each stops
+    /// trusting its CA, closes its links, drops it from every
+    /// releasability, community and delivery tree, purges what was queued
+    /// for it, and refuses its messages. Returns once every node has
+    /// applied it; exits non-zero, naming the node, if one did not.
+    #[command(after_help = "Examples:
+  entente admin cut USA
+  entente admin cut USA --as gbr.admin      # on GBR's node only")]
+    Cut {
+        /// The nation to cut out, such as USA.
+        nation: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Undo a cut, on every other node, in parallel.
+    #[command(after_help = "Example:
+  entente admin restore USA")]
+    Restore {
+        /// The nation to restore, such as USA.
+        nation: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Which nodes a status or reload goes to.
+#[derive(Args)]
+struct AdminNodes {
+    /// Only this nation's node, as that nation's admin.
+    #[arg(long, conflicts_with = "all")]
+    nation: Option<String>,
+    /// Every node whose admin certificate is in the certs folder (the default).
+    #[arg(long)]
+    all: bool,
+}
+
+/// As whom, and how long to wait.
+#[derive(Args)]
+struct AdminArgs {
+    /// Act as this admin principal, on its own nation's node only
+    /// [default: each nation's admin found in the certs folder, on its node].
+    #[arg(long = "as", value_name = "PRINCIPAL")]
+    principal: Option<String>,
+    #[arg(long, default_value = DEFAULT_NETWORK_FILE)]
+    network: PathBuf,
+    #[arg(long, default_value = DEFAULT_CERTS_DIR)]
+    certs: PathBuf,
+    /// How long each node has to answer, connecting included.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// One JSON object with every node's answer.
+    #[arg(long)]
+    json: bool,
 }
 
 /// How a client finds its node, certificate, key and CA.
@@ -432,6 +525,33 @@ fn init_tracing(verbose: u8) {
         .init();
 }
 
+/// Reloads every node on each SIGHUP, as `entente admin reload` would,
+/// and says on standard error what each did.
+fn reload_on_sighup(controls: Vec<node::NodeControl>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return eprintln!("cannot listen for SIGHUP; use `entente admin reload`");
+        };
+        while hangups.recv().await.is_some() {
+            for control in &controls {
+                match control.reload().await {
+                    Ok(applied) => eprintln!(
+                        "{}: reloaded, policy {}, closed {}",
+                        applied.node,
+                        applied.policy_digest,
+                        applied.closed.len()
+                    ),
+                    Err(err) => eprintln!("reload failed: {err}"),
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    drop(controls);
+}
+
 async fn ctrl_c() {
     if tokio::signal::ctrl_c().await.is_err() {
         std::future::pending::<()>().await;
@@ -496,6 +616,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         }) => cmd_bench_throughput(hops, size, duration, subscribers, hostile, json),
         Command::Certs(CertsCommand::Init { network, out, force }) => cmd_certs_init(network, out, force),
+        Command::Admin(AdminCli::Status { nodes, admin }) => cmd_admin(admin, Some(nodes), AdminCommand::Status),
+        Command::Admin(AdminCli::Reload { nodes, admin }) => cmd_admin(admin, Some(nodes), AdminCommand::Reload),
+        Command::Admin(AdminCli::Cut { nation, admin }) => {
+            cmd_admin(admin, None, AdminCommand::Cut(parse_nation(&nation)?))
+        }
+        Command::Admin(AdminCli::Restore { nation, admin }) => {
+            cmd_admin(admin, None, AdminCommand::Restore(parse_nation(&nation)?))
+        }
         Command::Explain {
             marking,
             to,
@@ -511,13 +639,15 @@ fn cmd_up(network: PathBuf, certs: PathBuf, data: PathBuf) -> anyhow::Result<Exi
     let layout = PkiLayout::new(&certs);
     runtime()?.block_on(node::run_network(
         policy,
+        Some(&network),
         &layout,
         &data,
-        |addresses| {
-            println!("entente network running; Ctrl-C to stop");
-            for (nation, addr) in addresses {
+        |nodes| {
+            println!("entente network running; Ctrl-C to stop, SIGHUP to reload");
+            for (nation, addr, _) in nodes {
                 println!("  {nation}  {addr}");
             }
+            reload_on_sighup(nodes.iter().map(|(_, _, control)| control.clone()).collect());
             println!(
                 "certs: {}   audit logs: {}/<NATION>/audit.jsonl",
                 certs.display(),
@@ -544,6 +674,7 @@ fn cmd_node(
     let data = data.unwrap_or_else(|| PathBuf::from("data").join(nation.as_str()));
     let mut config = NodeConfig::load(nation, policy, &PkiLayout::new(&certs), data)?;
     config.settings = settings;
+    config.network_file = Some(network);
     let addr = match listen {
         Some(addr) => addr,
         None => config.listen_address()?,
@@ -551,7 +682,9 @@ fn cmd_node(
     single_thread_runtime()?.block_on(async {
         let endpoint = node::bind(&config, addr)?;
         println!("{nation} node listening on {}", endpoint.local_addr()?);
-        node::run(config, endpoint, ctrl_c()).await?;
+        let node = node::Node::start(config, endpoint)?;
+        reload_on_sighup(vec![node.control()]);
+        node.run(ctrl_c()).await?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
@@ -729,4 +862,113 @@ fn cmd_explain(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_nation(text: &str) -> anyhow::Result<Nation> {
+    Nation::parse(text)
+        .filter(|nation| nation.as_str() == text)
+        .with_context(|| format!("`{text}` is not a nation code such as USA (three upper-case letters)"))
+}
+
+/// Runs `command` on the nodes asked for, in parallel, and prints each
+/// answer; fails naming every node that did not answer or refused.
+fn cmd_admin(args: AdminArgs, nodes: Option<AdminNodes>, command: AdminCommand) -> anyhow::Result<ExitCode> {
+    let policy = load_network(&args.network)?;
+    let layout = PkiLayout::new(&args.certs);
+    let only: Option<Vec<Nation>> = match nodes.as_ref().and_then(|n| n.nation.as_deref()) {
+        Some(nation) => Some(vec![parse_nation(nation)?]),
+        None => None,
+    };
+    let mut targets = admin::admin_targets(&policy, &layout, args.principal.as_deref(), only.as_deref())?;
+    // A cut goes to every other node: the cut nation's own node is the
+    // one being cut off.
+    if let AdminCommand::Cut(cut) | AdminCommand::Restore(cut) = command {
+        if args.principal.is_none() {
+            targets.retain(|target| target.nation != cut);
+        }
+    }
+    let answers = runtime()?.block_on(admin::run_on_nodes(&policy, &layout, &targets, &command, args.timeout));
+    let total = answers.iter().map(|a| a.elapsed).max().unwrap_or_default();
+    let failed: Vec<String> = answers
+        .iter()
+        .filter(|a| a.reply.is_err())
+        .map(|a| a.nation.to_string())
+        .collect();
+    if args.json {
+        let nodes: Vec<serde_json::Value> = answers
+            .iter()
+            .map(|answer| {
+                let mut value = serde_json::json!({
+                    "node": answer.nation.to_string(),
+                    "elapsed_us": answer.elapsed.as_micros() as u64,
+                });
+                match &answer.reply {
+                    Ok(AdminReply::Status(status)) => value["status"] = serde_json::to_value(status).unwrap_or_default(),
+                    Ok(AdminReply::Applied(applied)) => value["applied"] = serde_json::to_value(applied).unwrap_or_default(),
+                    Err(err) => value["error"] = err.to_string().into(),
+                }
+                value
+            })
+            .collect();
+        let report = serde_json::json!({
+            "command": command.to_string(),
+            "total_us": total.as_micros() as u64,
+            "failed": failed,
+            "nodes": nodes,
+        });
+        println!("{}", serde_json::to_string_pretty(&report).context("encoding JSON")?);
+    } else {
+        print_admin_answers(&command, &answers, total);
+    }
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        bail!("{command} was not applied on {}", failed.join(", "))
+    }
+}
+
+fn print_admin_answers(command: &AdminCommand, answers: &[admin::NodeAnswer], total: Duration) {
+    let millis = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
+    let mut digests = std::collections::BTreeSet::new();
+    for answer in answers {
+        match &answer.reply {
+            Ok(AdminReply::Status(status)) => {
+                digests.insert(status.policy_digest.clone());
+                for line in status.to_text().lines() {
+                    println!("{}", escape_text(line));
+                }
+            }
+            Ok(AdminReply::Applied(applied)) => {
+                digests.insert(applied.policy_digest.clone());
+                let closed = if applied.closed.is_empty() {
+                    String::new()
+                } else {
+                    format!("  closed: {}", applied.closed.join(", "))
+                };
+                let purged = if applied.purged > 0 {
+                    format!("  purged {} queued message(s)", applied.purged)
+                } else {
+                    String::new()
+                };
+                println!(
+                    "  {}  applied in {:>8}  acknowledged at {:>8}  policy {}{closed}{purged}",
+                    answer.nation,
+                    millis(Duration::from_micros(applied.apply_us)),
+                    millis(answer.elapsed),
+                    applied.policy_digest,
+                );
+            }
+            Err(err) => println!("  {}  FAILED: {}", answer.nation, escape_text(&err.to_string())),
+        }
+    }
+    if !matches!(command, AdminCommand::Status) {
+        println!(
+            "{command}: {} node(s) acknowledged; {} from start to the last acknowledgement",
+            answers.iter().filter(|a| a.reply.is_ok()).count(),
+            millis(total)
+        );
+    }
+    if digests.len() > 1 {
+        println!("warning: the nodes run {} different policies (digests differ)", digests.len());
+    }
 }

@@ -371,6 +371,33 @@ pub fn load_trust_store(policy: &Policy, layout: &PkiLayout) -> Result<TrustStor
     Ok(TrustStore::new(&read_cas(policy, layout)?, &[])?)
 }
 
+/// What a node trusts, as read from disk (placeholder until CRLs land).
+#[derive(Debug, Clone)]
+pub struct TrustMaterial {
+    /// Each nation's CA certificate.
+    pub cas: BTreeMap<Nation, CertificateDer<'static>>,
+    /// The CRL of each nation that has one, each verified against its CA.
+    pub crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+}
+
+impl TrustMaterial {
+    /// The trust store of every CA except those of the `excluding` nations.
+    pub fn trust_store(&self, excluding: &std::collections::BTreeSet<Nation>) -> Result<TrustStore, IdentityError> {
+        let cas: BTreeMap<Nation, CertificateDer<'static>> = self
+            .cas
+            .iter()
+            .filter(|(nation, _)| !excluding.contains(nation))
+            .map(|(&nation, ca)| (nation, ca.clone()))
+            .collect();
+        TrustStore::new(&cas, &self.crls)
+    }
+}
+
+/// Every nation's CA certificate (placeholder until CRLs land).
+pub fn read_trust_material(policy: &Policy, layout: &PkiLayout) -> Result<TrustMaterial, PkiError> {
+    Ok(TrustMaterial { cas: read_cas(policy, layout)?, crls: Vec::new() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

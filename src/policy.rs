@@ -41,6 +41,22 @@ pub struct Principal {
     pub publish: Vec<Pattern>,
     /// The topics it may subscribe to.
     pub subscribe: Vec<Pattern>,
+    /// Its roles, such as [`ADMIN_ROLE`].
+    pub roles: BTreeSet<String>,
+}
+
+/// The role that may run admin commands (status, reload, cut, restore)
+/// on its own nation's node.
+pub const ADMIN_ROLE: &str = "admin";
+
+/// Every role a principal may hold.
+pub const ROLES: &[&str] = &[ADMIN_ROLE];
+
+impl Principal {
+    /// Whether the principal may run admin commands on its nation's node.
+    pub fn is_admin(&self) -> bool {
+        self.roles.contains(ADMIN_ROLE)
+    }
 }
 
 /// The validated network. Build it with [`crate::config::load_network`].
@@ -49,6 +65,9 @@ pub struct Policy {
     scheme: MarkingScheme,
     nations: BTreeMap<Nation, NationPolicy>,
     principals: BTreeMap<String, Principal>,
+    /// SHA-256 of the network file's text, so that nodes running
+    /// different files stand out in `admin status`.
+    file_digest: [u8; 32],
 }
 
 /// A stable, machine-readable reason for a decision; it goes into audit
@@ -145,6 +164,8 @@ pub enum RefusalReason {
     UnknownPrincipal,
     /// A node that is not one of this node's configured peers.
     NotAPeer,
+    /// A nation cut out of the network: nothing of it is admitted.
+    CutOut,
 }
 
 impl RefusalReason {
@@ -154,6 +175,7 @@ impl RefusalReason {
             RefusalReason::ForeignPrincipal => "foreign-principal",
             RefusalReason::UnknownPrincipal => "unknown-principal",
             RefusalReason::NotAPeer => "not-a-peer",
+            RefusalReason::CutOut => "cut-out",
         }
     }
 }
@@ -178,12 +200,60 @@ impl Policy {
         scheme: MarkingScheme,
         nations: BTreeMap<Nation, NationPolicy>,
         principals: BTreeMap<String, Principal>,
+        file_digest: [u8; 32],
     ) -> Policy {
         Policy {
             scheme,
             nations,
             principals,
+            file_digest,
         }
+    }
+
+    /// This policy with `suspended` cut out of the network: released
+    /// nothing (by any label, community or ceiling), linked to no one, so
+    /// in no delivery tree, and admitted nowhere. Replaces any earlier
+    /// suspension.
+    pub fn with_suspended(&self, suspended: &BTreeSet<Nation>) -> Policy {
+        let mut policy = self.clone();
+        policy.scheme = self.scheme.with_suspended(suspended.clone());
+        for (nation, table) in &mut policy.nations {
+            if suspended.contains(nation) {
+                table.peers.clear();
+            } else {
+                table.peers.retain(|peer| !suspended.contains(peer));
+            }
+        }
+        policy
+    }
+
+    /// The nations cut out of the network.
+    pub fn suspended(&self) -> &BTreeSet<Nation> {
+        self.scheme.suspended()
+    }
+
+    /// Whether `nation` is cut out of the network.
+    pub fn is_suspended(&self, nation: Nation) -> bool {
+        self.scheme.suspended().contains(&nation)
+    }
+
+    /// A short digest of what this node enforces: the network file and
+    /// the nations cut out. Two nodes that print different digests run
+    /// different policies.
+    pub fn digest(&self) -> String {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        context.update(&self.file_digest);
+        for nation in self.suspended() {
+            context.update(b"\ncut ");
+            context.update(nation.as_str().as_bytes());
+        }
+        context
+            .finish()
+            .as_ref()
+            .iter()
+            .take(8)
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
     }
 
     /// The levels, nations, communities and compartments markings use.
@@ -216,6 +286,12 @@ impl Policy {
     /// certificate from their own nation's CA.
     pub fn admit(&self, here: Nation, identity: &Identity) -> Result<Admission<'_>, Refusal> {
         let refuse = |reason, message| Err(Refusal { reason, message });
+        if self.is_suspended(identity.nation()) {
+            return refuse(
+                RefusalReason::CutOut,
+                format!("{} is cut out of the network", identity.nation()),
+            );
+        }
         match identity {
             Identity::Principal { nation, name } if *nation != here => refuse(
                 RefusalReason::ForeignPrincipal,
@@ -504,6 +580,7 @@ pub(crate) mod tests {
                         compartments: compartments.iter().map(|c| c.to_string()).collect(),
                         publish: patterns.clone(),
                         subscribe: patterns,
+                        roles: Vec::new(),
                     });
                 }
                 // Every nation has a principal, who may do nothing, so
@@ -517,6 +594,7 @@ pub(crate) mod tests {
                         compartments: Vec::new(),
                         publish: Vec::new(),
                         subscribe: Vec::new(),
+                        roles: Vec::new(),
                     });
                 }
                 file.validate(Path::new("generated.toml"))
@@ -605,6 +683,38 @@ pub(crate) mod tests {
                     && label.compartments.is_subset(&principal.compartments)
                     && principal.subscribe.iter().any(|p| p.matches(&topic));
                 prop_assert_eq!(policy.may_deliver(principal, &topic, &label, origin).is_allow(), all_hold);
+            }
+        }
+
+        /// A nation cut out is released nothing, whatever the label, the
+        /// communities it names or the origin: no forward to it, no
+        /// delivery to its principals, no link to it, no admission.
+        #[test]
+        fn a_cut_nation_is_released_nothing(
+            (policy, label, _, origin, topic) in arb_case(),
+            cut in 0..CODES.len(),
+        ) {
+            let cut = Nation::parse(CODES[cut]).unwrap();
+            let policy = policy.with_suspended(&BTreeSet::from([cut]));
+            prop_assert!(!policy.scheme().releasable_nations(&label, Some(origin)).contains(&cut));
+            prop_assert!(!policy.scheme().releasable_to(&label, Some(origin), cut));
+            if origin != cut {
+                prop_assert!(!policy.may_forward(&label, origin, cut).is_allow());
+            }
+            for principal in policy.principals().filter(|p| p.nation == cut) {
+                prop_assert!(!policy.may_deliver(principal, &topic, &label, origin).is_allow());
+            }
+            prop_assert!(policy.nations().values().all(|table| !table.peers.contains(&cut)));
+            for &here in policy.nations().keys() {
+                prop_assert!(policy.admit(here, &Identity::Node(cut)).is_err());
+            }
+            // Everyone else keeps exactly what the label gave them.
+            let before = policy.with_suspended(&BTreeSet::new());
+            for &other in policy.nations().keys().filter(|&&n| n != cut) {
+                prop_assert_eq!(
+                    policy.may_forward(&label, origin, other).is_allow() || origin == cut,
+                    before.may_forward(&label, origin, other).is_allow() || origin == cut
+                );
             }
         }
 

@@ -175,11 +175,25 @@ struct WrongNode {
     found: Identity,
 }
 
-/// The server side of a node.
+/// The key a node's QUIC retry tokens are sealed with. A node keeps one
+/// for its whole life, across every server config it installs: a new key
+/// would void the tokens of dialers in the middle of a retry whenever the
+/// config changes (a reload, a cut), and they would have to start over.
+pub fn new_token_key() -> Result<Arc<dyn quinn::crypto::HandshakeTokenKey>, TlsError> {
+    let mut master = [0u8; 64];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut master)
+        .map_err(|_| TlsError::Quic("no system randomness for the retry token key".into()))?;
+    Ok(Arc::new(
+        ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(&master),
+    ))
+}
+
+/// The server side of a node; `token_key` from [`new_token_key`].
 pub fn server_config(
     trust: &TrustStore,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    token_key: Arc<dyn quinn::crypto::HandshakeTokenKey>,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let provider = provider();
     let verifier = Arc::new(NationalClientVerifier {
@@ -193,8 +207,14 @@ pub fn server_config(
         .with_single_cert(chain, key)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.max_early_data_size = 0;
+    // No resumption: a resumed TLS 1.3 session skips the client
+    // certificate check, so a nation cut out (or a certificate revoked)
+    // since the first handshake would get back in. Every handshake is a
+    // full one, and sees the CAs and CRLs in force.
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    tls.send_tls13_tickets = 0;
     let quic = QuicServerConfig::try_from(tls).map_err(|err| TlsError::Quic(err.to_string()))?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let mut config = quinn::ServerConfig::new(Arc::new(quic), token_key);
     config.transport_config(transport());
     Ok(config)
 }

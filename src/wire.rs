@@ -8,6 +8,7 @@
 use bytes::{Buf, BytesMut};
 use serde::{Deserialize, Serialize};
 
+use crate::admin::{AdminCommand, AdminReply};
 use crate::envelope::{Envelope, MessageId, SealBatch};
 use crate::label::Nation;
 use crate::routing::announce::SignedAnnouncement;
@@ -45,6 +46,9 @@ pub mod close {
     /// A newer link from the same peer took this one's place: a peer has
     /// one inbound link at a time.
     pub const REPLACED: u32 = 5;
+    /// The node's policy no longer admits the peer: its nation was cut
+    /// out, its certificate revoked, or it left the network file.
+    pub const NO_LONGER_ADMITTED: u32 = 6;
 }
 
 /// Why a frame could not be encoded or decoded.
@@ -162,6 +166,21 @@ pub enum Frame {
     /// A node's signed view of its links and interest, flooded between
     /// nodes.
     Announce(SignedAnnouncement),
+    /// An admin principal's command to its own node.
+    Admin {
+        /// The client's id for the request, echoed in the reply.
+        request: u64,
+        /// What to do.
+        command: AdminCommand,
+    },
+    /// The node's answer to an admin command it carried out; a refused
+    /// one gets `Refused`.
+    AdminReply {
+        /// The request this answers.
+        request: u64,
+        /// The answer.
+        reply: AdminReply,
+    },
 }
 
 fn config() -> impl bincode::config::Config {

@@ -67,7 +67,8 @@ pub(super) async fn accept(shared: Arc<Shared>, incoming: quinn::Incoming, _slot
         }
     };
     let span = info_span!("conn", who = %identity, %remote);
-    match shared.policy.admit(shared.nation, &identity) {
+    let rules = shared.rules();
+    match rules.policy.admit(shared.nation, &identity) {
         Ok(Admission::Principal(principal)) => {
             let principal = Arc::new(principal.clone());
             let limit = shared.settings.max_sessions_per_principal;

@@ -5,6 +5,7 @@
 
 mod admission;
 mod connection;
+mod control;
 mod inbound;
 mod outbound;
 mod queue;
@@ -13,13 +14,15 @@ mod router;
 mod sealer;
 mod session;
 
+pub use control::{ControlError, NodeControl};
 pub use reason::Reason;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,7 +36,7 @@ use crate::audit::{Audit, AuditError, Record};
 use crate::envelope::{EnvelopeError, MessageIds, Signer, Verifier};
 use crate::identity::{ed25519_public_key, Identity, IdentityError, TrustStore};
 use crate::label::Nation;
-use crate::pki::{self, PkiError, PkiLayout};
+use crate::pki::{self, PkiError, PkiLayout, TrustMaterial};
 use crate::policy::Policy;
 use crate::routing::{Action, Routing, RoutingSettings};
 use crate::tls::{self, TlsError};
@@ -85,6 +88,12 @@ pub enum NodeError {
     /// A node address in the network file does not resolve.
     #[error("cannot resolve the address `{0}` of a node")]
     Address(String),
+    /// A CA cannot be made into a trust store.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The record of cut-out nations in the data directory is unreadable.
+    #[error(transparent)]
+    Control(#[from] ControlError),
 }
 
 /// Tunables of one node. The defaults suit the sample network.
@@ -163,8 +172,16 @@ pub struct NodeConfig {
     pub nation: Nation,
     /// The validated network file.
     pub policy: Arc<Policy>,
-    /// Every nation's CA, each anchoring only its own nation's identities.
-    pub trust: TrustStore,
+    /// The network file it came from, which `reload` reads again; `None`
+    /// if the policy was built in memory (then reload re-reads only the
+    /// CAs and CRLs).
+    pub network_file: Option<PathBuf>,
+    /// The certs folder, which `reload` reads again (CAs, CRLs, node
+    /// certificates).
+    pub layout: PkiLayout,
+    /// Every nation's CA and CRL, each CA anchoring only its own nation's
+    /// identities.
+    pub trust: TrustMaterial,
     /// The node's certificate chain, presented to clients and peers.
     pub cert_chain: Vec<CertificateDer<'static>>,
     /// The node's private key, for TLS.
@@ -179,6 +196,9 @@ pub struct NodeConfig {
     pub peer_addresses: BTreeMap<Nation, SocketAddr>,
     /// Queue limits and timeouts.
     pub settings: NodeSettings,
+    /// Seals the node's QUIC retry tokens, in every server config it
+    /// installs (`tls::new_token_key`).
+    pub token_key: Arc<dyn quinn::crypto::HandshakeTokenKey>,
 }
 
 impl NodeConfig {
@@ -193,24 +213,8 @@ impl NodeConfig {
         if policy.nation(nation).is_none() {
             return Err(NodeError::UnknownNation(nation));
         }
-        let trust = pki::load_trust_store(&policy, layout)?;
-        let mut node_keys = HashMap::new();
-        for &other in policy.nations().keys() {
-            let (cert_path, _) = layout.cert_and_key(&Identity::Node(other));
-            let cert = pki::read_cert(&cert_path)?;
-            let bad = |cause| NodeError::NodeCertificate { nation: other, cause };
-            match trust.identify_client(std::slice::from_ref(&cert), UnixTime::now()) {
-                Ok(Identity::Node(n)) if n == other => {}
-                Ok(found) => {
-                    return Err(bad(IdentityError::WrongAnchor {
-                        claimed: found,
-                        cause: format!("{} is not the node certificate of {other}", cert_path.display()),
-                    }))
-                }
-                Err(err) => return Err(bad(err)),
-            }
-            node_keys.insert(other, ed25519_public_key(&cert).map_err(bad)?);
-        }
+        let trust = pki::read_trust_material(&policy, layout)?;
+        let node_keys = load_node_keys(&policy, &trust.trust_store(&BTreeSet::new())?, layout)?;
         let (cert_path, key_path) = layout.cert_and_key(&Identity::Node(nation));
         let cert = pki::read_cert(&cert_path)?;
         let key = pki::read_key(&key_path)?;
@@ -228,6 +232,8 @@ impl NodeConfig {
         Ok(NodeConfig {
             nation,
             policy,
+            network_file: None,
+            layout: layout.clone(),
             trust,
             cert_chain: vec![cert],
             key,
@@ -236,6 +242,7 @@ impl NodeConfig {
             data_dir,
             peer_addresses: BTreeMap::new(),
             settings: NodeSettings::default(),
+            token_key: tls::new_token_key()?,
         })
     }
 
@@ -244,6 +251,33 @@ impl NodeConfig {
         let address = &self.policy.nations()[&self.nation].address;
         resolve(address)
     }
+}
+
+/// Every nation's node key, each from a node certificate checked against
+/// its own nation's CA.
+fn load_node_keys(
+    policy: &Policy,
+    trust: &TrustStore,
+    layout: &PkiLayout,
+) -> Result<HashMap<Nation, Vec<u8>>, NodeError> {
+    let mut node_keys = HashMap::new();
+    for &other in policy.nations().keys() {
+        let (cert_path, _) = layout.cert_and_key(&Identity::Node(other));
+        let cert = pki::read_cert(&cert_path)?;
+        let bad = |cause| NodeError::NodeCertificate { nation: other, cause };
+        match trust.identify_client(std::slice::from_ref(&cert), UnixTime::now()) {
+            Ok(Identity::Node(n)) if n == other => {}
+            Ok(found) => {
+                return Err(bad(IdentityError::WrongAnchor {
+                    claimed: found,
+                    cause: format!("{} is not the node certificate of {other}", cert_path.display()),
+                }))
+            }
+            Err(err) => return Err(bad(err)),
+        }
+        node_keys.insert(other, ed25519_public_key(&cert).map_err(bad)?);
+    }
+    Ok(node_keys)
 }
 
 fn resolve(address: &str) -> Result<SocketAddr, NodeError> {
@@ -258,23 +292,91 @@ fn resolve(address: &str) -> Result<SocketAddr, NodeError> {
 /// Binds the node's QUIC endpoint. Use port 0 to let the OS choose, then
 /// read it back with `Endpoint::local_addr`.
 pub fn bind(config: &NodeConfig, addr: SocketAddr) -> Result<Endpoint, NodeError> {
-    let server = tls::server_config(&config.trust, config.cert_chain.clone(), config.key.clone_key())?;
+    let suspended = control::read_suspended(&config.data_dir, &config.policy)?;
+    let trust = config.trust.trust_store(&suspended)?;
+    let server = tls::server_config(
+        &trust,
+        config.cert_chain.clone(),
+        config.key.clone_key(),
+        config.token_key.clone(),
+    )?;
     Endpoint::server(server, addr).map_err(|cause| NodeError::Bind { addr, cause })
+}
+
+/// What a reload or a cut replaces, as one value, so that handshakes,
+/// admission, seal checks and routing never see half of a change.
+struct Rules {
+    /// The network file as loaded, before any cut.
+    loaded: Arc<Policy>,
+    /// What the node enforces: `loaded` with the cut-out nations removed
+    /// from every releasability, community, link and tree.
+    policy: Arc<Policy>,
+    /// Every CA and CRL, as read.
+    material: TrustMaterial,
+    /// The CAs trusted now: none of a cut-out nation's.
+    trust: TrustStore,
+    /// Every nation's node key, as read.
+    all_node_keys: Arc<HashMap<Nation, Vec<u8>>>,
+    /// The node keys whose seals count now: none of a cut-out nation's.
+    node_keys: Arc<HashMap<Nation, Vec<u8>>>,
+}
+
+impl Rules {
+    fn new(
+        loaded: Arc<Policy>,
+        material: TrustMaterial,
+        all_node_keys: Arc<HashMap<Nation, Vec<u8>>>,
+        suspended: &BTreeSet<Nation>,
+    ) -> Result<Rules, NodeError> {
+        let trust = material.trust_store(suspended)?;
+        let node_keys = all_node_keys
+            .iter()
+            .filter(|(nation, _)| !suspended.contains(nation))
+            .map(|(&nation, key)| (nation, key.clone()))
+            .collect();
+        Ok(Rules {
+            policy: Arc::new(loaded.with_suspended(suspended)),
+            loaded,
+            material,
+            trust,
+            all_node_keys,
+            node_keys: Arc::new(node_keys),
+        })
+    }
+
+    /// Whether this node links to `peer` under these rules.
+    fn links_to(&self, here: Nation, peer: Nation) -> bool {
+        self.policy
+            .nation(here)
+            .is_some_and(|table| table.peers.contains(&peer))
+    }
 }
 
 /// State shared by every task of one node.
 struct Shared {
     nation: Nation,
-    policy: Arc<Policy>,
-    trust: TrustStore,
+    /// Replaced whole by reload, cut and restore; read with `rules()`.
+    rules: RwLock<Arc<Rules>>,
+    /// Bumped on every change of `rules`, so dialers of peers that were
+    /// not linked to (or cut out) look again.
+    rules_changed: watch::Sender<u64>,
+    /// One admin change at a time: a reload and a cut must not each
+    /// apply to the rules the other replaced.
+    admin_changes: tokio::sync::Mutex<()>,
+    network_file: Option<PathBuf>,
+    layout: PkiLayout,
+    data_dir: PathBuf,
+    started: std::time::Instant,
+    /// The nations a dialer task runs for.
+    dialers: Mutex<BTreeSet<Nation>>,
     cert_chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    token_key: Arc<dyn quinn::crypto::HandshakeTokenKey>,
     signer: Arc<Signer>,
     ids: MessageIds,
     verifier: Mutex<Verifier>,
     /// Envelopes the links carried unsealed, for the sealer task.
     sealer: mpsc::Sender<sealer::ToSeal>,
-    node_keys: Arc<HashMap<Nation, Vec<u8>>>,
     peer_addresses: BTreeMap<Nation, SocketAddr>,
     settings: NodeSettings,
     audit: Audit,
@@ -286,6 +388,41 @@ struct Shared {
 }
 
 impl Shared {
+    /// The rules in force now. The lock is held only to clone the `Arc`.
+    fn rules(&self) -> Arc<Rules> {
+        self.rules.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Starts a dialer for each peer of the rules that has none yet (a
+    /// reload may add peers). A dialer runs until shutdown, idle while
+    /// its peer is not linked to.
+    fn spawn_dialers(self: &Arc<Self>, tasks: Option<&mut JoinSet<()>>) {
+        let rules = self.rules();
+        let Some(table) = rules.loaded.nation(self.nation) else {
+            return;
+        };
+        let mut running = self.dialers.lock().unwrap_or_else(PoisonError::into_inner);
+        let new: Vec<Nation> = table
+            .peers
+            .iter()
+            .copied()
+            .filter(|peer| running.insert(*peer))
+            .collect();
+        drop(running);
+        let mut spawned = JoinSet::new();
+        let tasks = tasks.unwrap_or(&mut spawned);
+        for peer in new {
+            let shared = self.clone();
+            tasks.spawn(
+                async move { outbound::dial_forever(shared, peer).await }
+                    .instrument(info_span!("link", to = %peer)),
+            );
+        }
+        // Dialers started after `run` began are not joined at shutdown:
+        // they stop on the shutdown signal like every other task.
+        spawned.detach_all();
+    }
+
     async fn audit(&self, record: Record) {
         self.audit.record(record).await;
     }
@@ -349,59 +486,106 @@ pub async fn run(
     endpoint: Endpoint,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NodeError> {
-    let audit = Audit::open(&config.data_dir, config.nation)?;
-    let (stop, stopped) = watch::channel(false);
-    let (sealer, to_seal) = mpsc::channel(SEALER_QUEUE);
-    let mut prefix = [0u8; 8];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut prefix).map_err(|_| {
-        NodeError::Envelope(EnvelopeError::BadKey(
-            "no system randomness for message ids".into(),
-        ))
-    })?;
-    let signer = Arc::new(config.signer);
-    let node_keys = Arc::new(config.node_keys);
-    let routing = Routing::new(
-        config.nation,
-        config.policy.clone(),
-        signer.clone(),
-        node_keys.clone(),
-        RoutingSettings {
-            max_subscriptions: config.settings.max_subscriptions,
-            ..RoutingSettings::default()
-        },
-    );
-    let shared = Arc::new(Shared {
-        nation: config.nation,
-        router: Router::new(routing),
-        policy: config.policy,
-        trust: config.trust,
-        cert_chain: config.cert_chain,
-        key: config.key,
-        signer,
-        ids: MessageIds::new(prefix),
-        verifier: Mutex::new(Verifier::new(VERIFIED_ROOTS)),
-        sealer,
-        node_keys,
-        peer_addresses: config.peer_addresses,
-        settings: config.settings,
-        audit: audit.clone(),
-        principal_sessions: Arc::default(),
-        endpoint: endpoint.clone(),
-        shutdown: stopped,
-    });
-    info!(nation = %shared.nation, addr = ?endpoint.local_addr().ok(), "node running");
+    Node::start(config, endpoint)?.run(shutdown).await
+}
 
+/// A node that is set up but not yet serving: take its [`NodeControl`]
+/// (for reload, cut and restore as library calls), then [`Node::run`] it.
+pub struct Node {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    to_seal: mpsc::Receiver<sealer::ToSeal>,
+}
+
+impl Node {
+    /// Sets the node up on `endpoint`: its audit log, its routing core, and
+    /// the nations its data directory records as cut out.
+    pub fn start(config: NodeConfig, endpoint: Endpoint) -> Result<Node, NodeError> {
+        let suspended = control::read_suspended(&config.data_dir, &config.policy)?;
+        let rules = Rules::new(
+            config.policy.clone(),
+            config.trust,
+            Arc::new(config.node_keys),
+            &suspended,
+        )?;
+        let audit = Audit::open(&config.data_dir, config.nation)?;
+        let (stop, stopped) = watch::channel(false);
+        let (sealer, to_seal) = mpsc::channel(SEALER_QUEUE);
+        let mut prefix = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut prefix).map_err(|_| {
+            NodeError::Envelope(EnvelopeError::BadKey(
+                "no system randomness for message ids".into(),
+            ))
+        })?;
+        let signer = Arc::new(config.signer);
+        let routing = Routing::new(
+            config.nation,
+            rules.policy.clone(),
+            signer.clone(),
+            rules.node_keys.clone(),
+            RoutingSettings {
+                max_subscriptions: config.settings.max_subscriptions,
+                ..RoutingSettings::default()
+            },
+        );
+        let shared = Arc::new(Shared {
+            nation: config.nation,
+            router: Router::new(routing),
+            rules: RwLock::new(Arc::new(rules)),
+            rules_changed: watch::channel(0).0,
+            admin_changes: tokio::sync::Mutex::new(()),
+            network_file: config.network_file,
+            layout: config.layout,
+            data_dir: config.data_dir,
+            started: std::time::Instant::now(),
+            dialers: Mutex::default(),
+            cert_chain: config.cert_chain,
+            key: config.key,
+            token_key: config.token_key,
+            signer,
+            ids: MessageIds::new(prefix),
+            verifier: Mutex::new(Verifier::new(VERIFIED_ROOTS)),
+            sealer,
+            peer_addresses: config.peer_addresses,
+            settings: config.settings,
+            audit,
+            principal_sessions: Arc::default(),
+            endpoint,
+            shutdown: stopped,
+        });
+        Ok(Node { shared, stop, to_seal })
+    }
+
+    /// The handle that runs admin commands on this node.
+    pub fn control(&self) -> NodeControl {
+        NodeControl::new(&self.shared)
+    }
+
+    /// Serves until `shutdown` completes, then closes every connection
+    /// and flushes the audit log.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+        let Node { shared, stop, to_seal } = self;
+        let endpoint = shared.endpoint.clone();
+        let audit = shared.audit.clone();
+        serve(shared, stop, to_seal, shutdown).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        audit.close().await;
+        Ok(())
+    }
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    to_seal: mpsc::Receiver<sealer::ToSeal>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let endpoint = shared.endpoint.clone();
+    info!(nation = %shared.nation, addr = ?endpoint.local_addr().ok(), "node running");
     let mut tasks = JoinSet::new();
     tasks.spawn(sealer::seal_forever(shared.clone(), to_seal));
     tasks.spawn(tick_forever(shared.clone()));
-    let peers = shared.policy.nations()[&shared.nation].peers.clone();
-    for peer in peers {
-        let shared = shared.clone();
-        tasks.spawn(
-            async move { outbound::dial_forever(shared, peer).await }
-                .instrument(info_span!("link", to = %peer)),
-        );
-    }
+    shared.spawn_dialers(Some(&mut tasks));
 
     let settings = &shared.settings;
     let mut gate = admission::Gate::new(
@@ -474,20 +658,18 @@ pub async fn run(
     if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
         warn!("some connection tasks did not stop in time");
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-    audit.close().await;
-    Ok(())
 }
 
 /// Runs every node of the network in this process, each on its address
 /// from the network file (`entente up`). Creates the PKI first if the
-/// certs folder has none. `on_ready` gets each nation and its address once
-/// all are bound.
+/// certs folder has none. `on_ready` gets each nation, its address and its
+/// admin handle once all are bound. Each node reloads from `network_file`.
 pub async fn run_network(
     policy: Arc<Policy>,
+    network_file: Option<&std::path::Path>,
     layout: &PkiLayout,
     data_root: &std::path::Path,
-    on_ready: impl FnOnce(&[(Nation, SocketAddr)]),
+    on_ready: impl FnOnce(&[(Nation, SocketAddr, NodeControl)]),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NodeError> {
     if !layout.exists_for(&policy) {
@@ -495,19 +677,22 @@ pub async fn run_network(
         pki::generate(&policy, layout, false)?;
     }
     let mut nodes = Vec::new();
-    let mut addresses = Vec::new();
+    let mut ready = Vec::new();
     for &nation in policy.nations().keys() {
-        let config = NodeConfig::load(nation, policy.clone(), layout, data_root.join(nation.as_str()))?;
+        let mut config = NodeConfig::load(nation, policy.clone(), layout, data_root.join(nation.as_str()))?;
+        config.network_file = network_file.map(std::path::Path::to_owned);
         let addr = config.listen_address()?;
-        nodes.push((bind(&config, addr)?, config));
-        addresses.push((nation, addr));
+        let endpoint = bind(&config, addr)?;
+        let node = Node::start(config, endpoint)?;
+        ready.push((nation, addr, node.control()));
+        nodes.push(node);
     }
-    on_ready(&addresses);
+    on_ready(&ready);
     let (stop, stopped) = watch::channel(false);
     let mut running = JoinSet::new();
-    for (endpoint, config) in nodes {
+    for node in nodes {
         let mut stopped = stopped.clone();
-        running.spawn(run(config, endpoint, async move {
+        running.spawn(node.run(async move {
             let _ = stopped.changed().await;
         }));
     }

@@ -139,18 +139,38 @@ pub(super) async fn forward_batch(
 
 /// Keeps the link to `peer` up until shutdown.
 pub(super) async fn dial_forever(shared: Arc<Shared>, peer: Nation) {
-    let config = match tls::client_config(
-        &shared.trust,
-        shared.cert_chain.clone(),
-        shared.key.clone_key(),
-        Identity::Node(peer),
-    ) {
-        Ok(config) => config,
-        Err(err) => return error!(cause = %err, "cannot configure the link"),
-    };
     let mut shutdown = shared.shutdown.clone();
+    let mut rules_changed = shared.rules_changed.subscribe();
     let mut backoff = FIRST_BACKOFF;
     while !*shutdown.borrow() {
+        // Marked seen before the rules are read, so a change that lands
+        // in between still wakes the wait below.
+        rules_changed.borrow_and_update();
+        let rules = shared.rules();
+        if !rules.links_to(shared.nation, peer) {
+            // Cut out, or no longer a peer in the network file: no dial
+            // until the rules change (a restore, a reload).
+            drop(rules);
+            tokio::select! {
+                changed = rules_changed.changed() => if changed.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
+            backoff = FIRST_BACKOFF;
+            continue;
+        }
+        // Built for each dial from the rules in force, so a reload's CAs
+        // and CRLs apply to the very next handshake.
+        let config = tls::client_config(
+            &rules.trust,
+            shared.cert_chain.clone(),
+            shared.key.clone_key(),
+            Identity::Node(peer),
+        );
+        drop(rules);
+        let config = match config {
+            Ok(config) => config,
+            Err(err) => return error!(cause = %err, "cannot configure the link"),
+        };
         let dialed = tokio::time::Instant::now();
         match run_link(&shared, peer, &config).await {
             // A link that stayed up a while went down for a reason of its
@@ -178,6 +198,9 @@ pub(super) async fn dial_forever(shared: Arc<Shared>, peer: Nation) {
                     "the peer took a newer link from this nation instead; re-dialing later"
                 );
             }
+            // The rules no longer admit the peer: the loop waits for them
+            // to change.
+            Ok(LinkEnd::NoLongerAdmitted) => backoff = FIRST_BACKOFF,
             Err(err) => debug!(cause = %err, ?backoff, "link down; re-dialing"),
         }
         tokio::select! {
@@ -206,9 +229,14 @@ fn peer_address(shared: &Shared, peer: Nation) -> Result<(SocketAddr, String), L
     if let Some(addr) = shared.peer_addresses.get(&peer) {
         return Ok((*addr, addr.ip().to_string()));
     }
-    let address = &shared.policy.nations()[&peer].address;
-    let addr = resolve(address).map_err(|err| LinkError::Address(err.to_string()))?;
-    Ok((addr, address_host(address).to_owned()))
+    let rules = shared.rules();
+    let address = rules
+        .loaded
+        .nation(peer)
+        .map(|table| table.address.clone())
+        .ok_or_else(|| LinkError::Address(format!("{peer} is not in the network file")))?;
+    let addr = resolve(&address).map_err(|err| LinkError::Address(err.to_string()))?;
+    Ok((addr, address_host(&address).to_owned()))
 }
 
 /// How a link that was up ended.
@@ -221,6 +249,8 @@ enum LinkEnd {
     /// dialer holds its certificate (a second instance of this node, or
     /// someone playing it).
     Replaced,
+    /// This node closed it: its rules no longer admit the peer.
+    NoLongerAdmitted,
 }
 
 /// One link's life: dial, greet, then write queued frames until the
@@ -248,7 +278,7 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
     }
 
     let (queue, mut outbox) = queue::bounded(shared.settings.peer_queue, shared.settings.peer_queue_bytes);
-    let (link, actions) = shared.router.add_link(peer, queue, connection.clone());
+    let (link, fate, purge_report, actions) = shared.router.add_link(peer, queue, connection.clone());
     info!("link up");
     shared
         .audit(Record::new(Event::Admit, Verdict::Allow, Reason::LinkUp.code()).subject(peer))
@@ -262,6 +292,8 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
                 if !more {
                     break "queue closed".to_owned();
                 }
+                // A frame written is gone from `batch`; what a failed write
+                // leaves there never left.
                 if let Err(err) = stream::write_all(&mut send, &mut batch).await {
                     break err.to_string();
                 }
@@ -276,15 +308,24 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
         Some(quinn::ConnectionError::ApplicationClosed(close))
             if close.error_code == VarInt::from_u32(wire::close::REPLACED)
     );
-    let end = if shared.router.was_cut(peer, link) {
+    let actions = shared.router.remove_link(peer, link);
+    let mut left = outbox.close_and_drain();
+    left.append(&mut batch);
+    if fate.no_longer_admitted() {
+        // The control that closed the link has audited why; what was
+        // queued for the peer is purged, each message audited.
+        let purged = purge(shared, peer, left).await;
+        let _ = purge_report.send(purged);
+        return Ok(LinkEnd::NoLongerAdmitted);
+    }
+    let end = if fate.stalled() {
         LinkEnd::Cut
     } else if replaced {
         LinkEnd::Replaced
     } else {
         LinkEnd::Down
     };
-    let actions = shared.router.remove_link(peer, link);
-    let dropped = outbox.close_and_count();
+    let dropped = left.len();
     if *shutdown.borrow() {
         info!(dropped, "link closed for shutdown");
     } else {
@@ -299,4 +340,40 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
     shared.audit(record).await;
     shared.carry_out(actions).await;
     Ok(end)
+}
+
+/// Audits each message that was queued for `peer` when the rules stopped
+/// admitting it, as dropped (`cut` when its nation is cut out), and
+/// returns how many there were. Seals and announcements carry no message
+/// and go unrecorded.
+async fn purge(shared: &Shared, peer: Nation, frames: Vec<Bytes>) -> u64 {
+    let rules = shared.rules();
+    let code = if rules.policy.is_suspended(peer) {
+        Reason::Cut.code()
+    } else {
+        Reason::NoLongerAdmitted.code()
+    };
+    let mut purged = 0;
+    for frame in frames {
+        let Some(body) = frame.get(wire::LENGTH_PREFIX..) else {
+            continue;
+        };
+        // Frames this node encoded itself: they decode.
+        if let Ok(Frame::Forward(envelope)) = wire::decode(body) {
+            purged += 1;
+            let marking = rules.policy.scheme().format(&envelope.label);
+            shared
+                .audit(
+                    Record::new(Event::Drop, Verdict::Deny, code)
+                        .message(&envelope, &marking)
+                        .subject(peer)
+                        .detail(format!("it was queued for {peer}, which this node no longer admits; purged, never sent")),
+                )
+                .await;
+        }
+    }
+    if purged > 0 {
+        warn!(purged, "messages queued for a peer no longer admitted were purged");
+    }
+    purged
 }

@@ -76,6 +76,17 @@ impl QueueSender {
         }
     }
 
+    /// Frames waiting in the queue.
+    pub(super) fn len(&self) -> usize {
+        self.frames.max_capacity() - self.frames.capacity()
+    }
+
+    /// Refuses every later offer (`Closed`); what is queued stays for
+    /// the receiver to drain.
+    pub(super) fn close(&self) {
+        self.bytes.close();
+    }
+
     pub(super) fn describe_limit(&self) -> String {
         format!(
             "{} frames or {} bytes",
@@ -111,15 +122,15 @@ impl QueueReceiver {
         true
     }
 
-    /// Closes the queue and counts what was still in it; later offers fail.
-    pub(super) fn close_and_count(&mut self) -> usize {
+    /// Closes the queue and takes what was still in it; later offers fail.
+    pub(super) fn close_and_drain(&mut self) -> Vec<Bytes> {
         self.frames.close();
         self.bytes.close();
-        let mut dropped = 0;
-        while self.frames.try_recv().is_ok() {
-            dropped += 1;
+        let mut left = Vec::new();
+        while let Ok(frame) = self.frames.try_recv() {
+            left.push(frame);
         }
-        dropped
+        left
     }
 }
 
@@ -142,7 +153,8 @@ mod tests {
             assert_eq!(sender.offer(Bytes::from_static(b"x")), Ok(()));
         }
         assert_eq!(sender.offer(Bytes::from_static(b"x")), Err(OfferError::Full));
-        assert_eq!(receiver.close_and_count(), 3);
+        assert_eq!(sender.len(), 3);
+        assert_eq!(receiver.close_and_drain().len(), 3);
         assert_eq!(sender.offer(Bytes::from_static(b"x")), Err(OfferError::Closed));
     }
 
@@ -155,8 +167,17 @@ mod tests {
         assert!(receiver.recv_many(&mut batch).await);
         assert_eq!(batch.len(), 1);
         assert_eq!(sender.offer(Bytes::from(vec![0; 60])), Ok(()));
-        assert_eq!(receiver.close_and_count(), 1);
+        assert_eq!(receiver.close_and_drain().len(), 1);
         assert_eq!(sender.offer(Bytes::from(vec![0; 60])), Err(OfferError::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_closed_sender_refuses_offers_and_leaves_the_queue_to_drain() {
+        let (sender, mut receiver) = bounded(4, 100);
+        assert_eq!(sender.offer(Bytes::from_static(b"a")), Ok(()));
+        sender.close();
+        assert_eq!(sender.offer(Bytes::from_static(b"b")), Err(OfferError::Closed));
+        assert_eq!(receiver.close_and_drain(), vec![Bytes::from_static(b"a")]);
     }
 
     #[tokio::test]

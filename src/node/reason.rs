@@ -52,6 +52,22 @@ pub enum Reason {
     /// A peer's inbound link, closed because a newer one from the same
     /// peer replaced it (one inbound link per peer).
     LinkReplaced,
+    /// A message queued for a nation that was cut out: purged, never sent.
+    Cut,
+    /// A message queued for a peer the rules no longer admit (revoked, or
+    /// gone from the network file): purged, never sent.
+    NoLongerAdmitted,
+    /// A principal without the admin role asked for an admin command.
+    NotAdmin,
+    /// An admin principal's command, carried out.
+    AdminCommand,
+    /// The node's rules changed: reload, cut or restore.
+    PolicyChanged,
+    /// A principal's entry in the network file changed: its session
+    /// ends, so it reconnects under the new entry.
+    PrincipalChanged,
+    /// A certificate the new CAs and CRLs no longer accept.
+    CertificateRejected,
     /// A principal already holding `max_sessions_per_principal` sessions.
     TooManySessions,
     /// A connection attempt past `max_connections`, refused before TLS.
@@ -85,6 +101,13 @@ impl Reason {
             Reason::PayloadTooLarge => "payload-too-large",
             Reason::BadPattern => "bad-pattern",
             Reason::LinkReplaced => "link-replaced",
+            Reason::Cut => "cut",
+            Reason::NoLongerAdmitted => "no-longer-admitted",
+            Reason::NotAdmin => "not-admin",
+            Reason::AdminCommand => "admin-command",
+            Reason::PolicyChanged => "policy-changed",
+            Reason::PrincipalChanged => "principal-changed",
+            Reason::CertificateRejected => "certificate-rejected",
             Reason::TooManySessions => "too-many-sessions",
             Reason::TooManyConnections => "too-many-connections",
             Reason::TooManyHandshakes => "too-many-handshakes",

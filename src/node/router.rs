@@ -6,35 +6,84 @@
 //! which are offered to the same way (a full one cuts its link).
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use dashmap::DashMap;
 use quinn::{Connection, VarInt};
+use rustls_pki_types::CertificateDer;
+use tokio::sync::oneshot;
 
 use super::queue::{OfferError, QueueSender};
 use super::Reason;
 
 use crate::audit::{now_us, Event, Record, Verdict};
 use crate::envelope::Envelope;
+use crate::identity::Identity;
 use crate::label::Nation;
 use crate::policy::Principal;
 use crate::routing::{Action, Routing, SessionId};
 use crate::wire::{self, close};
 
 struct SessionEntry {
-    name: String,
+    principal: Arc<Principal>,
     queue: QueueSender,
     connection: Connection,
+}
+
+/// Why this node ended one of its links, if it did: set once, by whoever
+/// ends it first, so the end is audited once.
+pub(super) struct LinkFate(AtomicU8);
+
+const LINK_LIVE: u8 = 0;
+const LINK_STALLED: u8 = 1;
+const LINK_NO_LONGER_ADMITTED: u8 = 2;
+
+impl LinkFate {
+    fn new() -> Arc<LinkFate> {
+        Arc::new(LinkFate(AtomicU8::new(LINK_LIVE)))
+    }
+
+    /// Marks the link as ended for `fate`; false if it already was.
+    fn end(&self, fate: u8) -> bool {
+        self.0
+            .compare_exchange(LINK_LIVE, fate, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Whether this node cut the link for not keeping up.
+    pub(super) fn stalled(&self) -> bool {
+        self.0.load(Ordering::Acquire) == LINK_STALLED
+    }
+
+    /// Whether this node closed the link because its rules no longer admit
+    /// the peer (cut out, revoked, or gone from the network file): what
+    /// was queued on it is purged, never sent.
+    pub(super) fn no_longer_admitted(&self) -> bool {
+        self.0.load(Ordering::Acquire) == LINK_NO_LONGER_ADMITTED
+    }
 }
 
 struct LinkEntry {
     link: u64,
     queue: QueueSender,
     connection: Connection,
-    /// Set by whoever cuts the link first, so the cut is audited once.
-    cut: Arc<AtomicBool>,
+    fate: Arc<LinkFate>,
+    /// How many queued messages the link's task purged, once it has.
+    purged: oneshot::Receiver<u64>,
+}
+
+/// A link this node closed because its rules no longer admit the peer.
+pub(super) struct ClosedLink {
+    pub(super) peer: Nation,
+    /// Sends how many queued messages the link's task purged.
+    pub(super) purged: oneshot::Receiver<u64>,
+}
+
+/// A session this node closed because its rules no longer admit it.
+pub(super) struct ClosedSession {
+    pub(super) principal: String,
 }
 
 /// What happened when a frame was offered to a session's queue.
@@ -124,7 +173,7 @@ impl Router {
     ) -> SessionId {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let entry = SessionEntry {
-            name: principal.name.clone(),
+            principal: principal.clone(),
             queue,
             connection,
         };
@@ -149,7 +198,9 @@ impl Router {
             match entry.queue.offer(frame) {
                 Ok(()) => return Offer::Queued,
                 Err(OfferError::Closed) => return Offer::Gone,
-                Err(OfferError::Full) => disconnect_slow(&entry.connection, &entry.name, &entry.queue),
+                Err(OfferError::Full) => {
+                    disconnect_slow(&entry.connection, &entry.principal.name, &entry.queue)
+                }
             }
         };
         // The session's own task audits its end; its interest goes now.
@@ -157,32 +208,130 @@ impl Router {
         Offer::SlowConsumer(result)
     }
 
-    /// Registers this node's live link to `peer`, then tells the core;
-    /// returns its generation, so a stale link cannot remove its successor.
+    /// Registers this node's live link to `peer`, then tells the core.
+    /// Returns its generation (so a stale link cannot remove its
+    /// successor), its fate, and where to report a purge.
     pub(super) fn add_link(
         &self,
         peer: Nation,
         queue: QueueSender,
         connection: Connection,
-    ) -> (u64, Vec<Action>) {
+    ) -> (u64, Arc<LinkFate>, oneshot::Sender<u64>, Vec<Action>) {
         let link = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let fate = LinkFate::new();
+        let (report, purged) = oneshot::channel();
         self.links.insert(
             peer,
             LinkEntry {
                 link,
                 queue,
                 connection,
-                cut: Arc::new(AtomicBool::new(false)),
+                fate: fate.clone(),
+                purged,
             },
         );
-        (link, self.core(|core, now| core.link_up(peer, now)).1)
+        (link, fate, report, self.core(|core, now| core.link_up(peer, now)).1)
     }
 
-    /// Whether this node cut its link `link` to `peer` for not keeping up.
-    pub(super) fn was_cut(&self, peer: Nation, link: u64) -> bool {
-        self.links
-            .get(&peer)
-            .is_some_and(|entry| entry.link == link && entry.cut.load(Ordering::Acquire))
+    /// Closes every session and link that `admits` no longer admits,
+    /// given who it is and the certificate chain it proved. A closed link
+    /// leaves the table and the core at once, and its queue takes no more
+    /// frames: from here on nothing more is sent to that peer. Returns
+    /// what was closed and the core's actions.
+    pub(super) fn close_unadmitted(
+        &self,
+        here: Nation,
+        admits: impl Fn(&Identity, &[CertificateDer<'static>], Option<&Principal>) -> Result<(), (String, &'static str)>,
+        records: &mut Vec<Record>,
+    ) -> (Vec<ClosedSession>, Vec<ClosedLink>, Vec<Action>) {
+        let chain = |connection: &Connection| -> Vec<CertificateDer<'static>> {
+            connection
+                .peer_identity()
+                .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+                .map(|chain| *chain)
+                .unwrap_or_default()
+        };
+        let mut refusal = |connection: &Connection, subject: String, (why, code): (String, &'static str)| {
+            tracing::warn!(%subject, %why, "closing: no longer admitted");
+            connection.close(VarInt::from_u32(close::NO_LONGER_ADMITTED), why.as_bytes());
+            records.push(
+                Record::new(Event::Disconnect, Verdict::Deny, code)
+                    .subject(subject)
+                    .detail(format!("no longer admitted: {why}")),
+            );
+        };
+        let mut sessions = Vec::new();
+        let mut closed_ids = Vec::new();
+        for entry in self.sessions.iter() {
+            let principal = &entry.principal;
+            let identity = Identity::Principal {
+                nation: here,
+                name: principal.name.clone(),
+            };
+            if let Err(why) = admits(&identity, &chain(&entry.connection), Some(principal)) {
+                refusal(&entry.connection, principal.name.clone(), why);
+                sessions.push(ClosedSession {
+                    principal: principal.name.clone(),
+                });
+                closed_ids.push(*entry.key());
+            }
+        }
+        let mut actions = Vec::new();
+        for id in closed_ids {
+            self.sessions.remove(&id);
+            actions.extend(self.core(|core, now| core.close_session(id, now)).1);
+        }
+        let mut links = Vec::new();
+        let outbound: Vec<Nation> = self.links.iter().map(|entry| *entry.key()).collect();
+        for peer in outbound {
+            let verdict = match self.links.get(&peer) {
+                Some(entry) => admits(&Identity::Node(peer), &chain(&entry.connection), None),
+                None => continue,
+            };
+            let Err(why) = verdict else { continue };
+            let Some((_, entry)) = self.links.remove(&peer) else {
+                continue;
+            };
+            entry.fate.end(LINK_NO_LONGER_ADMITTED);
+            // Closed before anything else: quinn discards whatever was
+            // still unsent, so no queued byte leaves after this.
+            refusal(&entry.connection, peer.to_string(), why);
+            entry.queue.close();
+            actions.extend(self.core(|core, now| core.link_down(peer, now)).1);
+            links.push(ClosedLink {
+                peer,
+                purged: entry.purged,
+            });
+        }
+        let inbound: Vec<(Nation, Connection)> = self
+            .inbound
+            .iter()
+            .map(|entry| (*entry.key(), entry.value().1.clone()))
+            .collect();
+        for (peer, connection) in inbound {
+            if let Err(why) = admits(&Identity::Node(peer), &chain(&connection), None) {
+                refusal(&connection, peer.to_string(), why);
+            }
+        }
+        (sessions, links, actions)
+    }
+
+    /// Every live session: its principal and its queue's depth.
+    pub(super) fn session_depths(&self) -> Vec<(String, usize)> {
+        self.sessions
+            .iter()
+            .map(|entry| (entry.principal.name.clone(), entry.queue.len()))
+            .collect()
+    }
+
+    /// The queue depth of the link this node dialed to `peer`, if it is up.
+    pub(super) fn link_depth(&self, peer: Nation) -> Option<usize> {
+        self.links.get(&peer).map(|entry| entry.queue.len())
+    }
+
+    /// Whether `peer`'s own link to this node is up.
+    pub(super) fn has_inbound(&self, peer: Nation) -> bool {
+        self.inbound.contains_key(&peer)
     }
 
     pub(super) fn remove_link(&self, peer: Nation, link: u64) -> Vec<Action> {
@@ -225,7 +374,7 @@ impl Router {
             link: entry.link,
             queue: entry.queue.clone(),
             connection: entry.connection.clone(),
-            cut: entry.cut.clone(),
+            fate: entry.fate.clone(),
         })
     }
 
@@ -260,11 +409,11 @@ impl Router {
                 continue;
             };
             match session.queue.offer(frame.clone()) {
-                Ok(()) => delivered_to.push(session.name.clone()),
+                Ok(()) => delivered_to.push(session.principal.name.clone()),
                 Err(OfferError::Full) => {
                     records.push(disconnect_slow(
                         &session.connection,
-                        &session.name,
+                        &session.principal.name,
                         &session.queue,
                     ));
                     slow.insert(id);
@@ -294,7 +443,7 @@ pub(super) struct PeerTarget {
     pub(super) link: u64,
     pub(super) queue: QueueSender,
     pub(super) connection: Connection,
-    cut: Arc<AtomicBool>,
+    fate: Arc<LinkFate>,
 }
 
 impl PeerTarget {
@@ -315,7 +464,7 @@ impl PeerTarget {
             Ok(()) => Ok(()),
             Err(OfferError::Closed) => Err(Reason::LinkDown),
             Err(OfferError::Full) => {
-                if !self.cut.swap(true, Ordering::AcqRel) {
+                if self.fate.end(LINK_STALLED) {
                     let limit = self.queue.describe_limit();
                     tracing::warn!(to = %self.nation, %limit, "cutting a link whose queue is full");
                     self.connection.close(

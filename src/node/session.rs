@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use quinn::Connection;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::connection::{accept_hello, close_after, next_batch, write_frame, StreamError};
 use super::router::Offer;
-use super::{outbound, queue, Reason, Shared};
+use super::{control, outbound, queue, Reason, Shared};
+use crate::admin::AdminCommand;
 use crate::audit::{now_us, Event, Record, Verdict};
 use crate::envelope::{Envelope, Unsigned};
 use crate::label::{Label, MarkingError, MarkingScheme};
@@ -92,7 +93,7 @@ struct Accepted {
 /// one batch, so that forwarding them costs one signature; a subscribe
 /// first routes the publishes before it, keeping request order.
 async fn handle_batch(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     session: SessionId,
     principal: &Principal,
     markings: &mut MarkingCache,
@@ -116,6 +117,11 @@ async fn handle_batch(
                 let answer = subscribe(shared, session, principal, request, pattern).await;
                 reply(shared, session, &answer).await?;
             }
+            Frame::Admin { request, command } => {
+                route_publishes(shared, session, std::mem::take(&mut publishes)).await?;
+                let answer = admin(shared, principal, request, command).await;
+                reply(shared, session, &answer).await?;
+            }
             _ => {
                 result = Err(StreamError::Unexpected("non-request"));
                 break;
@@ -124,6 +130,32 @@ async fn handle_batch(
     }
     route_publishes(shared, session, publishes).await?;
     result
+}
+
+/// Runs an admin command for an admin principal; refuses (and audits)
+/// anyone else's.
+async fn admin(shared: &Arc<Shared>, principal: &Principal, request: u64, command: AdminCommand) -> Frame {
+    if !principal.is_admin() {
+        let (record, message) = control::not_admin(principal, &command);
+        warn!(%command, "admin command refused: not an admin");
+        shared.audit(record).await;
+        return refused(request, Reason::NotAdmin.code(), message);
+    }
+    info!(%command, "admin command");
+    shared
+        .audit(
+            Record::new(Event::Admit, Verdict::Allow, Reason::AdminCommand.code())
+                .subject(&principal.name)
+                .detail(command.to_string()),
+        )
+        .await;
+    match control::run(shared, &command).await {
+        Ok(reply) => Frame::AdminReply { request, reply },
+        Err(err) => {
+            warn!(%command, cause = %err, "admin command failed");
+            refused(request, err.code(), err)
+        }
+    }
 }
 
 async fn reply(shared: &Shared, session: SessionId, frame: &Frame) -> Result<(), StreamError> {
@@ -174,8 +206,9 @@ async fn authorize(
     payload: Vec<u8>,
 ) -> Result<Accepted, Frame> {
     let topic = Topic::new(topic).map_err(|err| refused(request, Reason::BadTopic.code(), err))?;
+    let rules = shared.rules();
     let (label, canonical) = markings
-        .parse(shared.policy.scheme(), marking)
+        .parse(rules.policy.scheme(), marking)
         .map_err(|err| refused(request, Reason::BadMarking.code(), err))?;
     if payload.len() > MAX_PAYLOAD {
         return Err(refused(
@@ -192,7 +225,7 @@ async fn authorize(
         record.marking = Some(canonical.clone());
         record
     };
-    if let Decision::Deny { reason, message } = shared.policy.may_publish(principal, &topic, &label) {
+    if let Decision::Deny { reason, message } = rules.policy.may_publish(principal, &topic, &label) {
         debug!(%reason, "publish denied");
         shared
             .audit(record(Verdict::Deny, reason.code()).detail(&message))

@@ -55,6 +55,9 @@ pub enum AnnouncementError {
     /// The announcing nation is not in the network.
     #[error("announcement of {0}, which is not a nation of the network")]
     UnknownNation(Nation),
+    /// The announcing nation is cut out of the network.
+    #[error("announcement of {0}, which is cut out of the network")]
+    CutOut(Nation),
     /// The announcement's `seq` is further ahead of this node's clock than the
     /// allowed skew.
     #[error("announcement of {0} is timed ahead of this node's clock by more than the allowed skew")]

@@ -95,6 +95,8 @@ pub enum Reason {
     LinkDown,
     /// A nation's links or interest changed.
     Announcement,
+    /// The origin is a nation cut out of the network.
+    CutOut,
 }
 
 impl Reason {
@@ -115,6 +117,7 @@ impl Reason {
             Reason::NoRoute => "no-route",
             Reason::LinkDown => "link-down",
             Reason::Announcement => "announcement",
+            Reason::CutOut => "cut-out",
         }
     }
 }
@@ -585,6 +588,7 @@ impl Routing {
             return Ok(());
         }
         let checked = match self.node_keys.get(&nation) {
+            _ if self.policy.is_suspended(nation) => Err(AnnouncementError::CutOut(nation)),
             Some(key) if self.nations.index(nation).is_some() => signed.verify(key),
             _ => Err(AnnouncementError::UnknownNation(nation)),
         }
@@ -704,8 +708,16 @@ impl Routing {
 
     // ----- policy -----
 
+    /// The node keys announcements are checked with (a cut nation's is
+    /// gone).
+    pub fn set_node_keys(&mut self, node_keys: Arc<HashMap<Nation, Vec<u8>>>) {
+        self.node_keys = node_keys;
+    }
+
     /// A new network policy: everything derived from it is recomputed.
     pub fn set_policy(&mut self, policy: Arc<Policy>) {
+        // A cut nation's interest and links leave with it.
+        self.known.retain(|&nation, _| !policy.is_suspended(nation));
         self.nations = Nations::of(&policy);
         self.me = self.nations.index(self.nation).unwrap_or(usize::MAX);
         self.configured = Graph::configured(&policy, &self.nations);
@@ -830,6 +842,17 @@ impl Routing {
     /// signature check and is never audited as verified.
     pub fn precheck(&mut self, envelope: &Envelope, from: Nation, now_us: u64) -> Result<(), Refused> {
         let origin = envelope.origin;
+        if self.policy.is_suspended(origin) {
+            let marking = self.label_memo(origin, &envelope.label).marking.clone();
+            return Err(self.refuse(
+                envelope,
+                &marking,
+                from,
+                Reason::CutOut.code(),
+                format!("{from} sent a message from {origin}, which is cut out of the network"),
+                now_us,
+            ));
+        }
         if self.nations.index(origin).is_none() {
             let marking = self.label_memo(origin, &envelope.label).marking.clone();
             return Err(self.refuse(

@@ -85,6 +85,24 @@ nation = "DEU"
 clearance = "SECRET"
 publish = [">"]
 subscribe = [">"]
+
+[[principals]]
+name = "gbr.admin"
+nation = "GBR"
+clearance = "UNCLASSIFIED"
+roles = ["admin"]
+
+[[principals]]
+name = "fra.admin"
+nation = "FRA"
+clearance = "UNCLASSIFIED"
+roles = ["admin"]
+
+[[principals]]
+name = "deu.admin"
+nation = "DEU"
+clearance = "UNCLASSIFIED"
+roles = ["admin"]
 "#;
 
 /// Six nations on a ring with a spur, so most pairs reach each other only
@@ -158,6 +176,42 @@ nation = "LTU"
 clearance = "SECRET"
 publish = [">"]
 subscribe = [">"]
+
+[[principals]]
+name = "gbr.admin"
+nation = "GBR"
+clearance = "UNCLASSIFIED"
+roles = ["admin"]
+
+[[principals]]
+name = "est.admin"
+nation = "EST"
+clearance = "UNCLASSIFIED"
+roles = ["admin"]
+
+[[principals]]
+name = "lva.admin"
+nation = "LVA"
+clearance = "UNCLASSIFIED"
+roles = ["admin"]
+
+[[principals]]
+name = "ltu.admin"
+nation = "LTU"
+clearance = "UNCLASSIFIED"
+roles = ["admin"]
+
+[[principals]]
+name = "pol.admin"
+nation = "POL"
+clearance = "UNCLASSIFIED"
+roles = ["admin"]
+
+[[principals]]
+name = "fin.admin"
+nation = "FIN"
+clearance = "UNCLASSIFIED"
+roles = ["admin"]
 "#;
 
 pub fn nation(code: &str) -> Nation {
@@ -166,6 +220,7 @@ pub fn nation(code: &str) -> Nation {
 
 struct RunningNode {
     addr: SocketAddr,
+    control: node::NodeControl,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), NodeError>>>,
 }
@@ -187,11 +242,14 @@ fn spawn_node(
     config.peer_addresses = addresses.clone();
     let addr = addresses[&config.nation];
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(node::run(config, endpoint, async move {
+    let node = node::Node::start(config, endpoint).expect("node starts");
+    let control = node.control();
+    let task = tokio::spawn(node.run(async move {
         let _ = stopped.await;
     }));
     RunningNode {
         addr,
+        control,
         stop: Some(stop),
         task: Some(task),
     }
@@ -271,6 +329,16 @@ impl TestNetwork {
 
     pub fn addr(&self, nation: Nation) -> SocketAddr {
         self.nodes[&nation].addr
+    }
+
+    /// The admin handle of a running node (reload, cut, restore, status).
+    pub fn control(&self, nation: Nation) -> node::NodeControl {
+        self.nodes[&nation].control.clone()
+    }
+
+    /// The network file the nodes reload from.
+    pub fn network_path(&self) -> PathBuf {
+        self.dir.path().join("network.toml")
     }
 
     /// Stops a node and starts a new one on the same address.
@@ -426,6 +494,7 @@ fn node_config(
     let mut config =
         NodeConfig::load(nation, policy.clone(), layout, data_dir(root, nation)).expect("node config");
     config.settings = settings.clone();
+    config.network_file = Some(root.join("network.toml"));
     config
 }
 

@@ -1,0 +1,425 @@
+//! The node's side of admin commands: status, reload (network file, CAs,
+//! CRLs), cut and restore. Each change builds new [`Rules`] first (a
+//! broken file changes nothing), records cuts in the data directory, then
+//! applies the rules as one step: new handshakes, the routing core, and
+//! closing every session and link they no longer admit, purging what was
+//! queued for a cut nation. [`NodeControl`] is the library call the
+//! simulator and tests use; admin sessions go through the same code.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use rustls_pki_types::{CertificateDer, UnixTime};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::{load_node_keys, tls, NodeError, Reason, Rules, Shared};
+use crate::admin::{AdminCommand, AdminReply, Applied, NodeStatus, PeerStatus, SessionStatus, StatusCounters};
+use crate::audit::{Event, Record, Verdict};
+use crate::config::{load_network, ConfigError};
+use crate::identity::Identity;
+use crate::label::Nation;
+use crate::pki::{self, PkiError};
+use crate::policy::{Policy, Principal};
+
+/// The file in a node's data directory that records the nations cut out,
+/// so a cut survives a restart.
+const CUT_OUT_FILE: &str = "cut-out.json";
+
+/// How long a cut waits for a closed link's task to purge its queue.
+const PURGE_WAIT: Duration = Duration::from_secs(2);
+
+/// Why an admin command failed; the node's rules are then unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The network file is broken or fails validation.
+    #[error("reload refused, the node keeps its old policy: {0}")]
+    Config(#[from] ConfigError),
+    /// A CA, CRL or node certificate could not be read.
+    #[error("reload refused, the node keeps its old policy: {0}")]
+    Pki(#[from] PkiError),
+    /// The new files load but cannot be used.
+    #[error("the change was refused, the node keeps its old policy: {0}")]
+    Node(Box<NodeError>),
+    /// The new network file no longer lists this node's nation.
+    #[error("reload refused, the node keeps its old policy: the network file has no [nations.{0}], the nation this node serves")]
+    LostNation(Nation),
+    /// The nation is not in the network file.
+    #[error("{0} is not a nation of the network file")]
+    UnknownNation(Nation),
+    /// A node cannot cut its own nation out.
+    #[error("{0} is this node's own nation; cut it on the other nations' nodes")]
+    OwnNation(Nation),
+    /// The record of cut-out nations could not be read or written.
+    #[error("{path}: {cause}")]
+    CutOutFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong, and what to do.
+        cause: String,
+    },
+    /// The node has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+impl From<NodeError> for ControlError {
+    fn from(err: NodeError) -> Self {
+        ControlError::Node(Box::new(err))
+    }
+}
+
+impl ControlError {
+    /// The stable code an admin client gets with the error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ControlError::Config(_) | ControlError::Pki(_) | ControlError::Node(_) | ControlError::LostNation(_) => {
+                "reload-refused"
+            }
+            ControlError::UnknownNation(_) => "unknown-nation",
+            ControlError::OwnNation(_) => "own-nation",
+            ControlError::CutOutFile { .. } => "cut-out-file",
+            ControlError::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CutOutFile {
+    /// The nations cut out, as ISO codes.
+    cut_out: Vec<String>,
+}
+
+/// The nations the data directory records as cut out, among those of
+/// `policy` (a nation the network file no longer has is ignored).
+pub(super) fn read_suspended(data_dir: &Path, policy: &Policy) -> Result<BTreeSet<Nation>, ControlError> {
+    let path = data_dir.join(CUT_OUT_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(err) => {
+            return Err(ControlError::CutOutFile {
+                path,
+                cause: err.to_string(),
+            })
+        }
+    };
+    let file: CutOutFile = serde_json::from_str(&text).map_err(|err| ControlError::CutOutFile {
+        path: path.clone(),
+        cause: format!("{err}; it should read {{\"cut_out\": [\"USA\"]}}, or be deleted to restore every nation"),
+    })?;
+    let mut suspended = BTreeSet::new();
+    for code in &file.cut_out {
+        match Nation::parse(code).filter(|n| policy.nation(*n).is_some()) {
+            Some(nation) => {
+                suspended.insert(nation);
+            }
+            None => warn!(path = %path.display(), nation = %code, "a nation recorded as cut out is not in the network file; ignored"),
+        }
+    }
+    Ok(suspended)
+}
+
+/// Records the nations cut out, replacing the file whole (written aside,
+/// then renamed), so a crash leaves the old record or the new one.
+fn write_suspended(data_dir: &Path, suspended: &BTreeSet<Nation>) -> Result<(), ControlError> {
+    let path = data_dir.join(CUT_OUT_FILE);
+    let error = |cause: std::io::Error| ControlError::CutOutFile {
+        path: path.clone(),
+        cause: cause.to_string(),
+    };
+    let file = CutOutFile {
+        cut_out: suspended.iter().map(Nation::to_string).collect(),
+    };
+    let text = serde_json::to_string_pretty(&file).map_err(|err| error(err.into()))?;
+    std::fs::create_dir_all(data_dir).map_err(error)?;
+    let staging = data_dir.join(format!("{CUT_OUT_FILE}.new"));
+    std::fs::write(&staging, text + "\n").map_err(error)?;
+    std::fs::rename(&staging, &path).map_err(error)
+}
+
+/// Runs admin commands on one node, as a library call. It holds the node
+/// weakly: once the node has stopped, every call fails with `Stopped`.
+#[derive(Clone)]
+pub struct NodeControl {
+    shared: Weak<Shared>,
+}
+
+impl NodeControl {
+    pub(super) fn new(shared: &Arc<Shared>) -> NodeControl {
+        NodeControl {
+            shared: Arc::downgrade(shared),
+        }
+    }
+
+    fn shared(&self) -> Result<Arc<Shared>, ControlError> {
+        self.shared.upgrade().ok_or(ControlError::Stopped)
+    }
+
+    /// Runs `command`, as an admin session would.
+    pub async fn run(&self, command: &AdminCommand) -> Result<AdminReply, ControlError> {
+        run(&self.shared()?, command).await
+    }
+
+    /// The node's status.
+    pub fn status(&self) -> Result<NodeStatus, ControlError> {
+        Ok(status(&*self.shared()?))
+    }
+
+    /// Re-reads the network file, the CAs and the CRLs.
+    pub async fn reload(&self) -> Result<Applied, ControlError> {
+        reload(&self.shared()?).await
+    }
+
+    /// Cuts `nation` out; returns once this node has applied it.
+    pub async fn cut(&self, nation: Nation) -> Result<Applied, ControlError> {
+        set_cut(&self.shared()?, nation, true).await
+    }
+
+    /// Undoes a cut of `nation`.
+    pub async fn restore(&self, nation: Nation) -> Result<Applied, ControlError> {
+        set_cut(&self.shared()?, nation, false).await
+    }
+}
+
+pub(super) async fn run(shared: &Arc<Shared>, command: &AdminCommand) -> Result<AdminReply, ControlError> {
+    Ok(match command {
+        AdminCommand::Status => AdminReply::Status(status(shared)),
+        AdminCommand::Reload => AdminReply::Applied(reload(shared).await?),
+        AdminCommand::Cut(nation) => AdminReply::Applied(set_cut(shared, *nation, true).await?),
+        AdminCommand::Restore(nation) => AdminReply::Applied(set_cut(shared, *nation, false).await?),
+    })
+}
+
+fn status(shared: &Shared) -> NodeStatus {
+    let rules = shared.rules();
+    let router = &shared.router;
+    let peers = rules
+        .loaded
+        .nation(shared.nation)
+        .map(|table| {
+            table
+                .peers
+                .iter()
+                .map(|&peer| {
+                    let depth = router.link_depth(peer);
+                    PeerStatus {
+                        nation: peer.to_string(),
+                        outbound: depth.is_some(),
+                        inbound: router.has_inbound(peer),
+                        queued: depth.unwrap_or(0) as u64,
+                        cut: rules.policy.is_suspended(peer),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut sessions: Vec<SessionStatus> = router
+        .session_depths()
+        .into_iter()
+        .map(|(principal, queued)| SessionStatus {
+            principal,
+            queued: queued as u64,
+        })
+        .collect();
+    sessions.sort_by(|a, b| a.principal.cmp(&b.principal));
+    let (counters, _) = router.core(|core, _| core.counters().clone());
+    NodeStatus {
+        node: shared.nation.to_string(),
+        policy_digest: rules.policy.digest(),
+        uptime_s: shared.started.elapsed().as_secs(),
+        peers,
+        sessions,
+        suspended: rules.policy.suspended().iter().map(Nation::to_string).collect(),
+        counters: StatusCounters {
+            published: counters.published,
+            delivered: counters.delivered,
+            forwarded: counters.forwarded,
+            refused: shared.audit.denials(),
+            unreachable: counters.unreachable + counters.no_route,
+        },
+    }
+}
+
+async fn reload(shared: &Arc<Shared>) -> Result<Applied, ControlError> {
+    let _one_at_a_time = shared.admin_changes.lock().await;
+    let start = Instant::now();
+    let current = shared.rules();
+    let loaded = match &shared.network_file {
+        Some(path) => Arc::new(load_network(path)?),
+        None => current.loaded.clone(),
+    };
+    if loaded.nation(shared.nation).is_none() {
+        return Err(ControlError::LostNation(shared.nation));
+    }
+    let material = pki::read_trust_material(&loaded, &shared.layout)?;
+    let node_keys = load_node_keys(&loaded, &material.trust_store(&BTreeSet::new()).map_err(NodeError::from)?, &shared.layout)?;
+    let suspended: BTreeSet<Nation> = current
+        .policy
+        .suspended()
+        .iter()
+        .copied()
+        .filter(|&nation| loaded.nation(nation).is_some())
+        .collect();
+    let rules = Rules::new(loaded, material, Arc::new(node_keys), &suspended)?;
+    apply(shared, rules, AdminCommand::Reload, start).await
+}
+
+async fn set_cut(shared: &Arc<Shared>, nation: Nation, cut: bool) -> Result<Applied, ControlError> {
+    let _one_at_a_time = shared.admin_changes.lock().await;
+    let start = Instant::now();
+    let current = shared.rules();
+    if current.loaded.nation(nation).is_none() {
+        return Err(ControlError::UnknownNation(nation));
+    }
+    if nation == shared.nation {
+        return Err(ControlError::OwnNation(nation));
+    }
+    let mut suspended = current.policy.suspended().clone();
+    let command = if cut {
+        suspended.insert(nation);
+        AdminCommand::Cut(nation)
+    } else {
+        suspended.remove(&nation);
+        AdminCommand::Restore(nation)
+    };
+    let rules = Rules::new(
+        current.loaded.clone(),
+        current.material.clone(),
+        current.all_node_keys.clone(),
+        &suspended,
+    )?;
+    // Recorded before it applies: a cut acknowledged is a cut that
+    // survives a restart.
+    write_suspended(&shared.data_dir, &suspended)?;
+    apply(shared, rules, command, start).await
+}
+
+/// Applies `rules` as one step. Everything that can fail was built before
+/// this point, except the server config, which is built first here.
+async fn apply(
+    shared: &Arc<Shared>,
+    rules: Rules,
+    command: AdminCommand,
+    start: Instant,
+) -> Result<Applied, ControlError> {
+    let server = tls::server_config(
+        &rules.trust,
+        shared.cert_chain.clone(),
+        shared.key.clone_key(),
+        shared.token_key.clone(),
+    )
+        .map_err(NodeError::from)?;
+    // New handshakes from here on see the new CAs and CRLs. The server
+    // keeps no TLS sessions to resume (`tls::server_config`), so no
+    // handshake skips the check.
+    shared.endpoint.set_server_config(Some(server));
+    let rules = Arc::new(rules);
+    *shared.rules.write().unwrap_or_else(PoisonError::into_inner) = rules.clone();
+    let (_, mut actions) = shared.router.core(|core, _| {
+        core.set_node_keys(rules.node_keys.clone());
+        core.set_policy(rules.policy.clone());
+    });
+
+    let here = shared.nation;
+    let now = UnixTime::now();
+    let admits = |identity: &Identity,
+                  chain: &[CertificateDer<'static>],
+                  principal: Option<&Principal>|
+     -> Result<(), (String, &'static str)> {
+        let admitted = rules
+            .policy
+            .admit(here, identity)
+            .map_err(|refusal| (refusal.message, refusal.reason.code()))?;
+        if let (Some(before), crate::policy::Admission::Principal(now)) = (principal, admitted) {
+            if before != now {
+                return Err((
+                    format!("the network file's entry for {} changed; reconnect to work under it", now.name),
+                    Reason::PrincipalChanged.code(),
+                ));
+            }
+        }
+        rules
+            .trust
+            .identify_client(chain, now)
+            .map(|_| ())
+            .map_err(|err| (err.to_string(), Reason::CertificateRejected.code()))
+    };
+    let mut records = Vec::new();
+    let (sessions, links, closing_actions) = shared.router.close_unadmitted(here, admits, &mut records);
+    actions.extend(closing_actions);
+    let _ = shared.rules_changed.send_modify(|version| *version += 1);
+    shared.spawn_dialers(None);
+    for record in records {
+        shared.audit(record).await;
+    }
+    shared.carry_out(actions).await;
+
+    let mut closed: Vec<String> = sessions.into_iter().map(|s| s.principal).collect();
+    let mut purged = 0;
+    for link in links {
+        closed.push(format!("link to {}", link.peer));
+        match tokio::time::timeout(PURGE_WAIT, link.purged).await {
+            Ok(Ok(count)) => purged += count,
+            _ => warn!(peer = %link.peer, "the link's queue was not purged in time"),
+        }
+    }
+    let apply_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let suspended: Vec<String> = rules.policy.suspended().iter().map(Nation::to_string).collect();
+    let digest = rules.policy.digest();
+    info!(%command, apply_us, closed = closed.len(), purged, policy = %digest, "rules changed");
+    shared
+        .audit(
+            Record::new(Event::Admit, Verdict::Allow, Reason::PolicyChanged.code()).detail(format!(
+                "{command}: policy {digest}; cut out: {}; closed: {}; purged {purged} queued message(s); applied in {apply_us} µs",
+                if suspended.is_empty() { "none".to_owned() } else { suspended.join(", ") },
+                if closed.is_empty() { "none".to_owned() } else { closed.join(", ") },
+            )),
+        )
+        .await;
+    Ok(Applied {
+        node: here.to_string(),
+        command: command.to_string(),
+        apply_us,
+        policy_digest: digest,
+        closed,
+        purged,
+        suspended,
+    })
+}
+
+/// A principal's refusal of an admin command, for its session to audit
+/// and answer.
+pub(super) fn not_admin(principal: &Principal, command: &AdminCommand) -> (Record, String) {
+    let message = format!(
+        "{} may not run admin commands: only a principal with roles = [\"admin\"] may ({command} was asked)",
+        principal.name
+    );
+    (
+        Record::new(Event::Refuse, Verdict::Deny, Reason::NotAdmin.code())
+            .subject(&principal.name)
+            .detail(&message),
+        message,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cut_out_record_round_trips_and_a_broken_one_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = load_network(Path::new(crate::config::DEFAULT_NETWORK_FILE)).unwrap();
+        let usa = Nation::parse("USA").unwrap();
+        assert!(read_suspended(dir.path(), &policy).unwrap().is_empty());
+        write_suspended(dir.path(), &BTreeSet::from([usa])).unwrap();
+        assert_eq!(read_suspended(dir.path(), &policy).unwrap(), BTreeSet::from([usa]));
+        std::fs::write(dir.path().join(CUT_OUT_FILE), "{\"cut_out\": [\"USA\"").unwrap();
+        let err = read_suspended(dir.path(), &policy).unwrap_err().to_string();
+        assert!(err.contains(CUT_OUT_FILE) && err.contains("cut_out"), "{err}");
+    }
+}
