@@ -84,7 +84,10 @@ pub enum PkiError {
         path: PathBuf,
     },
     /// A certificate file is not the one its place in the layout says.
-    #[error("{path} does not hold the certificate of {identity}: {cause}; run `entente certs init --force` to reissue the PKI")]
+    #[error(
+        "{path} does not hold the certificate of {identity}: {cause}; check the name and nation \
+         (if the file is damaged, `entente certs init --force` reissues the whole PKI)"
+    )]
     CertMismatch {
         /// The identity whose certificate this file should be.
         identity: Identity,
@@ -93,6 +96,10 @@ pub enum PkiError {
         /// What is wrong with it.
         cause: String,
     },
+    /// The name cannot be an identity's: it would not survive in a
+    /// certificate's SAN URI, and could name a file outside its nation's folder.
+    #[error("`{0}` is not a valid principal name: it must be non-empty and contain no `/`")]
+    InvalidName(String),
     /// A nation's CRL file exists but cannot be used.
     #[error(
         "{path} is not a usable CRL: {cause}; restore it from a backup, or remove it \
@@ -598,6 +605,13 @@ pub struct Revocation {
 /// re-signs the CRL with the nation's CA. Nodes apply it when they next
 /// load their trust material.
 pub fn revoke(layout: &PkiLayout, identity: &Identity) -> Result<Revocation, PkiError> {
+    if Identity::from_uri(&identity.uri()).as_ref() != Some(identity) {
+        let name = match identity {
+            Identity::Principal { name, .. } => name.clone(),
+            Identity::Node(nation) => nation.to_string(),
+        };
+        return Err(PkiError::InvalidName(name));
+    }
     let nation = identity.nation();
     let (cert_path, _) = layout.cert_and_key(identity);
     if !cert_path.exists() {
@@ -1094,6 +1108,10 @@ clearance = "SECRET"
             "{err:?}"
         );
         assert!(err.to_string().contains("entente certs init"), "{err}");
+        assert!(matches!(
+            revoke(&layout, &principal("GBR", "../FRA/fra.analyst")),
+            Err(PkiError::InvalidName(_))
+        ));
         // A principal of another nation is not found under this one.
         assert!(matches!(
             revoke(&layout, &principal("FRA", "gbr.analyst")),
