@@ -328,6 +328,29 @@ enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Revoke one node or principal certificate: add it to its nation's
+    /// CRL (<certs>/<NATION>/ca.crl), signed by the nation's CA.
+    #[command(
+        group(clap::ArgGroup::new("whose").required(true).args(["principal", "node"])),
+        after_help = "Examples:
+  entente certs revoke --nation GBR --principal gbr.analyst
+  entente certs revoke --nation FRA --node --certs /tmp/pki
+  openssl crl -in certs/GBR/ca.crl -CAfile certs/GBR/ca.crt -noout -text"
+    )]
+    Revoke {
+        /// The nation whose CA issued the certificate, such as GBR.
+        #[arg(long)]
+        nation: String,
+        /// Revoke this principal's certificate; it must be one of the nation's.
+        #[arg(long)]
+        principal: Option<String>,
+        /// Revoke the nation's node certificate.
+        #[arg(long)]
+        node: bool,
+        /// Folder holding the PKI.
+        #[arg(long, default_value = DEFAULT_CERTS_DIR)]
+        certs: PathBuf,
+    },
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -496,6 +519,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         }) => cmd_bench_throughput(hops, size, duration, subscribers, hostile, json),
         Command::Certs(CertsCommand::Init { network, out, force }) => cmd_certs_init(network, out, force),
+        Command::Certs(CertsCommand::Revoke {
+            nation,
+            principal,
+            node: _,
+            certs,
+        }) => cmd_certs_revoke(&nation, principal, certs),
         Command::Explain {
             marking,
             to,
@@ -678,6 +707,30 @@ fn cmd_certs_init(network: PathBuf, out: PathBuf, force: bool) -> anyhow::Result
         summary.nodes,
         summary.principals,
         out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_certs_revoke(nation: &str, principal: Option<String>, certs: PathBuf) -> anyhow::Result<ExitCode> {
+    let nation =
+        Nation::parse(nation).with_context(|| format!("`{nation}` is not a nation code such as GBR"))?;
+    // clap lets through exactly one of --principal and --node.
+    let identity = match principal {
+        Some(name) => entente::identity::Identity::Principal { nation, name },
+        None => entente::identity::Identity::Node(nation),
+    };
+    let revocation = pki::revoke(&PkiLayout::new(&certs), &identity)?;
+    let done = if revocation.already_revoked {
+        "already revoked"
+    } else {
+        "revoked"
+    };
+    println!(
+        "{done} {identity}, serial {}; {} now lists {} certificate(s). \
+         Running nodes apply it on reload: entente admin reload --nation {nation}",
+        revocation.serial,
+        revocation.crl.display(),
+        revocation.listed
     );
     Ok(ExitCode::SUCCESS)
 }
