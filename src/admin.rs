@@ -277,7 +277,11 @@ pub fn admin_targets(
         return Err(AdminError::NoCredentials {
             certs: layout.root().display().to_string(),
             which: match nations {
-                Some(nations) => nations.iter().map(Nation::to_string).collect::<Vec<_>>().join(", "),
+                Some(nations) => nations
+                    .iter()
+                    .map(Nation::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 None => "any node".to_owned(),
             },
         });
@@ -309,7 +313,8 @@ pub async fn run_on_nodes(
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for (index, target) in targets.iter().enumerate() {
-        let options = ClientOptions::for_principal(&target.principal, Some(policy), layout, &Overrides::default());
+        let options =
+            ClientOptions::for_principal(&target.principal, Some(policy), layout, &Overrides::default());
         let command = command.clone();
         let nation = target.nation;
         tasks.spawn(async move {
@@ -328,7 +333,14 @@ pub async fn run_on_nodes(
                 Ok(Err(err)) => Err(err),
                 Err(_) => Err(AdminError::Timeout(timeout)),
             };
-            (index, NodeAnswer { nation, reply, elapsed })
+            (
+                index,
+                NodeAnswer {
+                    nation,
+                    reply,
+                    elapsed,
+                },
+            )
         });
     }
     let mut answers: Vec<Option<NodeAnswer>> = (0..targets.len()).map(|_| None).collect();

@@ -9,10 +9,10 @@
 //! for, and the log stays readable.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;

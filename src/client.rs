@@ -399,10 +399,15 @@ impl Client {
 
     /// Runs an admin command on the node, which must be this principal's
     /// own nation's, as an admin principal; waits for it to be applied.
-    pub async fn admin(&self, command: crate::admin::AdminCommand) -> Result<crate::admin::AdminReply, ClientError> {
+    pub async fn admin(
+        &self,
+        command: crate::admin::AdminCommand,
+    ) -> Result<crate::admin::AdminReply, ClientError> {
         match self.request(|request| Frame::Admin { request, command }).await? {
             Frame::AdminReply { reply, .. } => Ok(reply),
-            other => Err(ClientError::Protocol(format!("expected AdminReply, got {other:?}"))),
+            other => Err(ClientError::Protocol(format!(
+                "expected AdminReply, got {other:?}"
+            ))),
         }
     }
 

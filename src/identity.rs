@@ -101,6 +101,9 @@ pub enum IdentityError {
         /// Why the chain did not verify.
         cause: String,
     },
+    /// The chain verifies, but the nation's CRL lists the certificate.
+    #[error("the certificate of {0} has been revoked: {nation}'s CRL lists it", nation = .0.nation())]
+    Revoked(Identity),
     /// A nation's CA could not be made into a verifier.
     #[error("cannot build the trust store for {nation}: {cause}")]
     TrustStore {
@@ -229,10 +232,7 @@ impl TrustStore {
         trust
             .client
             .verify_client_cert(&chain[0], &chain[1..], now)
-            .map_err(|err| IdentityError::WrongAnchor {
-                claimed: claimed.clone(),
-                cause: err.to_string(),
-            })?;
+            .map_err(|err| refusal(&claimed, err))?;
         Ok(claimed)
     }
 
@@ -248,11 +248,22 @@ impl TrustStore {
         trust
             .server
             .verify_server_cert(&chain[0], &chain[1..], server_name, &[], now)
-            .map_err(|err| IdentityError::WrongAnchor {
-                claimed: claimed.clone(),
-                cause: err.to_string(),
-            })?;
+            .map_err(|err| refusal(&claimed, err))?;
         Ok(claimed)
+    }
+}
+
+/// Why rustls refused a chain, keeping a revocation apart from a chain
+/// that does not reach the nation's CA: an operator acts on each differently.
+fn refusal(claimed: &Identity, err: rustls::Error) -> IdentityError {
+    match err {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked) => {
+            IdentityError::Revoked(claimed.clone())
+        }
+        err => IdentityError::WrongAnchor {
+            claimed: claimed.clone(),
+            cause: err.to_string(),
+        },
     }
 }
 

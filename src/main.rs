@@ -421,6 +421,29 @@ enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Revoke one node or principal certificate: add it to its nation's
+    /// CRL (<certs>/<NATION>/ca.crl), signed by the nation's CA.
+    #[command(
+        group(clap::ArgGroup::new("whose").required(true).args(["principal", "node"])),
+        after_help = "Examples:
+  entente certs revoke --nation GBR --principal gbr.analyst
+  entente certs revoke --nation FRA --node --certs /tmp/pki
+  openssl crl -in certs/GBR/ca.crl -CAfile certs/GBR/ca.crt -noout -text"
+    )]
+    Revoke {
+        /// The nation whose CA issued the certificate, such as GBR.
+        #[arg(long)]
+        nation: String,
+        /// Revoke this principal's certificate; it must be one of the nation's.
+        #[arg(long)]
+        principal: Option<String>,
+        /// Revoke the nation's node certificate.
+        #[arg(long)]
+        node: bool,
+        /// Folder holding the PKI.
+        #[arg(long, default_value = DEFAULT_CERTS_DIR)]
+        certs: PathBuf,
+    },
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -616,14 +639,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         }) => cmd_bench_throughput(hops, size, duration, subscribers, hostile, json),
         Command::Certs(CertsCommand::Init { network, out, force }) => cmd_certs_init(network, out, force),
-        Command::Admin(AdminCli::Status { nodes, admin }) => cmd_admin(admin, Some(nodes), AdminCommand::Status),
-        Command::Admin(AdminCli::Reload { nodes, admin }) => cmd_admin(admin, Some(nodes), AdminCommand::Reload),
+        Command::Admin(AdminCli::Status { nodes, admin }) => {
+            cmd_admin(admin, Some(nodes), AdminCommand::Status)
+        }
+        Command::Admin(AdminCli::Reload { nodes, admin }) => {
+            cmd_admin(admin, Some(nodes), AdminCommand::Reload)
+        }
         Command::Admin(AdminCli::Cut { nation, admin }) => {
             cmd_admin(admin, None, AdminCommand::Cut(parse_nation(&nation)?))
         }
         Command::Admin(AdminCli::Restore { nation, admin }) => {
             cmd_admin(admin, None, AdminCommand::Restore(parse_nation(&nation)?))
         }
+        Command::Certs(CertsCommand::Revoke {
+            nation,
+            principal,
+            node: _,
+            certs,
+        }) => cmd_certs_revoke(&nation, principal, certs),
         Command::Explain {
             marking,
             to,
@@ -815,6 +848,30 @@ fn cmd_certs_init(network: PathBuf, out: PathBuf, force: bool) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
+fn cmd_certs_revoke(nation: &str, principal: Option<String>, certs: PathBuf) -> anyhow::Result<ExitCode> {
+    let nation =
+        Nation::parse(nation).with_context(|| format!("`{nation}` is not a nation code such as GBR"))?;
+    // clap lets through exactly one of --principal and --node.
+    let identity = match principal {
+        Some(name) => entente::identity::Identity::Principal { nation, name },
+        None => entente::identity::Identity::Node(nation),
+    };
+    let revocation = pki::revoke(&PkiLayout::new(&certs), &identity)?;
+    let done = if revocation.already_revoked {
+        "already revoked"
+    } else {
+        "revoked"
+    };
+    println!(
+        "{done} {identity}, serial {}; {} now lists {} certificate(s). \
+         Running nodes apply it on reload: entente admin reload --nation {nation}",
+        revocation.serial,
+        revocation.crl.display(),
+        revocation.listed
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn cmd_explain(
     marking: String,
     to: Option<String>,
@@ -887,7 +944,13 @@ fn cmd_admin(args: AdminArgs, nodes: Option<AdminNodes>, command: AdminCommand) 
             targets.retain(|target| target.nation != cut);
         }
     }
-    let answers = runtime()?.block_on(admin::run_on_nodes(&policy, &layout, &targets, &command, args.timeout));
+    let answers = runtime()?.block_on(admin::run_on_nodes(
+        &policy,
+        &layout,
+        &targets,
+        &command,
+        args.timeout,
+    ));
     let total = answers.iter().map(|a| a.elapsed).max().unwrap_or_default();
     let failed: Vec<String> = answers
         .iter()
@@ -903,8 +966,12 @@ fn cmd_admin(args: AdminArgs, nodes: Option<AdminNodes>, command: AdminCommand) 
                     "elapsed_us": answer.elapsed.as_micros() as u64,
                 });
                 match &answer.reply {
-                    Ok(AdminReply::Status(status)) => value["status"] = serde_json::to_value(status).unwrap_or_default(),
-                    Ok(AdminReply::Applied(applied)) => value["applied"] = serde_json::to_value(applied).unwrap_or_default(),
+                    Ok(AdminReply::Status(status)) => {
+                        value["status"] = serde_json::to_value(status).unwrap_or_default()
+                    }
+                    Ok(AdminReply::Applied(applied)) => {
+                        value["applied"] = serde_json::to_value(applied).unwrap_or_default()
+                    }
                     Err(err) => value["error"] = err.to_string().into(),
                 }
                 value
@@ -916,7 +983,10 @@ fn cmd_admin(args: AdminArgs, nodes: Option<AdminNodes>, command: AdminCommand) 
             "failed": failed,
             "nodes": nodes,
         });
-        println!("{}", serde_json::to_string_pretty(&report).context("encoding JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("encoding JSON")?
+        );
     } else {
         print_admin_answers(&command, &answers, total);
     }
@@ -969,6 +1039,9 @@ fn print_admin_answers(command: &AdminCommand, answers: &[admin::NodeAnswer], to
         );
     }
     if digests.len() > 1 {
-        println!("warning: the nodes run {} different policies (digests differ)", digests.len());
+        println!(
+            "warning: the nodes run {} different policies (digests differ)",
+            digests.len()
+        );
     }
 }

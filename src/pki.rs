@@ -7,21 +7,25 @@
 //! <NATION>/ca.crt  <NATION>/ca.key          the nation's CA
 //! <NATION>/node.crt  <NATION>/node.key      the nation's node
 //! <NATION>/<principal>.crt  .key            each principal of the nation
+//! <NATION>/ca.crl                           certificates the CA revoked
 //! ```
 //! All keys are Ed25519; the node key also signs envelopes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, KeyPair, KeyUsagePurpose, SanType, PKCS_ED25519,
+    BasicConstraints, Certificate, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
+    RevokedCertParams, SanType, SerialNumber, PKCS_ED25519,
 };
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use time::{Duration, OffsetDateTime};
+use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::identity::{Identity, IdentityError, TrustStore};
 use crate::label::Nation;
@@ -32,6 +36,10 @@ pub const DEFAULT_CERTS_DIR: &str = "certs";
 
 const CA_VALIDITY_DAYS: i64 = 10 * 365;
 const LEAF_VALIDITY_DAYS: i64 = 2 * 365;
+/// How long a CRL says it stays current. Verifiers here do not enforce it
+/// (rustls ignores `next_update` unless asked), so it is advisory: a
+/// nation re-signs its CRL whenever it revokes.
+const CRL_VALIDITY_DAYS: i64 = 30;
 
 /// Why a PKI could not be generated, written or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +69,46 @@ pub enum PkiError {
         /// What was being generated, such as `the GBR CA`.
         what: String,
         /// rcgen's error.
+        cause: String,
+    },
+    /// The certificate file of the identity to revoke does not exist.
+    #[error(
+        "no certificate for {identity}: {} does not exist; check the name and nation \
+         (`entente certs init` creates a certificate for every node and principal of the network)",
+        path.display()
+    )]
+    MissingCert {
+        /// The identity whose certificate was looked for.
+        identity: Identity,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// A certificate file is not the one its place in the layout says.
+    #[error(
+        "{path} does not hold the certificate of {identity}: {cause}; check the name and nation \
+         (if the file is damaged, `entente certs init --force` reissues the whole PKI)"
+    )]
+    CertMismatch {
+        /// The identity whose certificate this file should be.
+        identity: Identity,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        cause: String,
+    },
+    /// The name cannot be an identity's: it would not survive in a
+    /// certificate's SAN URI, and could name a file outside its nation's folder.
+    #[error("`{0}` is not a valid principal name: it must be non-empty and contain no `/`")]
+    InvalidName(String),
+    /// A nation's CRL file exists but cannot be used.
+    #[error(
+        "{path} is not a usable CRL: {cause}; restore it from a backup, or remove it \
+         (removing it un-revokes every certificate it listed; revoke them again)"
+    )]
+    Crl {
+        /// The CRL file.
+        path: PathBuf,
+        /// Why it cannot be used.
         cause: String,
     },
     /// The CA certificates could not be made into a trust store.
@@ -98,6 +146,11 @@ impl PkiLayout {
     /// A nation's CA private key file.
     pub fn ca_key(&self, nation: Nation) -> PathBuf {
         self.nation_dir(nation).join("ca.key")
+    }
+
+    /// A nation's certificate revocation list (PEM), signed by its CA.
+    pub fn crl(&self, nation: Nation) -> PathBuf {
+        self.nation_dir(nation).join("ca.crl")
     }
 
     /// The certificate and key files of a node or principal.
@@ -169,6 +222,35 @@ impl NationalCa {
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         validity(&mut params, CA_VALIDITY_DAYS);
         let cert = params.self_signed(&key).map_err(generation_error(&what))?;
+        Ok(NationalCa { nation, cert, key })
+    }
+
+    /// A nation's CA as [`generate`] wrote it, read back from `layout` so it
+    /// can sign again. The issuer name and key are the original's, so what
+    /// it signs (CRLs) verifies against the CA certificate nodes trust.
+    pub fn load(layout: &PkiLayout, nation: Nation) -> Result<NationalCa, PkiError> {
+        let cert_path = layout.ca_cert(nation);
+        let key_path = layout.ca_key(nation);
+        let cert_pem = read_text(&cert_path)?;
+        let key_pem = read_text(&key_path)?;
+        let params =
+            CertificateParams::from_ca_cert_pem(&cert_pem).map_err(|err| read_error(&cert_path, err))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|err| read_error(&key_path, err))?;
+        let original = read_cert(&cert_path)?;
+        let (_, parsed) =
+            X509Certificate::from_der(original.as_ref()).map_err(|err| read_error(&cert_path, err))?;
+        // With another key, the CRLs it signs would fail verification, and
+        // rustls then refuses every identity of the nation, not just the
+        // revoked ones.
+        if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(PkiError::Read {
+                path: key_path,
+                cause: format!("it is not the key of {}", cert_path.display()),
+            });
+        }
+        let cert = params
+            .self_signed(&key)
+            .map_err(generation_error(format!("the {nation} CA")))?;
         Ok(NationalCa { nation, cert, key })
     }
 
@@ -289,6 +371,22 @@ pub fn generate(policy: &Policy, layout: &PkiLayout, force: bool) -> Result<Gene
     for (path, contents, secret) in &files {
         write_file(path, contents, *secret)?;
     }
+    // A CRL left from a replaced CA carries the same issuer name but the
+    // old key: rustls would match it to the new CA, fail its signature and
+    // refuse every identity of the nation. Its serials are of replaced
+    // certificates, so dropping it revokes nothing still in use.
+    for &nation in policy.nations().keys() {
+        let crl = layout.crl(nation);
+        match std::fs::remove_file(&crl) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(PkiError::Write {
+                    path: crl,
+                    cause: err,
+                })
+            }
+            _ => {}
+        }
+    }
     Ok(summary)
 }
 
@@ -366,23 +464,27 @@ pub fn read_cas(
 }
 
 /// The trust store of a network: every nation's CA, each trusted only for
-/// its own nation's identities.
+/// its own nation's identities, and every nation's CRL.
 pub fn load_trust_store(policy: &Policy, layout: &PkiLayout) -> Result<TrustStore, PkiError> {
-    Ok(TrustStore::new(&read_cas(policy, layout)?, &[])?)
+    Ok(read_trust_material(policy, layout)?.trust_store(&BTreeSet::new())?)
 }
 
-/// What a node trusts, as read from disk (placeholder until CRLs land).
+/// What a node trusts, as read from disk: each nation's CA and the CRLs
+/// that nations have published. Kept apart from [`TrustStore`] so that a
+/// node can rebuild its store without a cut-out nation's CA without
+/// reading the files again.
 #[derive(Debug, Clone)]
 pub struct TrustMaterial {
     /// Each nation's CA certificate.
     pub cas: BTreeMap<Nation, CertificateDer<'static>>,
     /// The CRL of each nation that has one, each verified against its CA.
-    pub crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
 }
 
 impl TrustMaterial {
-    /// The trust store of every CA except those of the `excluding` nations.
-    pub fn trust_store(&self, excluding: &std::collections::BTreeSet<Nation>) -> Result<TrustStore, IdentityError> {
+    /// The trust store of every CA except those of the `excluding` nations,
+    /// whose identities it then refuses as [`IdentityError::UnknownNation`].
+    pub fn trust_store(&self, excluding: &BTreeSet<Nation>) -> Result<TrustStore, IdentityError> {
         let cas: BTreeMap<Nation, CertificateDer<'static>> = self
             .cas
             .iter()
@@ -393,9 +495,238 @@ impl TrustMaterial {
     }
 }
 
-/// Every nation's CA certificate (placeholder until CRLs land).
+/// Every nation's CA certificate, and the CRL of every nation that has one.
+/// A CRL file that exists must parse and be signed by its nation's CA:
+/// rustls would otherwise refuse every identity of that nation.
 pub fn read_trust_material(policy: &Policy, layout: &PkiLayout) -> Result<TrustMaterial, PkiError> {
-    Ok(TrustMaterial { cas: read_cas(policy, layout)?, crls: Vec::new() })
+    let cas = read_cas(policy, layout)?;
+    let mut crls = Vec::new();
+    for (&nation, ca) in &cas {
+        if let Some(crl) = read_crl(layout, nation, ca)? {
+            crls.push(crl.der);
+        }
+    }
+    Ok(TrustMaterial { cas, crls })
+}
+
+/// A nation's CRL as read from disk, with what [`revoke`] carries over.
+struct ExistingCrl {
+    der: CertificateRevocationListDer<'static>,
+    number: u64,
+    revoked: Vec<RevokedCertParams>,
+}
+
+/// A nation's CRL, `None` if it has none; checked to be a CRL that `ca`
+/// signed.
+fn read_crl(
+    layout: &PkiLayout,
+    nation: Nation,
+    ca: &CertificateDer<'_>,
+) -> Result<Option<ExistingCrl>, PkiError> {
+    let path = layout.crl(nation);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let error = |cause: String| PkiError::Crl {
+        path: path.clone(),
+        cause,
+    };
+    let der = CertificateRevocationListDer::from_pem_file(&path).map_err(|err| error(err.to_string()))?;
+    let (rest, crl) =
+        CertificateRevocationList::from_der(der.as_ref()).map_err(|err| error(err.to_string()))?;
+    if !rest.is_empty() {
+        return Err(error("trailing bytes after the CRL".to_owned()));
+    }
+    let (_, ca) = X509Certificate::from_der(ca.as_ref()).map_err(|err| error(err.to_string()))?;
+    crl.verify_signature(ca.public_key())
+        .map_err(|err| error(format!("it is not signed by the {nation} CA ({err})")))?;
+    let number = match crl.crl_number() {
+        Some(number) => {
+            be_u64(&number.to_bytes_be()).ok_or_else(|| error("its CRL number is too large".to_owned()))?
+        }
+        None => 0,
+    };
+    let revoked = crl
+        .iter_revoked_certificates()
+        .map(|entry| RevokedCertParams {
+            serial_number: SerialNumber::from_slice(&entry.serial().to_bytes_be()),
+            revocation_time: entry.revocation_date.to_datetime(),
+            reason_code: entry
+                .reason_code()
+                .and_then(|(_, code)| revocation_reason(code.0)),
+            invalidity_date: entry.invalidity_date().map(|(_, date)| date.to_datetime()),
+        })
+        .collect();
+    Ok(Some(ExistingCrl { der, number, revoked }))
+}
+
+fn be_u64(bytes: &[u8]) -> Option<u64> {
+    let significant = bytes.iter().skip_while(|&&b| b == 0).count();
+    if significant > 8 {
+        return None;
+    }
+    Some(bytes.iter().fold(0u64, |n, &b| (n << 8) | u64::from(b)))
+}
+
+/// rcgen's reason for an RFC 5280 reason code, so that re-signing a CRL
+/// keeps the reason each earlier entry was given.
+fn revocation_reason(code: u8) -> Option<RevocationReason> {
+    Some(match code {
+        0 => RevocationReason::Unspecified,
+        1 => RevocationReason::KeyCompromise,
+        2 => RevocationReason::CaCompromise,
+        3 => RevocationReason::AffiliationChanged,
+        4 => RevocationReason::Superseded,
+        5 => RevocationReason::CessationOfOperation,
+        6 => RevocationReason::CertificateHold,
+        8 => RevocationReason::RemoveFromCrl,
+        9 => RevocationReason::PrivilegeWithdrawn,
+        10 => RevocationReason::AaCompromise,
+        _ => return None,
+    })
+}
+
+/// What [`revoke`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// The nation's CRL file, now listing the certificate.
+    pub crl: PathBuf,
+    /// The revoked certificate's serial number, in lowercase hex.
+    pub serial: String,
+    /// How many certificates the CRL now lists.
+    pub listed: usize,
+    /// Whether the CRL already listed this certificate (it was re-signed
+    /// unchanged but for its dates and number).
+    pub already_revoked: bool,
+}
+
+/// Revokes the certificate that `layout` holds for `identity`: adds its
+/// serial to its nation's CRL, keeping every serial already listed, and
+/// re-signs the CRL with the nation's CA. Nodes apply it when they next
+/// load their trust material.
+pub fn revoke(layout: &PkiLayout, identity: &Identity) -> Result<Revocation, PkiError> {
+    if Identity::from_uri(&identity.uri()).as_ref() != Some(identity) {
+        let name = match identity {
+            Identity::Principal { name, .. } => name.clone(),
+            Identity::Node(nation) => nation.to_string(),
+        };
+        return Err(PkiError::InvalidName(name));
+    }
+    let nation = identity.nation();
+    let (cert_path, _) = layout.cert_and_key(identity);
+    if !cert_path.exists() {
+        return Err(PkiError::MissingCert {
+            identity: identity.clone(),
+            path: cert_path,
+        });
+    }
+    let cert = read_cert(&cert_path)?;
+    let mismatch = |cause: String| PkiError::CertMismatch {
+        identity: identity.clone(),
+        path: cert_path.clone(),
+        cause,
+    };
+    // The serial alone names nothing: make sure it is this identity's
+    // certificate, from this nation's CA, before revoking it.
+    let claimed = crate::identity::claimed_identity(&cert).map_err(|err| mismatch(err.to_string()))?;
+    if &claimed != identity {
+        return Err(mismatch(format!("it is the certificate of {claimed}")));
+    }
+    let ca_path = layout.ca_cert(nation);
+    let ca_der = read_cert(&ca_path)?;
+    let (_, parsed) = X509Certificate::from_der(cert.as_ref()).map_err(|err| mismatch(err.to_string()))?;
+    let (_, ca_parsed) =
+        X509Certificate::from_der(ca_der.as_ref()).map_err(|err| read_error(&ca_path, err))?;
+    parsed
+        .verify_signature(Some(ca_parsed.public_key()))
+        .map_err(|err| {
+            mismatch(format!(
+                "it was not issued by the {nation} CA in {} ({err})",
+                ca_path.display()
+            ))
+        })?;
+    let serial = parsed.serial.to_bytes_be();
+
+    let ca = NationalCa::load(layout, nation)?;
+    let existing = read_crl(layout, nation, &ca_der)?;
+    let (number, mut revoked) = match existing {
+        Some(crl) => (crl.number, crl.revoked),
+        None => (0, Vec::new()),
+    };
+    let already_revoked = revoked
+        .iter()
+        .any(|entry| entry.serial_number.as_ref() == serial.as_slice());
+    let now = OffsetDateTime::now_utc();
+    if !already_revoked {
+        revoked.push(RevokedCertParams {
+            serial_number: SerialNumber::from_slice(&serial),
+            revocation_time: now,
+            // The command does not ask why; rcgen omits an unspecified
+            // reason, as RFC 5280 asks.
+            reason_code: Some(RevocationReason::Unspecified),
+            invalidity_date: None,
+        });
+    }
+    let crl_path = layout.crl(nation);
+    let what = format!("the {nation} CRL");
+    let next_number = number.checked_add(1).ok_or_else(|| PkiError::Crl {
+        path: crl_path.clone(),
+        cause: "its CRL number cannot grow any further".to_owned(),
+    })?;
+    let listed = revoked.len();
+    let params = CertificateRevocationListParams {
+        this_update: now,
+        next_update: now + Duration::days(CRL_VALIDITY_DAYS),
+        crl_number: SerialNumber::from(next_number),
+        issuing_distribution_point: None,
+        revoked_certs: revoked,
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    let crl = params
+        .signed_by(&ca.cert, &ca.key)
+        .map_err(generation_error(&what))?;
+    let pem = crl.pem().map_err(generation_error(&what))?;
+    write_atomically(&crl_path, &pem)?;
+    Ok(Revocation {
+        crl: crl_path,
+        serial: serial.iter().map(|b| format!("{b:02x}")).collect(),
+        listed,
+        already_revoked,
+    })
+}
+
+/// Replaces a public (0644) file so that a reader sees the old contents or
+/// the new, never a half-written file: a node reloading its CRL mid-write
+/// would otherwise fail to parse it.
+fn write_atomically(path: &Path, contents: &str) -> Result<(), PkiError> {
+    let error = |cause| PkiError::Write {
+        path: path.to_owned(),
+        cause,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(error)?;
+    file.write_all(contents.as_bytes()).map_err(error)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(error)?;
+    }
+    file.as_file().sync_all().map_err(error)?;
+    file.persist(path).map_err(|err| error(err.error))?;
+    Ok(())
+}
+
+fn read_text(path: &Path) -> Result<String, PkiError> {
+    std::fs::read_to_string(path).map_err(|err| read_error(path, err))
+}
+
+fn read_error(path: &Path, cause: impl std::fmt::Display) -> PkiError {
+    PkiError::Read {
+        path: path.to_owned(),
+        cause: cause.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -572,5 +903,239 @@ mod tests {
         assert_eq!(std::fs::read(layout.ca_key(nation("GBR"))).unwrap(), before);
         generate(&policy, &layout, true).unwrap();
         assert_ne!(std::fs::read(layout.ca_key(nation("GBR"))).unwrap(), before);
+    }
+
+    const TWO_NATIONS: &str = r#"
+[nations.GBR]
+address = "127.0.0.1:7401"
+peers = ["FRA"]
+
+[nations.FRA]
+address = "127.0.0.1:7402"
+peers = ["GBR"]
+
+[[principals]]
+name = "gbr.analyst"
+nation = "GBR"
+clearance = "SECRET"
+
+[[principals]]
+name = "gbr.sigint"
+nation = "GBR"
+clearance = "SECRET"
+
+[[principals]]
+name = "fra.analyst"
+nation = "FRA"
+clearance = "SECRET"
+"#;
+
+    /// A GBR + FRA PKI generated on disk, as `entente certs init` writes it.
+    fn on_disk() -> (tempfile::TempDir, Policy, PkiLayout) {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = crate::config::parse_network(TWO_NATIONS, Path::new("net.toml")).unwrap();
+        let layout = PkiLayout::new(dir.path());
+        generate(&policy, &layout, false).unwrap();
+        (dir, policy, layout)
+    }
+
+    fn chain(layout: &PkiLayout, identity: &Identity) -> [CertificateDer<'static>; 1] {
+        [read_cert(&layout.cert_and_key(identity).0).unwrap()]
+    }
+
+    fn client(
+        store: &TrustStore,
+        layout: &PkiLayout,
+        identity: &Identity,
+    ) -> Result<Identity, IdentityError> {
+        store.identify_client(&chain(layout, identity), UnixTime::now())
+    }
+
+    #[test]
+    fn a_revoked_principal_is_refused_and_its_neighbour_is_not() {
+        let (_dir, policy, layout) = on_disk();
+        let analyst = principal("GBR", "gbr.analyst");
+        let sigint = principal("GBR", "gbr.sigint");
+        let revocation = revoke(&layout, &analyst).unwrap();
+        assert_eq!(revocation.crl, layout.crl(nation("GBR")));
+        assert_eq!(revocation.listed, 1);
+        assert!(!revocation.already_revoked);
+        let store = load_trust_store(&policy, &layout).unwrap();
+        let refused = client(&store, &layout, &analyst).unwrap_err();
+        assert_eq!(refused, IdentityError::Revoked(analyst));
+        assert!(refused.to_string().contains("revoked"), "{refused}");
+        assert_eq!(client(&store, &layout, &sigint), Ok(sigint));
+    }
+
+    #[test]
+    fn the_crl_verifies_against_the_original_ca_certificate() {
+        let (_dir, _policy, layout) = on_disk();
+        revoke(&layout, &principal("GBR", "gbr.analyst")).unwrap();
+        let pem = std::fs::read_to_string(layout.crl(nation("GBR"))).unwrap();
+        assert!(pem.starts_with("-----BEGIN X509 CRL-----"), "{pem}");
+        let ca = read_cert(&layout.ca_cert(nation("GBR"))).unwrap();
+        let crl = read_crl(&layout, nation("GBR"), &ca).unwrap().unwrap();
+        assert_eq!(crl.number, 1);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(layout.crl(nation("GBR")))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o644);
+        }
+    }
+
+    #[test]
+    fn revoking_again_keeps_every_serial() {
+        let (_dir, policy, layout) = on_disk();
+        let analyst = principal("GBR", "gbr.analyst");
+        let sigint = principal("GBR", "gbr.sigint");
+        let first = revoke(&layout, &analyst).unwrap();
+        let second = revoke(&layout, &sigint).unwrap();
+        assert_eq!(second.listed, 2);
+        assert_ne!(first.serial, second.serial);
+        let again = revoke(&layout, &analyst).unwrap();
+        assert!(again.already_revoked);
+        assert_eq!(again.listed, 2);
+        assert_eq!(again.serial, first.serial);
+        let ca = read_cert(&layout.ca_cert(nation("GBR"))).unwrap();
+        assert_eq!(read_crl(&layout, nation("GBR"), &ca).unwrap().unwrap().number, 3);
+        let store = load_trust_store(&policy, &layout).unwrap();
+        assert_eq!(
+            client(&store, &layout, &analyst),
+            Err(IdentityError::Revoked(analyst))
+        );
+        assert_eq!(
+            client(&store, &layout, &sigint),
+            Err(IdentityError::Revoked(sigint))
+        );
+        let node = Identity::Node(nation("GBR"));
+        assert_eq!(client(&store, &layout, &node), Ok(node));
+    }
+
+    #[test]
+    fn a_node_certificate_can_be_revoked() {
+        let (_dir, policy, layout) = on_disk();
+        let node = Identity::Node(nation("GBR"));
+        revoke(&layout, &node).unwrap();
+        let store = load_trust_store(&policy, &layout).unwrap();
+        assert_eq!(
+            client(&store, &layout, &node),
+            Err(IdentityError::Revoked(node.clone()))
+        );
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        assert_eq!(
+            store.identify_server(&chain(&layout, &node), &name, UnixTime::now()),
+            Err(IdentityError::Revoked(node))
+        );
+    }
+
+    #[test]
+    fn a_crl_of_one_nation_does_not_touch_another() {
+        let (_dir, policy, layout) = on_disk();
+        revoke(&layout, &principal("GBR", "gbr.analyst")).unwrap();
+        revoke(&layout, &Identity::Node(nation("GBR"))).unwrap();
+        let store = load_trust_store(&policy, &layout).unwrap();
+        let fra = principal("FRA", "fra.analyst");
+        assert_eq!(client(&store, &layout, &fra), Ok(fra));
+        let node = Identity::Node(nation("FRA"));
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        assert_eq!(
+            store.identify_server(&chain(&layout, &node), &name, UnixTime::now()),
+            Ok(node)
+        );
+    }
+
+    #[test]
+    fn an_excluded_nation_is_unknown() {
+        let (_dir, policy, layout) = on_disk();
+        let material = read_trust_material(&policy, &layout).unwrap();
+        let store = material.trust_store(&BTreeSet::from([nation("FRA")])).unwrap();
+        let fra = principal("FRA", "fra.analyst");
+        assert_eq!(
+            client(&store, &layout, &fra),
+            Err(IdentityError::UnknownNation(fra))
+        );
+        let gbr = principal("GBR", "gbr.analyst");
+        assert_eq!(client(&store, &layout, &gbr), Ok(gbr));
+    }
+
+    #[test]
+    fn a_corrupt_crl_is_named() {
+        let (_dir, policy, layout) = on_disk();
+        let path = layout.crl(nation("FRA"));
+        std::fs::write(&path, "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n").unwrap();
+        let err = read_trust_material(&policy, &layout).unwrap_err();
+        assert!(
+            matches!(&err, PkiError::Crl { path: p, .. } if *p == path),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+        std::fs::write(&path, "not PEM at all").unwrap();
+        let err = read_trust_material(&policy, &layout).unwrap_err();
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+        let err = revoke(&layout, &principal("FRA", "fra.analyst")).unwrap_err();
+        assert!(matches!(&err, PkiError::Crl { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_crl_signed_by_another_ca_is_refused_and_dropped_on_reissue() {
+        let (_dir, policy, layout) = on_disk();
+        revoke(&layout, &principal("GBR", "gbr.analyst")).unwrap();
+        let stale = std::fs::read(layout.crl(nation("GBR"))).unwrap();
+        generate(&policy, &layout, true).unwrap();
+        assert!(!layout.crl(nation("GBR")).exists());
+        // The reissued identities all pass, the old CRL being gone.
+        let store = load_trust_store(&policy, &layout).unwrap();
+        let analyst = principal("GBR", "gbr.analyst");
+        assert_eq!(client(&store, &layout, &analyst), Ok(analyst));
+        std::fs::write(layout.crl(nation("GBR")), stale).unwrap();
+        let err = read_trust_material(&policy, &layout).unwrap_err();
+        assert!(err.to_string().contains("not signed by the GBR CA"), "{err}");
+    }
+
+    #[test]
+    fn revoking_needs_the_identity_certificate() {
+        let (_dir, _policy, layout) = on_disk();
+        let nobody = principal("GBR", "nobody.here");
+        let err = revoke(&layout, &nobody).unwrap_err();
+        let path = layout.cert_and_key(&nobody).0;
+        assert!(
+            matches!(&err, PkiError::MissingCert { path: p, .. } if *p == path),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("entente certs init"), "{err}");
+        assert!(matches!(
+            revoke(&layout, &principal("GBR", "../FRA/fra.analyst")),
+            Err(PkiError::InvalidName(_))
+        ));
+        // A principal of another nation is not found under this one.
+        assert!(matches!(
+            revoke(&layout, &principal("FRA", "gbr.analyst")),
+            Err(PkiError::MissingCert { .. })
+        ));
+        assert!(!layout.crl(nation("GBR")).exists());
+    }
+
+    #[test]
+    fn a_loaded_ca_issues_like_the_original() {
+        let (_dir, policy, layout) = on_disk();
+        let ca = NationalCa::load(&layout, nation("GBR")).unwrap();
+        let extra = principal("GBR", "gbr.extra");
+        let issued = ca.issue(&extra, &[]).unwrap();
+        let store = load_trust_store(&policy, &layout).unwrap();
+        assert_eq!(
+            store.identify_client(&[issued.cert_der()], UnixTime::now()),
+            Ok(extra)
+        );
+        // The key of another nation's CA is refused.
+        std::fs::copy(layout.ca_key(nation("FRA")), layout.ca_key(nation("GBR"))).unwrap();
+        assert!(matches!(
+            NationalCa::load(&layout, nation("GBR")),
+            Err(PkiError::Read { .. })
+        ));
     }
 }

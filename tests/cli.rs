@@ -547,3 +547,47 @@ async fn a_hostile_peer_cannot_forge_a_delivery_line_in_sub_output() {
     assert!(!has_terminal_controls(&out), "{out:?}");
     net.shutdown().await;
 }
+
+#[test]
+fn certs_revoke_writes_a_crl_and_names_a_missing_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("pki");
+    let certs = certs.to_str().unwrap();
+    assert!(entente(&["certs", "init", "--out", certs]).status.success());
+    let output = entente(&[
+        "certs",
+        "revoke",
+        "--nation",
+        "GBR",
+        "--principal",
+        "gbr.analyst",
+        "--certs",
+        certs,
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = stdout(&output);
+    assert!(
+        text.contains("revoked principal gbr.analyst (GBR)") && text.contains("lists 1 certificate(s)"),
+        "{text}"
+    );
+    let crl = std::fs::read_to_string(dir.path().join("pki/GBR/ca.crl")).unwrap();
+    assert!(crl.starts_with("-----BEGIN X509 CRL-----"), "{crl}");
+
+    let missing = entente(&[
+        "certs",
+        "revoke",
+        "--nation",
+        "GBR",
+        "--principal",
+        "nobody.here",
+        "--certs",
+        certs,
+    ]);
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("nobody.here.crt"), "{stderr}");
+}

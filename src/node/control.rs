@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::{load_node_keys, tls, NodeError, Reason, Rules, Shared};
-use crate::admin::{AdminCommand, AdminReply, Applied, NodeStatus, PeerStatus, SessionStatus, StatusCounters};
+use crate::admin::{
+    AdminCommand, AdminReply, Applied, NodeStatus, PeerStatus, SessionStatus, StatusCounters,
+};
 use crate::audit::{Event, Record, Verdict};
 use crate::config::{load_network, ConfigError};
 use crate::identity::Identity;
@@ -75,9 +77,10 @@ impl ControlError {
     /// The stable code an admin client gets with the error.
     pub fn code(&self) -> &'static str {
         match self {
-            ControlError::Config(_) | ControlError::Pki(_) | ControlError::Node(_) | ControlError::LostNation(_) => {
-                "reload-refused"
-            }
+            ControlError::Config(_)
+            | ControlError::Pki(_)
+            | ControlError::Node(_)
+            | ControlError::LostNation(_) => "reload-refused",
             ControlError::UnknownNation(_) => "unknown-nation",
             ControlError::OwnNation(_) => "own-nation",
             ControlError::CutOutFile { .. } => "cut-out-file",
@@ -109,7 +112,9 @@ pub(super) fn read_suspended(data_dir: &Path, policy: &Policy) -> Result<BTreeSe
     };
     let file: CutOutFile = serde_json::from_str(&text).map_err(|err| ControlError::CutOutFile {
         path: path.clone(),
-        cause: format!("{err}; it should read {{\"cut_out\": [\"USA\"]}}, or be deleted to restore every nation"),
+        cause: format!(
+            "{err}; it should read {{\"cut_out\": [\"USA\"]}}, or be deleted to restore every nation"
+        ),
     })?;
     let mut suspended = BTreeSet::new();
     for code in &file.cut_out {
@@ -117,7 +122,9 @@ pub(super) fn read_suspended(data_dir: &Path, policy: &Policy) -> Result<BTreeSe
             Some(nation) => {
                 suspended.insert(nation);
             }
-            None => warn!(path = %path.display(), nation = %code, "a nation recorded as cut out is not in the network file; ignored"),
+            None => {
+                warn!(path = %path.display(), nation = %code, "a nation recorded as cut out is not in the network file; ignored")
+            }
         }
     }
     Ok(suspended)
@@ -256,7 +263,11 @@ async fn reload(shared: &Arc<Shared>) -> Result<Applied, ControlError> {
         return Err(ControlError::LostNation(shared.nation));
     }
     let material = pki::read_trust_material(&loaded, &shared.layout)?;
-    let node_keys = load_node_keys(&loaded, &material.trust_store(&BTreeSet::new()).map_err(NodeError::from)?, &shared.layout)?;
+    let node_keys = load_node_keys(
+        &loaded,
+        &material.trust_store(&BTreeSet::new()).map_err(NodeError::from)?,
+        &shared.layout,
+    )?;
     let suspended: BTreeSet<Nation> = current
         .policy
         .suspended()
@@ -312,7 +323,7 @@ async fn apply(
         shared.key.clone_key(),
         shared.token_key.clone(),
     )
-        .map_err(NodeError::from)?;
+    .map_err(NodeError::from)?;
     // New handshakes from here on see the new CAs and CRLs. The server
     // keeps no TLS sessions to resume (`tls::server_config`), so no
     // handshake skips the check.
@@ -337,7 +348,10 @@ async fn apply(
         if let (Some(before), crate::policy::Admission::Principal(now)) = (principal, admitted) {
             if before != now {
                 return Err((
-                    format!("the network file's entry for {} changed; reconnect to work under it", now.name),
+                    format!(
+                        "the network file's entry for {} changed; reconnect to work under it",
+                        now.name
+                    ),
                     Reason::PrincipalChanged.code(),
                 ));
             }
@@ -351,7 +365,7 @@ async fn apply(
     let mut records = Vec::new();
     let (sessions, links, closing_actions) = shared.router.close_unadmitted(here, admits, &mut records);
     actions.extend(closing_actions);
-    let _ = shared.rules_changed.send_modify(|version| *version += 1);
+    shared.rules_changed.send_modify(|version| *version += 1);
     shared.spawn_dialers(None);
     for record in records {
         shared.audit(record).await;
@@ -417,7 +431,10 @@ mod tests {
         let usa = Nation::parse("USA").unwrap();
         assert!(read_suspended(dir.path(), &policy).unwrap().is_empty());
         write_suspended(dir.path(), &BTreeSet::from([usa])).unwrap();
-        assert_eq!(read_suspended(dir.path(), &policy).unwrap(), BTreeSet::from([usa]));
+        assert_eq!(
+            read_suspended(dir.path(), &policy).unwrap(),
+            BTreeSet::from([usa])
+        );
         std::fs::write(dir.path().join(CUT_OUT_FILE), "{\"cut_out\": [\"USA\"").unwrap();
         let err = read_suspended(dir.path(), &policy).unwrap_err().to_string();
         assert!(err.contains(CUT_OUT_FILE) && err.contains("cut_out"), "{err}");

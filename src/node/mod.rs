@@ -17,11 +17,11 @@ mod session;
 pub use control::{ControlError, NodeControl};
 pub use reason::Reason;
 
+use std::collections::BTreeSet;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -553,7 +553,11 @@ impl Node {
             endpoint,
             shutdown: stopped,
         });
-        Ok(Node { shared, stop, to_seal })
+        Ok(Node {
+            shared,
+            stop,
+            to_seal,
+        })
     }
 
     /// The handle that runs admin commands on this node.
@@ -564,7 +568,11 @@ impl Node {
     /// Serves until `shutdown` completes, then closes every connection
     /// and flushes the audit log.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
-        let Node { shared, stop, to_seal } = self;
+        let Node {
+            shared,
+            stop,
+            to_seal,
+        } = self;
         let endpoint = shared.endpoint.clone();
         let audit = shared.audit.clone();
         serve(shared, stop, to_seal, shutdown).await;

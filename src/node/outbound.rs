@@ -367,13 +367,18 @@ async fn purge(shared: &Shared, peer: Nation, frames: Vec<Bytes>) -> u64 {
                     Record::new(Event::Drop, Verdict::Deny, code)
                         .message(&envelope, &marking)
                         .subject(peer)
-                        .detail(format!("it was queued for {peer}, which this node no longer admits; purged, never sent")),
+                        .detail(format!(
+                            "it was queued for {peer}, which this node no longer admits; purged, never sent"
+                        )),
                 )
                 .await;
         }
     }
     if purged > 0 {
-        warn!(purged, "messages queued for a peer no longer admitted were purged");
+        warn!(
+            purged,
+            "messages queued for a peer no longer admitted were purged"
+        );
     }
     purged
 }

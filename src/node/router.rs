@@ -230,7 +230,12 @@ impl Router {
                 purged,
             },
         );
-        (link, fate, report, self.core(|core, now| core.link_up(peer, now)).1)
+        (
+            link,
+            fate,
+            report,
+            self.core(|core, now| core.link_up(peer, now)).1,
+        )
     }
 
     /// Closes every session and link that `admits` no longer admits,
@@ -241,7 +246,11 @@ impl Router {
     pub(super) fn close_unadmitted(
         &self,
         here: Nation,
-        admits: impl Fn(&Identity, &[CertificateDer<'static>], Option<&Principal>) -> Result<(), (String, &'static str)>,
+        admits: impl Fn(
+            &Identity,
+            &[CertificateDer<'static>],
+            Option<&Principal>,
+        ) -> Result<(), (String, &'static str)>,
         records: &mut Vec<Record>,
     ) -> (Vec<ClosedSession>, Vec<ClosedLink>, Vec<Action>) {
         let chain = |connection: &Connection| -> Vec<CertificateDer<'static>> {
