@@ -300,26 +300,41 @@ pub struct NodeAnswer {
     pub elapsed: Duration,
 }
 
-/// Asks every target the same command in parallel, each connection as
-/// its nation's admin, with `timeout` for each (connecting included).
-/// Answers come back in the order of `targets`.
-pub async fn run_on_nodes(
+/// How to connect to each target as its admin (its node's address, its
+/// certificate and key), read before anything is sent, so that a missing
+/// file stops the command before any node has applied it.
+pub fn connect_options(
     policy: &Policy,
     layout: &PkiLayout,
     targets: &[AdminTarget],
+) -> Result<Vec<(Nation, ClientOptions)>, AdminError> {
+    targets
+        .iter()
+        .map(|target| {
+            let options =
+                ClientOptions::for_principal(&target.principal, Some(policy), layout, &Overrides::default())?;
+            Ok((target.nation, options))
+        })
+        .collect()
+}
+
+/// Asks every node the same command in parallel, each connection as its
+/// nation's admin, with `timeout` for each (connecting included). Answers
+/// come back in the order given; each one's `elapsed` runs from the start
+/// of the whole run.
+pub async fn run_on_nodes(
+    nodes: Vec<(Nation, ClientOptions)>,
     command: &AdminCommand,
     timeout: Duration,
 ) -> Vec<NodeAnswer> {
     let start = Instant::now();
+    let nations: Vec<Nation> = nodes.iter().map(|(nation, _)| *nation).collect();
     let mut tasks = tokio::task::JoinSet::new();
-    for (index, target) in targets.iter().enumerate() {
-        let options =
-            ClientOptions::for_principal(&target.principal, Some(policy), layout, &Overrides::default());
+    for (index, (nation, options)) in nodes.into_iter().enumerate() {
         let command = command.clone();
-        let nation = target.nation;
         tasks.spawn(async move {
             let ask = async {
-                let client = Client::connect(options?).await?;
+                let client = Client::connect(options).await?;
                 let reply = client.admin(command).await;
                 Ok::<_, AdminError>((client, reply?))
             };
@@ -343,7 +358,7 @@ pub async fn run_on_nodes(
             )
         });
     }
-    let mut answers: Vec<Option<NodeAnswer>> = (0..targets.len()).map(|_| None).collect();
+    let mut answers: Vec<Option<NodeAnswer>> = nations.iter().map(|_| None).collect();
     while let Some(joined) = tasks.join_next().await {
         if let Ok((index, answer)) = joined {
             answers[index] = Some(answer);
@@ -351,10 +366,10 @@ pub async fn run_on_nodes(
     }
     answers
         .into_iter()
-        .zip(targets)
-        .map(|(answer, target)| {
+        .zip(nations)
+        .map(|(answer, nation)| {
             answer.unwrap_or(NodeAnswer {
-                nation: target.nation,
+                nation,
                 reply: Err(AdminError::Timeout(timeout)),
                 elapsed: start.elapsed(),
             })

@@ -944,13 +944,8 @@ fn cmd_admin(args: AdminArgs, nodes: Option<AdminNodes>, command: AdminCommand) 
             targets.retain(|target| target.nation != cut);
         }
     }
-    let answers = runtime()?.block_on(admin::run_on_nodes(
-        &policy,
-        &layout,
-        &targets,
-        &command,
-        args.timeout,
-    ));
+    let nodes = admin::connect_options(&policy, &layout, &targets)?;
+    let answers = runtime()?.block_on(admin::run_on_nodes(nodes, &command, args.timeout));
     let total = answers.iter().map(|a| a.elapsed).max().unwrap_or_default();
     let failed: Vec<String> = answers
         .iter()
