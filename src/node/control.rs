@@ -363,7 +363,8 @@ async fn apply(
             .map_err(|err| (err.to_string(), Reason::CertificateRejected.code()))
     };
     let mut records = Vec::new();
-    let (sessions, links, closing_actions) = shared.router.close_unadmitted(here, admits, &mut records);
+    let (sessions, links, inbound, closing_actions) =
+        shared.router.close_unadmitted(here, admits, &mut records);
     actions.extend(closing_actions);
     shared.rules_changed.send_modify(|version| *version += 1);
     shared.spawn_dialers(None);
@@ -372,7 +373,8 @@ async fn apply(
     }
     shared.carry_out(actions).await;
 
-    let mut closed: Vec<String> = sessions.into_iter().map(|s| s.principal).collect();
+    let mut closed = sessions;
+    closed.extend(inbound.iter().map(|peer| format!("link from {peer}")));
     let mut purged = 0;
     for link in links {
         closed.push(format!("link to {}", link.peer));

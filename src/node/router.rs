@@ -81,11 +81,6 @@ pub(super) struct ClosedLink {
     pub(super) purged: oneshot::Receiver<u64>,
 }
 
-/// A session this node closed because its rules no longer admit it.
-pub(super) struct ClosedSession {
-    pub(super) principal: String,
-}
-
 /// What happened when a frame was offered to a session's queue.
 pub(super) enum Offer {
     Queued,
@@ -242,7 +237,8 @@ impl Router {
     /// given who it is and the certificate chain it proved. A closed link
     /// leaves the table and the core at once, and its queue takes no more
     /// frames: from here on nothing more is sent to that peer. Returns
-    /// what was closed and the core's actions.
+    /// what was closed (sessions, this node's links, peers' links) and the
+    /// core's actions.
     pub(super) fn close_unadmitted(
         &self,
         here: Nation,
@@ -252,7 +248,7 @@ impl Router {
             Option<&Principal>,
         ) -> Result<(), (String, &'static str)>,
         records: &mut Vec<Record>,
-    ) -> (Vec<ClosedSession>, Vec<ClosedLink>, Vec<Action>) {
+    ) -> (Vec<String>, Vec<ClosedLink>, Vec<Nation>, Vec<Action>) {
         let chain = |connection: &Connection| -> Vec<CertificateDer<'static>> {
             connection
                 .peer_identity()
@@ -279,9 +275,7 @@ impl Router {
             };
             if let Err(why) = admits(&identity, &chain(&entry.connection), Some(principal)) {
                 refusal(&entry.connection, principal.name.clone(), why);
-                sessions.push(ClosedSession {
-                    principal: principal.name.clone(),
-                });
+                sessions.push(principal.name.clone());
                 closed_ids.push(*entry.key());
             }
         }
@@ -317,12 +311,14 @@ impl Router {
             .iter()
             .map(|entry| (*entry.key(), entry.value().1.clone()))
             .collect();
+        let mut closed_inbound = Vec::new();
         for (peer, connection) in inbound {
             if let Err(why) = admits(&Identity::Node(peer), &chain(&connection), None) {
                 refusal(&connection, peer.to_string(), why);
+                closed_inbound.push(peer);
             }
         }
-        (sessions, links, actions)
+        (sessions, links, closed_inbound, actions)
     }
 
     /// Every live session: its principal and its queue's depth.
