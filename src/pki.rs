@@ -390,6 +390,40 @@ pub fn generate(policy: &Policy, layout: &PkiLayout, force: bool) -> Result<Gene
     Ok(summary)
 }
 
+/// Issues a certificate for each principal of `policy` that has none yet
+/// in an existing PKI, such as an admin added to the network file after
+/// `certs init`, signed by its nation's CA as read back from `layout`. A
+/// nation whose CA is not there is left alone. Returns who got one.
+pub fn issue_missing(policy: &Policy, layout: &PkiLayout) -> Result<Vec<Identity>, PkiError> {
+    let mut issued = Vec::new();
+    for &nation in policy.nations().keys() {
+        if !layout.ca_cert(nation).exists() || !layout.ca_key(nation).exists() {
+            continue;
+        }
+        let missing: Vec<Identity> = policy
+            .principals()
+            .filter(|p| p.nation == nation)
+            .map(|p| Identity::Principal {
+                nation,
+                name: p.name.clone(),
+            })
+            .filter(|identity| !layout.cert_and_key(identity).0.exists())
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let ca = NationalCa::load(layout, nation)?;
+        for identity in missing {
+            let (cert, key) = layout.cert_and_key(&identity);
+            let pair = ca.issue(&identity, &[])?;
+            write_file(&key, &pair.key_pem, true)?;
+            write_file(&cert, &pair.cert_pem, false)?;
+            issued.push(identity);
+        }
+    }
+    Ok(issued)
+}
+
 fn push_pair(
     files: &mut Vec<(PathBuf, String, bool)>,
     layout: &PkiLayout,
@@ -733,6 +767,21 @@ fn read_error(path: &Path, cause: impl std::fmt::Display) -> PkiError {
 mod tests {
     use super::*;
     use rustls_pki_types::{ServerName, UnixTime};
+
+    #[test]
+    fn a_principal_added_after_init_gets_a_certificate_from_its_nations_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = PkiLayout::new(dir.path());
+        let policy = crate::config::load_network(Path::new(crate::config::DEFAULT_NETWORK_FILE)).unwrap();
+        generate(&policy, &layout, false).unwrap();
+        let admin = principal("GBR", "gbr.admin");
+        let (cert, _) = layout.cert_and_key(&admin);
+        std::fs::remove_file(&cert).unwrap();
+        assert_eq!(issue_missing(&policy, &layout).unwrap(), vec![admin.clone()]);
+        let store = load_trust_store(&policy, &layout).unwrap();
+        assert_eq!(store.identify_client(&[read_cert(&cert).unwrap()], UnixTime::now()), Ok(admin));
+        assert!(issue_missing(&policy, &layout).unwrap().is_empty());
+    }
 
     fn nation(code: &str) -> Nation {
         Nation::parse(code).unwrap()

@@ -684,6 +684,11 @@ pub async fn run_network(
         info!(certs = %layout.root().display(), "no PKI yet; generating one");
         pki::generate(&policy, layout, false)?;
     }
+    // A certs folder from before principals were added (such as the
+    // admins) gets their certificates, so `entente admin` works at once.
+    for identity in pki::issue_missing(&policy, layout)? {
+        info!(%identity, "issued a certificate for a principal that had none");
+    }
     let mut nodes = Vec::new();
     let mut ready = Vec::new();
     for &nation in policy.nations().keys() {
