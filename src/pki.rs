@@ -779,7 +779,10 @@ mod tests {
         std::fs::remove_file(&cert).unwrap();
         assert_eq!(issue_missing(&policy, &layout).unwrap(), vec![admin.clone()]);
         let store = load_trust_store(&policy, &layout).unwrap();
-        assert_eq!(store.identify_client(&[read_cert(&cert).unwrap()], UnixTime::now()), Ok(admin));
+        assert_eq!(
+            store.identify_client(&[read_cert(&cert).unwrap()], UnixTime::now()),
+            Ok(admin)
+        );
         assert!(issue_missing(&policy, &layout).unwrap().is_empty());
     }
 
