@@ -591,3 +591,484 @@ fn certs_revoke_writes_a_crl_and_names_a_missing_certificate() {
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(stderr.contains("nobody.here.crt"), "{stderr}");
 }
+
+/// `n` distinct UDP ports on loopback that were free a moment ago (held
+/// together so they differ).
+fn free_port_list(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::UdpSocket> = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter().map(|s| s.local_addr().unwrap().port()).collect()
+}
+
+/// Everything a child writes to standard error, read on a thread of its
+/// own so a chatty process never blocks on a full pipe.
+#[derive(Clone, Default)]
+struct Collected(std::sync::Arc<std::sync::Mutex<String>>);
+
+impl Collected {
+    fn drain(child: &mut KillOnDrop) -> Collected {
+        let collected = Collected::default();
+        let mut stderr = std::io::BufReader::new(child.0.stderr.take().unwrap());
+        let into = collected.clone();
+        std::thread::spawn(move || loop {
+            let line = read_line(&mut stderr);
+            if line.is_empty() {
+                break;
+            }
+            into.0.lock().unwrap().push_str(&line);
+        });
+        collected
+    }
+
+    fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits (generously) until what was written contains `needle`.
+    fn wait_for(&self, needle: &str) -> String {
+        for _ in 0..1000 {
+            if self.text().contains(needle) {
+                return self.text();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("never printed {needle:?}; printed:\n{}", self.text());
+    }
+}
+
+/// The records of an audit log, as JSON.
+fn audit_records(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each audit line is JSON"))
+        .collect()
+}
+
+/// Waits until a record of the audit log at `path`, past its first `skip`
+/// records, matches; returns it. Panics after a generous limit.
+fn wait_for_audit_record(
+    path: &std::path::Path,
+    skip: usize,
+    matches: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    for _ in 0..1500 {
+        if let Some(found) = audit_records(path).into_iter().skip(skip).find(|r| matches(r)) {
+            return found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!(
+        "no matching record in {} past record {skip}:\n{}",
+        path.display(),
+        std::fs::read_to_string(path).unwrap_or_default()
+    );
+}
+
+/// Whether an `announcement` record says `of` links to `link` and is
+/// interested in `pattern`.
+fn announces(record: &serde_json::Value, of: &str, link: &str, pattern: &str) -> bool {
+    let Some(detail) = record["detail"].as_str() else {
+        return false;
+    };
+    let Some((links, interest)) = detail.split_once("; interest: ") else {
+        return false;
+    };
+    record["reason"] == "announcement"
+        && record["subject"] == of
+        && links.trim_start_matches("links: ").split(", ").any(|l| l == link)
+        && interest.split(", ").any(|p| p == pattern)
+}
+
+/// `entente up` on the sample network (config/network.toml) with every
+/// address moved to a port free when it starts, written to `network`:
+/// when another test took a port meanwhile, it starts again with new
+/// ones. Returns the process, its stdout after the "running" line, and its
+/// standard error as it comes.
+fn start_sample_network(
+    network: &std::path::Path,
+    certs: &std::path::Path,
+    data: &std::path::Path,
+) -> (
+    KillOnDrop,
+    std::io::BufReader<std::process::ChildStdout>,
+    Collected,
+) {
+    let sample =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/network.toml"))
+            .unwrap();
+    let mut failures = Vec::new();
+    for _ in 0..10 {
+        let mut text = sample.clone();
+        for (i, port) in (7401..=7415).zip(free_port_list(15)) {
+            let fixed = format!("address = \"127.0.0.1:{i}\"");
+            assert!(text.contains(&fixed), "config/network.toml has no {fixed}");
+            text = text.replace(&fixed, &format!("address = \"127.0.0.1:{port}\""));
+        }
+        std::fs::write(network, text).unwrap();
+        let mut up = spawn(&[
+            "up",
+            "--network",
+            network.to_str().unwrap(),
+            "--certs",
+            certs.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ]);
+        let mut up_out = std::io::BufReader::new(up.0.stdout.take().unwrap());
+        let first = read_line(&mut up_out);
+        let stderr = Collected::drain(&mut up);
+        if first.contains("running") {
+            return (up, up_out, stderr);
+        }
+        let _ = up.0.wait();
+        let printed = stderr.text();
+        assert!(printed.contains("in use"), "entente up failed: {first}{printed}");
+        failures.push(printed);
+    }
+    panic!("no free ports after 10 tries: {failures:#?}");
+}
+
+/// `entente admin cut` and `restore` as an operator runs them, on the
+/// sample network run by `entente up`: USA's subscriber gets what GBR
+/// publishes before the cut and after the restore, and nothing published
+/// while USA is cut out; a nation the network does not have is an error.
+#[test]
+fn admin_cut_and_restore_as_a_user_would() {
+    use std::io::BufReader;
+    let dir = tempfile::tempdir().unwrap();
+    let network = dir.path().join("network.toml");
+    let certs = dir.path().join("certs");
+    let data = dir.path().join("data");
+    let (mut up, mut up_out, up_err) = start_sample_network(&network, &certs, &data);
+    let network = network.to_str().unwrap();
+    let certs = certs.to_str().unwrap();
+    let connect = ["--network", network, "--certs", certs];
+    let gbr_audit = data.join("GBR").join("audit.jsonl");
+    for peer in ["USA", "FRA"] {
+        wait_for_audit_record(&gbr_audit, 0, |r| {
+            r["reason"] == "link-up" && r["subject"] == peer
+        });
+    }
+
+    // usa.analyst and fra.analyst (the witness) subscribe to `intel.>`,
+    // each for two messages.
+    let subscriber = |principal: &str| {
+        let mut args = vec![
+            "sub",
+            "--as",
+            principal,
+            "--topic",
+            "intel.>",
+            "--count",
+            "2",
+            "--timeout",
+            "120s",
+            "--json",
+        ];
+        args.extend(connect);
+        let mut child = spawn(&args);
+        let mut err = BufReader::new(child.0.stderr.take().unwrap());
+        let line = read_line(&mut err);
+        assert!(
+            line.contains("subscribed"),
+            "{principal} did not subscribe: {line}"
+        );
+        child
+    };
+    let mut usa = subscriber("usa.analyst");
+    let fra = subscriber("fra.analyst");
+    for of in ["USA", "FRA"] {
+        wait_for_audit_record(&gbr_audit, 0, |r| announces(r, of, "GBR", "intel.>"));
+    }
+    let publish = |text: &str| -> String {
+        let mut args = vec![
+            "pub",
+            "--as",
+            "gbr.analyst",
+            "--topic",
+            "intel.ru.armour",
+            "--label",
+            "SECRET//REL TO NATO",
+            text,
+        ];
+        args.extend(connect);
+        let output = entente(&args);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // "published <id> on <topic>"
+        stdout(&output)
+            .split_whitespace()
+            .nth(1)
+            .expect("the message id")
+            .to_owned()
+    };
+    let payload = |line: &str| -> String {
+        let value: serde_json::Value = serde_json::from_str(line).expect("one JSON delivery");
+        value["payload"].as_str().unwrap().to_owned()
+    };
+
+    publish("before the cut");
+    let mut usa_out = BufReader::new(usa.0.stdout.take().unwrap());
+    assert_eq!(payload(&read_line(&mut usa_out)), "before the cut");
+
+    let admin = |args: &[&str]| -> Output {
+        let mut all = vec!["admin"];
+        all.extend(args);
+        all.extend(connect);
+        entente(&all)
+    };
+    let cut = admin(&["cut", "USA"]);
+    let text = stdout(&cut);
+    assert!(
+        cut.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&cut.stderr)
+    );
+    let others = [
+        "GBR", "FRA", "DEU", "POL", "FIN", "SWE", "DNK", "NOR", "EST", "LVA", "LTU", "ROU", "UKR", "TUR",
+    ];
+    for nation in others {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("  {nation}  applied in "))),
+            "{nation} missing: {text}"
+        );
+    }
+    assert!(
+        !text.contains("  USA  "),
+        "USA is not asked to cut itself: {text}"
+    );
+    assert!(
+        text.contains("cut USA: 14 node(s) acknowledged; ")
+            && text.contains(" from start to the last acknowledgement"),
+        "{text}"
+    );
+    assert!(!text.contains("warning"), "every node runs one policy: {text}");
+
+    let status = admin(&["status", "--nation", "GBR", "--json"]);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("one JSON object");
+    let gbr = &report["nodes"][0]["status"];
+    assert_eq!(gbr["node"], "GBR", "{report}");
+    assert_eq!(gbr["suspended"], serde_json::json!(["USA"]), "{report}");
+    let usa_peer = gbr["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["nation"] == "USA")
+        .expect("USA is a peer of GBR");
+    assert_eq!(usa_peer["cut"], true, "{report}");
+    assert_eq!(usa_peer["outbound"], false, "{report}");
+    assert_eq!(usa_peer["inbound"], false, "{report}");
+
+    let cut_id = publish("after the cut");
+    let fra_out = fra.output();
+    let fra_got: Vec<String> = fra_out.lines().map(payload).collect();
+    assert_eq!(fra_got, ["before the cut", "after the cut"], "{fra_out}");
+
+    let skip = audit_records(&gbr_audit).len();
+    let restore = admin(&["restore", "USA"]);
+    let text = stdout(&restore);
+    assert!(
+        restore.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&restore.stderr)
+    );
+    assert!(text.contains("restore USA: 14 node(s) acknowledged; "), "{text}");
+    // USA links with GBR again, and announces its interest there.
+    wait_for_audit_record(&gbr_audit, skip, |r| announces(r, "USA", "GBR", "intel.>"));
+    publish("after the restore");
+    // USA's second message is the one after the restore: nothing of the
+    // cut reached it.
+    assert_eq!(payload(&read_line(&mut usa_out)), "after the restore");
+    let status = usa.0.wait().unwrap();
+    assert!(status.success(), "usa.analyst's sub exited with {status}");
+    let usa_audit = std::fs::read_to_string(data.join("USA").join("audit.jsonl")).unwrap();
+    assert!(
+        !usa_audit.contains(&cut_id),
+        "USA's node saw the message published while it was cut out"
+    );
+
+    // A nation the network file does not have, and one that is not a code.
+    let unknown = admin(&["cut", "XYZ"]);
+    assert!(!unknown.status.success());
+    let said = format!("{}{}", stdout(&unknown), String::from_utf8_lossy(&unknown.stderr));
+    assert!(said.contains("XYZ is not a nation of the network file"), "{said}");
+    let lower = admin(&["cut", "usa"]);
+    assert!(!lower.status.success());
+    let stderr = String::from_utf8_lossy(&lower.stderr);
+    assert!(stderr.contains("`usa` is not a nation code"), "{stderr}");
+
+    let pid = up.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(up.0.wait().unwrap().success(), "{}", up_err.text());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut up_out, &mut rest).unwrap();
+    assert!(rest.trim_end().ends_with("stopped"), "{rest}");
+}
+
+/// SIGHUP makes a running `entente node` re-read its network file, as
+/// `entente admin reload` would: a good file is applied (stderr says so,
+/// with the new policy digest, and the audit log has a `policy-changed`
+/// record); a broken one is refused and the node runs on.
+#[test]
+fn sighup_reloads_a_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = dir.path().join("network.toml");
+    let certs = dir.path().join("certs");
+    let data = dir.path().join("GBR");
+    let (gbr_port, fra_port) = free_ports();
+    let text = format!(
+        r#"
+[nations.GBR]
+address = "127.0.0.1:{gbr_port}"
+peers = ["FRA"]
+default_ceiling = "SECRET"
+[nations.FRA]
+address = "127.0.0.1:{fra_port}"
+peers = ["GBR"]
+default_ceiling = "SECRET"
+[[principals]]
+name = "gbr.analyst"
+nation = "GBR"
+clearance = "SECRET"
+publish = [">"]
+subscribe = [">"]
+[[principals]]
+name = "gbr.admin"
+nation = "GBR"
+clearance = "UNCLASSIFIED"
+roles = ["admin"]
+"#
+    );
+    std::fs::write(&network, &text).unwrap();
+    let (network, certs) = (network.to_str().unwrap(), certs.to_str().unwrap());
+    let init = entente(&["certs", "init", "--network", network, "--out", certs]);
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    // Only GBR runs (FRA stays down); on port 0, so no other test's port
+    // can be in the way.
+    let mut node = spawn(&[
+        "node",
+        "--nation",
+        "GBR",
+        "--network",
+        network,
+        "--certs",
+        certs,
+        "--data",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let mut out = std::io::BufReader::new(node.0.stdout.take().unwrap());
+    let listening = read_line(&mut out);
+    let stderr = Collected::drain(&mut node);
+    let addr = listening
+        .strip_prefix("GBR node listening on ")
+        .unwrap_or_else(|| panic!("{listening}{}", stderr.text()))
+        .trim()
+        .to_owned();
+    let status = || -> serde_json::Value {
+        let output = entente(&[
+            "admin",
+            "status",
+            "--nation",
+            "GBR",
+            "--json",
+            "--network",
+            network,
+            "--certs",
+            certs,
+        ]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("one JSON object")
+    };
+    // The admin client dials the address in the network file; point it
+    // at the one the node took.
+    let moved = text.replace(&format!("127.0.0.1:{gbr_port}"), &addr);
+    std::fs::write(network, &moved).unwrap();
+    // An answered status also shows the node is past setting up, so its
+    // SIGHUP handler is in place.
+    let before = status()["nodes"][0]["status"]["policy_digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let audit = data.join("audit.jsonl");
+    let changes = |audit: &std::path::Path| {
+        audit_records(audit)
+            .iter()
+            .filter(|r| r["reason"] == "policy-changed")
+            .count()
+    };
+    assert_eq!(changes(&audit), 0);
+
+    let hup = |pid: u32| {
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+    };
+    // A new principal: a new policy.
+    let grown = format!(
+        "{moved}[[principals]]\nname = \"gbr.clerk\"\nnation = \"GBR\"\nclearance = \"RESTRICTED\"\nsubscribe = [\">\"]\n"
+    );
+    std::fs::write(network, &grown).unwrap();
+    hup(node.0.id());
+    let printed = stderr.wait_for("GBR: reloaded, policy ");
+    let after = status()["nodes"][0]["status"]["policy_digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(after, before);
+    assert!(
+        printed.contains(&format!("GBR: reloaded, policy {after}, closed 0")),
+        "{printed}"
+    );
+    let record = wait_for_audit_record(&audit, 0, |r| r["reason"] == "policy-changed");
+    assert!(
+        record["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("reload: ") && d.contains(&after)),
+        "{record}"
+    );
+
+    // A broken file: refused, and the node runs on under the last good one.
+    std::fs::write(network, grown.replace("[nations.FRA]", "[nations.FRA")).unwrap();
+    hup(node.0.id());
+    let printed = stderr.wait_for("reload failed: ");
+    assert!(
+        printed.contains("reload failed: reload refused, the node keeps its old policy: ")
+            && printed.contains("network.toml: TOML parse error"),
+        "{printed}"
+    );
+    std::fs::write(network, &grown).unwrap();
+    assert_eq!(status()["nodes"][0]["status"]["policy_digest"], after.as_str());
+    assert_eq!(changes(&audit), 1);
+
+    let pid = node.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let exit = node.0.wait().unwrap();
+    assert!(exit.success(), "exited with {exit}: {}", stderr.text());
+}
