@@ -545,6 +545,7 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -552,25 +553,29 @@ fn init_tracing(verbose: u8) {
 /// and says on standard error what each did.
 fn reload_on_sighup(controls: Vec<node::NodeControl>) {
     #[cfg(unix)]
-    tokio::spawn(async move {
+    {
         use tokio::signal::unix::{signal, SignalKind};
+        // Installed here, not in the task, so SIGHUP is handled from the
+        // moment this returns.
         let Ok(mut hangups) = signal(SignalKind::hangup()) else {
             return eprintln!("cannot listen for SIGHUP; use `entente admin reload`");
         };
-        while hangups.recv().await.is_some() {
-            for control in &controls {
-                match control.reload().await {
-                    Ok(applied) => eprintln!(
-                        "{}: reloaded, policy {}, closed {}",
-                        applied.node,
-                        applied.policy_digest,
-                        applied.closed.len()
-                    ),
-                    Err(err) => eprintln!("reload failed: {err}"),
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                for control in &controls {
+                    match control.reload().await {
+                        Ok(applied) => eprintln!(
+                            "{}: reloaded, policy {}, closed {}",
+                            applied.node,
+                            applied.policy_digest,
+                            applied.closed.len()
+                        ),
+                        Err(err) => eprintln!("reload failed: {err}"),
+                    }
                 }
             }
-        }
-    });
+        });
+    }
     #[cfg(not(unix))]
     drop(controls);
 }
@@ -714,9 +719,11 @@ fn cmd_node(
     };
     single_thread_runtime()?.block_on(async {
         let endpoint = node::bind(&config, addr)?;
-        println!("{nation} node listening on {}", endpoint.local_addr()?);
+        let local = endpoint.local_addr()?;
         let node = node::Node::start(config, endpoint)?;
+        // Before saying it listens: a SIGHUP from then on reloads.
         reload_on_sighup(vec![node.control()]);
+        println!("{nation} node listening on {local}");
         node.run(ctrl_c()).await?;
         anyhow::Ok(())
     })?;
@@ -936,6 +943,11 @@ fn cmd_admin(args: AdminArgs, nodes: Option<AdminNodes>, command: AdminCommand) 
         Some(nation) => Some(vec![parse_nation(nation)?]),
         None => None,
     };
+    if let AdminCommand::Cut(nation) | AdminCommand::Restore(nation) = command {
+        if policy.nation(nation).is_none() {
+            bail!("{nation} is not a nation of {}", args.network.display());
+        }
+    }
     let mut targets = admin::admin_targets(&policy, &layout, args.principal.as_deref(), only.as_deref())?;
     // A cut goes to every other node: the cut nation's own node is the
     // one being cut off.

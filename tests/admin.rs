@@ -76,22 +76,6 @@ async fn wait_for_status(net: &TestNetwork, at: Nation, ready: impl Fn(&NodeStat
     panic!("{at}'s status never got there; last: {last:#?}");
 }
 
-/// `TestNetwork::restart`, once the stopped node's UDP port is free
-/// again. `Node::run` returns before quinn's endpoint driver, a task of
-/// its own, has released the socket, so in a multi-threaded runtime
-/// `restart` alone often fails to rebind ("Address already in use").
-async fn restart(net: &mut TestNetwork, at: Nation) {
-    let addr = net.addr(at);
-    net.stop(at).await.expect("a clean stop");
-    for _ in 0..500 {
-        if std::net::UdpSocket::bind(addr).is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    net.restart(at).await;
-}
-
 fn peer<'a>(status: &'a NodeStatus, of: &str) -> &'a PeerStatus {
     status
         .peers
@@ -445,7 +429,7 @@ async fn a_revoked_node_certificate_does_not_stop_the_other_nodes_starting() {
     let deu = nation("DEU");
     pki::revoke(&net.layout, &Identity::Node(nation("FRA"))).expect("revoke FRA's node");
     let skip = net.audit_lines(gbr).len();
-    restart(&mut net, deu).await;
+    net.restart(deu).await;
     wait_for_record(&net, gbr, skip, |r| {
         r["reason"] == "link-up" && r["subject"] == "DEU"
     })
@@ -519,7 +503,7 @@ async fn a_cut_survives_a_restart_and_status_shows_it() {
     let cut_digest = applied.policy_digest.clone();
 
     let skip = net.audit_lines(gbr).len();
-    restart(&mut net, gbr).await;
+    net.restart(gbr).await;
     let status = net.control(gbr).status().unwrap();
     assert_eq!(status.suspended, ["FRA"], "{status:#?}");
     assert_eq!(status.policy_digest, cut_digest);
@@ -556,7 +540,7 @@ async fn a_cut_survives_a_restart_and_status_shows_it() {
     assert!(status.suspended.is_empty() && !peer(&status, "FRA").cut);
     gbr_to_fra_flows(&net, "restored").await;
     // The restore is recorded too: another restart keeps FRA in.
-    restart(&mut net, gbr).await;
+    net.restart(gbr).await;
     let status = net.control(gbr).status().unwrap();
     assert!(status.suspended.is_empty(), "{status:#?}");
     net.shutdown().await;

@@ -113,6 +113,13 @@ pub(super) async fn close_after(
     subject: String,
     err: &StreamError,
 ) {
+    // This node closed it (a slow consumer, a replaced link, one no longer
+    // admitted) and recorded why when it did: a second record saying the
+    // connection was lost would only mislead.
+    if matches!(connection.close_reason(), Some(quinn::ConnectionError::LocallyClosed)) {
+        info!(cause = %err, "connection closed by this node");
+        return;
+    }
     if err.is_protocol_violation() {
         warn!(cause = %err, "closing connection: protocol violation");
         connection.close(VarInt::from_u32(close::PROTOCOL), err.to_string().as_bytes());

@@ -236,7 +236,7 @@ fn status(shared: &Shared) -> NodeStatus {
     let (counters, _) = router.core(|core, _| core.counters().clone());
     NodeStatus {
         node: shared.nation.to_string(),
-        policy_digest: rules.policy.digest(),
+        policy_digest: rules.digest.clone(),
         uptime_s: shared.started.elapsed().as_secs(),
         peers,
         sessions,
@@ -251,7 +251,36 @@ fn status(shared: &Shared) -> NodeStatus {
     }
 }
 
+/// A change that failed leaves the rules as they were, and a record of
+/// why, whoever asked for it (an admin, SIGHUP, the simulator).
+async fn audited(
+    shared: &Shared,
+    command: AdminCommand,
+    result: Result<Applied, ControlError>,
+) -> Result<Applied, ControlError> {
+    if let Err(err) = &result {
+        warn!(%command, cause = %err, "admin change refused");
+        shared
+            .audit(Record::new(Event::Refuse, Verdict::Deny, err.code()).detail(format!("{command}: {err}")))
+            .await;
+    }
+    result
+}
+
 async fn reload(shared: &Arc<Shared>) -> Result<Applied, ControlError> {
+    audited(shared, AdminCommand::Reload, try_reload(shared).await).await
+}
+
+async fn set_cut(shared: &Arc<Shared>, nation: Nation, cut: bool) -> Result<Applied, ControlError> {
+    let command = if cut {
+        AdminCommand::Cut(nation)
+    } else {
+        AdminCommand::Restore(nation)
+    };
+    audited(shared, command, try_set_cut(shared, nation, cut).await).await
+}
+
+async fn try_reload(shared: &Arc<Shared>) -> Result<Applied, ControlError> {
     let _one_at_a_time = shared.admin_changes.lock().await;
     let start = Instant::now();
     let current = shared.rules();
@@ -264,6 +293,7 @@ async fn reload(shared: &Arc<Shared>) -> Result<Applied, ControlError> {
     }
     let material = pki::read_trust_material(&loaded, &shared.layout)?;
     let node_keys = load_node_keys(
+        shared.nation,
         &loaded,
         &material.trust_store(&BTreeSet::new()).map_err(NodeError::from)?,
         &shared.layout,
@@ -279,7 +309,7 @@ async fn reload(shared: &Arc<Shared>) -> Result<Applied, ControlError> {
     apply(shared, rules, AdminCommand::Reload, start).await
 }
 
-async fn set_cut(shared: &Arc<Shared>, nation: Nation, cut: bool) -> Result<Applied, ControlError> {
+async fn try_set_cut(shared: &Arc<Shared>, nation: Nation, cut: bool) -> Result<Applied, ControlError> {
     let _one_at_a_time = shared.admin_changes.lock().await;
     let start = Instant::now();
     let current = shared.rules();
@@ -385,7 +415,7 @@ async fn apply(
     }
     let apply_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
     let suspended: Vec<String> = rules.policy.suspended().iter().map(Nation::to_string).collect();
-    let digest = rules.policy.digest();
+    let digest = rules.digest.clone();
     info!(%command, apply_us, closed = closed.len(), purged, policy = %digest, "rules changed");
     shared
         .audit(

@@ -214,7 +214,7 @@ impl NodeConfig {
             return Err(NodeError::UnknownNation(nation));
         }
         let trust = pki::read_trust_material(&policy, layout)?;
-        let node_keys = load_node_keys(&policy, &trust.trust_store(&BTreeSet::new())?, layout)?;
+        let node_keys = load_node_keys(nation, &policy, &trust.trust_store(&BTreeSet::new())?, layout)?;
         let (cert_path, key_path) = layout.cert_and_key(&Identity::Node(nation));
         let cert = pki::read_cert(&cert_path)?;
         let key = pki::read_key(&key_path)?;
@@ -254,8 +254,11 @@ impl NodeConfig {
 }
 
 /// Every nation's node key, each from a node certificate checked against
-/// its own nation's CA.
+/// its own nation's CA and CRL. A revoked node certificate of another
+/// nation is left out (that node's seals stop counting) rather than
+/// stopping this node; `here`'s own being revoked is an error.
 fn load_node_keys(
+    here: Nation,
     policy: &Policy,
     trust: &TrustStore,
     layout: &PkiLayout,
@@ -272,6 +275,10 @@ fn load_node_keys(
                     claimed: found,
                     cause: format!("{} is not the node certificate of {other}", cert_path.display()),
                 }))
+            }
+            Err(IdentityError::Revoked(_)) if other != here => {
+                warn!(nation = %other, "its node certificate is revoked: its seals no longer count");
+                continue;
             }
             Err(err) => return Err(bad(err)),
         }
@@ -319,6 +326,9 @@ struct Rules {
     all_node_keys: Arc<HashMap<Nation, Vec<u8>>>,
     /// The node keys whose seals count now: none of a cut-out nation's.
     node_keys: Arc<HashMap<Nation, Vec<u8>>>,
+    /// What `admin status` shows: the policy's digest with the CAs and
+    /// CRLs, so a node that has not applied a revocation stands out too.
+    digest: String,
 }
 
 impl Rules {
@@ -334,8 +344,25 @@ impl Rules {
             .filter(|(nation, _)| !suspended.contains(nation))
             .map(|(&nation, key)| (nation, key.clone()))
             .collect();
+        let policy = Arc::new(loaded.with_suspended(suspended));
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        context.update(policy.digest().as_bytes());
+        for ca in material.cas.values() {
+            context.update(ca.as_ref());
+        }
+        for crl in &material.crls {
+            context.update(crl.as_ref());
+        }
+        let digest = context
+            .finish()
+            .as_ref()
+            .iter()
+            .take(8)
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
         Ok(Rules {
-            policy: Arc::new(loaded.with_suspended(suspended)),
+            digest,
+            policy,
             loaded,
             material,
             trust,

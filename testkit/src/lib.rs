@@ -351,7 +351,19 @@ impl TestNetwork {
             &self.settings,
             nation,
         );
-        let endpoint = node::bind(&config, self.addresses[&nation]).expect("rebind the same address");
+        // quinn's endpoint driver lets go of the socket a moment after
+        // the node's task ends, on another worker thread.
+        let mut attempts = 0;
+        let endpoint = loop {
+            match node::bind(&config, self.addresses[&nation]) {
+                Ok(endpoint) => break endpoint,
+                Err(_) if attempts < 500 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(err) => panic!("rebind the same address: {err}"),
+            }
+        };
         self.nodes
             .insert(nation, spawn_node(config, endpoint, &self.addresses));
     }
