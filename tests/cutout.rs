@@ -533,7 +533,48 @@ impl Allowed {
 /// exactly once, before, during and after the cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_partner_gets_nothing_created_after_the_cut_and_everyone_else_gets_everything_once() {
-    let net = start().await;
+    cut_under_load(NETWORK).await;
+}
+
+/// `NETWORK` without the GBR–DEU link: GBR–USA–POL is then the shortest
+/// way between GBR and POL, so before the cut USA relays GBR's messages
+/// to POL, FIN and EST, and theirs to GBR.
+fn usa_as_a_relay() -> String {
+    let network = NETWORK
+        .replace(r#"peers = ["FRA", "USA", "DEU"]"#, r#"peers = ["FRA", "USA"]"#)
+        .replace(r#"peers = ["GBR", "FRA", "POL"]"#, r#"peers = ["FRA", "POL"]"#);
+    assert_eq!(
+        network.matches("peers = [\"FRA\", ").count(),
+        2,
+        "both links are gone"
+    );
+    network
+}
+
+/// The same cut under load, where USA was a relay. A library bug, found
+/// writing this file and reported, not fixed here: a message already in
+/// USA's part of a tree when the cut lands is lost to the nations beyond
+/// USA. GBR refuses what USA relays after GBR's cut (`ineligible-relay`,
+/// "USA relayed a message it may not hold itself"), or USA's links close
+/// before it relays; no node sends the message again along the new tree
+/// (FRA–DEU–POL). So an acknowledged message published before the cut
+/// (`POL-57` at GBR, `GBR-65` at EST, say) never reaches a nation that
+/// was never cut, against invariant 6. It depends on timing (a message
+/// must be inside USA's part of the tree at the moment of the cut): it
+/// failed in about two runs of five here, each time with
+/// "GBR's subscriber never got 2 of the … messages due to it" or the
+/// like for POL, FIN or EST.
+#[ignore = "library bug: messages USA was relaying when it was cut are lost to the others (see the doc comment)"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_cut_partner_was_a_relay_everyone_else_still_gets_everything_once() {
+    cut_under_load(&usa_as_a_relay()).await;
+}
+
+/// Streams from five nations, a cut of USA on every other node over QUIC
+/// while they run, and every subscriber's deliveries checked against the
+/// policy (see `Allowed`).
+async fn cut_under_load(network: &str) {
+    let net = TestNetwork::start_from(network, NodeSettings::default()).await;
     let inboxes = inboxes(&net).await;
     let mut streams = Vec::new();
     for origin in ["GBR", "FRA", "POL", "EST", "USA"] {
