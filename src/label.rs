@@ -407,7 +407,9 @@ impl MarkingScheme {
     /// when it is not known (as in `entente explain` without `--from`);
     /// then only the `REL TO` names count.
     pub fn releasable_to(&self, label: &Label, origin: Option<Nation>, nation: Nation) -> bool {
-        if self.suspended.contains(&nation) {
+        // A cut nation is released nothing, and what it publishes is
+        // released to no one.
+        if self.suspended.contains(&nation) || origin.is_some_and(|o| self.suspended.contains(&o)) {
             return false;
         }
         origin == Some(nation)
@@ -420,8 +422,11 @@ impl MarkingScheme {
 
     /// Every nation of the scheme that may see `label` (see `releasable_to`).
     pub fn releasable_nations(&self, label: &Label, origin: Option<Nation>) -> BTreeSet<Nation> {
+        if origin.is_some_and(|o| self.suspended.contains(&o)) {
+            return BTreeSet::new();
+        }
         let mut nations = self.expand(label);
-        nations.extend(origin.filter(|origin| !self.suspended.contains(origin)));
+        nations.extend(origin);
         nations
     }
 }
