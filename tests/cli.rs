@@ -903,7 +903,10 @@ fn admin_cut_and_restore_as_a_user_would() {
     assert!(!unknown.status.success());
     let said = format!("{}{}", stdout(&unknown), String::from_utf8_lossy(&unknown.stderr));
     // Checked against the network file before any node is asked.
-    assert!(said.contains("XYZ is not a nation of") && !said.contains("FAILED"), "{said}");
+    assert!(
+        said.contains("XYZ is not a nation of") && !said.contains("FAILED"),
+        "{said}"
+    );
     let lower = admin(&["cut", "usa"]);
     assert!(!lower.status.success());
     let stderr = String::from_utf8_lossy(&lower.stderr);

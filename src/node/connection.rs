@@ -116,7 +116,10 @@ pub(super) async fn close_after(
     // This node closed it (a slow consumer, a replaced link, one no longer
     // admitted) and recorded why when it did: a second record saying the
     // connection was lost would only mislead.
-    if matches!(connection.close_reason(), Some(quinn::ConnectionError::LocallyClosed)) {
+    if matches!(
+        connection.close_reason(),
+        Some(quinn::ConnectionError::LocallyClosed)
+    ) {
         info!(cause = %err, "connection closed by this node");
         return;
     }
