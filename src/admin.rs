@@ -75,8 +75,8 @@ pub struct Applied {
 pub struct NodeStatus {
     /// The node's nation.
     pub node: String,
-    /// A digest of the policy it enforces (network file and cuts): nodes
-    /// that differ run different policies.
+    /// A digest of what it enforces (network file, cuts, CAs and CRLs):
+    /// nodes that differ run different policies or trust.
     pub policy_digest: String,
     /// Seconds since the node started.
     pub uptime_s: u64,

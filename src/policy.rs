@@ -45,6 +45,17 @@ pub struct Principal {
     pub roles: BTreeSet<String>,
 }
 
+/// The first 8 bytes of a digest in hex: enough to tell policies apart
+/// at a glance.
+pub(crate) fn short_hex(digest: ring::digest::Digest) -> String {
+    digest
+        .as_ref()
+        .iter()
+        .take(8)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
 /// The role that may run admin commands (status, reload, cut, restore)
 /// on its own nation's node.
 pub const ADMIN_ROLE: &str = "admin";
@@ -247,13 +258,7 @@ impl Policy {
             context.update(b"\ncut ");
             context.update(nation.as_str().as_bytes());
         }
-        context
-            .finish()
-            .as_ref()
-            .iter()
-            .take(8)
-            .map(|byte| format!("{byte:02x}"))
-            .collect()
+        short_hex(context.finish())
     }
 
     /// The levels, nations, communities and compartments markings use.

@@ -353,13 +353,7 @@ impl Rules {
         for crl in &material.crls {
             context.update(crl.as_ref());
         }
-        let digest = context
-            .finish()
-            .as_ref()
-            .iter()
-            .take(8)
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
+        let digest = crate::policy::short_hex(context.finish());
         Ok(Rules {
             digest,
             policy,
