@@ -38,6 +38,8 @@
 //! - [`explain`]: who may see a marking, for `entente explain`;
 //! - [`bench`](mod@bench): latency, throughput and memory over real node
 //!   processes, for `entente bench`;
+//! - [`sim`]: `entente simulate`: scenarios, emulated WAN links, the
+//!   oracle and the report;
 //! - [`hostile`]: a hostile member's node (genuine certificate, stuck or
 //!   trickling links), for the benches and the containment tests.
 
@@ -55,6 +57,7 @@ pub mod node;
 pub mod pki;
 pub mod policy;
 pub mod routing;
+pub mod sim;
 pub mod stream;
 pub mod tls;
 pub mod topic;

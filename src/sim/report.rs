@@ -1,0 +1,233 @@
+//! What a simulation found, as one value: written as `report.json`, drawn
+//! as `report.html` (see `html`), and summed up on the terminal.
+
+use serde::{Deserialize, Serialize};
+
+/// Everything one run measured and concluded. Times are microseconds from
+/// the start of traffic unless a name says otherwise.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// The scenario's name (its file name without `.toml`).
+    pub scenario: String,
+    /// What the scenario shows.
+    pub description: String,
+    /// The network file it ran.
+    pub network_file: String,
+    /// How long traffic ran.
+    pub duration_us: u64,
+    /// How long the scenario file asked for; differs when `--duration`
+    /// overrode it.
+    pub scenario_duration_us: u64,
+    /// When the run started, RFC 3339 (UTC).
+    pub started_at: String,
+    /// How long the whole run took, set-up and drain included.
+    pub wall_time_us: u64,
+    /// Every nation, placed at its capital.
+    pub nations: Vec<NationReport>,
+    /// Every configured link.
+    pub links: Vec<LinkReport>,
+    /// The timed events, as scheduled and as applied.
+    pub events: Vec<EventReport>,
+    /// The intervals between events: phase 0 is before the first event.
+    pub phases: Vec<Phase>,
+    /// Origin nation × receiving nation, per phase.
+    pub matrix: Vec<MatrixCell>,
+    /// Latency per origin × receiving nation with any delivery.
+    pub pairs: Vec<PairLatency>,
+    /// Published and delivered messages over time.
+    pub timeline: Timeline,
+    /// The oracle's verdict.
+    pub verdict: Verdict,
+}
+
+/// One nation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NationReport {
+    /// Its code.
+    pub nation: String,
+    /// Its capital.
+    pub capital: String,
+    /// Latitude, degrees north.
+    pub lat: f64,
+    /// Longitude, degrees east.
+    pub lon: f64,
+    /// Cut out of the network when the run ended.
+    pub cut_at_end: bool,
+    /// Its node was down (crashed, not restarted) when the run ended.
+    pub down_at_end: bool,
+    /// Messages its publishers had acknowledged.
+    pub published: u64,
+    /// Messages its subscribers received.
+    pub received: u64,
+    /// Messages its subscribers received from other nations after it was
+    /// cut out (by publish time, after the cut was acknowledged).
+    pub received_while_cut: u64,
+}
+
+/// One emulated link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkReport {
+    /// One end.
+    pub a: String,
+    /// The other end.
+    pub b: String,
+    /// Emulated one-way delay.
+    pub delay_us: u64,
+    /// Emulated jitter.
+    pub jitter_us: u64,
+    /// Emulated loss rate, 0 to 1.
+    pub loss: f64,
+    /// Emulated bandwidth.
+    pub bandwidth_mbps: f64,
+    /// Median latency of messages between the two ends' subscribers and
+    /// publishers (either way), which go over this link; `None` if none did.
+    pub measured_p50_us: Option<u64>,
+    /// The link was up (not `link-down`) when the run ended.
+    pub up_at_end: bool,
+    /// One end was cut out when the run ended, so the link is severed.
+    pub severed: bool,
+    /// UDP datagrams the emulator carried on this link, both ways.
+    pub datagrams: u64,
+    /// Datagrams it dropped: loss, a full queue, or the link down.
+    pub dropped: u64,
+}
+
+/// One timed event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventReport {
+    /// As written: `cut USA`, `link-down FIN SWE`, ...
+    pub action: String,
+    /// When it was due.
+    pub at_us: u64,
+    /// When it started.
+    pub started_us: u64,
+    /// When it had taken effect everywhere (for `cut`: the last node's
+    /// acknowledgement).
+    pub applied_us: u64,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// What happened, or why it failed.
+    pub detail: String,
+    /// Eligible deliveries lost because of it.
+    pub explained_losses: u64,
+}
+
+/// An interval between events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Phase {
+    /// Such as `before cut USA` or `after cut USA`.
+    pub label: String,
+    /// Start (by publish time).
+    pub from_us: u64,
+    /// End.
+    pub to_us: u64,
+}
+
+/// Messages from one origin nation to one receiving nation's subscribers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MatrixCell {
+    /// The origin nation.
+    pub origin: String,
+    /// The receiving nation.
+    pub receiver: String,
+    /// Per phase, in order: what the oracle expected and what arrived.
+    pub phases: Vec<PhaseCount>,
+}
+
+/// Deliveries in one phase.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct PhaseCount {
+    /// Deliveries the policy makes eligible (one per message per
+    /// subscriber).
+    pub expected: u64,
+    /// Deliveries that arrived.
+    pub delivered: u64,
+}
+
+/// Latency from one origin to one receiving nation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PairLatency {
+    /// The origin nation.
+    pub origin: String,
+    /// The receiving nation.
+    pub receiver: String,
+    /// Deliveries measured.
+    pub count: u64,
+    /// Fastest delivery.
+    pub min_us: u64,
+    /// Median.
+    pub p50_us: u64,
+    /// 90th percentile.
+    pub p90_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// Slowest.
+    pub max_us: u64,
+    /// The emulated one-way delay of the fastest path between the two
+    /// nations (the sum of its links' delays): no delivery can beat it.
+    pub path_delay_us: u64,
+    /// Links on that path.
+    pub path_hops: u32,
+}
+
+/// Messages over time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Timeline {
+    /// Width of one bucket.
+    pub bucket_us: u64,
+    /// Messages published (acknowledged) per bucket.
+    pub published: Vec<u64>,
+    /// Messages delivered to subscribers per bucket, by arrival time.
+    pub delivered: Vec<u64>,
+}
+
+/// The oracle's findings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Verdict {
+    /// Publishes attempted.
+    pub published: u64,
+    /// Publishes the origin node acknowledged.
+    pub acknowledged: u64,
+    /// Publishes refused or lost with their connection (not counted as
+    /// sent).
+    pub unacknowledged: u64,
+    /// Eligible (message, subscriber) pairs among acknowledged messages.
+    pub expected: u64,
+    /// Deliveries that arrived (duplicates counted once).
+    pub delivered: u64,
+    /// Deliveries the policy forbids. Must be 0.
+    pub leaks: u64,
+    /// Deliveries that arrived more than once. Must be 0.
+    pub duplicates: u64,
+    /// Eligible deliveries that never came, inside an event's window.
+    pub explained_losses: u64,
+    /// Eligible deliveries that never came, with no event to explain
+    /// them. Must be 0.
+    pub unexplained_losses: u64,
+    /// Deliveries during an event's change-over, when either outcome is
+    /// allowed (such as a message published while a cut was applied).
+    pub in_transition: u64,
+    /// Some leaks, duplicates and unexplained losses, to start from.
+    pub findings: Vec<Finding>,
+    /// No leak, no duplicate, no unexplained loss.
+    pub passed: bool,
+}
+
+/// One wrong delivery or missing one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Finding {
+    /// `leak`, `duplicate` or `loss`.
+    pub kind: String,
+    /// The publisher.
+    pub publisher: String,
+    /// Its sequence number.
+    pub seq: u64,
+    /// The subscriber concerned.
+    pub subscriber: String,
+    /// The message's marking.
+    pub marking: String,
+    /// When it was published.
+    pub published_us: u64,
+    /// Why the oracle thinks so.
+    pub why: String,
+}
