@@ -139,6 +139,9 @@ pub struct NodeSettings {
     pub handshake_burst: u32,
     /// The longest wait between re-dials of a peer that is down.
     pub max_redial_backoff: Duration,
+    /// Test only: see `RoutingSettings::leak_once`.
+    #[cfg(feature = "fault-injection")]
+    pub leak_once: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Sessions one principal may hold at once, unless configured otherwise.
@@ -161,6 +164,8 @@ impl Default for NodeSettings {
             handshakes_per_second: 256,
             handshake_burst: 256,
             max_redial_backoff: Duration::from_secs(5),
+            #[cfg(feature = "fault-injection")]
+            leak_once: None,
         }
     }
 }
@@ -299,15 +304,36 @@ fn resolve(address: &str) -> Result<SocketAddr, NodeError> {
 /// Binds the node's QUIC endpoint. Use port 0 to let the OS choose, then
 /// read it back with `Endpoint::local_addr`.
 pub fn bind(config: &NodeConfig, addr: SocketAddr) -> Result<Endpoint, NodeError> {
+    Endpoint::server(server_config(config)?, addr).map_err(|cause| NodeError::Bind { addr, cause })
+}
+
+/// The node's QUIC endpoint on a socket of the caller's, such as the
+/// simulator's emulated WAN socket.
+pub fn endpoint_on(
+    config: &NodeConfig,
+    socket: Arc<dyn quinn::AsyncUdpSocket>,
+) -> Result<Endpoint, NodeError> {
+    let addr = socket
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        Some(server_config(config)?),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|cause| NodeError::Bind { addr, cause })
+}
+
+fn server_config(config: &NodeConfig) -> Result<quinn::ServerConfig, NodeError> {
     let suspended = control::read_suspended(&config.data_dir, &config.policy)?;
     let trust = config.trust.trust_store(&suspended)?;
-    let server = tls::server_config(
+    Ok(tls::server_config(
         &trust,
         config.cert_chain.clone(),
         config.key.clone_key(),
         config.token_key.clone(),
-    )?;
-    Endpoint::server(server, addr).map_err(|cause| NodeError::Bind { addr, cause })
+    )?)
 }
 
 /// What a reload or a cut replaces, as one value, so that handshakes,
@@ -546,6 +572,8 @@ impl Node {
             rules.node_keys.clone(),
             RoutingSettings {
                 max_subscriptions: config.settings.max_subscriptions,
+                #[cfg(feature = "fault-injection")]
+                leak_once: config.settings.leak_once.clone(),
                 ..RoutingSettings::default()
             },
         );

@@ -252,6 +252,11 @@ pub struct RoutingSettings {
     pub max_subscriptions: usize,
     /// The most message ids the replay window holds ([`seen::SeenIds`]).
     pub seen_capacity: usize,
+    /// Test only: while set, the next delivery the policy refuses goes
+    /// through anyway (and clears it), so a test can show that the
+    /// simulator's oracle catches a leak. Never compiled into a release.
+    #[cfg(feature = "fault-injection")]
+    pub leak_once: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for RoutingSettings {
@@ -259,6 +264,8 @@ impl Default for RoutingSettings {
         RoutingSettings {
             max_subscriptions: 256,
             seen_capacity: seen::DEFAULT_CAPACITY,
+            #[cfg(feature = "fault-injection")]
+            leak_once: None,
         }
     }
 }
@@ -1042,6 +1049,16 @@ impl Routing {
                 envelope.origin,
             ) {
                 Decision::Allow => deliver.push(id),
+                #[cfg(feature = "fault-injection")]
+                Decision::Deny { .. }
+                    if self
+                        .settings
+                        .leak_once
+                        .as_ref()
+                        .is_some_and(|leak| leak.swap(false, std::sync::atomic::Ordering::SeqCst)) =>
+                {
+                    deliver.push(id)
+                }
                 Decision::Deny { reason, message } => denials.push(
                     Record::at(now_us, Event::Deliver, Verdict::Deny, reason.code())
                         .message(envelope, marking)

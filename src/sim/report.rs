@@ -231,3 +231,127 @@ pub struct Finding {
     /// Why the oracle thinks so.
     pub why: String,
 }
+
+/// Writes `report.json` and `report.html` into `dir` (created if need
+/// be); returns their paths.
+pub fn write(
+    report: &Report,
+    dir: &std::path::Path,
+) -> std::io::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    std::fs::create_dir_all(dir)?;
+    let json = dir.join("report.json");
+    let html = dir.join("report.html");
+    std::fs::write(
+        &json,
+        serde_json::to_string_pretty(report).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::write(&html, super::html::render(report))?;
+    Ok((json, html))
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.1} ms", us as f64 / 1000.0)
+}
+
+impl Report {
+    /// The summary table printed after a run.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let v = &self.verdict;
+        let _ = writeln!(
+            out,
+            "scenario {}: {:.1} s of traffic{} (whole run {:.1} s), {} nodes",
+            self.scenario,
+            self.duration_us as f64 / 1e6,
+            if self.duration_us != self.scenario_duration_us {
+                format!(
+                    " (--duration; the scenario says {:.1} s)",
+                    self.scenario_duration_us as f64 / 1e6
+                )
+            } else {
+                String::new()
+            },
+            self.wall_time_us as f64 / 1e6,
+            self.nations.len(),
+        );
+        let _ = writeln!(
+            out,
+            "published {} ({} acknowledged, {} not), {} eligible deliveries expected, {} delivered",
+            v.published, v.acknowledged, v.unacknowledged, v.expected, v.delivered
+        );
+        if !self.events.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n  {:>8}  {:<20} {:>10}  {:>8}  detail",
+                "at", "event", "took", "losses"
+            );
+            for e in &self.events {
+                let _ = writeln!(
+                    out,
+                    "  {:>8}  {:<20} {:>10}  {:>8}  {}{}",
+                    format!("{:.1} s", e.started_us as f64 / 1e6),
+                    e.action,
+                    ms(e.applied_us.saturating_sub(e.started_us)),
+                    e.explained_losses,
+                    if e.ok { "" } else { "FAILED: " },
+                    e.detail
+                );
+            }
+        }
+        let cut: Vec<&NationReport> = self.nations.iter().filter(|n| n.cut_at_end).collect();
+        for n in &cut {
+            let _ = writeln!(
+                out,
+                "\n{} is cut out: it received {} messages from other nations published after the cut",
+                n.nation, n.received_while_cut
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n  {:<12} {:>7} {:>10} {:>10} {:>12}",
+            "pair", "count", "p50", "p99", "path delay"
+        );
+        let mut pairs: Vec<&PairLatency> = self.pairs.iter().filter(|p| p.origin != p.receiver).collect();
+        pairs.sort_by_key(|p| std::cmp::Reverse(p.path_delay_us));
+        let shown = 8.min(pairs.len());
+        for p in &pairs[..shown] {
+            let _ = writeln!(
+                out,
+                "  {:<12} {:>7} {:>10} {:>10} {:>12}",
+                format!("{}→{}", p.origin, p.receiver),
+                p.count,
+                ms(p.p50_us),
+                ms(p.p99_us),
+                ms(p.path_delay_us)
+            );
+        }
+        if pairs.len() > shown {
+            let _ = writeln!(out, "  ... {} more pairs in the report", pairs.len() - shown);
+        }
+        let _ = writeln!(
+            out,
+            "\n{}: {} leaks, {} duplicates, {} unexplained losses ({} losses explained by events, {} deliveries during a change-over)",
+            if v.passed { "PASS" } else { "FAIL" },
+            v.leaks,
+            v.duplicates,
+            v.unexplained_losses,
+            v.explained_losses,
+            v.in_transition
+        );
+        for f in v.findings.iter().take(5) {
+            let _ = writeln!(
+                out,
+                "  {} {}#{} → {} ({}) at {}: {}",
+                f.kind,
+                f.publisher,
+                f.seq,
+                f.subscriber,
+                f.marking,
+                ms(f.published_us),
+                f.why
+            );
+        }
+        out
+    }
+}
