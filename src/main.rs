@@ -170,6 +170,10 @@ Examples:
         /// summary.
         #[arg(long)]
         json: bool,
+        /// Keep the run's PKI, data folders and audit logs in DIR (by
+        /// default they live in a temporary folder, deleted afterwards).
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
     },
     /// Manage the national PKI of a network.
     #[command(
@@ -670,7 +674,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
             duration,
             json,
-        } => cmd_simulate(scenario, out, duration, json),
+            keep,
+        } => cmd_simulate(scenario, out, duration, json, keep),
         Command::Admin(AdminCli::Status { nodes, admin }) => {
             cmd_admin(admin, Some(nodes), AdminCommand::Status)
         }
@@ -704,6 +709,7 @@ fn cmd_simulate(
     out: PathBuf,
     duration: Option<Duration>,
     json: bool,
+    keep: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let scenario = sim::scenario::Scenario::load(&scenario)?;
     let bar = indicatif::ProgressBar::new(duration.unwrap_or(scenario.duration).as_millis() as u64);
@@ -715,6 +721,7 @@ fn cmd_simulate(
     let shown = bar.clone();
     let options = sim::SimOptions {
         duration,
+        keep,
         progress: Some(Arc::new(move |p: &sim::Progress| {
             shown.set_position(p.elapsed.as_millis() as u64);
             let event = p

@@ -61,6 +61,9 @@ pub type ProgressCallback = Arc<dyn Fn(&Progress) + Send + Sync>;
 pub struct SimOptions {
     /// Overrides the scenario's duration.
     pub duration: Option<Duration>,
+    /// Keeps the run's PKI, data directories and audit logs here instead
+    /// of in a temporary folder that is deleted.
+    pub keep: Option<PathBuf>,
     /// Called about five times a second with what is going on.
     pub progress: Option<ProgressCallback>,
     /// Test only: lets one delivery the policy refuses through, so a test
@@ -121,14 +124,21 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> Result<Report
     let progress = Reporter::new(options.progress.clone(), scenario.duration);
     progress.stage("starting");
 
-    let dir = tempfile::tempdir().map_err(SimError::TempDir)?;
-    let layout = PkiLayout::new(dir.path().join("certs"));
-    pki::generate(&scenario.policy, &layout, false)?;
+    let temp = tempfile::tempdir().map_err(SimError::TempDir)?;
+    let root = match &options.keep {
+        Some(keep) => {
+            std::fs::create_dir_all(keep).map_err(SimError::TempDir)?;
+            keep.clone()
+        }
+        None => temp.path().to_owned(),
+    };
+    let layout = PkiLayout::new(root.join("certs"));
+    pki::generate(&scenario.policy, &layout, true)?;
     let wan = Wan::new(&scenario.links);
     let mut nodes = Nodes::start(
         &scenario,
         &layout,
-        dir.path().join("data"),
+        root.join("data"),
         wan.clone(),
         node_settings(&options),
     )?;
@@ -170,7 +180,7 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> Result<Report
     }
 
     progress.stage("warming up");
-    let warm_up = warm_up(&scenario, &publishers, &probes).await;
+    let warm_up = warm_up(&scenario, &nodes, &publishers, &probes).await;
     if !warm_up.is_empty() {
         warn!(pairs = ?warm_up, "some subscribers never heard from an eligible publisher during warm-up");
     }
@@ -396,17 +406,30 @@ fn read_payload(payload: &[u8]) -> Option<(u8, usize, u64)> {
     Some((kind, publisher, seq))
 }
 
-/// Publishes probes until every subscriber the oracle says may hear from
-/// each publisher has (interest announced, links up), so traffic starts
-/// on a settled network. Returns the (publisher, subscriber) pairs still
-/// missing at the limit.
+/// Waits until every node has both links to every peer up (a handshake
+/// whose packets the emulated WAN lost can take seconds), then publishes
+/// probes until every subscriber the oracle says may hear from each
+/// publisher has: so traffic starts on a settled network, not while trees
+/// still change. Returns the (publisher, subscriber) pairs still missing
+/// at the limit.
 async fn warm_up(
     scenario: &Scenario,
+    nodes: &Nodes,
     publishers: &[(Client, Connector)],
     probes: &Mutex<HashSet<(usize, usize)>>,
 ) -> Vec<(String, String)> {
-    let wanted = analyse::expected_pairs(scenario);
     let deadline = Instant::now() + WARM_UP_LIMIT;
+    let all_links_up = || {
+        nodes.controls(None).iter().all(|(_, control)| {
+            control
+                .status()
+                .is_ok_and(|status| status.peers.iter().all(|peer| peer.outbound && peer.inbound))
+        })
+    };
+    while !all_links_up() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wanted = analyse::expected_pairs(scenario);
     let mut probe_seq = 0;
     loop {
         let missing: BTreeSet<(usize, usize)> = {
