@@ -135,13 +135,8 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> Result<Report
     let layout = PkiLayout::new(root.join("certs"));
     pki::generate(&scenario.policy, &layout, true)?;
     let wan = Wan::new(&scenario.links);
-    let mut nodes = Nodes::start(
-        &scenario,
-        &layout,
-        root.join("data"),
-        wan.clone(),
-        node_settings(&options),
-    )?;
+    let (settings, leak) = node_settings(&options);
+    let mut nodes = Nodes::start(&scenario, &layout, root.join("data"), wan.clone(), settings)?;
 
     let counters = Arc::new(Counters::default());
     let (stop_subscribers, subscribers_stop) = watch::channel(false);
@@ -187,6 +182,9 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> Result<Report
 
     // Traffic from here: the clock's zero.
     clock.start();
+    if let Some(leak) = leak {
+        leak.store(true, Ordering::SeqCst);
+    }
     progress.stage("running");
     let start = Instant::now();
     let end = start + scenario.duration;
@@ -257,16 +255,20 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> Result<Report
     Ok(report)
 }
 
-fn node_settings(options: &SimOptions) -> NodeSettings {
+/// The nodes' settings, and the test-only leak switch they share (armed
+/// once traffic starts, so a probe cannot use it up).
+fn node_settings(options: &SimOptions) -> (NodeSettings, Option<Arc<std::sync::atomic::AtomicBool>>) {
     #[cfg(feature = "fault-injection")]
     if options.leak_once {
-        return NodeSettings {
-            leak_once: Some(Arc::new(std::sync::atomic::AtomicBool::new(true))),
+        let leak = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let settings = NodeSettings {
+            leak_once: Some(leak.clone()),
             ..NodeSettings::default()
         };
+        return (settings, Some(leak));
     }
     let _ = options;
-    NodeSettings::default()
+    (NodeSettings::default(), None)
 }
 
 /// Microseconds since traffic started; before that, 0.

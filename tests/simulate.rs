@@ -1,0 +1,217 @@
+//! `entente simulate` end to end on the sample network: real nodes, real
+//! QUIC and mutual TLS through the emulated WAN, real events, and the
+//! oracle's verdicts, including one it must catch.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use entente::sim::report::Report;
+use entente::sim::scenario::Scenario;
+use entente::sim::{simulate, SimOptions};
+
+/// A short scenario on the sample network, written beside a copy of it.
+fn scenario(dir: &Path, traffic: &str, events: &str) -> Scenario {
+    let network = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/network.toml");
+    let text = format!(
+        "network = {network:?}\nduration = \"60s\"\n{traffic}\n{events}\n",
+        network = network.display().to_string()
+    );
+    let path: PathBuf = dir.join("short.toml");
+    std::fs::write(&path, text).unwrap();
+    Scenario::load(&path).expect("valid scenario")
+}
+
+const TRAFFIC: &str = r#"
+[[publishers]]
+principal = "gbr.analyst"
+topic = "intel.gbr"
+marking = "SECRET//REL TO NATO"
+rate = 40
+payload = 256
+
+[[publishers]]
+principal = "usa.analyst"
+topic = "intel.usa"
+marking = "SECRET//REL TO NATO"
+rate = 20
+payload = 256
+
+[[publishers]]
+principal = "est.analyst"
+topic = "airdef.est"
+marking = "SECRET//REL TO BALTIC, FIN, GBR"
+rate = 20
+payload = 128
+
+[[subscribers]]
+principal = "usa.analyst"
+pattern = ">"
+
+[[subscribers]]
+principal = "fra.analyst"
+pattern = ">"
+
+[[subscribers]]
+principal = "lva.analyst"
+pattern = ">"
+
+[[subscribers]]
+principal = "ukr.analyst"
+pattern = ">"
+
+[[subscribers]]
+principal = "gbr.clerk"
+pattern = ">"
+"#;
+
+async fn run(scenario: &Scenario, seconds: u64, leak_once: bool) -> Report {
+    simulate(
+        scenario,
+        SimOptions {
+            duration: Some(Duration::from_secs(seconds)),
+            leak_once,
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .expect("the simulation runs")
+}
+
+fn delivered(report: &Report, origin: &str, receiver: &str, phase: usize) -> u64 {
+    report
+        .matrix
+        .iter()
+        .find(|c| c.origin == origin && c.receiver == receiver)
+        .map_or(0, |c| c.phases[phase].delivered)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_cut_halfway_gets_nothing_after_and_the_oracle_finds_no_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = scenario(
+        dir.path(),
+        TRAFFIC,
+        "[[events]]\nat = \"50%\"\nevent = \"cut USA\"",
+    );
+    let report = run(&scenario, 4, false).await;
+    let v = &report.verdict;
+    assert!(v.passed, "{}", report.summary());
+    assert_eq!((v.leaks, v.duplicates, v.unexplained_losses), (0, 0, 0));
+    assert!(v.expected > 200, "{}", report.summary());
+    assert!(v.delivered >= v.expected - v.explained_losses);
+
+    // What ran, against what the file says.
+    assert_eq!(report.duration_us, 4_000_000);
+    assert_eq!(report.scenario_duration_us, 60_000_000);
+    assert!(report.summary().contains("--duration"));
+    let cut = &report.events[0];
+    assert!(cut.ok && cut.action == "cut USA", "{cut:?}");
+    assert!(cut.started_us >= 2_000_000);
+
+    // Before the cut USA hears GBR and GBR hears USA; after it, nothing
+    // crosses either way.
+    assert!(delivered(&report, "GBR", "USA", 0) > 0);
+    assert!(delivered(&report, "USA", "FRA", 0) > 0);
+    assert_eq!(delivered(&report, "GBR", "USA", 1), 0);
+    assert_eq!(delivered(&report, "USA", "FRA", 1), 0);
+    assert!(delivered(&report, "GBR", "FRA", 1) > 0);
+    let usa = report.nations.iter().find(|n| n.nation == "USA").unwrap();
+    assert!(usa.cut_at_end && usa.received_while_cut == 0);
+    assert!(report
+        .links
+        .iter()
+        .filter(|l| l.a == "USA" || l.b == "USA")
+        .all(|l| l.severed));
+
+    // Nobody outside the releasability or below the clearance got anything.
+    assert_eq!(delivered(&report, "GBR", "UKR", 0), 0);
+    assert_eq!(
+        delivered(&report, "GBR", "GBR", 0),
+        0,
+        "the clerk is cleared RESTRICTED"
+    );
+    // LVA hears EST's BALTIC tracks.
+    assert!(delivered(&report, "EST", "LVA", 0) > 0);
+
+    // No delivery beats the emulated path, and the report shows both.
+    assert!(!report.pairs.is_empty());
+    for pair in &report.pairs {
+        assert!(
+            pair.min_us >= pair.path_delay_us,
+            "{}→{} took {} µs, under its path delay {} µs",
+            pair.origin,
+            pair.receiver,
+            pair.min_us,
+            pair.path_delay_us
+        );
+    }
+    let gbr_usa = report
+        .pairs
+        .iter()
+        .find(|p| p.origin == "GBR" && p.receiver == "USA")
+        .unwrap();
+    assert!(
+        gbr_usa.path_delay_us > 40_000 && gbr_usa.path_hops == 1,
+        "{gbr_usa:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oracle_catches_one_delivery_the_policy_forbids() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = scenario(dir.path(), TRAFFIC, "");
+    let report = run(&scenario, 3, true).await;
+    let v = &report.verdict;
+    assert_eq!(v.leaks, 1, "{}", report.summary());
+    assert!(!v.passed);
+    let leak = v
+        .findings
+        .iter()
+        .find(|f| f.kind == "leak")
+        .expect("the leak is listed");
+    assert_eq!(leak.subscriber, "gbr.clerk", "{leak:?}");
+    assert!(report.summary().contains("FAIL"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_event_applies_and_what_it_loses_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = r#"
+[[events]]
+at = "10%"
+event = "link-down GBR EST"
+[[events]]
+at = "25%"
+event = "link-up GBR EST"
+[[events]]
+at = "35%"
+event = "node-crash FRA"
+[[events]]
+at = "50%"
+event = "node-restart FRA"
+[[events]]
+at = "60%"
+event = "revoke lva.analyst"
+[[events]]
+at = "75%"
+event = "cut USA"
+[[events]]
+at = "85%"
+event = "restore USA"
+"#;
+    let scenario = scenario(dir.path(), TRAFFIC, events);
+    let report = run(&scenario, 8, false).await;
+    let v = &report.verdict;
+    assert_eq!(report.events.len(), 7);
+    for event in &report.events {
+        assert!(event.ok, "{event:?}");
+    }
+    assert!(v.passed, "{}", report.summary());
+    // The revoked analyst hears nothing published after the revocation
+    // took effect: the phases after it show no delivery to LVA.
+    for phase in 5..report.phases.len() {
+        assert_eq!(delivered(&report, "EST", "LVA", phase), 0, "phase {phase}");
+    }
+    assert!(delivered(&report, "EST", "LVA", 0) > 0);
+    assert_eq!(report.phases.len(), 8);
+}
