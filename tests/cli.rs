@@ -1076,3 +1076,67 @@ roles = ["admin"]
     let exit = node.0.wait().unwrap();
     assert!(exit.success(), "exited with {exit}: {}", stderr.text());
 }
+
+#[test]
+fn simulate_runs_a_short_scenario_and_writes_both_report_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/network.toml");
+    let scenario = dir.path().join("short.toml");
+    std::fs::write(
+        &scenario,
+        format!(
+            r#"network = {:?}
+duration = "30s"
+[[publishers]]
+principal = "fin.analyst"
+topic = "airdef.tracks"
+marking = "SECRET//REL TO NORDIC"
+rate = 20
+[[subscribers]]
+principal = "nor.analyst"
+pattern = "airdef.>"
+[[events]]
+at = "50%"
+event = "link-down FIN SWE"
+"#,
+            network.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("report");
+    let run = entente(&[
+        "simulate",
+        scenario.to_str().unwrap(),
+        "--duration",
+        "3s",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let text = stdout(&run);
+    assert!(
+        run.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        text.contains("PASS: 0 leaks, 0 duplicates, 0 unexplained losses"),
+        "{text}"
+    );
+    assert!(text.contains("link-down FIN SWE"), "{text}");
+    assert!(text.contains("the scenario says 30.0 s"), "{text}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["verdict"]["passed"], true);
+    assert_eq!(report["duration_us"], 3_000_000);
+    assert!(report["verdict"]["expected"].as_u64().unwrap() > 20);
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && !html.contains("http://") && !html.contains("https://"));
+
+    let missing = entente(&["simulate", "/nonexistent/scenario.toml"]);
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("cannot read scenario /nonexistent/scenario.toml"),
+        "{err}"
+    );
+}

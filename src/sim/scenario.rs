@@ -606,3 +606,120 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     };
     Duration::try_from_secs_f64(seconds).map_err(|err| format!("`{text}`: {err}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<Scenario, ScenarioError> {
+        let network = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/network.toml");
+        let text = format!(
+            "network = {:?}\nduration = \"10s\"\n{body}",
+            network.display().to_string()
+        );
+        Scenario::parse(&text, Path::new("/tmp/test.toml"))
+    }
+
+    const TRAFFIC: &str = r#"
+[[publishers]]
+principal = "gbr.analyst"
+topic = "a.b"
+marking = "SECRET//REL TO NATO"
+rate = 10
+
+[[subscribers]]
+principal = "usa.analyst"
+pattern = ">"
+"#;
+
+    fn error(body: &str) -> String {
+        parse(body).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn the_shipped_scenarios_load() {
+        for name in ["europe-cut-usa", "nordic-air-command"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("config/scenarios/{name}.toml"));
+            let scenario = Scenario::load(&path).unwrap_or_else(|err| panic!("{err}"));
+            assert_eq!(scenario.name, name);
+            assert!(!scenario.events().is_empty());
+        }
+    }
+
+    #[test]
+    fn links_get_their_delay_from_the_capitals_and_can_be_overridden() {
+        let gbr = Nation::parse("GBR").unwrap();
+        let usa = Nation::parse("USA").unwrap();
+        let fra = Nation::parse("FRA").unwrap();
+        let scenario = parse(&format!(
+            "{TRAFFIC}\n[links]\nloss = 0.01\n[[links.link]]\nbetween = [\"GBR\", \"FRA\"]\ndelay = \"9ms\"\nbandwidth_mbps = 10\n"
+        ))
+        .unwrap();
+        let usa_link = scenario.link(usa, gbr).unwrap();
+        assert_eq!(usa_link.delay, super::super::geo::path_delay(gbr, usa).unwrap());
+        assert_eq!(usa_link.loss, 0.01);
+        assert_eq!(usa_link.bandwidth_bps, 1e9);
+        let fra_link = scenario.link(gbr, fra).unwrap();
+        assert_eq!(fra_link.delay, Duration::from_millis(9));
+        assert_eq!(fra_link.bandwidth_bps, 1e7);
+        // Only configured links exist.
+        assert!(scenario.link(usa, Nation::parse("FIN").unwrap()).is_none());
+    }
+
+    #[test]
+    fn events_at_a_share_move_with_the_duration_and_late_ones_are_dropped() {
+        let mut scenario = parse(&format!(
+            "{TRAFFIC}\n[[events]]\nat = \"50%\"\nevent = \"cut USA\"\n[[events]]\nat = \"8s\"\nevent = \"restore USA\"\n"
+        ))
+        .unwrap();
+        let events = scenario.events();
+        assert_eq!(events[0].at, Duration::from_secs(5));
+        assert_eq!(events[1].at, Duration::from_secs(8));
+        scenario.duration = Duration::from_secs(4);
+        let events = scenario.events();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].at, Duration::from_secs(2));
+        assert_eq!(events[0].action.to_string(), "cut USA");
+    }
+
+    #[test]
+    fn broken_scenarios_say_what_is_wrong() {
+        assert!(error(&format!("{TRAFFIC}\ncolour = 1")).contains("unknown field"));
+        assert!(error(&format!(
+            "{TRAFFIC}\n[[events]]\nat = \"1s\"\nevent = \"explode GBR\""
+        ))
+        .contains("unknown event"));
+        assert!(error(&format!(
+            "{TRAFFIC}\n[[events]]\nat = \"1s\"\nevent = \"cut XXX\""
+        ))
+        .contains("not a nation"));
+        assert!(error(&format!(
+            "{TRAFFIC}\n[[events]]\nat = \"1s\"\nevent = \"link-down GBR FIN\""
+        ))
+        .contains("not linked"));
+        assert!(error(&format!(
+            "{TRAFFIC}\n[[events]]\nat = \"1s\"\nevent = \"revoke nobody\""
+        ))
+        .contains("not a principal"));
+        assert!(error(&format!(
+            "{TRAFFIC}\n[[events]]\nat = \"150%\"\nevent = \"cut USA\""
+        ))
+        .contains("below 100%"));
+        assert!(error(&format!("{TRAFFIC}\n[links]\nloss = 1.5")).contains("below 1"));
+        assert!(error(&format!(
+            "{TRAFFIC}\n[[links.link]]\nbetween = [\"GBR\", \"FIN\"]"
+        ))
+        .contains("no such link"));
+        assert!(error(&TRAFFIC.replace("SECRET//REL TO NATO", "SECRETISH")).contains("publisher gbr.analyst"));
+        assert!(error(&TRAFFIC.replace("rate = 10", "rate = 0")).contains("rate"));
+        assert!(error(&TRAFFIC.replace("usa.analyst", "usa.nobody")).contains("not a principal"));
+        assert!(error("").contains("at least one publisher"));
+        let missing = Scenario::load(Path::new("/nonexistent/scenario.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("cannot read scenario /nonexistent/scenario.toml"),
+            "{missing}"
+        );
+    }
+}
