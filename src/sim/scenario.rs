@@ -295,7 +295,7 @@ impl Scenario {
             path: path.to_owned(),
             message,
         };
-        let network_file = path.parent().unwrap_or(Path::new(".")).join(&file.network);
+        let network_file = tidy(&path.parent().unwrap_or(Path::new(".")).join(&file.network));
         let policy =
             Arc::new(
                 config::load_network(&network_file).map_err(|cause| ScenarioError::Network {
@@ -502,6 +502,23 @@ fn links(file: &LinksFile, policy: &Policy) -> Result<BTreeMap<(Nation, Nation),
     Ok(links)
 }
 
+/// `config/scenarios/../network.toml` as `config/network.toml`, for the
+/// report (lexically: a scenario names its network relative to itself).
+fn tidy(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 fn nation_of(text: &str, policy: &Policy) -> Result<Nation, String> {
     Nation::parse(text)
         .filter(|n| policy.nation(*n).is_some())
@@ -642,6 +659,7 @@ pattern = ">"
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("config/scenarios/{name}.toml"));
             let scenario = Scenario::load(&path).unwrap_or_else(|err| panic!("{err}"));
             assert_eq!(scenario.name, name);
+            assert!(!scenario.network_file.to_string_lossy().contains(".."));
             assert!(!scenario.events().is_empty());
         }
     }
