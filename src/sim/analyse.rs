@@ -418,6 +418,8 @@ pub fn analyse(run: &Run) -> Report {
         scenario_duration_us: run.duration_us,
         started_at: String::new(),
         wall_time_us: 0,
+        publishers: scenario.publishers.clone(),
+        subscribers: scenario.subscribers.clone(),
         nations,
         links,
         events: applied,

@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use super::report::{LinkReport, MatrixCell, NationReport, PairLatency, Report};
+use super::scenario::{PublisherSpec, SubscriberSpec};
+use crate::label::Nation;
 
 /// `write!` to a `String`, which cannot fail.
 macro_rules! w {
@@ -38,6 +40,7 @@ pub fn render(report: &Report) -> String {
     latency_section(&mut out, report);
     timeline_section(&mut out, report);
     events_section(&mut out, report);
+    traffic_section(&mut out, report);
     links_section(&mut out, report);
     pairs_section(&mut out, report);
     w!(
@@ -1864,6 +1867,40 @@ fn events_section(out: &mut String, r: &Report) {
     w!(out, "</table>\n</section>\n");
 }
 
+fn traffic_section(out: &mut String, r: &Report) {
+    w!(
+        out,
+        "<section id='traffic'>\n<h2>Traffic</h2>\n<p class='hint'>What the scenario ran: each \
+         publisher is one session publishing at a steady rate, each subscriber one session with \
+         one pattern.</p>\n<div class='cols'><table><tr><th class='l'>publisher</th>\
+         <th class='l'>topic</th><th class='l'>marking</th><th>msg/s</th><th>bytes</th></tr>\n"
+    );
+    for p in &r.publishers {
+        w!(
+            out,
+            "<tr><td class='l'>{}</td><td class='l'>{}</td><td class='l'>{}</td><td>{}</td><td>{}</td></tr>\n",
+            esc(&p.principal),
+            esc(&p.topic),
+            esc(&p.marking),
+            p.rate,
+            num(p.payload as u64)
+        );
+    }
+    w!(
+        out,
+        "</table><table><tr><th class='l'>subscriber</th><th class='l'>pattern</th></tr>\n"
+    );
+    for sub in &r.subscribers {
+        w!(
+            out,
+            "<tr><td class='l'>{}</td><td class='l'>{}</td></tr>\n",
+            esc(&sub.principal),
+            esc(&sub.pattern)
+        );
+    }
+    w!(out, "</table></div>\n</section>\n");
+}
+
 fn links_section(out: &mut String, r: &Report) {
     if r.links.is_empty() {
         return;
@@ -2178,6 +2215,19 @@ pub fn sample_report() -> Report {
         scenario_duration_us: 60_000_000,
         started_at: "2025-03-14T09:26:53Z".to_owned(),
         wall_time_us: 71_400_000,
+        publishers: vec![PublisherSpec {
+            principal: "gbr.analyst".to_owned(),
+            nation: Nation::parse("GBR").unwrap_or_else(|| unreachable!()),
+            topic: "sigint.summary".to_owned(),
+            marking: "SECRET//REL TO NATO <&>".to_owned(),
+            rate: 20.0,
+            payload: 512,
+        }],
+        subscribers: vec![SubscriberSpec {
+            principal: "usa.analyst".to_owned(),
+            nation: Nation::parse("USA").unwrap_or_else(|| unreachable!()),
+            pattern: ">".to_owned(),
+        }],
         nations,
         links,
         events: vec![EventReport {
@@ -2464,6 +2514,8 @@ mod tests {
         assert!(page.contains("Lon&lt;don&gt;"));
         assert!(page.contains("SECRET//REL TO &lt;GBR, &quot;FRA&quot;&gt;"));
         assert!(page.contains("GBR/pub&lt;1&gt;") && page.contains("USA/sub&amp;1"));
+        // The traffic table: the sample's publisher marking carries `<&>`.
+        assert!(page.contains("<td class='l'>SECRET//REL TO NATO &lt;&amp;&gt;</td>"));
         for class in ["map", "latency", "timeline"] {
             well_formed(svg(&page, class));
         }

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::scenario::{PublisherSpec, SubscriberSpec};
+
 /// Everything one run measured and concluded. Times are microseconds from
 /// the start of traffic unless a name says otherwise.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -22,6 +24,10 @@ pub struct Report {
     pub started_at: String,
     /// How long the whole run took, set-up and drain included.
     pub wall_time_us: u64,
+    /// The traffic: who published what, how often.
+    pub publishers: Vec<PublisherSpec>,
+    /// Who subscribed to what.
+    pub subscribers: Vec<SubscriberSpec>,
     /// Every nation, placed at its capital.
     pub nations: Vec<NationReport>,
     /// Every configured link.

@@ -151,7 +151,7 @@ mod micros {
 }
 
 /// A publisher: one client session publishing at a steady rate.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PublisherSpec {
     /// The principal it connects as.
     pub principal: String,
@@ -168,7 +168,7 @@ pub struct PublisherSpec {
 }
 
 /// A subscriber: one client session with one pattern.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SubscriberSpec {
     /// The principal it connects as.
     pub principal: String,
