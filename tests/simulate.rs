@@ -215,3 +215,20 @@ event = "restore USA"
     assert!(delivered(&report, "EST", "LVA", 0) > 0);
     assert_eq!(report.phases.len(), 8);
 }
+
+#[tokio::test]
+async fn keep_refuses_a_folder_that_is_not_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = scenario(dir.path(), TRAFFIC, "");
+    // The scenario file itself makes `dir` non-empty.
+    let err = simulate(
+        &scenario,
+        SimOptions {
+            keep: Some(dir.path().to_owned()),
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .expect_err("a folder with files in it is refused");
+    assert!(err.to_string().contains("is not empty"), "{err}");
+}

@@ -2266,6 +2266,7 @@ pub fn sample_report() -> Report {
             unexplained_losses: 0,
             in_transition: 37,
             findings: Vec::new(),
+            warm_up_missing: Vec::new(),
             passed: true,
         },
     }

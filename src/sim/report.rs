@@ -215,6 +215,11 @@ pub struct Verdict {
     pub in_transition: u64,
     /// Some leaks, duplicates and unexplained losses, to start from.
     pub findings: Vec<Finding>,
+    /// `publisher → subscriber` pairs the oracle expected to hear from each
+    /// other that had not exchanged a probe when warm-up gave up (30 s):
+    /// their losses are unexplained, and this says why.
+    #[serde(default)]
+    pub warm_up_missing: Vec<String>,
     /// No leak, no duplicate, no unexplained loss.
     pub passed: bool,
 }
@@ -345,6 +350,14 @@ impl Report {
             v.explained_losses,
             v.in_transition
         );
+        if !v.warm_up_missing.is_empty() {
+            let _ = writeln!(
+                out,
+                "  warm-up never connected {} publisher → subscriber pairs, such as {}",
+                v.warm_up_missing.len(),
+                v.warm_up_missing[0]
+            );
+        }
         for f in v.findings.iter().take(5) {
             let _ = writeln!(
                 out,

@@ -34,6 +34,9 @@ pub enum SimError {
     /// The temporary folder could not be made.
     #[error("cannot set up the simulation's temporary folder: {0}")]
     TempDir(std::io::Error),
+    /// `--keep` names a folder that is not empty.
+    #[error("{0} is not empty: --keep needs a new or empty folder, so no PKI or log is overwritten")]
+    KeepNotEmpty(PathBuf),
     /// The PKI could not be generated, or a revocation failed.
     #[error(transparent)]
     Pki(#[from] PkiError),
@@ -127,13 +130,17 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> Result<Report
     let temp = tempfile::tempdir().map_err(SimError::TempDir)?;
     let root = match &options.keep {
         Some(keep) => {
+            // Never over a real certs folder or an earlier run's logs.
+            if std::fs::read_dir(keep).is_ok_and(|mut entries| entries.next().is_some()) {
+                return Err(SimError::KeepNotEmpty(keep.clone()));
+            }
             std::fs::create_dir_all(keep).map_err(SimError::TempDir)?;
             keep.clone()
         }
         None => temp.path().to_owned(),
     };
     let layout = PkiLayout::new(root.join("certs"));
-    pki::generate(&scenario.policy, &layout, true)?;
+    pki::generate(&scenario.policy, &layout, false)?;
     let wan = Wan::new(&scenario.links);
     let (settings, leak) = node_settings(&options);
     let mut nodes = Nodes::start(&scenario, &layout, root.join("data"), wan.clone(), settings)?;
@@ -175,9 +182,9 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> Result<Report
     }
 
     progress.stage("warming up");
-    let warm_up = warm_up(&scenario, &nodes, &publishers, &probes).await;
-    if !warm_up.is_empty() {
-        warn!(pairs = ?warm_up, "some subscribers never heard from an eligible publisher during warm-up");
+    let warm_up_missing = warm_up(&scenario, &nodes, &publishers, &probes).await;
+    if !warm_up_missing.is_empty() {
+        warn!(pairs = ?warm_up_missing, "some subscribers never heard from an eligible publisher during warm-up");
     }
 
     // Traffic from here: the clock's zero.
@@ -252,6 +259,10 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> Result<Report
     report.scenario_duration_us = scenario_duration.as_micros() as u64;
     report.started_at = started_at;
     report.wall_time_us = wall.elapsed().as_micros() as u64;
+    report.verdict.warm_up_missing = warm_up_missing
+        .into_iter()
+        .map(|(publisher, subscriber)| format!("{publisher} → {subscriber}"))
+        .collect();
     Ok(report)
 }
 
