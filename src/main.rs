@@ -712,6 +712,9 @@ fn cmd_simulate(
     keep: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let scenario = sim::scenario::Scenario::load(&scenario)?;
+    if duration.is_some_and(|d| d.is_zero()) {
+        anyhow::bail!("--duration must be more than 0");
+    }
     let bar = indicatif::ProgressBar::new(duration.unwrap_or(scenario.duration).as_millis() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {pos:>6}/{len} ms  {msg}")
