@@ -101,6 +101,32 @@ fn apply(world: &mut World, action: &Action) {
     }
 }
 
+/// Whether `action` touches what `message` needed to reach `sub`, in the
+/// world before or after it.
+fn touches(
+    oracle: &Oracle,
+    action: &Action,
+    message: &Message,
+    sub: &super::scenario::SubscriberSpec,
+    worlds: [&World; 2],
+) -> bool {
+    let on_path = |via: Nation, other: Option<Nation>| {
+        worlds
+            .iter()
+            .any(|world| oracle.on_a_shortest_path(message, sub.nation, world, via, other))
+    };
+    match action {
+        Action::Cut { nation }
+        | Action::Restore { nation }
+        | Action::NodeCrash { nation }
+        | Action::NodeRestart { nation } => {
+            *nation == message.origin || *nation == sub.nation || on_path(*nation, None)
+        }
+        Action::LinkDown { between: [a, b] } | Action::LinkUp { between: [a, b] } => on_path(*a, Some(*b)),
+        Action::Revoke { principal } => *principal == sub.principal || *principal == message.publisher,
+    }
+}
+
 /// The (publisher, subscriber) pairs that must hear from each other
 /// before any event: the warm-up waits for them.
 pub fn expected_pairs(scenario: &Scenario) -> BTreeSet<(usize, usize)> {
@@ -150,15 +176,25 @@ pub fn analyse(run: &Run) -> Report {
     }
     let applied_by = |t: u64| run.applied.iter().filter(|e| e.applied_us <= t).count();
     let started_by = |t: u64| run.applied.iter().filter(|e| e.started_us <= t).count();
-    let window_of = |t: u64| {
+    // The latest event whose window holds `t` and that touches what the
+    // message needed: its sender or receiver, or a node or link on one of
+    // its shortest paths before or after the event.
+    let explaining = |t: u64, message: &Message, sub: &super::scenario::SubscriberSpec| {
         run.events
             .iter()
             .zip(&run.applied)
             .enumerate()
             .rev()
-            .find(|(_, (event, report))| {
+            .find(|(i, (event, report))| {
                 report.started_us.saturating_sub(IN_FLIGHT_US) <= t
                     && t <= report.applied_us + settle_us(&event.action)
+                    && touches(
+                        &oracle,
+                        &event.action,
+                        message,
+                        sub,
+                        [&worlds[*i], &worlds[*i + 1]],
+                    )
             })
             .map(|(i, _)| i)
     };
@@ -312,7 +348,7 @@ pub fn analyse(run: &Run) -> Report {
                 if arrived || !(eligible || made_unreachable) {
                     continue;
                 }
-                match window_of(sent.sent_us) {
+                match explaining(sent.sent_us, &message, sub) {
                     Some(event) => {
                         verdict.explained_losses += 1;
                         applied[event].explained_losses += 1;

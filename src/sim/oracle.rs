@@ -242,6 +242,62 @@ impl Oracle {
     }
 }
 
+impl Oracle {
+    /// Hops from `from` to every node the message may cross in `world`
+    /// (eligible, up, over links that are up).
+    fn hops_from(&self, message: &Message, from: Nation, world: &World) -> BTreeMap<Nation, u32> {
+        let usable = |n: Nation| !world.down_nodes.contains(&n) && self.nation_eligible(message, n, world);
+        let mut hops = BTreeMap::new();
+        if !usable(from) {
+            return hops;
+        }
+        hops.insert(from, 0);
+        let mut queue = VecDeque::from([from]);
+        while let Some(at) = queue.pop_front() {
+            let here = hops[&at];
+            let Some(data) = self.nations.get(&at) else {
+                continue;
+            };
+            for &next in &data.peers {
+                let link = if at <= next { (at, next) } else { (next, at) };
+                if world.down_links.contains(&link) || !usable(next) || hops.contains_key(&next) {
+                    continue;
+                }
+                hops.insert(next, here + 1);
+                queue.push_back(next);
+            }
+        }
+        hops
+    }
+
+    /// Whether the node `via`, or the link `via`–`other` when given, lies
+    /// on some shortest path (by hops, as delivery trees are built) from
+    /// the message's origin to `to` in `world`: what a change to it can
+    /// disturb.
+    pub fn on_a_shortest_path(
+        &self,
+        message: &Message,
+        to: Nation,
+        world: &World,
+        via: Nation,
+        other: Option<Nation>,
+    ) -> bool {
+        let from_origin = self.hops_from(message, message.origin, world);
+        let Some(&length) = from_origin.get(&to) else {
+            return false;
+        };
+        let to_target = self.hops_from(message, to, world);
+        let through = |a: Nation, b: Nation| matches!((from_origin.get(&a), to_target.get(&b)), (Some(x), Some(y)) if x + 1 + y == length);
+        match other {
+            None => matches!(
+                (from_origin.get(&via), to_target.get(&via)),
+                (Some(x), Some(y)) if x + y == length
+            ),
+            Some(other) => through(via, other) || through(other, via),
+        }
+    }
+}
+
 /// Whether a `*` / `>` pattern matches a dotted topic: `*` is one token,
 /// `>` one or more to the end.
 pub fn topic_matches(pattern: &str, topic: &str) -> bool {
@@ -342,6 +398,36 @@ mod tests {
         world.cut.clear();
         world.revoked.insert("usa.analyst".into());
         assert!(!oracle.may_receive(&from_gbr, &usa, &world));
+    }
+
+    #[test]
+    fn shortest_paths_name_the_nodes_and_links_a_message_may_cross() {
+        let (_, oracle) = sample();
+        let nato = oracle.read_marking("SECRET//REL TO NATO").unwrap();
+        let from_dnk = Message {
+            publisher: "dnk.analyst",
+            origin: nation("DNK"),
+            topic: "t",
+            marking: &nato,
+        };
+        let world = World::default();
+        // DNK reaches EST in 3 hops: through DEU–GBR, NOR–GBR or SWE–FIN.
+        let on = |via: &str, other: Option<&str>| {
+            oracle.on_a_shortest_path(&from_dnk, nation("EST"), &world, nation(via), other.map(nation))
+        };
+        assert!(on("GBR", None) && on("FIN", None) && on("DNK", None) && on("EST", None));
+        assert!(on("SWE", Some("FIN")) && on("FIN", Some("SWE")));
+        assert!(on("GBR", Some("EST")) && on("FIN", Some("EST")));
+        // Not on any 3-hop path.
+        assert!(!on("POL", None) && !on("USA", None) && !on("FRA", None));
+        assert!(!on("DEU", Some("POL")) && !on("GBR", Some("FRA")));
+        // With GBR down, only the SWE–FIN path is left.
+        let gbr_down = World {
+            down_nodes: [nation("GBR")].into(),
+            ..World::default()
+        };
+        assert!(oracle.on_a_shortest_path(&from_dnk, nation("EST"), &gbr_down, nation("FIN"), None));
+        assert!(!oracle.on_a_shortest_path(&from_dnk, nation("EST"), &gbr_down, nation("NOR"), None));
     }
 
     #[test]
