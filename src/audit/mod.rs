@@ -20,6 +20,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::envelope::Envelope;
 use crate::label::Nation;
 
+pub mod chain;
+pub mod command;
+pub mod query;
 mod writer;
 
 use writer::Message;
@@ -833,6 +836,36 @@ mod tests {
         audit.record(admit("four")).await;
         audit.close().await;
         assert_eq!(subjects(&path), ["one", "two", "three", "four"]);
+        let report = chain::verify_file(&path, None).unwrap();
+        assert!(report.intact() && report.torn.is_empty(), "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn the_chain_continues_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::open(dir.path(), "GBR".parse().unwrap()).unwrap();
+        audit.record(admit("one")).await;
+        audit.record(admit("two")).await;
+        drop(audit);
+        let first = std::fs::read_to_string(&path).unwrap();
+        assert!(first.starts_with("{\"node\":\"GBR\""), "{first}");
+        let audit = Audit::open(dir.path(), "GBR".parse().unwrap()).unwrap();
+        audit.record(admit("three")).await;
+        drop(audit);
+        let all = lines(&path);
+        assert_eq!(all[0]["prev"], chain::GENESIS);
+        let last_of_first = first.lines().last().unwrap();
+        assert_eq!(
+            all[2]["prev"],
+            chain::hex(&chain::hash_line(last_of_first.as_bytes()))
+        );
+        assert_eq!(
+            all.iter().map(|l| l["seq"].as_u64().unwrap()).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        let report = chain::verify_file(&path, None).unwrap();
+        assert!(report.intact() && report.records == 3, "{report:?}");
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+use super::chain::{self, Link};
 use super::{now_us, Aggregator, Health, Record, BUSY_PAUSE, IDLE_PAUSE};
 use crate::label::Nation;
 
@@ -34,12 +35,15 @@ impl std::fmt::Debug for Message {
     }
 }
 
-/// One line of the log: the record, stamped with the node that wrote it.
+/// One line of the log: the record, stamped with the node that wrote it,
+/// and chained to the line before it (`seq`, `prev`: see [`chain`]).
 #[derive(Serialize)]
 struct Line<'a> {
     node: Nation,
     #[serde(flatten)]
     record: &'a Record,
+    seq: u64,
+    prev: &'a str,
 }
 
 /// The open log file, and which file it is, to notice it being moved,
@@ -53,20 +57,25 @@ pub(super) struct Writer {
     path: PathBuf,
     node: Nation,
     log: Option<OpenLog>,
-    /// Whole lines, each ending in a newline, not yet in the file.
+    /// Whole lines, each ending in a newline, not yet in the file. They are
+    /// chained when made: a line that fails is written again as it was.
     pending: Vec<u8>,
+    /// Where the chain stands after the last line made.
+    link: Link,
     health: Arc<Health>,
 }
 
 impl Writer {
     /// Opens the log at `path`, creating it, for appending.
     pub(super) fn open(path: PathBuf, node: Nation, health: Arc<Health>) -> io::Result<Writer> {
-        let log = open_log(&path)?;
+        let mut log = open_log(&path)?;
+        let link = chain::last_link(&mut log.file)?;
         Ok(Writer {
             path,
             node,
             log: Some(log),
             pending: Vec::new(),
+            link,
             health,
         })
     }
@@ -75,12 +84,21 @@ impl Writer {
     fn add(&mut self, records: &mut Vec<Record>) {
         for record in records.drain(..) {
             let start = self.pending.len();
+            let prev = chain::hex(&self.link.prev);
             let line = Line {
                 node: self.node,
                 record: &record,
+                seq: self.link.seq,
+                prev: &prev,
             };
             match serde_json::to_writer(&mut self.pending, &line) {
-                Ok(()) => self.pending.push(b'\n'),
+                Ok(()) => {
+                    self.link = Link {
+                        prev: chain::hash_line(&self.pending[start..]),
+                        seq: self.link.seq.saturating_add(1),
+                    };
+                    self.pending.push(b'\n');
+                }
                 Err(err) => {
                     self.pending.truncate(start);
                     tracing::error!(cause = %err, "cannot encode an audit record");
