@@ -7,6 +7,12 @@
 //! it can send them, so repeated identical refusals are counted rather than
 //! written one by one ([`Aggregator`]): every decision is still accounted
 //! for, and the log stays readable.
+//!
+//! The lines form a hash chain ([`chain`]: `seq` and `prev` on each), so an
+//! edited or deleted record shows, and `entente audit verify` names it
+//! ([`command`], searching with [`query`]). A log that cannot be written
+//! keeps its records and retries, and [`Audit::failure`] says why, so the
+//! node can refuse new work rather than act unaccountably (invariant 7).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
