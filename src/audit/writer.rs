@@ -294,3 +294,21 @@ pub(super) fn run(mut rx: mpsc::Receiver<Message>, mut writer: Writer) {
         std::thread::park_timeout(pause);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::committed;
+
+    #[test]
+    fn a_write_cut_short_keeps_every_line_not_wholly_written() {
+        let pending = b"{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n";
+        assert_eq!(committed(pending, pending.len()), pending.len());
+        assert_eq!(committed(pending, 0), 0);
+        assert_eq!(committed(pending, 3), 0, "a torn first line is written again");
+        assert_eq!(committed(pending, 8), 8, "exactly one whole line");
+        assert_eq!(committed(pending, 12), 8);
+        // The text of the second line is in, only its newline is not: it
+        // is not written twice (reopening adds the newline).
+        assert_eq!(committed(pending, 15), 16);
+    }
+}
