@@ -34,7 +34,7 @@
 //! - [`client`]: the client library used by the CLI, the tests and the
 //!   benches;
 //! - [`audit`]: audit records, written by a dedicated thread from a bounded
-//!   channel;
+//!   channel into a hash chain; verifying and querying logs;
 //! - [`explain`]: who may see a marking, for `entente explain`;
 //! - [`bench`](mod@bench): latency, throughput and memory over real node
 //!   processes, for `entente bench`;

@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
 use entente::admin::{self, AdminCommand, AdminReply};
+use entente::audit;
 use entente::bench;
 use entente::client::{delivery_json, delivery_line, escape_text, Client, ClientOptions, Overrides};
 use entente::config::{load_network, DEFAULT_NETWORK_FILE};
@@ -182,6 +183,16 @@ Examples:
   entente certs init --out /tmp/pki"
     )]
     Certs(CertsCommand),
+    /// Check audit logs' hash chains, and search them.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  entente audit verify                                 # every data/<NATION>/audit.jsonl
+  entente audit verify data/GBR/audit.jsonl
+  entente audit query --id 3f2a9c --table
+  entente audit query data/GBR/audit.jsonl --nation DEU --decision deny --since 2025-03-01T12:00:00Z"
+    )]
+    Audit(AuditCommand),
     /// Show who may see a marking, and why a nation or principal may or may not.
     #[command(after_help = "Examples:
   entente explain 'S//REL TO NORDIC'
@@ -206,6 +217,83 @@ Examples:
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check that each record's `prev` is the hash of the record before it;
+    /// name the first line where the chain breaks (an edited or deleted
+    /// record). Exits non-zero if a chain is broken.
+    #[command(
+        after_help = "Each line holds `seq` (its place in the chain) and `prev` (the SHA-256 of
+the line before it, 64 zeros for the first). An edited record breaks the
+next record's prev; a deleted one also leaves a gap in seq. A torn line
+(a write cut short by a crash) is reported but does not break the chain.
+Keep the last hash it prints elsewhere: records removed from the end of a
+log show only against it.
+
+Examples:
+  entente audit verify                                 # every data/<NATION>/audit.jsonl
+  entente audit verify data/GBR/audit.jsonl data/FRA/audit.jsonl
+  entente audit verify new.jsonl --prev <last hash of the older file>"
+    )]
+    Verify {
+        /// Audit logs [default: every data/<NATION>/audit.jsonl].
+        files: Vec<PathBuf>,
+        /// The hash the first record follows, when the file continues an
+        /// older one (as verify printed it for that file).
+        #[arg(long, value_name = "HASH", value_parser = parse_chain_hash)]
+        prev: Option<[u8; 32]>,
+    },
+    /// Print the records that match every filter given: as stored (JSON
+    /// lines), or as a table.
+    #[command(
+        after_help = "--nation matches the record's node, its subject or subjects (the nation or
+one of its principals, such as gbr.analyst), or a peer of a forward record;
+with --decision or --reason, a forward record matches on that peer's own
+outcome. Times are RFC 3339 (2025-03-01T12:00:00Z) or microseconds since
+the epoch; a summary of counted refusals matches if its span overlaps.
+
+Examples:
+  entente audit query --id 3f2a9c                      # every node's records of one message
+  entente audit query data/GBR/audit.jsonl --nation DEU --decision deny --table
+  entente audit query --principal gbr.analyst --event deliver
+  entente audit query --reason bad-signature --since 2025-03-01T12:00:00Z --until 2025-03-01T13:00:00Z"
+    )]
+    Query {
+        /// Audit logs [default: every data/<NATION>/audit.jsonl].
+        files: Vec<PathBuf>,
+        /// A message id, or its start.
+        #[arg(long)]
+        id: Option<String>,
+        /// A nation code, such as DEU.
+        #[arg(long)]
+        nation: Option<String>,
+        /// A principal, such as gbr.analyst (the record's subject or one of its subjects).
+        #[arg(long)]
+        principal: Option<String>,
+        #[arg(long, value_parser = ["allow", "deny"])]
+        decision: Option<String>,
+        /// A reason code, such as not-releasable or bad-signature.
+        #[arg(long, value_name = "CODE")]
+        reason: Option<String>,
+        /// An event: admit, refuse, publish, deliver, forward, drop or disconnect.
+        #[arg(long, value_parser = ["admit", "refuse", "publish", "deliver", "forward", "drop", "disconnect"])]
+        event: Option<String>,
+        /// Records at or after this time.
+        #[arg(long, value_name = "TIME", value_parser = audit::query::parse_time)]
+        since: Option<u64>,
+        /// Records at or before this time.
+        #[arg(long, value_name = "TIME", value_parser = audit::query::parse_time)]
+        until: Option<u64>,
+        /// A table (time, node, event, decision, reason, subject, id) instead of JSON lines.
+        #[arg(long)]
+        table: bool,
+    },
+}
+
+fn parse_chain_hash(text: &str) -> Result<[u8; 32], String> {
+    audit::chain::parse_hash(text).ok_or_else(|| format!("`{text}` is not a hash of 64 hex digits"))
 }
 
 #[derive(Subcommand)]
@@ -701,6 +789,58 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             network,
             json,
         } => cmd_explain(marking, to, from, network, json),
+        Command::Audit(command) => cmd_audit(command),
+    }
+}
+
+/// The logs named, or every data/<NATION>/audit.jsonl.
+fn audit_logs(files: Vec<PathBuf>) -> anyhow::Result<Vec<PathBuf>> {
+    if !files.is_empty() {
+        return Ok(files);
+    }
+    let logs = audit::command::default_logs(std::path::Path::new("data"));
+    if logs.is_empty() {
+        bail!("no audit log found in data/<NATION>/audit.jsonl; name one, such as data/GBR/audit.jsonl");
+    }
+    Ok(logs)
+}
+
+fn cmd_audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    let mut stdout = std::io::stdout().lock();
+    match command {
+        AuditCommand::Verify { files, prev } => {
+            let intact = audit::command::verify(&audit_logs(files)?, prev, &mut stdout)?;
+            Ok(if intact {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        AuditCommand::Query {
+            files,
+            id,
+            nation,
+            principal,
+            decision,
+            reason,
+            event,
+            since,
+            until,
+            table,
+        } => {
+            let filter = audit::query::Filter {
+                id,
+                nation,
+                principal,
+                decision,
+                reason,
+                event,
+                since_us: since,
+                until_us: until,
+            };
+            audit::command::query(&audit_logs(files)?, &filter, table, &mut stdout)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

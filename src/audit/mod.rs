@@ -7,12 +7,17 @@
 //! it can send them, so repeated identical refusals are counted rather than
 //! written one by one ([`Aggregator`]): every decision is still accounted
 //! for, and the log stays readable.
+//!
+//! The lines form a hash chain ([`chain`]: `seq` and `prev` on each), so an
+//! edited or deleted record shows, and `entente audit verify` names it
+//! ([`command`], searching with [`query`]). A log that cannot be written
+//! keeps its records and retries, and [`Audit::failure`] says why, so the
+//! node can refuse new work rather than act unaccountably (invariant 7).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -20,6 +25,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::envelope::Envelope;
 use crate::label::Nation;
+
+pub mod chain;
+pub mod command;
+pub mod query;
+mod writer;
+
+use writer::Message;
 
 /// Sized so that ingress does not wait at the target message rates: the
 /// writer drains tens of thousands of lines per millisecond burst.
@@ -448,30 +460,34 @@ pub enum AuditError {
     },
 }
 
-enum Message {
-    Record(Record),
-    Close(oneshot::Sender<()>),
-}
-
 /// A handle to a node's audit log; cheap to clone.
+///
+/// The writer thread runs until every handle is dropped: records sent by any
+/// task, even after [`Audit::close`], reach the file, and dropping the last
+/// handle waits until the writer has written everything it was given.
 #[derive(Clone, Debug)]
 pub struct Audit {
-    tx: mpsc::Sender<Message>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// `Some` until the last handle is dropped.
+    tx: Option<mpsc::Sender<Message>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    health: Arc<Health>,
     /// Denials recorded so far, by reason code, for `admin status`.
-    denials: Arc<std::sync::Mutex<BTreeMap<&'static str, u64>>>,
+    denials: Mutex<BTreeMap<&'static str, u64>>,
 }
 
-/// One line of the log: the record, stamped with the node that wrote it.
-#[derive(Serialize)]
-struct Line<'a> {
-    node: Nation,
-    #[serde(flatten)]
-    record: &'a Record,
-}
-
-impl std::fmt::Debug for Message {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("audit message")
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Disconnects the channel: the writer writes what it holds and ends.
+        drop(self.tx.take());
+        if let Some(writer) = self.writer.take() {
+            writer.thread().unpark();
+            let _ = writer.join();
+        }
     }
 }
 
@@ -484,32 +500,43 @@ impl Audit {
             cause,
         };
         std::fs::create_dir_all(data_dir).map_err(error)?;
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(error)?;
+        let health = Arc::new(Health::default());
+        let writer = writer::Writer::open(path.clone(), node, health.clone()).map_err(error)?;
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let writer_path = path.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("audit-{node}"))
-            .spawn(move || write_records(rx, BufWriter::new(file), writer_path, node))
+            .spawn(move || writer::run(rx, writer))
             .map_err(error)?;
         Ok(Audit {
-            tx,
-            denials: Arc::default(),
+            inner: Arc::new(Inner {
+                tx: Some(tx),
+                writer: Some(thread),
+                health,
+                denials: Mutex::default(),
+            }),
         })
     }
 
     /// How many denials were recorded so far, by reason code (each record
     /// counts as its summary's count, or 1).
     pub fn denials(&self) -> BTreeMap<String, u64> {
-        self.denials
+        self.inner
+            .denials
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .map(|(&code, &count)| (code.to_owned(), count))
             .collect()
+    }
+
+    /// Why the log is not being written, if it is not: `None` while records
+    /// reach the file; `Some(cause)`, a sentence naming the file and the I/O
+    /// error, from the moment a write fails until a later write succeeds.
+    /// Records that failed are kept and retried, never dropped. Cheap (one
+    /// atomic load while the log is healthy): the node asks before each
+    /// publish and subscribe, and refuses them while the log fails.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.health.get()
     }
 
     /// Queues a record for the writer; waits while the channel is full, so a
@@ -518,91 +545,59 @@ impl Audit {
         if record.decision == Verdict::Deny {
             let count = record.summary.as_ref().map_or(1, |summary| summary.count);
             *self
+                .inner
                 .denials
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .unwrap_or_else(PoisonError::into_inner)
                 .entry(record.reason)
                 .or_default() += count;
         }
-        // Fails only once the writer has stopped, after `close`.
-        let _ = self.tx.send(Message::Record(record)).await;
+        if let Some(tx) = &self.inner.tx {
+            // Fails only if the writer thread died, which it does not.
+            let _ = tx.send(Message::Record(record)).await;
+        }
     }
 
-    /// Flushes everything recorded so far and stops the writer.
+    /// Flushes everything recorded so far and waits for it: returns once
+    /// every record sent before this call is in the file, or at once if the
+    /// log is failing ([`Audit::failure`] says why; those records stay
+    /// pending and are retried). The log stays open: records sent after it
+    /// are written too, until the last handle is dropped.
     pub async fn close(&self) {
+        let Some(tx) = &self.inner.tx else { return };
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Message::Close(done)).await.is_ok() {
+        if tx.send(Message::Close(done)).await.is_ok() {
+            if let Some(writer) = &self.inner.writer {
+                writer.thread().unpark();
+            }
             let _ = wait.await;
         }
     }
 }
 
-fn write_records(mut rx: mpsc::Receiver<Message>, mut out: BufWriter<File>, path: PathBuf, node: Nation) {
-    let mut failed = false;
-    let mut write = |out: &mut BufWriter<File>, record: &Record| {
-        let result = serde_json::to_writer(&mut *out, &Line { node, record })
-            .map_err(std::io::Error::from)
-            .and_then(|()| out.write_all(b"\n"));
-        if let Err(err) = result {
-            if !failed {
-                tracing::error!(path = %path.display(), cause = %err, "cannot write the audit log");
-                failed = true;
-            }
+/// Whether the log is being written; shared by the handles and the writer.
+#[derive(Debug, Default)]
+struct Health {
+    failed: AtomicBool,
+    cause: Mutex<Option<String>>,
+}
+
+impl Health {
+    fn fail(&self, cause: String) {
+        *self.cause.lock().unwrap_or_else(PoisonError::into_inner) = Some(cause);
+        self.failed.store(true, Ordering::Release);
+    }
+
+    fn recover(&self) {
+        self.failed.store(false, Ordering::Release);
+        *self.cause.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    fn get(&self) -> Option<String> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
         }
-    };
-    let mut aggregator = Aggregator::default();
-    let mut ready = Vec::new();
-    // The writer polls the channel on its own schedule instead of sleeping
-    // in `blocking_recv`: a parked receiver would make every record's
-    // sender pay a futex wake-up on the message path.
-    let mut pause = BUSY_PAUSE;
-    loop {
-        let mut wrote = false;
-        let mut closing = None;
-        loop {
-            match rx.try_recv() {
-                Ok(Message::Record(record)) => {
-                    aggregator.offer(record, &mut ready);
-                    for record in ready.drain(..) {
-                        write(&mut out, &record);
-                        wrote = true;
-                    }
-                }
-                Ok(Message::Close(done)) => {
-                    closing = Some(Some(done));
-                    break;
-                }
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    closing = Some(None);
-                    break;
-                }
-            }
-        }
-        if let Some(done) = closing {
-            // Nothing counted goes unwritten: every open window ends here.
-            aggregator.finish(now_us(), &mut ready);
-            for record in ready.drain(..) {
-                write(&mut out, &record);
-            }
-            let _ = out.flush();
-            if let Some(done) = done {
-                let _ = done.send(());
-            }
-            return;
-        }
-        aggregator.expire(now_us(), &mut ready);
-        for record in ready.drain(..) {
-            write(&mut out, &record);
-            wrote = true;
-        }
-        if wrote {
-            let _ = out.flush();
-            pause = BUSY_PAUSE;
-        } else {
-            pause = (pause * 2).min(IDLE_PAUSE);
-        }
-        std::thread::sleep(pause);
+        self.cause.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 
@@ -793,6 +788,105 @@ mod tests {
         for key in ["count", "first_us", "last_us", "ids"] {
             assert!(first.get(key).is_none(), "{key} on a plain record: {first}");
         }
+    }
+
+    fn lines(path: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+            .collect()
+    }
+
+    fn admit(subject: &str) -> Record {
+        Record::new(Event::Admit, Verdict::Allow, "own-principal").subject(subject)
+    }
+
+    fn subjects(path: &Path) -> Vec<String> {
+        lines(path)
+            .iter()
+            .map(|line| line["subject"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_record_that_cannot_be_written_is_kept_until_the_log_is_writable_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::open(dir.path(), "GBR".parse().unwrap()).unwrap();
+        audit.record(admit("one")).await;
+        audit.close().await;
+        assert_eq!(audit.failure(), None);
+        // The log is moved away and a folder takes its name: the writer
+        // notices the path is no longer its file, and cannot reopen it.
+        let aside = dir.path().join("aside.jsonl");
+        std::fs::rename(&path, &aside).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        audit.record(admit("two")).await;
+        audit.record(admit("three")).await;
+        audit.close().await;
+        let cause = audit.failure().expect("the failure is reported");
+        assert!(cause.contains(&path.display().to_string()), "{cause}");
+        assert!(cause.contains("audit log"), "{cause}");
+        assert_eq!(subjects(&aside), ["one"]);
+        // Put back: the next pass writes what was kept, in order.
+        std::fs::remove_dir(&path).unwrap();
+        std::fs::rename(&aside, &path).unwrap();
+        for _ in 0..500 {
+            if audit.failure().is_none() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(audit.failure(), None, "recovers once writable");
+        audit.record(admit("four")).await;
+        audit.close().await;
+        assert_eq!(subjects(&path), ["one", "two", "three", "four"]);
+        let report = chain::verify_file(&path, None).unwrap();
+        assert!(report.intact() && report.torn.is_empty(), "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn the_chain_continues_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::open(dir.path(), "GBR".parse().unwrap()).unwrap();
+        audit.record(admit("one")).await;
+        audit.record(admit("two")).await;
+        drop(audit);
+        let first = std::fs::read_to_string(&path).unwrap();
+        assert!(first.starts_with("{\"node\":\"GBR\""), "{first}");
+        let audit = Audit::open(dir.path(), "GBR".parse().unwrap()).unwrap();
+        audit.record(admit("three")).await;
+        drop(audit);
+        let all = lines(&path);
+        assert_eq!(all[0]["prev"], chain::GENESIS);
+        let last_of_first = first.lines().last().unwrap();
+        assert_eq!(
+            all[2]["prev"],
+            chain::hex(&chain::hash_line(last_of_first.as_bytes()))
+        );
+        assert_eq!(
+            all.iter().map(|l| l["seq"].as_u64().unwrap()).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        let report = chain::verify_file(&path, None).unwrap();
+        assert!(report.intact() && report.records == 3, "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn records_sent_after_close_are_written_before_the_last_handle_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(dir.path(), "GBR".parse().unwrap()).unwrap();
+        let task = audit.clone();
+        audit.record(admit("before")).await;
+        audit.close().await;
+        assert_eq!(subjects(&dir.path().join("audit.jsonl")), ["before"]);
+        task.record(admit("after")).await;
+        drop(audit);
+        drop(task);
+        // Dropping the last handle waited for the writer.
+        assert_eq!(subjects(&dir.path().join("audit.jsonl")), ["before", "after"]);
     }
 
     proptest! {
