@@ -195,7 +195,55 @@ impl MarkingCache {
     }
 }
 
-/// May-publish, then the unsigned envelope; or the refusal to send back.
+/// At most this many characters of a refusal's sentence go into its
+/// audit record: the sentence may quote what the client sent (a topic or
+/// marking up to a frame long), and a log line must stay bounded.
+const DETAIL_MAX: usize = 240;
+
+/// A refusal's sentence for the audit log: control characters escaped (it
+/// quotes outside input) and cut short.
+fn bounded(sentence: &str) -> String {
+    let mut out = String::new();
+    for (count, c) in sentence.chars().enumerate() {
+        if count == DETAIL_MAX {
+            out.push_str(&format!("… ({} bytes)", sentence.len()));
+            return out;
+        }
+        out.extend(c.escape_debug());
+    }
+    out
+}
+
+/// The audit record of a refused request: one `refuse` line with the
+/// principal and the sentence it was sent. A refused request never became
+/// a message (it has no id), so it is a refusal like any other: repeated
+/// identical ones are counted by the audit writer rather than written one
+/// by one (`audit::Aggregator`), so a client looping on a refused request
+/// cannot flood the log.
+fn refusal_record(principal: &str, code: &'static str, sentence: &str) -> Record {
+    Record::new(Event::Refuse, Verdict::Deny, code)
+        .subject(principal)
+        .detail(bounded(sentence))
+}
+
+/// Audits a refused request and builds the `Refused` frame that answers it.
+async fn refuse(
+    shared: &Shared,
+    principal: &Principal,
+    request: u64,
+    code: &'static str,
+    sentence: String,
+    marking: Option<String>,
+) -> Frame {
+    debug!(code, "request refused");
+    let mut record = refusal_record(&principal.name, code, &sentence);
+    record.marking = marking;
+    shared.audit(record).await;
+    refused(request, code, sentence)
+}
+
+/// May-publish, then the unsigned envelope; or the refusal to send back,
+/// audited.
 async fn authorize(
     shared: &Shared,
     principal: &Principal,
@@ -205,32 +253,39 @@ async fn authorize(
     marking: String,
     payload: Vec<u8>,
 ) -> Result<Accepted, Frame> {
-    let topic = Topic::new(topic).map_err(|err| refused(request, Reason::BadTopic.code(), err))?;
-    let rules = shared.rules();
-    let (label, canonical) = markings
-        .parse(rules.policy.scheme(), marking)
-        .map_err(|err| refused(request, Reason::BadMarking.code(), err))?;
-    if payload.len() > MAX_PAYLOAD {
-        return Err(refused(
-            request,
-            Reason::PayloadTooLarge.code(),
-            format!(
-                "payload of {} bytes exceeds the limit of {MAX_PAYLOAD} bytes",
-                payload.len()
-            ),
-        ));
-    }
-    let record = |verdict, reason: &'static str| {
-        let mut record = Record::new(Event::Publish, verdict, reason).subject(&principal.name);
-        record.marking = Some(canonical.clone());
-        record
+    let topic = match Topic::new(topic) {
+        Ok(topic) => topic,
+        Err(err) => {
+            let code = Reason::BadTopic.code();
+            return Err(refuse(shared, principal, request, code, err.to_string(), None).await);
+        }
     };
+    let rules = shared.rules();
+    let (label, canonical) = match markings.parse(rules.policy.scheme(), marking) {
+        Ok(parsed) => parsed,
+        Err(err) => {
+            let code = Reason::BadMarking.code();
+            return Err(refuse(shared, principal, request, code, err.to_string(), None).await);
+        }
+    };
+    if payload.len() > MAX_PAYLOAD {
+        let sentence = format!(
+            "payload of {} bytes exceeds the limit of {MAX_PAYLOAD} bytes",
+            payload.len()
+        );
+        let code = Reason::PayloadTooLarge.code();
+        return Err(refuse(shared, principal, request, code, sentence, Some(canonical)).await);
+    }
     if let Decision::Deny { reason, message } = rules.policy.may_publish(principal, &topic, &label) {
-        debug!(%reason, "publish denied");
-        shared
-            .audit(record(Verdict::Deny, reason.code()).detail(&message))
-            .await;
-        return Err(refused(request, reason.code(), message));
+        return Err(refuse(
+            shared,
+            principal,
+            request,
+            reason.code(),
+            message,
+            Some(canonical),
+        )
+        .await);
     }
     let envelope = Envelope::from(Unsigned {
         id: shared.ids.next_id(),
@@ -241,7 +296,9 @@ async fn authorize(
         created_us: now_us(),
         payload,
     });
-    let mut accepted = record(Verdict::Allow, Reason::PolicyAllows.code());
+    let mut accepted =
+        Record::new(Event::Publish, Verdict::Allow, Reason::PolicyAllows.code()).subject(&principal.name);
+    accepted.marking = Some(canonical.clone());
     accepted.id = Some(envelope.id.to_string());
     shared.audit(accepted).await;
     Ok(Accepted {
@@ -322,7 +379,10 @@ async fn subscribe(
 ) -> Frame {
     let pattern = match Pattern::new(pattern) {
         Ok(pattern) => pattern,
-        Err(err) => return refused(request, Reason::BadPattern.code(), err),
+        Err(err) => {
+            let code = Reason::BadPattern.code();
+            return refuse(shared, principal, request, code, err.to_string(), None).await;
+        }
     };
     let (result, actions) = shared
         .router
@@ -334,14 +394,15 @@ async fn subscribe(
             Frame::SubscribeAck { request }
         }
         Err(err) => {
+            let sentence = err.to_string();
             shared
-                .audit(
-                    Record::new(Event::Refuse, Verdict::Deny, err.code())
-                        .subject(&principal.name)
-                        .detail(format!("subscribe to {pattern}: {err}")),
-                )
+                .audit(refusal_record(
+                    &principal.name,
+                    err.code(),
+                    &format!("subscribe to {pattern}: {sentence}"),
+                ))
                 .await;
-            refused(request, err.code(), err)
+            refused(request, err.code(), sentence)
         }
     }
 }
