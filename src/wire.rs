@@ -49,6 +49,10 @@ pub mod close {
     /// The node's policy no longer admits the peer: its nation was cut
     /// out, its certificate revoked, or it left the network file.
     pub const NO_LONGER_ADMITTED: u32 = 6;
+    /// The node cannot write its audit log, so it takes nothing it would
+    /// have to record: the sender keeps what it has not sent, and dials
+    /// again later.
+    pub const AUDIT_UNAVAILABLE: u32 = 7;
 }
 
 /// Why a frame could not be encoded or decoded.

@@ -28,6 +28,8 @@ pub(super) enum StreamError {
     Version(u32),
     #[error("{0} bad seals in one batch: a peer's seals never fail unless it tampers")]
     BadSeals(usize),
+    #[error("the node cannot write its audit log ({0}), so it takes nothing from peers until it can")]
+    AuditUnavailable(String),
 }
 
 impl From<WireError> for StreamError {

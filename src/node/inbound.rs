@@ -36,6 +36,12 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
     {
         return close_after(&shared, &connection, subject, &err).await;
     }
+    if let Some(cause) = shared.audit_failure() {
+        // Before the link is registered: the peer's dial fails, so it
+        // keeps what it would send (and audits it, on a log that works)
+        // and dials again with its backoff.
+        return refuse_unaudited(&shared, &connection, peer, cause).await;
+    }
     // One inbound link per peer: the newest wins, so a peer that opens
     // many links gets one budget of envelopes waiting for seals, not one
     // per link. The old link's reader fails at once on the close, and its
@@ -48,6 +54,29 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
     let result = loop {
         match next_batch(&mut reader, &mut frames, &mut shutdown).await {
             Ok(true) => {
+                // Once a batch: nothing of it is delivered, relayed or
+                // verified while the log fails. Its messages are dropped
+                // with a record attempted each (counted, as refusals are),
+                // and the link is closed so the sender sends no more.
+                if let Some(cause) = shared.audit_failure() {
+                    for frame in frames.drain(..) {
+                        if let Frame::Forward(envelope) = frame {
+                            let mut record = Record::new(
+                                Event::Drop,
+                                Verdict::Deny,
+                                Reason::AuditUnavailable.code(),
+                            )
+                            .subject(peer)
+                            .detail(
+                                "received while the audit log could not be written; not delivered or relayed",
+                            );
+                            record.id = Some(envelope.id.to_string());
+                            shared.audit(record).await;
+                        }
+                    }
+                    refuse_unaudited(&shared, &connection, peer, cause.clone()).await;
+                    break Err(StreamError::AuditUnavailable(cause));
+                }
                 if let Err(err) = ingress(&shared, peer, &mut frames, &mut unsealed).await {
                     break Err(err);
                 }
@@ -73,6 +102,33 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
     if let Err(err) = result {
         close_after(&shared, &connection, subject, &err).await;
     }
+}
+
+/// Closes a peer's link because this node cannot write its audit log.
+///
+/// Every envelope a peer sends leads to release decisions here (deliver,
+/// forward, refuse), each of which must leave a record (invariant 7). So
+/// while the log fails, the node takes nothing from peers: it closes the
+/// link (`AUDIT_UNAVAILABLE`) rather than read and drop, because then the
+/// sender, whose log works, records that the messages did not get here
+/// (its link went down), and, with custody, keeps them until this node
+/// takes them again. Reading and dropping would lose them with only a
+/// record that cannot be written.
+async fn refuse_unaudited(shared: &Shared, connection: &Connection, peer: Nation, cause: String) {
+    let err = StreamError::AuditUnavailable(cause);
+    warn!(cause = %err, "closing a peer's link: the audit log cannot be written");
+    connection.close(
+        VarInt::from_u32(close::AUDIT_UNAVAILABLE),
+        err.to_string().as_bytes(),
+    );
+    // Attempted all the same: the writer may succeed by the time it tries.
+    shared
+        .audit(
+            Record::new(Event::Disconnect, Verdict::Deny, Reason::AuditUnavailable.code())
+                .subject(peer)
+                .detail(&err),
+        )
+        .await;
 }
 
 /// A peer's registration as the holder of its one inbound link, undone

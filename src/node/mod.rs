@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -142,6 +143,11 @@ pub struct NodeSettings {
     /// Test only: see `RoutingSettings::leak_once`.
     #[cfg(feature = "fault-injection")]
     pub leak_once: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Test only: while it holds a cause, the node acts as if its audit
+    /// log could not be written (as `Audit::failure` reports it), so the
+    /// fail-closed paths can be tested without breaking a file system.
+    #[cfg(feature = "fault-injection")]
+    pub audit_failure: Option<Arc<Mutex<Option<String>>>>,
 }
 
 /// Sessions one principal may hold at once, unless configured otherwise.
@@ -166,6 +172,8 @@ impl Default for NodeSettings {
             max_redial_backoff: Duration::from_secs(5),
             #[cfg(feature = "fault-injection")]
             leak_once: None,
+            #[cfg(feature = "fault-injection")]
+            audit_failure: None,
         }
     }
 }
@@ -427,6 +435,9 @@ struct Shared {
     peer_addresses: BTreeMap<Nation, SocketAddr>,
     settings: NodeSettings,
     audit: Audit,
+    /// Whether the audit log was failing when last looked at, so that the
+    /// start and the end of a failure are each logged once.
+    audit_failing: AtomicBool,
     router: Router,
     /// Sessions held per principal, for `max_sessions_per_principal`.
     principal_sessions: Arc<dashmap::DashMap<String, usize>>,
@@ -474,6 +485,44 @@ impl Shared {
         self.audit.record(record).await;
     }
 
+    /// Why the audit log cannot be written now, if it cannot. While it
+    /// cannot, the node fails closed: it refuses new publishes and
+    /// subscriptions (`audit-unavailable`) and takes nothing from peers,
+    /// since every message it takes leads to release decisions it could
+    /// not record (invariant 7). One call per batch of frames, not per
+    /// frame. The start and the end of a failure are logged once each.
+    fn audit_failure(&self) -> Option<String> {
+        let failure = self.injected_audit_failure().or_else(|| self.audit.failure());
+        let failing = failure.is_some();
+        if self.audit_failing.load(Ordering::Relaxed) != failing
+            && self.audit_failing.swap(failing, Ordering::Relaxed) != failing
+        {
+            match &failure {
+                Some(cause) => warn!(
+                    %cause,
+                    "the audit log cannot be written: refusing publishes, subscriptions and peers' messages until it can"
+                ),
+                None => info!(
+                    "the audit log is written again: accepting publishes, subscriptions and peers' messages"
+                ),
+            }
+        }
+        failure
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn injected_audit_failure(&self) -> Option<String> {
+        self.settings
+            .audit_failure
+            .as_ref()
+            .and_then(|cause| cause.lock().unwrap_or_else(PoisonError::into_inner).clone())
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    fn injected_audit_failure(&self) -> Option<String> {
+        None
+    }
+
     /// Carries out what the routing core decided: audit records, and
     /// announcements queued on the links they go to.
     async fn carry_out(&self, actions: Vec<Action>) {
@@ -516,6 +565,9 @@ async fn tick_forever(shared: Arc<Shared>) {
         });
         shared.carry_out(actions).await;
         shared.carry_out(shared.router.take_deferred()).await;
+        // So that a failing audit log is reported (and its recovery) even
+        // while no traffic looks at it.
+        shared.audit_failure();
         // At least once a second, so ids and announcements expire on time.
         let wait = Duration::from_micros(next_us.clamp(1_000, 1_000_000));
         tokio::select! {
@@ -598,6 +650,7 @@ impl Node {
             peer_addresses: config.peer_addresses,
             settings: config.settings,
             audit,
+            audit_failing: AtomicBool::new(false),
             principal_sessions: Arc::default(),
             endpoint,
             shutdown: stopped,

@@ -74,6 +74,9 @@ pub enum Reason {
     TooManyConnections,
     /// Connection attempts past the handshake rate limit, refused before TLS.
     TooManyHandshakes,
+    /// A publish, subscription or peer's link refused because the node
+    /// cannot write its audit log: it takes nothing it could not record.
+    AuditUnavailable,
 }
 
 impl Reason {
@@ -111,6 +114,7 @@ impl Reason {
             Reason::TooManySessions => "too-many-sessions",
             Reason::TooManyConnections => "too-many-connections",
             Reason::TooManyHandshakes => "too-many-handshakes",
+            Reason::AuditUnavailable => "audit-unavailable",
         }
     }
 }

@@ -101,8 +101,16 @@ async fn handle_batch(
 ) -> Result<(), StreamError> {
     let mut publishes = Vec::new();
     let mut result = Ok(());
+    // Checked once a batch: a cheap call, and a batch is what one check
+    // lets through.
+    let audit_failure = shared.audit_failure();
     for frame in frames.drain(..) {
         match frame {
+            Frame::Publish { request, .. } | Frame::Subscribe { request, .. } if audit_failure.is_some() => {
+                let cause = audit_failure.as_deref().unwrap_or_default();
+                let answer = refuse_unaudited(shared, principal, request, cause).await;
+                reply(shared, session, &answer).await?;
+            }
             Frame::Publish {
                 request,
                 topic,
@@ -240,6 +248,26 @@ async fn refuse(
     record.marking = marking;
     shared.audit(record).await;
     refused(request, code, sentence)
+}
+
+/// Refuses a publish or subscription because the audit log cannot be
+/// written: a publish would lead to release decisions nobody could
+/// account for (invariant 7), and a subscription to deliveries. Its own
+/// record is attempted like any other (the log may be back by the time
+/// the writer tries), and identical ones are counted.
+async fn refuse_unaudited(shared: &Shared, principal: &Principal, request: u64, cause: &str) -> Frame {
+    let sentence = format!(
+        "the node cannot write its audit log ({cause}); it accepts no publish or subscription until it can"
+    );
+    refuse(
+        shared,
+        principal,
+        request,
+        Reason::AuditUnavailable.code(),
+        sentence,
+        None,
+    )
+    .await
 }
 
 /// May-publish, then the unsigned envelope; or the refusal to send back,
