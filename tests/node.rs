@@ -755,3 +755,107 @@ async fn seals_sent_after_their_envelopes_are_checked_and_missing_ones_audited()
     assert!(flood.close_reason().await.contains("waiting for seals"));
     net.shutdown().await;
 }
+
+/// Clean session endings: every message queued for a subscriber cut as a
+/// slow consumer either reaches it or is audited as not delivered
+/// (`session-closed`), never both and never neither.
+#[tokio::test]
+async fn a_slow_consumers_queued_messages_are_delivered_or_audited_never_both() {
+    let settings = NodeSettings {
+        session_queue: 16,
+        ..NodeSettings::default()
+    };
+    let mut net = TestNetwork::start_with(settings).await;
+    // A subscriber that reads nothing at all until it is cut: spoken by
+    // hand, since the client library reads ahead into its own buffer.
+    let identity = Identity::Principal {
+        nation: nation("GBR"),
+        name: "gbr.sigint".into(),
+    };
+    let mut slow = RawConnection::open(&net, &identity, nation("GBR")).await.unwrap();
+    assert!(matches!(slow.hello().await, Frame::Welcome { .. }));
+    slow.send_frame(&Frame::Subscribe {
+        request: 1,
+        pattern: "bulk.>".into(),
+    })
+    .await;
+    assert!(matches!(
+        entente::stream::read_frame(&mut slow.recv).await,
+        Ok(Some(Frame::SubscribeAck { .. }))
+    ));
+    let publisher = net.client("gbr.analyst").await;
+    let payload = vec![0x42; 1024];
+    let cut = |lines: &[String]| {
+        lines
+            .iter()
+            .any(|l| l.contains("\"reason\":\"slow-consumer\"") && l.contains("gbr.sigint"))
+    };
+    let mut published = 0u64;
+    while !cut(&net.audit_lines(nation("GBR"))) {
+        for _ in 0..100 {
+            publisher
+                .publish("bulk.data", "R//REL TO GBR", payload.clone())
+                .await
+                .unwrap();
+            published += 1;
+        }
+        assert!(published < 200_000, "the slow subscriber was never disconnected");
+    }
+    // Past the node's flush deadline (500 ms), it reads everything that
+    // reached it, up to the close.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut received = std::collections::BTreeSet::new();
+    loop {
+        match entente::stream::read_frame(&mut slow.recv).await {
+            Ok(Some(Frame::Deliver(delivery))) => {
+                assert!(received.insert(delivery.id.to_string()), "received twice")
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let reason = slow.close_reason().await;
+    assert!(reason.contains("slow consumer"), "{reason}");
+    net.stop(nation("GBR")).await.unwrap();
+
+    let records: Vec<serde_json::Value> = net
+        .audit_lines(nation("GBR"))
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids = |decision: &str, reason: &str| -> std::collections::BTreeSet<String> {
+        records
+            .iter()
+            .filter(|r| r["event"] == "deliver" && r["decision"] == decision && r["reason"] == reason)
+            .filter(|r| {
+                r["subject"] == "gbr.sigint"
+                    || r["subjects"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().any(|s| s == "gbr.sigint"))
+            })
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let queued = ids("allow", "policy-allows");
+    let undelivered = ids("deny", "session-closed");
+    assert!(
+        !undelivered.is_empty(),
+        "it stopped reading: some never left the queue"
+    );
+    assert!(
+        received.is_disjoint(&undelivered),
+        "both delivered and audited as not: {:?}",
+        received.intersection(&undelivered).collect::<Vec<_>>()
+    );
+    let accounted: std::collections::BTreeSet<String> = received.union(&undelivered).cloned().collect();
+    assert_eq!(
+        accounted.len(),
+        queued.len(),
+        "received {} + undelivered {} != queued for it {}",
+        received.len(),
+        undelivered.len(),
+        queued.len()
+    );
+    assert_eq!(accounted, queued);
+    net.shutdown().await;
+}

@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::audit::{Audit, AuditError, Record};
+use crate::audit::{Audit, AuditError, Event, Record, Verdict};
 use crate::envelope::{EnvelopeError, MessageIds, Signer, Verifier};
 use crate::identity::{ed25519_public_key, Identity, IdentityError, TrustStore};
 use crate::label::Nation;
@@ -754,7 +754,7 @@ async fn serve(
                 }
             }
             // Reap finished connection tasks so the set stays small.
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => report_task_end(&shared, joined).await,
         }
     }
     for record in gate.overdue(std::time::Instant::now() + Duration::from_secs(1)) {
@@ -764,10 +764,31 @@ async fn serve(
     info!(nation = %shared.nation, "node shutting down");
     let _ = stop.send(true);
     endpoint.close(VarInt::from_u32(close::SHUTDOWN), b"node shutting down");
-    let drain = async { while tasks.join_next().await.is_some() {} };
+    let drain = async {
+        while let Some(joined) = tasks.join_next().await {
+            report_task_end(&shared, joined).await;
+        }
+    };
     if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
         warn!("some connection tasks did not stop in time");
     }
+}
+
+/// Reports a node task (a connection's reader, a dialer, the sealer or
+/// the ticker) that panicked: logged and audited, not swallowed.
+async fn report_task_end(shared: &Shared, joined: Result<(), tokio::task::JoinError>) {
+    let Err(err) = joined else { return };
+    if !err.is_panic() {
+        return;
+    }
+    tracing::error!(cause = %err, "a node task panicked");
+    shared
+        .audit(
+            Record::new(Event::Disconnect, Verdict::Deny, Reason::TaskPanicked.code()).detail(format!(
+                "a node task panicked ({err}); its connection, if it had one, is gone"
+            )),
+        )
+        .await;
 }
 
 /// Runs every node of the network in this process, each on its address

@@ -77,6 +77,11 @@ pub enum Reason {
     /// A publish, subscription or peer's link refused because the node
     /// cannot write its audit log: it takes nothing it could not record.
     AuditUnavailable,
+    /// A message queued for a session that ended before it was written
+    /// to the client: not delivered.
+    SessionClosed,
+    /// A node task panicked; what it held is reported, not swallowed.
+    TaskPanicked,
 }
 
 impl Reason {
@@ -115,6 +120,8 @@ impl Reason {
             Reason::TooManyConnections => "too-many-connections",
             Reason::TooManyHandshakes => "too-many-handshakes",
             Reason::AuditUnavailable => "audit-unavailable",
+            Reason::SessionClosed => "session-closed",
+            Reason::TaskPanicked => "task-panicked",
         }
     }
 }

@@ -30,6 +30,10 @@ struct SessionEntry {
     principal: Arc<Principal>,
     queue: QueueSender,
     connection: Connection,
+    /// Wakes the session's task to end it (its subscriber is too slow):
+    /// the task, not the one that found the queue full, ends it, so what
+    /// was queued is written or audited first.
+    ending: Arc<tokio::sync::Notify>,
 }
 
 /// Why this node ended one of its links, if it did: set once, by whoever
@@ -105,9 +109,14 @@ pub(super) struct Router {
     deferred_ready: tokio::sync::Notify,
 }
 
-fn disconnect_slow(connection: &Connection, subject: &str, queue: &QueueSender) -> Record {
-    connection.close(VarInt::from_u32(close::SLOW_CONSUMER), b"slow consumer");
-    tracing::warn!(subject, "disconnected: slow consumer");
+/// Ends a slow consumer's session: its queue takes nothing more, and its
+/// task is told to end it (flush what it can within a deadline, audit the
+/// rest, then close the connection as `SLOW_CONSUMER`).
+fn disconnect_slow(entry: &SessionEntry) -> Record {
+    let (subject, queue) = (entry.principal.name.as_str(), &entry.queue);
+    queue.close();
+    entry.ending.notify_one();
+    tracing::warn!(subject, "disconnecting: slow consumer");
     Record::new(Event::Disconnect, Verdict::Deny, Reason::SlowConsumer.code())
         .subject(subject)
         .detail(format!("its queue of {} was full", queue.describe_limit()))
@@ -165,12 +174,14 @@ impl Router {
         principal: std::sync::Arc<Principal>,
         queue: QueueSender,
         connection: Connection,
+        ending: Arc<tokio::sync::Notify>,
     ) -> SessionId {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let entry = SessionEntry {
             principal: principal.clone(),
             queue,
             connection,
+            ending,
         };
         self.sessions.insert(id, entry);
         self.core(|core, _| core.open_session(id, principal));
@@ -193,9 +204,7 @@ impl Router {
             match entry.queue.offer(frame) {
                 Ok(()) => return Offer::Queued,
                 Err(OfferError::Closed) => return Offer::Gone,
-                Err(OfferError::Full) => {
-                    disconnect_slow(&entry.connection, &entry.principal.name, &entry.queue)
-                }
+                Err(OfferError::Full) => disconnect_slow(&entry),
             }
         };
         // The session's own task audits its end; its interest goes now.
@@ -416,11 +425,7 @@ impl Router {
             match session.queue.offer(frame.clone()) {
                 Ok(()) => delivered_to.push(session.principal.name.clone()),
                 Err(OfferError::Full) => {
-                    records.push(disconnect_slow(
-                        &session.connection,
-                        &session.principal.name,
-                        &session.queue,
-                    ));
+                    records.push(disconnect_slow(&session));
                     slow.insert(id);
                 }
                 Err(OfferError::Closed) => {}

@@ -5,10 +5,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use quinn::Connection;
-use tracing::{debug, info, warn};
+use std::time::Duration;
+
+use quinn::{Connection, SendStream, VarInt};
+use tokio::sync::{watch, Notify};
+use tracing::{debug, error, info, warn};
 
 use super::connection::{accept_hello, close_after, next_batch, write_frame, StreamError};
+use super::queue::QueueReceiver;
 use super::router::Offer;
 use super::{control, outbound, queue, Reason, Shared};
 use crate::admin::AdminCommand;
@@ -19,7 +23,7 @@ use crate::policy::{Decision, Principal};
 use crate::routing::{SealState, SessionId, Source};
 use crate::stream::{self, FrameReader};
 use crate::topic::{Pattern, Topic};
-use crate::wire::{self, Frame, MAX_PAYLOAD};
+use crate::wire::{self, close, Frame, MAX_PAYLOAD};
 
 pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal: Arc<Principal>) {
     let subject = principal.name.clone();
@@ -35,42 +39,83 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal
         return close_after(&shared, &connection, subject, &err).await;
     }
 
-    let (queue, mut outbox) =
-        queue::bounded(shared.settings.session_queue, shared.settings.session_queue_bytes);
+    let (queue, outbox) = queue::bounded(shared.settings.session_queue, shared.settings.session_queue_bytes);
+    let ending = Arc::new(Notify::new());
     let session = shared
         .router
-        .add_session(principal.clone(), queue, connection.clone());
-    let writer = tokio::spawn(async move {
-        let mut batch = Vec::new();
-        while outbox.recv_many(&mut batch).await {
-            if stream::write_all(&mut send, &mut batch).await.is_err() {
-                break;
-            }
-            batch.clear();
-        }
-    });
+        .add_session(principal.clone(), queue, connection.clone(), ending.clone());
+    let (stop_writer, stop) = watch::channel(false);
+    let mut writer = tokio::spawn(write_queue(send, outbox, stop));
 
     let mut reader = FrameReader::with_frame_timeout(recv, shared.settings.frame_timeout);
     let mut frames = Vec::new();
     let mut markings = MarkingCache::default();
     let mut shutdown = shared.shutdown.clone();
     let result = loop {
-        match next_batch(&mut reader, &mut frames, &mut shutdown).await {
-            Ok(true) => {
-                if let Err(err) = handle_batch(&shared, session, &principal, &mut markings, &mut frames).await
-                {
-                    break Err(err);
+        tokio::select! {
+            read = next_batch(&mut reader, &mut frames, &mut shutdown) => match read {
+                Ok(true) => {
+                    if let Err(err) = handle_batch(&shared, session, &principal, &mut markings, &mut frames).await {
+                        break Err(err);
+                    }
                 }
-            }
-            Ok(false) => break Ok(()),
-            Err(err) => break Err(err),
+                Ok(false) => break Ok(End::Done),
+                Err(err) => break Err(err),
+            },
+            () = ending.notified() => break Ok(End::SlowConsumer),
         }
     };
+    // No frame is queued for the session after this: its queue goes with it.
     shared.router.remove_session(session);
-    writer.abort();
+    let slow = matches!(result, Ok(End::SlowConsumer));
+    // Every frame queued is written to the client or audited as not
+    // delivered, never both and never neither. While the connection is
+    // up, the writer has `SESSION_FLUSH` to write the rest and have the
+    // client's QUIC stack acknowledge it; a slow consumer that does not
+    // read gets only what fits its flow-control window. Then what is
+    // left is taken back unwritten.
+    let flush = if connection.close_reason().is_none() {
+        SESSION_FLUSH
+    } else {
+        Duration::ZERO
+    };
+    let joined = match tokio::time::timeout(flush, &mut writer).await {
+        Ok(joined) => joined,
+        Err(_) => {
+            let _ = stop_writer.send(true);
+            writer.await
+        }
+    };
+    let why = if slow {
+        "its subscriber read too slowly"
+    } else {
+        "the session ended"
+    };
+    match joined {
+        Ok(unwritten) => audit_undelivered(&shared, &subject, why, unwritten).await,
+        Err(err) => {
+            // A panic is reported, not swallowed; what the writer held
+            // went with it.
+            error!(cause = %err, "a session's writer task failed");
+            shared
+                .audit(
+                    Record::new(Event::Disconnect, Verdict::Deny, Reason::TaskPanicked.code())
+                        .subject(&subject)
+                        .detail(format!(
+                            "its writer task failed ({err}); the frames queued for it are not accounted for"
+                        )),
+                )
+                .await;
+        }
+    }
+    if slow {
+        // Audited when the queue was found full.
+        connection.close(VarInt::from_u32(close::SLOW_CONSUMER), b"slow consumer");
+        return;
+    }
     match result {
         Err(err) => close_after(&shared, &connection, subject, &err).await,
-        Ok(()) => {
+        Ok(_) => {
             info!("session ended");
             shared
                 .audit(
@@ -79,6 +124,105 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal
                 )
                 .await;
         }
+    }
+}
+
+/// How long a closing session's writer may take to write what is still
+/// queued and have the client acknowledge it, before the rest is audited
+/// as not delivered. Short: a session ending must not hold its slot, or
+/// the node's shutdown, for long.
+const SESSION_FLUSH: Duration = Duration::from_millis(500);
+
+/// How a session's reading ended without an error.
+enum End {
+    /// The client finished its stream, or the node is shutting down.
+    Done,
+    /// Its queue was full: it is disconnected as a slow consumer.
+    SlowConsumer,
+}
+
+/// Writes a session's queue to its stream until the queue is closed and
+/// empty (then finishes the stream and waits for the client's QUIC stack
+/// to acknowledge everything), or until `stop`. Returns the frames it did
+/// not write whole: those still queued, and those of the batch being
+/// written when it stopped or the write failed (a frame written is
+/// emptied from the batch; a frame partly written never decodes at the
+/// client, so it counts as not delivered).
+async fn write_queue(
+    mut send: SendStream,
+    mut outbox: QueueReceiver,
+    mut stop: watch::Receiver<bool>,
+) -> Vec<Bytes> {
+    let mut batch = Vec::new();
+    let mut whole = Vec::new();
+    // Waited on inside the branches, while `stop` is borrowed by the select.
+    let mut stop_writing = stop.clone();
+    loop {
+        tokio::select! {
+            more = outbox.recv_many(&mut batch) => {
+                if !more {
+                    let _ = send.finish();
+                    tokio::select! {
+                        _ = send.stopped() => {}
+                        () = told_to_stop(&mut stop_writing) => {}
+                    }
+                    return Vec::new();
+                }
+                whole.clone_from(&batch);
+                let written = tokio::select! {
+                    written = stream::write_all(&mut send, &mut batch) => written.is_ok(),
+                    () = told_to_stop(&mut stop_writing) => false,
+                };
+                if !written {
+                    let mut unwritten: Vec<Bytes> = whole
+                        .drain(..)
+                        .zip(&batch)
+                        .filter(|(_, left)| !left.is_empty())
+                        .map(|(frame, _)| frame)
+                        .collect();
+                    unwritten.append(&mut outbox.close_and_drain());
+                    return unwritten;
+                }
+                batch.clear();
+            }
+            () = told_to_stop(&mut stop) => return outbox.close_and_drain(),
+        }
+    }
+}
+
+/// Completes once the writer is told to stop (or whoever could tell it is
+/// gone).
+async fn told_to_stop(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Audits each message among `frames` as not delivered to `subject`
+/// (replies carry no message and go unrecorded). Bounded by the session
+/// queue.
+async fn audit_undelivered(shared: &Shared, subject: &str, why: &str, frames: Vec<Bytes>) {
+    let mut undelivered = 0usize;
+    for frame in frames {
+        let Some(body) = frame.get(wire::LENGTH_PREFIX..) else {
+            continue;
+        };
+        // Frames this node encoded itself: they decode.
+        if let Ok(Frame::Deliver(delivery)) = wire::decode(body) {
+            undelivered += 1;
+            let mut record = Record::new(Event::Deliver, Verdict::Deny, Reason::SessionClosed.code())
+                .subject(subject)
+                .detail(format!(
+                    "{why} before this message was written to it; not delivered"
+                ));
+            record.id = Some(delivery.id.to_string());
+            record.marking = Some(delivery.marking);
+            shared.audit(record).await;
+        }
+    }
+    if undelivered > 0 {
+        warn!(
+            undelivered,
+            "messages queued for a closing session were not delivered"
+        );
     }
 }
 
