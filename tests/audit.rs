@@ -240,9 +240,8 @@ async fn while_the_audit_log_fails_nothing_is_taken_that_could_not_be_recorded()
 /// The same with a real failure: GBR's data folder is replaced by a
 /// regular file, so the audit log can be neither reopened nor created.
 #[tokio::test]
-#[ignore = "needs Audit::failure from the audit branch"]
 async fn a_node_whose_audit_log_cannot_be_written_refuses_publishes_until_it_can() {
-    let net = TestNetwork::start().await;
+    let mut net = TestNetwork::start().await;
     let gbr = net.client("gbr.analyst").await;
     gbr.publish("sigint.ru", "SECRET", b"before".to_vec())
         .await
@@ -276,5 +275,13 @@ async fn a_node_whose_audit_log_cannot_be_written_refuses_publishes_until_it_can
     std::fs::remove_file(&data).unwrap();
     std::fs::rename(&aside, &data).unwrap();
     publish_once_accepted(&gbr, b"after").await;
+    net.stop(nation("GBR")).await.unwrap();
+    // What the node recorded while the log failed was kept and written
+    // after: the refusals are there, and the chain has no gap.
+    let log = data.join("audit.jsonl");
+    let verification = entente::audit::chain::verify_file(&log, None).unwrap();
+    assert!(verification.intact(), "{verification:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("\"reason\":\"audit-unavailable\""));
     net.shutdown().await;
 }
