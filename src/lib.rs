@@ -33,6 +33,8 @@
 //!   many nodes at once, each as its nation's admin;
 //! - [`client`]: the client library used by the CLI, the tests and the
 //!   benches;
+//! - [`store`]: the custody store (redb): per-peer outboxes and seen
+//!   message ids, with `sync` or `memory` durability;
 //! - [`audit`]: audit records, written by a dedicated thread from a bounded
 //!   channel into a hash chain; verifying and querying logs;
 //! - [`explain`]: who may see a marking, for `entente explain`;
@@ -58,6 +60,7 @@ pub mod pki;
 pub mod policy;
 pub mod routing;
 pub mod sim;
+pub mod store;
 pub mod stream;
 pub mod tls;
 pub mod topic;
