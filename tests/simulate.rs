@@ -207,6 +207,13 @@ event = "restore USA"
         assert!(event.ok, "{event:?}");
     }
     assert!(v.passed, "{}", report.summary());
+    // Every node's audit chain holds across the crash and the restart.
+    assert_eq!(v.audit_logs.len(), 15);
+    assert!(
+        v.audit_logs.iter().all(|log| log.intact && log.records > 0),
+        "{:?}",
+        v.audit_logs
+    );
     // The revoked analyst hears nothing published after the revocation
     // took effect: the phases after it show no delivery to LVA.
     for phase in 5..report.phases.len() {

@@ -2267,6 +2267,7 @@ pub fn sample_report() -> Report {
             in_transition: 37,
             findings: Vec::new(),
             warm_up_missing: Vec::new(),
+            audit_logs: Vec::new(),
             passed: true,
         },
     }

@@ -215,6 +215,10 @@ pub struct Verdict {
     pub in_transition: u64,
     /// Some leaks, duplicates and unexplained losses, to start from.
     pub findings: Vec<Finding>,
+    /// Every node's audit log, its hash chain checked after the run
+    /// (crashes and restarts included). A broken chain fails the run.
+    #[serde(default)]
+    pub audit_logs: Vec<AuditCheck>,
     /// `publisher → subscriber` pairs the oracle expected to hear from each
     /// other that had not exchanged a probe when warm-up gave up (30 s):
     /// their losses are unexplained, and this says why.
@@ -222,6 +226,19 @@ pub struct Verdict {
     pub warm_up_missing: Vec<String>,
     /// No leak, no duplicate, no unexplained loss.
     pub passed: bool,
+}
+
+/// One node's audit log after the run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditCheck {
+    /// The node.
+    pub nation: String,
+    /// Whole records in its log.
+    pub records: u64,
+    /// Whether every record chains to the one before it.
+    pub intact: bool,
+    /// The first break, or the last hash.
+    pub detail: String,
 }
 
 /// One wrong delivery or missing one.
@@ -349,6 +366,19 @@ impl Report {
             v.unexplained_losses,
             v.explained_losses,
             v.in_transition
+        );
+        let records: u64 = v.audit_logs.iter().map(|a| a.records).sum();
+        let broken: Vec<&AuditCheck> = v.audit_logs.iter().filter(|a| !a.intact).collect();
+        let _ = writeln!(
+            out,
+            "  audit logs: {} records in {} nodes, {}",
+            records,
+            v.audit_logs.len(),
+            if broken.is_empty() {
+                "every hash chain intact".to_owned()
+            } else {
+                format!("BROKEN in {}: {}", broken[0].nation, broken[0].detail)
+            }
         );
         if !v.warm_up_missing.is_empty() {
             let _ = writeln!(

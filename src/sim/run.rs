@@ -259,11 +259,43 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> Result<Report
     report.scenario_duration_us = scenario_duration.as_micros() as u64;
     report.started_at = started_at;
     report.wall_time_us = wall.elapsed().as_micros() as u64;
+    report.verdict.audit_logs = check_audit_logs(&root.join("data"), &scenario);
+    report.verdict.passed &= report.verdict.audit_logs.iter().all(|log| log.intact);
     report.verdict.warm_up_missing = warm_up_missing
         .into_iter()
         .map(|(publisher, subscriber)| format!("{publisher} → {subscriber}"))
         .collect();
     Ok(report)
+}
+
+/// Checks each node's audit log chain (invariant 7), once every node has
+/// stopped.
+fn check_audit_logs(data_root: &std::path::Path, scenario: &Scenario) -> Vec<super::report::AuditCheck> {
+    scenario
+        .policy
+        .nations()
+        .keys()
+        .map(|nation| {
+            let path = data_root.join(nation.as_str()).join("audit.jsonl");
+            let (records, intact, detail) = match crate::audit::chain::verify_file(&path, None) {
+                Ok(found) => (
+                    found.records,
+                    found.intact(),
+                    found
+                        .breaks
+                        .first()
+                        .map_or_else(|| format!("last hash {}", found.last_hash), |b| b.problem.clone()),
+                ),
+                Err(err) => (0, false, format!("cannot read {}: {err}", path.display())),
+            };
+            super::report::AuditCheck {
+                nation: nation.to_string(),
+                records,
+                intact,
+                detail,
+            }
+        })
+        .collect()
 }
 
 /// The nodes' settings, and the test-only leak switch they share (armed
