@@ -97,6 +97,10 @@ async fn a_partner_cut_halfway_gets_nothing_after_and_the_oracle_finds_no_fault(
     let v = &report.verdict;
     assert!(v.passed, "{}", report.summary());
     assert_eq!((v.leaks, v.duplicates, v.unexplained_losses), (0, 0, 0));
+    assert_eq!(
+        v.reordered, 0,
+        "each publisher's messages arrive in publish order"
+    );
     assert!(v.expected > 200, "{}", report.summary());
     assert!(v.delivered >= v.expected - v.explained_losses);
 

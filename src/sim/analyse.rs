@@ -219,6 +219,7 @@ pub fn analyse(run: &Run) -> Report {
     let phase_of = |t: u64| bounds[1..bounds.len() - 1].iter().filter(|&&b| b <= t).count();
 
     let mut deliveries: HashMap<(usize, u64, usize), (u32, u64)> = HashMap::new();
+    let reordered = run.delivered.iter().map(|list| out_of_order(list)).sum();
     for (s, list) in run.delivered.iter().enumerate() {
         for d in list {
             let entry = deliveries.entry((d.publisher, d.seq, s)).or_insert((0, d.at_us));
@@ -375,6 +376,7 @@ pub fn analyse(run: &Run) -> Report {
             }
         }
     }
+    verdict.reordered = reordered;
     verdict.passed = verdict.leaks == 0 && verdict.duplicates == 0 && verdict.unexplained_losses == 0;
     verdict.findings = findings;
 
@@ -467,6 +469,21 @@ pub fn analyse(run: &Run) -> Report {
     }
 }
 
+/// Deliveries to one subscriber (in arrival order) that came after a
+/// later message of the same publisher.
+fn out_of_order(arrivals: &[Delivered]) -> u64 {
+    let mut newest: HashMap<usize, u64> = HashMap::new();
+    let mut late = 0;
+    for d in arrivals {
+        let last = newest.entry(d.publisher).or_default();
+        if d.seq < *last {
+            late += 1;
+        }
+        *last = (*last).max(d.seq);
+    }
+    late
+}
+
 fn percentile(sorted: &[u64], pct: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -548,5 +565,36 @@ fn timeline(run: &Run, deliveries: &HashMap<(usize, u64, usize), (u32, u64)>) ->
         bucket_us,
         published,
         delivered,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arrival(publisher: usize, seq: u64) -> Delivered {
+        Delivered {
+            publisher,
+            seq,
+            at_us: 0,
+        }
+    }
+
+    #[test]
+    fn publish_order_is_checked_per_publisher() {
+        let in_order = [arrival(0, 1), arrival(1, 5), arrival(0, 2), arrival(1, 6)];
+        assert_eq!(out_of_order(&in_order), 0);
+        let swapped = [arrival(0, 2), arrival(0, 1), arrival(0, 3), arrival(1, 1)];
+        assert_eq!(out_of_order(&swapped), 1);
+        // A resend of an old one after newer ones counts too.
+        assert_eq!(out_of_order(&[arrival(0, 5), arrival(0, 6), arrival(0, 2)]), 1);
+    }
+
+    #[test]
+    fn percentiles_come_from_the_sorted_samples() {
+        let samples: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&samples, 50.0), 51);
+        assert_eq!(percentile(&samples, 99.0), 99);
+        assert_eq!(percentile(&[], 50.0), 0);
     }
 }

@@ -2265,6 +2265,7 @@ pub fn sample_report() -> Report {
             explained_losses: 5,
             unexplained_losses: 0,
             in_transition: 37,
+            reordered: 0,
             findings: Vec::new(),
             warm_up_missing: Vec::new(),
             audit_logs: Vec::new(),

@@ -210,6 +210,10 @@ pub struct Verdict {
     /// Eligible deliveries that never came, with no event to explain
     /// them. Must be 0.
     pub unexplained_losses: u64,
+    /// Deliveries that arrived after a later message of the same
+    /// publisher had reached the same subscriber (publish order broken).
+    #[serde(default)]
+    pub reordered: u64,
     /// Deliveries during an event's change-over, when either outcome is
     /// allowed (such as a message published while a cut was applied).
     pub in_transition: u64,
@@ -359,13 +363,14 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\n{}: {} leaks, {} duplicates, {} unexplained losses ({} losses explained by events, {} deliveries during a change-over)",
+            "\n{}: {} leaks, {} duplicates, {} unexplained losses ({} losses explained by events, {} deliveries during a change-over, {} out of publish order)",
             if v.passed { "PASS" } else { "FAIL" },
             v.leaks,
             v.duplicates,
             v.unexplained_losses,
             v.explained_losses,
-            v.in_transition
+            v.in_transition,
+            v.reordered
         );
         let records: u64 = v.audit_logs.iter().map(|a| a.records).sum();
         let broken: Vec<&AuditCheck> = v.audit_logs.iter().filter(|a| !a.intact).collect();
