@@ -857,7 +857,7 @@ fn cmd_simulate(
     }
     let bar = indicatif::ProgressBar::new(duration.unwrap_or(scenario.duration).as_millis() as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {pos:>6}/{len} ms  {msg}")
+        indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {wide_msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
@@ -873,8 +873,12 @@ fn cmd_simulate(
                 .map(|e| format!(", last event: {e}"))
                 .unwrap_or_default();
             shown.set_message(format!(
-                "{}: {} published, {} delivered{event}",
-                p.stage, p.published, p.delivered
+                "{:.1}/{:.1} s  {}: {} published, {} delivered{event}",
+                p.elapsed.as_secs_f64(),
+                p.duration.as_secs_f64(),
+                p.stage,
+                p.published,
+                p.delivered
             ));
         })),
         ..sim::SimOptions::default()
