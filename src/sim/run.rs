@@ -31,8 +31,8 @@ use crate::pki::{self, PkiError, PkiLayout};
 /// is in the report).
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    /// The temporary folder could not be made.
-    #[error("cannot set up the simulation's temporary folder: {0}")]
+    /// The temporary folder, or the one `--keep` names, could not be made.
+    #[error("cannot set up the simulation's folder (a temporary one, or --keep's): {0}")]
     TempDir(std::io::Error),
     /// `--keep` names a folder that is not empty.
     #[error("{0} is not empty: --keep needs a new or empty folder, so no PKI or log is overwritten")]
