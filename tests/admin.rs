@@ -628,3 +628,42 @@ async fn status_reports_peers_sessions_counters_and_digest() {
     }
     net.shutdown().await;
 }
+
+/// A reload that adds a link starts a dialer for the new peer on each end,
+/// and the link comes up both ways.
+#[tokio::test]
+async fn a_reload_that_adds_a_link_brings_it_up() {
+    let net = TestNetwork::start().await;
+    let (fra, deu) = (nation("FRA"), nation("DEU"));
+    let linked = entente_testkit::NETWORK
+        .replacen(
+            "address = \"127.0.0.1:2\"\npeers = [\"GBR\"]",
+            "address = \"127.0.0.1:2\"\npeers = [\"GBR\", \"DEU\"]",
+            1,
+        )
+        .replacen(
+            "address = \"127.0.0.1:3\"\npeers = [\"GBR\"]",
+            "address = \"127.0.0.1:3\"\npeers = [\"GBR\", \"FRA\"]",
+            1,
+        );
+    assert_ne!(linked, entente_testkit::NETWORK, "the test's edit applies");
+    std::fs::write(net.network_path(), linked).unwrap();
+    for nation in [fra, deu] {
+        net.control(nation).reload().await.expect("the new file loads");
+    }
+    let up = |from: entente::label::Nation, to: &str| {
+        net.control(from)
+            .status()
+            .unwrap()
+            .peers
+            .iter()
+            .any(|peer| peer.nation == to && peer.outbound && peer.inbound)
+    };
+    for _ in 0..200 {
+        if up(fra, "DEU") && up(deu, "FRA") {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the FRA–DEU link never came up after the reload");
+}

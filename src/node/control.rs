@@ -397,7 +397,7 @@ async fn apply(
         shared.router.close_unadmitted(here, admits, &mut records);
     actions.extend(closing_actions);
     shared.rules_changed.send_modify(|version| *version += 1);
-    shared.spawn_dialers(None);
+    shared.peers_added.notify_one();
     for record in records {
         shared.audit(record).await;
     }

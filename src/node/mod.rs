@@ -424,6 +424,10 @@ struct Shared {
     started: std::time::Instant,
     /// The nations a dialer task runs for.
     dialers: Mutex<BTreeSet<Nation>>,
+    /// Woken when a reload may have added peers: the accept loop starts
+    /// their dialers among its own tasks, so they are joined and their
+    /// panics reported like the rest.
+    peers_added: tokio::sync::Notify,
     cert_chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     token_key: Arc<dyn quinn::crypto::HandshakeTokenKey>,
@@ -454,7 +458,7 @@ impl Shared {
     /// Starts a dialer for each peer of the rules that has none yet (a
     /// reload may add peers). A dialer runs until shutdown, idle while
     /// its peer is not linked to.
-    fn spawn_dialers(self: &Arc<Self>, tasks: Option<&mut JoinSet<()>>) {
+    fn spawn_dialers(self: &Arc<Self>, tasks: &mut JoinSet<()>) {
         let rules = self.rules();
         let Some(table) = rules.loaded.nation(self.nation) else {
             return;
@@ -467,8 +471,6 @@ impl Shared {
             .filter(|peer| running.insert(*peer))
             .collect();
         drop(running);
-        let mut spawned = JoinSet::new();
-        let tasks = tasks.unwrap_or(&mut spawned);
         for peer in new {
             let shared = self.clone();
             tasks.spawn(
@@ -476,9 +478,6 @@ impl Shared {
                     .instrument(info_span!("link", to = %peer)),
             );
         }
-        // Dialers started after `run` began are not joined at shutdown:
-        // they stop on the shutdown signal like every other task.
-        spawned.detach_all();
     }
 
     async fn audit(&self, record: Record) {
@@ -640,6 +639,7 @@ impl Node {
             data_dir: config.data_dir,
             started: std::time::Instant::now(),
             dialers: Mutex::default(),
+            peers_added: tokio::sync::Notify::new(),
             cert_chain: config.cert_chain,
             key: config.key,
             token_key: config.token_key,
@@ -695,7 +695,7 @@ async fn serve(
     let mut tasks = JoinSet::new();
     tasks.spawn(sealer::seal_forever(shared.clone(), to_seal));
     tasks.spawn(tick_forever(shared.clone()));
-    shared.spawn_dialers(Some(&mut tasks));
+    shared.spawn_dialers(&mut tasks);
 
     let settings = &shared.settings;
     let mut gate = admission::Gate::new(
@@ -755,6 +755,7 @@ async fn serve(
             }
             // Reap finished connection tasks so the set stays small.
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => report_task_end(&shared, joined).await,
+            () = shared.peers_added.notified() => shared.spawn_dialers(&mut tasks),
         }
     }
     for record in gate.overdue(std::time::Instant::now() + Duration::from_secs(1)) {
