@@ -243,3 +243,56 @@ async fn keep_refuses_a_folder_that_is_not_empty() {
     .expect_err("a folder with files in it is refused");
     assert!(err.to_string().contains("is not empty"), "{err}");
 }
+
+/// A link that goes silent for less than QUIC's idle timeout (10 s) is
+/// not declared down: QUIC's own retransmission carries the stream across
+/// the outage, and every message arrives once, in publish order. (Longer
+/// outages need custody, issue 11.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_outage_loses_nothing_and_keeps_publish_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/nordic.toml");
+    let path = dir.path().join("outage.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"network = {:?}
+duration = "8s"
+[[publishers]]
+principal = "fin.airdef"
+topic = "airdef.tracks.fin"
+marking = "SECRET//AIRDEF//REL TO NORDIC"
+rate = 100
+[[subscribers]]
+principal = "swe.airdef"
+pattern = "airdef.>"
+[[subscribers]]
+principal = "dnk.airdef"
+pattern = "airdef.>"
+[[events]]
+at = "1s"
+event = "link-down FIN SWE"
+[[events]]
+at = "6s"
+event = "link-up FIN SWE"
+"#,
+            network.display().to_string()
+        ),
+    )
+    .unwrap();
+    let scenario = Scenario::load(&path).unwrap();
+    let report = simulate(&scenario, SimOptions::default()).await.unwrap();
+    let v = &report.verdict;
+    assert!(v.passed, "{}", report.summary());
+    assert!(v.expected > 1000, "{}", report.summary());
+    assert_eq!(v.explained_losses, 0, "{}", report.summary());
+    assert_eq!(v.delivered, v.expected);
+    assert_eq!(v.reordered, 0);
+    // The emulator did drop what was sent during the outage.
+    let link = report
+        .links
+        .iter()
+        .find(|l| l.a == "FIN" && l.b == "SWE")
+        .unwrap();
+    assert!(link.dropped > 0, "{link:?}");
+}
