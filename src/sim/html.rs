@@ -303,7 +303,7 @@ fn header(out: &mut String, r: &Report) {
         (
             "fail",
             "FAIL",
-            "the oracle found a leak, a duplicate or an unexplained loss",
+            "a leak, a duplicate, an unexplained loss or a broken audit chain",
         )
     };
     w!(
@@ -333,14 +333,37 @@ fn header(out: &mut String, r: &Report) {
     let delivered_why = format!("{} of expected", pct(v.delivered, v.expected));
     let explained_why = "lost inside an event's window".to_owned();
     let transition_why = "during a change-over, either outcome allowed".to_owned();
-    for (n, what, why) in [
+    let reordered_why = "arrived after a later one of the same publisher".to_owned();
+    let broken = v.audit_logs.iter().filter(|log| !log.intact).count();
+    let audit_why = match v.audit_logs.iter().find(|log| !log.intact) {
+        Some(log) => format!("BROKEN in {}: {}", log.nation, log.detail),
+        None => format!(
+            "records in {} nodes' logs, every hash chain intact",
+            v.audit_logs.len()
+        ),
+    };
+    let records = v.audit_logs.iter().map(|log| log.records).sum();
+    let mut stats = vec![
         (v.published, "Published", "publishes attempted".to_owned()),
         (v.acknowledged, "Acknowledged", unack),
         (v.expected, "Expected deliveries", expected_why),
         (v.delivered, "Delivered", delivered_why),
         (v.explained_losses, "Explained losses", explained_why),
         (v.in_transition, "In transition", transition_why),
-    ] {
+        (v.reordered, "Out of order", reordered_why),
+    ];
+    if !v.audit_logs.is_empty() {
+        stats.push((
+            records,
+            if broken == 0 {
+                "Audit records"
+            } else {
+                "Audit chain broken"
+            },
+            audit_why,
+        ));
+    }
+    for (n, what, why) in stats {
         w!(
             out,
             "<div class='stat'><div class='what'>{what}</div><div class='n'>{}</div>\
@@ -2268,7 +2291,12 @@ pub fn sample_report() -> Report {
             reordered: 0,
             findings: Vec::new(),
             warm_up_missing: Vec::new(),
-            audit_logs: Vec::new(),
+            audit_logs: vec![super::report::AuditCheck {
+                nation: "GBR".to_owned(),
+                records: 4_321,
+                intact: true,
+                detail: "last hash 00".to_owned(),
+            }],
             passed: true,
         },
     }
@@ -2517,6 +2545,7 @@ mod tests {
         assert!(page.contains("Lon&lt;don&gt;"));
         assert!(page.contains("SECRET//REL TO &lt;GBR, &quot;FRA&quot;&gt;"));
         assert!(page.contains("GBR/pub&lt;1&gt;") && page.contains("USA/sub&amp;1"));
+        assert!(page.contains("every hash chain intact") && page.contains("Out of order"));
         // The traffic table: the sample's publisher marking carries `<&>`.
         assert!(page.contains("<td class='l'>SECRET//REL TO NATO &lt;&amp;&gt;</td>"));
         for class in ["map", "latency", "timeline"] {
