@@ -104,16 +104,6 @@ fn certs_init_writes_the_pki_once() {
         .success());
 }
 
-/// Two free UDP ports on loopback (held together so they differ). They
-/// are free only until released, and tests run in parallel: whoever binds
-/// them must retry with new ones when they have been taken meanwhile
-/// (`start_up`).
-fn free_ports() -> (u16, u16) {
-    let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
-}
-
 struct KillOnDrop(std::process::Child);
 
 impl KillOnDrop {
@@ -151,28 +141,22 @@ fn read_line(stream: &mut impl std::io::BufRead) -> String {
     line
 }
 
-/// `entente up` for a GBR–FRA network written to `network`, on ports free
-/// when it starts: when another test took one of them between `free_ports`
-/// and the bind, it starts again with new ones. Returns the process, its
-/// stdout after the "running" line, and GBR's port.
+/// `entente up` for a GBR–FRA network written to `network`. Returns the
+/// process, its stdout after the "running" line, and GBR's port.
 fn start_up(
     network: &std::path::Path,
     certs: &std::path::Path,
     data: &std::path::Path,
 ) -> (KillOnDrop, std::io::BufReader<std::process::ChildStdout>, u16) {
-    let mut failures = Vec::new();
-    for _ in 0..10 {
-        let (gbr_port, fra_port) = free_ports();
-        std::fs::write(
-            network,
-            format!(
-                r#"
+    let (up, up_out, _, ports) = up_on_free_ports(network, certs, data, 2, |ports| {
+        format!(
+            r#"
 [nations.GBR]
-address = "127.0.0.1:{gbr_port}"
+address = "127.0.0.1:{}"
 peers = ["FRA"]
 default_ceiling = "SECRET"
 [nations.FRA]
-address = "127.0.0.1:{fra_port}"
+address = "127.0.0.1:{}"
 peers = ["GBR"]
 default_ceiling = "SECRET"
 [[principals]]
@@ -191,10 +175,34 @@ name = "fra.analyst"
 nation = "FRA"
 clearance = "SECRET"
 subscribe = [">"]
-"#
-            ),
+"#,
+            ports[0], ports[1]
         )
-        .unwrap();
+    });
+    (up, up_out, ports[0])
+}
+
+/// `entente up` on the network `write` makes of `count` ports free when it
+/// starts, written to `network`: when another test took a port between
+/// `free_port_list` and the bind, it starts again with new ones. Returns
+/// the process, its stdout after the "running" line, its standard error
+/// as it comes, and the ports.
+fn up_on_free_ports(
+    network: &std::path::Path,
+    certs: &std::path::Path,
+    data: &std::path::Path,
+    count: usize,
+    write: impl Fn(&[u16]) -> String,
+) -> (
+    KillOnDrop,
+    std::io::BufReader<std::process::ChildStdout>,
+    Collected,
+    Vec<u16>,
+) {
+    let mut failures = Vec::new();
+    for _ in 0..10 {
+        let ports = free_port_list(count);
+        std::fs::write(network, write(&ports)).unwrap();
         let mut up = spawn(&[
             "up",
             "--network",
@@ -205,13 +213,15 @@ subscribe = [">"]
             data.to_str().unwrap(),
         ]);
         let mut up_out = std::io::BufReader::new(up.0.stdout.take().unwrap());
-        if read_line(&mut up_out).contains("running") {
-            return (up, up_out, gbr_port);
+        let first = read_line(&mut up_out);
+        let stderr = Collected::drain(&mut up);
+        if first.contains("running") {
+            return (up, up_out, stderr, ports);
         }
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut up.0.stderr.take().unwrap(), &mut stderr).unwrap();
-        assert!(stderr.contains("in use"), "entente up failed: {stderr}");
-        failures.push(stderr);
+        let _ = up.0.wait();
+        let printed = stderr.text();
+        assert!(printed.contains("in use"), "entente up failed: {first}{printed}");
+        failures.push(printed);
     }
     panic!("no free ports after 10 tries: {failures:#?}");
 }
@@ -593,7 +603,9 @@ fn certs_revoke_writes_a_crl_and_names_a_missing_certificate() {
 }
 
 /// `n` distinct UDP ports on loopback that were free a moment ago (held
-/// together so they differ).
+/// together so they differ). They are free only until released, and tests
+/// run in parallel: whoever binds them must retry with new ones when they
+/// have been taken meanwhile (`up_on_free_ports`).
 fn free_port_list(n: usize) -> Vec<u16> {
     let held: Vec<std::net::UdpSocket> = (0..n)
         .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
@@ -682,10 +694,9 @@ fn announces(record: &serde_json::Value, of: &str, link: &str, pattern: &str) ->
 }
 
 /// `entente up` on the sample network (config/network.toml) with every
-/// address moved to a port free when it starts, written to `network`:
-/// when another test took a port meanwhile, it starts again with new
-/// ones. Returns the process, its stdout after the "running" line, and its
-/// standard error as it comes.
+/// address moved to a free port, written to `network`. Returns the
+/// process, its stdout after the "running" line, and its standard error as
+/// it comes.
 fn start_sample_network(
     network: &std::path::Path,
     certs: &std::path::Path,
@@ -698,36 +709,16 @@ fn start_sample_network(
     let sample =
         std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/network.toml"))
             .unwrap();
-    let mut failures = Vec::new();
-    for _ in 0..10 {
+    let (up, up_out, stderr, _) = up_on_free_ports(network, certs, data, 15, |ports| {
         let mut text = sample.clone();
-        for (i, port) in (7401..=7415).zip(free_port_list(15)) {
+        for (i, port) in (7401..=7415).zip(ports) {
             let fixed = format!("address = \"127.0.0.1:{i}\"");
             assert!(text.contains(&fixed), "config/network.toml has no {fixed}");
             text = text.replace(&fixed, &format!("address = \"127.0.0.1:{port}\""));
         }
-        std::fs::write(network, text).unwrap();
-        let mut up = spawn(&[
-            "up",
-            "--network",
-            network.to_str().unwrap(),
-            "--certs",
-            certs.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-        ]);
-        let mut up_out = std::io::BufReader::new(up.0.stdout.take().unwrap());
-        let first = read_line(&mut up_out);
-        let stderr = Collected::drain(&mut up);
-        if first.contains("running") {
-            return (up, up_out, stderr);
-        }
-        let _ = up.0.wait();
-        let printed = stderr.text();
-        assert!(printed.contains("in use"), "entente up failed: {first}{printed}");
-        failures.push(printed);
-    }
-    panic!("no free ports after 10 tries: {failures:#?}");
+        text
+    });
+    (up, up_out, stderr)
 }
 
 /// `entente admin cut` and `restore` as an operator runs them, on the
@@ -934,7 +925,8 @@ fn sighup_reloads_a_node() {
     let network = dir.path().join("network.toml");
     let certs = dir.path().join("certs");
     let data = dir.path().join("GBR");
-    let (gbr_port, fra_port) = free_ports();
+    let ports = free_port_list(2);
+    let (gbr_port, fra_port) = (ports[0], ports[1]);
     let text = format!(
         r#"
 [nations.GBR]
