@@ -852,8 +852,8 @@ fn cmd_simulate(
     keep: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let scenario = sim::scenario::Scenario::load(&scenario)?;
-    if duration.is_some_and(|d| d.is_zero()) {
-        anyhow::bail!("--duration must be more than 0");
+    if let Some(duration) = duration {
+        sim::scenario::check_duration(duration).map_err(|err| anyhow::anyhow!("--duration: {err}"))?;
     }
     let bar = indicatif::ProgressBar::new(duration.unwrap_or(scenario.duration).as_millis() as u64);
     bar.set_style(

@@ -304,9 +304,7 @@ impl Scenario {
                 })?,
             );
         let duration = parse_duration(&file.duration).map_err(|err| invalid(format!("duration: {err}")))?;
-        if duration.is_zero() {
-            return Err(invalid("duration must be more than 0".into()));
-        }
+        check_duration(duration).map_err(|err| invalid(format!("duration: {err}")))?;
         let links = links(&file.links, &policy).map_err(&invalid)?;
         let principal_nation = |name: &str, what: &str| {
             policy.principal(name).map(|p| p.nation).ok_or_else(|| {
@@ -431,7 +429,7 @@ fn links(file: &LinksFile, policy: &Policy) -> Result<BTreeMap<(Nation, Nation),
     let jitter = file
         .jitter
         .as_deref()
-        .map(parse_duration)
+        .map(link_delay)
         .transpose()
         .map_err(|err| format!("links.jitter: {err}"))?;
     let loss = check_loss(file.loss.unwrap_or(0.0), "links.loss")?;
@@ -477,13 +475,13 @@ fn links(file: &LinksFile, policy: &Policy) -> Result<BTreeMap<(Nation, Nation),
             return Err(format!("links.link between {a} and {b} is given twice"));
         }
         if let Some(delay) = &link.delay {
-            params.delay = parse_duration(delay).map_err(|err| format!("links.link {a}–{b} delay: {err}"))?;
+            params.delay = link_delay(delay).map_err(|err| format!("links.link {a}–{b} delay: {err}"))?;
             if link.jitter.is_none() && jitter.is_none() {
                 params.jitter = params.delay / 20;
             }
         }
         if let Some(j) = &link.jitter {
-            params.jitter = parse_duration(j).map_err(|err| format!("links.link {a}–{b} jitter: {err}"))?;
+            params.jitter = link_delay(j).map_err(|err| format!("links.link {a}–{b} jitter: {err}"))?;
         }
         if let Some(loss) = link.loss {
             params.loss = check_loss(loss, "links.link loss")?;
@@ -602,6 +600,29 @@ fn parse_action(text: &str, policy: &Policy) -> Result<Action, String> {
         }
     };
     Ok(action)
+}
+
+/// The longest run: a day, far past any useful scenario, and well inside
+/// what a clock can add without overflowing.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// The longest one-way delay or jitter of a link.
+const MAX_LINK_DELAY: Duration = Duration::from_secs(10);
+
+/// A run's length: more than 0, at most a day.
+pub fn check_duration(duration: Duration) -> Result<(), String> {
+    if duration.is_zero() || duration > MAX_DURATION {
+        return Err(format!("{duration:?} must be more than 0 and at most 24h"));
+    }
+    Ok(())
+}
+
+/// A link's delay or jitter: at most 10 s.
+fn link_delay(text: &str) -> Result<Duration, String> {
+    let delay = parse_duration(text)?;
+    if delay > MAX_LINK_DELAY {
+        return Err(format!("`{text}` is more than a link's 10 s at most"));
+    }
+    Ok(delay)
 }
 
 /// Parses `30s`, `500ms`, `2m`, `1h` or a bare number of seconds.
@@ -724,6 +745,17 @@ pattern = ">"
         ))
         .contains("below 100%"));
         assert!(error(&format!("{TRAFFIC}\n[links]\nloss = 1.5")).contains("below 1"));
+        assert!(error(&format!("{TRAFFIC}\n[links]\njitter = \"20s\"")).contains("10 s at most"));
+        assert!(parse(TRAFFIC).is_ok());
+        let network = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/network.toml");
+        let endless = format!(
+            "network = {:?}\nduration = \"48h\"\n{TRAFFIC}",
+            network.display().to_string()
+        );
+        let err = Scenario::parse(&endless, Path::new("/tmp/endless.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most 24h"), "{err}");
         assert!(error(&format!(
             "{TRAFFIC}\n[[links.link]]\nbetween = [\"GBR\", \"FIN\"]"
         ))
