@@ -149,7 +149,7 @@ enum Command {
     /// cutting a partner out), checked by an independent oracle.
     #[command(
         after_help = "Runs with no set-up: the PKI is generated in a temporary folder.
-Exits non-zero on any leak, duplicate or unexplained loss.
+Exits non-zero on any leak, duplicate, unexplained loss or broken audit chain.
 
 Examples:
   entente simulate
@@ -895,7 +895,9 @@ fn cmd_simulate(
     Ok(if report.verdict.passed {
         ExitCode::SUCCESS
     } else {
-        eprintln!("the oracle found leaks, duplicates or unexplained losses: see the report");
+        eprintln!(
+            "the run found leaks, duplicates, unexplained losses or a broken audit chain: see the report"
+        );
         ExitCode::FAILURE
     })
 }
