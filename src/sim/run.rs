@@ -630,6 +630,14 @@ struct SimNode {
     task: JoinHandle<Result<(), NodeError>>,
 }
 
+/// A node is never left running by a run that stops early (an error in
+/// set-up, a panic): its tasks end with its handle.
+impl Drop for SimNode {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Every node of the run.
 struct Nodes {
     policy: Arc<crate::policy::Policy>,
@@ -849,18 +857,13 @@ impl Nodes {
         self.world.clone()
     }
 
-    async fn shutdown(self) {
+    async fn shutdown(mut self) {
         for node in self.running.values() {
             let _ = node.stop.send(true);
         }
-        for (_, node) in self.running {
-            let abort = node.task.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(5), node.task)
-                .await
-                .is_err()
-            {
-                abort.abort();
-            }
+        // One that has not stopped in time is aborted as it is dropped.
+        for node in self.running.values_mut() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut node.task).await;
         }
     }
 }
