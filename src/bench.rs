@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,6 +37,15 @@ const START_LIMIT: Duration = Duration::from_secs(30);
 const DRAIN: Duration = Duration::from_secs(3);
 /// How often an audit log is read while the bench waits on it.
 const POLL: Duration = Duration::from_millis(20);
+
+/// How a bench runs its node processes.
+#[derive(Debug, Clone)]
+pub struct NodeCommand {
+    /// The `entente` binary.
+    pub binary: std::path::PathBuf,
+    /// Each node's `--durability`.
+    pub durability: crate::store::Durability,
+}
 
 /// Why a bench could not run.
 #[derive(Debug, thiserror::Error)]
@@ -147,15 +156,15 @@ impl Chain {
     /// Starts `hops + 1` linked nodes in a line, as `node_binary node ...`
     /// processes, and waits until every link is up and every node knows
     /// the whole line.
-    pub fn start(hops: usize, node_binary: &Path) -> Result<Chain, BenchError> {
-        Chain::start_with(hops, false, node_binary)
+    pub fn start(hops: usize, nodes: &NodeCommand) -> Result<Chain, BenchError> {
+        Chain::start_with(hops, false, nodes)
     }
 
     /// As [`Chain::start`]; with `hostile`, the network file also has one
     /// more nation, a peer of the first node, whose node no process runs:
     /// [`throughput`] plays it as a hostile member. It is not part of the
     /// line, so the hops and the subscribers stay where they were.
-    pub fn start_with(hops: usize, hostile: bool, node_binary: &Path) -> Result<Chain, BenchError> {
+    pub fn start_with(hops: usize, hostile: bool, nodes: &NodeCommand) -> Result<Chain, BenchError> {
         if hops > MAX_HOPS {
             return Err(BenchError::TooManyHops(hops));
         }
@@ -178,15 +187,15 @@ impl Chain {
             peers
         };
         let count = hops + 1 + usize::from(hostile);
-        Chain::launch(count, hostile.then_some(extra), node_binary, &links)
+        Chain::launch(count, hostile.then_some(extra), nodes, &links)
     }
 
     /// Starts a hub node linked to `spokes` other nodes (at most 14).
-    pub fn star(spokes: usize, node_binary: &Path) -> Result<Chain, BenchError> {
+    pub fn star(spokes: usize, nodes: &NodeCommand) -> Result<Chain, BenchError> {
         if spokes >= CHAIN.len() {
             return Err(BenchError::TooManyPeers(spokes));
         }
-        Chain::launch(spokes + 1, None, node_binary, &|i| match i {
+        Chain::launch(spokes + 1, None, nodes, &|i| match i {
             0 => (1..=spokes).collect(),
             _ => vec![0],
         })
@@ -195,7 +204,7 @@ impl Chain {
     fn launch(
         count: usize,
         hostile: Option<usize>,
-        node_binary: &Path,
+        nodes: &NodeCommand,
         links: &dyn Fn(usize) -> Vec<usize>,
     ) -> Result<Chain, BenchError> {
         let real = |i: &usize| Some(*i) != hostile;
@@ -219,8 +228,9 @@ impl Chain {
         };
         let root = chain.dir.path().to_owned();
         for (_, &nation) in chain.nations.iter().enumerate().filter(|(i, _)| real(i)) {
-            let mut child = Command::new(node_binary)
+            let mut child = Command::new(&nodes.binary)
                 .arg("node")
+                .args(["--durability", &nodes.durability.to_string()])
                 .args(["--nation", nation.as_str()])
                 .arg("--network")
                 .arg(&network_path)
@@ -236,7 +246,7 @@ impl Chain {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .spawn()
-                .map_err(|err| setup(format!("cannot start {}: {err}", node_binary.display())))?;
+                .map_err(|err| setup(format!("cannot start {}: {err}", nodes.binary.display())))?;
             let stdout = child.stdout.take();
             chain.processes.push(child);
             let mut line = String::new();
@@ -802,6 +812,9 @@ pub async fn memory(chain: &Chain, sessions: usize) -> Result<MemoryReport, Benc
 }
 
 /// The binary to start nodes with: this one.
-pub fn node_binary() -> Result<PathBuf, BenchError> {
-    std::env::current_exe().map_err(setup)
+pub fn node_command(durability: crate::store::Durability) -> Result<NodeCommand, BenchError> {
+    Ok(NodeCommand {
+        binary: std::env::current_exe().map_err(setup)?,
+        durability,
+    })
 }

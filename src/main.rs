@@ -20,6 +20,7 @@ use entente::label::Nation;
 use entente::node::{self, NodeConfig, NodeSettings};
 use entente::pki::{self, PkiLayout, DEFAULT_CERTS_DIR};
 use entente::sim;
+use entente::store::Durability;
 
 #[derive(Parser)]
 #[command(
@@ -79,6 +80,12 @@ enum Command {
         /// Inbound connections (sessions and peer links) held at once.
         #[arg(long, default_value_t = node::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         max_connections: usize,
+        /// sync: every message this node takes custody of is in
+        /// <data>/store.redb before it is acknowledged, so a crash loses
+        /// nothing acknowledged; memory: nothing on disk (faster; a crash
+        /// loses what the node held).
+        #[arg(long, default_value = "sync")]
+        durability: Durability,
     },
     /// Publish one labelled message; exits 0 only once the node has acknowledged it.
     #[command(after_help = "Examples:
@@ -319,6 +326,10 @@ enum BenchCommand {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// Each node's durability: memory (nothing on disk, like NATS core
+        /// and Zenoh) or sync (custody on disk before each ack).
+        #[arg(long, default_value = "memory")]
+        durability: Durability,
     },
     /// Resident memory of an idle node with its peer links up, and per idle
     /// client session (Linux: reads /proc).
@@ -335,6 +346,10 @@ enum BenchCommand {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// Each node's durability: memory (nothing on disk, like NATS core
+        /// and Zenoh) or sync (custody on disk before each ack).
+        #[arg(long, default_value = "memory")]
+        durability: Durability,
     },
     /// Messages per second delivered, as fast as the chain delivers them.
     #[command(after_help = "Examples:
@@ -359,6 +374,10 @@ enum BenchCommand {
         hostile: Option<HostileArg>,
         #[arg(long)]
         json: bool,
+        /// Each node's durability: memory (nothing on disk, like NATS core
+        /// and Zenoh) or sync (custody on disk before each ack).
+        #[arg(long, default_value = "memory")]
+        durability: Durability,
     },
 }
 
@@ -710,6 +729,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             data,
             max_sessions_per_principal,
             max_connections,
+            durability,
         } => cmd_node(
             nation,
             network,
@@ -719,6 +739,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             NodeSettings {
                 max_sessions_per_principal,
                 max_connections,
+                durability,
                 ..NodeSettings::default()
             },
         ),
@@ -740,14 +761,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             peers,
             sessions,
             json,
-        }) => cmd_bench_memory(peers, sessions, json),
+            durability,
+        }) => cmd_bench_memory(peers, sessions, json, durability),
         Command::Bench(BenchCommand::Latency {
             hops,
             size,
             rate,
             duration,
             json,
-        }) => cmd_bench_latency(hops, size, rate, duration, json),
+            durability,
+        }) => cmd_bench_latency(hops, size, rate, duration, json, durability),
         Command::Bench(BenchCommand::Throughput {
             hops,
             size,
@@ -755,7 +778,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             subscribers,
             hostile,
             json,
-        }) => cmd_bench_throughput(hops, size, duration, subscribers, hostile, json),
+            durability,
+        }) => cmd_bench_throughput(hops, size, duration, subscribers, hostile, json, durability),
         Command::Certs(CertsCommand::Init { network, out, force }) => cmd_certs_init(network, out, force),
         Command::Simulate {
             scenario,
@@ -1001,8 +1025,13 @@ fn cmd_sub(
     runtime()?.block_on(subscribe(connect, topic, count, timeout, json))
 }
 
-fn cmd_bench_memory(peers: usize, sessions: usize, json: bool) -> anyhow::Result<ExitCode> {
-    let star = bench::Chain::star(peers, &bench::node_binary()?)?;
+fn cmd_bench_memory(
+    peers: usize,
+    sessions: usize,
+    json: bool,
+    durability: Durability,
+) -> anyhow::Result<ExitCode> {
+    let star = bench::Chain::star(peers, &bench::node_command(durability)?)?;
     let report = single_thread_runtime()?.block_on(bench::memory(&star, sessions))?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
@@ -1021,8 +1050,9 @@ fn cmd_bench_latency(
     rate: u64,
     duration: Duration,
     json: bool,
+    durability: Durability,
 ) -> anyhow::Result<ExitCode> {
-    let chain = bench::Chain::start(hops, &bench::node_binary()?)?;
+    let chain = bench::Chain::start(hops, &bench::node_command(durability)?)?;
     let report = single_thread_runtime()?.block_on(bench::latency(&chain, size, rate, duration))?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
@@ -1046,12 +1076,13 @@ fn cmd_bench_throughput(
     subscribers: usize,
     hostile: Option<HostileArg>,
     json: bool,
+    durability: Durability,
 ) -> anyhow::Result<ExitCode> {
     let hostile = hostile.map(|h| match h {
         HostileArg::Stuck => Hostility::Stuck,
         HostileArg::Trickle => Hostility::Trickle,
     });
-    let chain = bench::Chain::start_with(hops, hostile.is_some(), &bench::node_binary()?)?;
+    let chain = bench::Chain::start_with(hops, hostile.is_some(), &bench::node_command(durability)?)?;
     let report =
         single_thread_runtime()?.block_on(bench::throughput(&chain, size, duration, subscribers, hostile))?;
     if json {

@@ -3,35 +3,52 @@
 //! ids already seen (so resends after a restart are recognised), in an
 //! embedded database (redb) at `<data dir>/store.redb`.
 //!
-//! Writes come in groups (one transaction per batch), so `sync`
-//! durability costs one disk flush per batch, not per message.
+//! Changes come in groups ([`Store::commit`], one transaction for what
+//! many tasks handed over together), so `sync` durability costs one disk
+//! flush per group, not per message.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::envelope::MessageId;
 use crate::label::Nation;
 
-/// (peer, sequence number) → created time (8 bytes, big-endian), then the
-/// encoded envelope.
+/// (peer, outbox sequence number) → when it was queued (8 bytes,
+/// big-endian, microseconds since the epoch), then the encoded frame.
 const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox");
-/// Peer → the next sequence number to give.
-const NEXT_SEQ: TableDefinition<&str, u64> = TableDefinition::new("next_seq");
-/// Message id → until when it counts as seen (microseconds since the epoch).
+/// Origin and message id (the origin's code, then the 16 id bytes) → the
+/// message's creation time, microseconds since the epoch.
 const SEEN: TableDefinition<&[u8], u64> = TableDefinition::new("seen");
+/// Nation → its newest signed announcement, as an encoded frame: what a
+/// restarted node knows of the others' links and interest before they
+/// announce again (checked again, signature and all, when loaded).
+const ANNOUNCEMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("announcements");
 
-/// How hard the store holds on to what it is given.
+/// How hard a node holds on to what it takes custody of.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
-    /// Every batch is on disk before it is acknowledged: a crash loses
-    /// nothing acknowledged.
+    /// Every group is on disk before anything in it is acknowledged: a
+    /// crash loses nothing acknowledged.
     #[default]
     Sync,
-    /// Nothing touches the disk: as fast as memory, and a crash loses
-    /// everything held (for benchmarks and like-for-like comparisons).
+    /// Nothing touches the disk: custody still spans link outages, but a
+    /// crash loses what the node held (for benchmarks and like-for-like
+    /// comparisons with brokers that keep nothing).
     Memory,
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Durability::Sync => "sync",
+            Durability::Memory => "memory",
+        })
+    }
 }
 
 impl std::str::FromStr for Durability {
@@ -77,148 +94,174 @@ impl<T, E: std::fmt::Display> OrFail<T> for Result<T, E> {
     }
 }
 
-/// One outbox entry.
+/// One change to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A frame joins `peer`'s outbox as entry `seq`.
+    Append {
+        /// Whose outbox.
+        peer: Nation,
+        /// Its place in the outbox's order.
+        seq: u64,
+        /// When it was queued, microseconds since the epoch.
+        queued_us: u64,
+        /// The encoded frame, length prefix included.
+        frame: Bytes,
+    },
+    /// `peer`'s entries up to `through` are gone (acknowledged, expired).
+    Forget {
+        /// Whose outbox.
+        peer: Nation,
+        /// The last entry to forget.
+        through: u64,
+    },
+    /// Everything held for `peer` is gone (a cut purged it).
+    ForgetAll {
+        /// Whose outbox.
+        peer: Nation,
+    },
+    /// `nation`'s newest announcement, as an encoded `Announce` frame.
+    Announcement {
+        /// Whose.
+        nation: Nation,
+        /// The frame.
+        frame: Bytes,
+    },
+    /// A message was taken: a copy that comes again is a duplicate.
+    Seen {
+        /// Its origin.
+        origin: Nation,
+        /// Its id.
+        id: MessageId,
+        /// When its origin created it, microseconds since the epoch.
+        created_us: u64,
+    },
+}
+
+/// One outbox entry, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {
     /// Its place in the peer's order.
     pub seq: u64,
-    /// When it was stored, microseconds since the epoch.
+    /// When it was queued, microseconds since the epoch.
+    pub queued_us: u64,
+    /// The encoded frame.
+    pub frame: Bytes,
+}
+
+/// A message id remembered as seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeenId {
+    /// Its origin.
+    pub origin: Nation,
+    /// Its id.
+    pub id: MessageId,
+    /// When its origin created it.
     pub created_us: u64,
-    /// The encoded envelope.
-    pub bytes: Vec<u8>,
 }
 
 /// A node's custody store.
 pub struct Store {
     db: Database,
-    durability: Durability,
 }
 
 impl Store {
-    /// Opens `<data_dir>/store.redb` (creating it), or an in-memory store
-    /// for `Durability::Memory`.
-    pub fn open(data_dir: &Path, durability: Durability) -> Result<Store, StoreError> {
+    /// Opens `<data_dir>/store.redb`, creating it.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
         let path = data_dir.join("store.redb");
         let open_error = |cause: String| StoreError::Open {
             path: path.clone(),
             cause,
         };
-        let db = match durability {
-            Durability::Sync => {
-                std::fs::create_dir_all(data_dir).map_err(|err| open_error(err.to_string()))?;
-                Database::create(&path)
-            }
-            Durability::Memory => {
-                Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())
-            }
-        }
-        .map_err(|err| open_error(err.to_string()))?;
-        let store = Store { db, durability };
+        std::fs::create_dir_all(data_dir).map_err(|err| open_error(err.to_string()))?;
+        let db = Database::create(&path).map_err(|err| open_error(err.to_string()))?;
+        let store = Store { db };
         // Create the tables, so readers never meet a missing one.
-        store.write(|txn| {
-            txn.open_table(OUTBOX).or_fail()?;
-            txn.open_table(NEXT_SEQ).or_fail()?;
-            txn.open_table(SEEN).or_fail()?;
-            Ok(())
-        })?;
+        store.commit(&[], true)?;
         Ok(store)
     }
 
-    /// Runs `change` in one write transaction and commits it, durably for
-    /// `Sync`.
-    fn write<T>(
-        &self,
-        change: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    /// Applies `changes` in one transaction. `durable` waits for the disk
+    /// (one flush); otherwise the changes become durable with the next
+    /// durable commit, which suits forgetting (a forget lost in a crash
+    /// costs a resend, and resends are harmless).
+    pub fn commit(&self, changes: &[Change], durable: bool) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(failed)?;
-        txn.set_durability(match self.durability {
-            Durability::Sync => redb::Durability::Immediate,
-            Durability::Memory => redb::Durability::None,
+        txn.set_durability(if durable {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
         });
-        let out = change(&txn)?;
-        txn.commit().map_err(failed)?;
-        Ok(out)
-    }
-
-    /// Appends a batch to `peer`'s outbox in one commit; returns each
-    /// entry's sequence number, in order.
-    pub fn append(&self, peer: Nation, created_us: u64, batch: &[&[u8]]) -> Result<Vec<u64>, StoreError> {
-        self.write(|txn| {
-            let mut next = txn.open_table(NEXT_SEQ).or_fail()?;
-            let first = next.get(peer.as_str()).or_fail()?.map_or(1, |v| v.value());
+        {
             let mut outbox = txn.open_table(OUTBOX).or_fail()?;
-            let mut seqs = Vec::with_capacity(batch.len());
+            let mut seen = txn.open_table(SEEN).or_fail()?;
+            let mut announcements = txn.open_table(ANNOUNCEMENTS).or_fail()?;
             let mut value = Vec::new();
-            for (offset, bytes) in batch.iter().enumerate() {
-                let seq = first + offset as u64;
-                value.clear();
-                value.extend_from_slice(&created_us.to_be_bytes());
-                value.extend_from_slice(bytes);
-                outbox.insert((peer.as_str(), seq), value.as_slice()).or_fail()?;
-                seqs.push(seq);
+            for change in changes {
+                match change {
+                    Change::Append {
+                        peer,
+                        seq,
+                        queued_us,
+                        frame,
+                    } => {
+                        value.clear();
+                        value.extend_from_slice(&queued_us.to_be_bytes());
+                        value.extend_from_slice(frame);
+                        outbox.insert((peer.as_str(), *seq), value.as_slice()).or_fail()?;
+                    }
+                    Change::Forget { peer, through } => {
+                        outbox
+                            .retain_in((peer.as_str(), 0)..=(peer.as_str(), *through), |_, _| false)
+                            .or_fail()?;
+                    }
+                    Change::ForgetAll { peer } => {
+                        outbox
+                            .retain_in((peer.as_str(), 0)..=(peer.as_str(), u64::MAX), |_, _| false)
+                            .or_fail()?;
+                    }
+                    Change::Announcement { nation, frame } => {
+                        announcements.insert(nation.as_str(), frame.as_ref()).or_fail()?;
+                    }
+                    Change::Seen {
+                        origin,
+                        id,
+                        created_us,
+                    } => {
+                        seen.insert(seen_key(*origin, id).as_slice(), *created_us)
+                            .or_fail()?;
+                    }
+                }
             }
-            next.insert(peer.as_str(), first + batch.len() as u64).or_fail()?;
-            Ok(seqs)
-        })
+        }
+        txn.commit().map_err(failed)
     }
 
-    /// `peer` has custody of everything up to `upto`: forget it. Returns
-    /// how many entries went.
-    pub fn acknowledge(&self, peer: Nation, upto: u64) -> Result<u64, StoreError> {
-        self.write(|txn| {
-            let mut outbox = txn.open_table(OUTBOX).or_fail()?;
-            let mut removed = 0;
-            outbox
-                .retain_in((peer.as_str(), 0)..=(peer.as_str(), upto), |_, _| {
-                    removed += 1;
-                    false
-                })
-                .or_fail()?;
-            Ok(removed)
-        })
-    }
-
-    /// What `peer` has not acknowledged, in order.
-    pub fn pending(&self, peer: Nation) -> Result<Vec<Held>, StoreError> {
+    /// Every peer's outbox, each in order.
+    pub fn outboxes(&self) -> Result<BTreeMap<Nation, Vec<Held>>, StoreError> {
         let txn = self.db.begin_read().map_err(failed)?;
         let outbox = txn.open_table(OUTBOX).map_err(failed)?;
-        let mut held = Vec::new();
-        for entry in outbox
-            .range((peer.as_str(), 0)..=(peer.as_str(), u64::MAX))
-            .map_err(failed)?
-        {
+        let mut all: BTreeMap<Nation, Vec<Held>> = BTreeMap::new();
+        for entry in outbox.iter().map_err(failed)? {
             let (key, value) = entry.map_err(failed)?;
-            held.push(decode(key.value().1, value.value())?);
+            let (peer, seq) = key.value();
+            // Not something this code wrote: it cannot be sent.
+            let Some(peer) = Nation::parse(peer) else { continue };
+            all.entry(peer).or_default().push(decode(seq, value.value())?);
         }
-        Ok(held)
+        Ok(all)
     }
 
-    /// Removes and returns every entry, of any peer, that `drop` picks
-    /// (one stored before the age limit, one for a nation cut out), so
-    /// each can be audited.
-    pub fn remove_where(
-        &self,
-        mut drop: impl FnMut(Nation, &Held) -> bool,
-    ) -> Result<Vec<(Nation, Held)>, StoreError> {
-        self.write(|txn| {
-            let mut outbox = txn.open_table(OUTBOX).or_fail()?;
-            let mut removed = Vec::new();
-            outbox
-                .retain(|(peer, seq), value| {
-                    let (Some(nation), Ok(held)) = (Nation::parse(peer), decode(seq, value)) else {
-                        // Not something this code wrote: it cannot be sent.
-                        return false;
-                    };
-                    if drop(nation, &held) {
-                        removed.push((nation, held));
-                        false
-                    } else {
-                        true
-                    }
-                })
-                .or_fail()?;
-            Ok(removed)
-        })
+    /// Every nation's newest announcement, as stored (encoded frames).
+    pub fn announcements(&self) -> Result<Vec<Bytes>, StoreError> {
+        let txn = self.db.begin_read().map_err(failed)?;
+        let table = txn.open_table(ANNOUNCEMENTS).map_err(failed)?;
+        let mut all = Vec::new();
+        for entry in table.iter().map_err(failed)? {
+            let (_, value) = entry.map_err(failed)?;
+            all.push(Bytes::copy_from_slice(value.value()));
+        }
+        Ok(all)
     }
 
     /// Entries held for every peer together.
@@ -232,48 +275,55 @@ impl Store {
         Ok(self.len()? == 0)
     }
 
-    /// Remembers message ids as seen until `until_us`, in one commit.
-    pub fn remember_seen(&self, ids: &[[u8; 16]], until_us: u64) -> Result<(), StoreError> {
-        self.write(|txn| {
+    /// The ids created after `since_us` (older ones are stale anyway, and
+    /// forgotten here): what a restarted node's replay window starts from.
+    pub fn seen(&self, since_us: u64) -> Result<Vec<SeenId>, StoreError> {
+        let txn = self.db.begin_write().map_err(failed)?;
+        let mut kept = Vec::new();
+        {
             let mut seen = txn.open_table(SEEN).or_fail()?;
-            for id in ids {
-                seen.insert(id.as_slice(), until_us).or_fail()?;
-            }
-            Ok(())
-        })
-    }
-
-    /// The ids still counting as seen at `now_us`, after forgetting the
-    /// rest: what a restarted node's replay window starts from.
-    pub fn seen(&self, now_us: u64) -> Result<Vec<([u8; 16], u64)>, StoreError> {
-        self.write(|txn| {
-            let mut seen = txn.open_table(SEEN).or_fail()?;
-            let mut kept = Vec::new();
-            seen.retain(|id, until| {
-                let Ok(id) = <[u8; 16]>::try_from(id) else {
-                    return false;
-                };
-                if until > now_us {
-                    kept.push((id, until));
-                    true
-                } else {
-                    false
+            seen.retain(|key, created_us| {
+                let parsed = key.split_first_chunk::<3>().and_then(|(origin, id)| {
+                    Some((
+                        Nation::parse(std::str::from_utf8(origin).ok()?)?,
+                        <[u8; 16]>::try_from(id).ok()?,
+                    ))
+                });
+                match parsed {
+                    Some((origin, id)) if created_us > since_us => {
+                        kept.push(SeenId {
+                            origin,
+                            id: MessageId(id),
+                            created_us,
+                        });
+                        true
+                    }
+                    _ => false,
                 }
             })
             .or_fail()?;
-            Ok(kept)
-        })
+        }
+        txn.commit().map_err(failed)?;
+        Ok(kept)
     }
 }
 
+fn seen_key(origin: Nation, id: &MessageId) -> [u8; 19] {
+    let mut key = [0u8; 19];
+    let code = origin.as_str().as_bytes();
+    key[..code.len().min(3)].copy_from_slice(&code[..code.len().min(3)]);
+    key[3..].copy_from_slice(&id.0);
+    key
+}
+
 fn decode(seq: u64, value: &[u8]) -> Result<Held, StoreError> {
-    let (created, bytes) = value
+    let (queued, frame) = value
         .split_first_chunk::<8>()
         .ok_or_else(|| StoreError::Database(format!("outbox entry {seq} is shorter than its header")))?;
     Ok(Held {
         seq,
-        created_us: u64::from_be_bytes(*created),
-        bytes: bytes.to_vec(),
+        queued_us: u64::from_be_bytes(*queued),
+        frame: Bytes::copy_from_slice(frame),
     })
 }
 
@@ -285,77 +335,141 @@ mod tests {
         Nation::parse(code).unwrap()
     }
 
+    fn append(peer: &str, seq: u64, frame: &'static [u8]) -> Change {
+        Change::Append {
+            peer: nation(peer),
+            seq,
+            queued_us: seq * 10,
+            frame: Bytes::from_static(frame),
+        }
+    }
+
+    fn frames(store: &Store, peer: &str) -> Vec<(u64, Bytes)> {
+        store
+            .outboxes()
+            .unwrap()
+            .remove(&nation(peer))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|held| (held.seq, held.frame))
+            .collect()
+    }
+
     #[test]
-    fn an_outbox_keeps_order_per_peer_until_acknowledged() {
+    fn an_outbox_keeps_order_per_peer_until_forgotten() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Durability::Sync).unwrap();
-        let (fra, usa) = (nation("FRA"), nation("USA"));
-        assert_eq!(store.append(fra, 10, &[b"a", b"b"]).unwrap(), vec![1, 2]);
-        assert_eq!(store.append(usa, 11, &[b"x"]).unwrap(), vec![1]);
-        assert_eq!(store.append(fra, 12, &[b"c"]).unwrap(), vec![3]);
-        let held: Vec<Vec<u8>> = store.pending(fra).unwrap().into_iter().map(|h| h.bytes).collect();
-        assert_eq!(held, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
-        assert_eq!(store.acknowledge(fra, 2).unwrap(), 2);
-        let left = store.pending(fra).unwrap();
-        assert_eq!((left.len(), left[0].seq, left[0].created_us), (1, 3, 12));
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .commit(
+                &[
+                    append("FRA", 1, b"a"),
+                    append("FRA", 2, b"b"),
+                    append("USA", 1, b"x"),
+                ],
+                true,
+            )
+            .unwrap();
+        store.commit(&[append("FRA", 3, b"c")], true).unwrap();
         assert_eq!(
-            store.pending(usa).unwrap().len(),
+            frames(&store, "FRA"),
+            vec![
+                (1, Bytes::from_static(b"a")),
+                (2, Bytes::from_static(b"b")),
+                (3, Bytes::from_static(b"c"))
+            ]
+        );
+        store
+            .commit(
+                &[Change::Forget {
+                    peer: nation("FRA"),
+                    through: 2,
+                }],
+                false,
+            )
+            .unwrap();
+        assert_eq!(frames(&store, "FRA"), vec![(3, Bytes::from_static(b"c"))]);
+        assert_eq!(
+            frames(&store, "USA").len(),
             1,
             "another peer's outbox is untouched"
         );
-        // An acknowledgement of what is gone already changes nothing.
-        assert_eq!(store.acknowledge(fra, 2).unwrap(), 0);
-        // Sequence numbers never go back, even once the outbox is empty.
-        store.acknowledge(fra, 3).unwrap();
-        assert_eq!(store.append(fra, 13, &[b"d"]).unwrap(), vec![4]);
-    }
-
-    #[test]
-    fn a_synced_store_survives_a_restart_and_a_memory_one_does_not_touch_the_disk() {
-        let dir = tempfile::tempdir().unwrap();
-        let id = [7u8; 16];
-        {
-            let store = Store::open(dir.path(), Durability::Sync).unwrap();
-            store.append(nation("FRA"), 5, &[b"kept"]).unwrap();
-            store.remember_seen(&[id], 1_000).unwrap();
-        }
-        let store = Store::open(dir.path(), Durability::Sync).unwrap();
-        assert_eq!(store.pending(nation("FRA")).unwrap()[0].bytes, b"kept");
-        assert_eq!(store.seen(999).unwrap(), vec![(id, 1_000)]);
-        assert_eq!(store.append(nation("FRA"), 6, &[b"next"]).unwrap(), vec![2]);
-
-        let elsewhere = tempfile::tempdir().unwrap();
-        let memory = Store::open(elsewhere.path(), Durability::Memory).unwrap();
-        memory.append(nation("FRA"), 5, &[b"gone"]).unwrap();
-        assert_eq!(memory.len().unwrap(), 1);
-        assert!(!elsewhere.path().join("store.redb").exists());
-    }
-
-    #[test]
-    fn seen_ids_expire_and_entries_can_be_removed_for_auditing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Durability::Sync).unwrap();
-        store.remember_seen(&[[1; 16]], 100).unwrap();
-        store.remember_seen(&[[2; 16]], 200).unwrap();
-        assert_eq!(store.seen(150).unwrap(), vec![([2; 16], 200)]);
-        assert_eq!(store.seen(150).unwrap().len(), 1, "the expired id is forgotten");
-
-        store.append(nation("USA"), 10, &[b"old", b"old2"]).unwrap();
-        store.append(nation("FRA"), 50, &[b"new"]).unwrap();
-        let removed = store
-            .remove_where(|peer, held| peer == nation("USA") || held.created_us < 20)
+        assert_eq!(store.outboxes().unwrap()[&nation("FRA")][0].queued_us, 30);
+        store
+            .commit(&[Change::ForgetAll { peer: nation("USA") }], true)
             .unwrap();
-        assert_eq!(removed.len(), 2);
-        assert!(removed.iter().all(|(peer, _)| *peer == nation("USA")));
+        assert!(frames(&store, "USA").is_empty());
         assert_eq!(store.len().unwrap(), 1);
         assert!(!store.is_empty().unwrap());
     }
 
     #[test]
+    fn what_was_committed_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = MessageId([7u8; 16]);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .commit(
+                    &[
+                        append("FRA", 5, b"kept"),
+                        Change::Seen {
+                            origin: nation("GBR"),
+                            id,
+                            created_us: 1_000,
+                        },
+                        Change::Announcement {
+                            nation: nation("DEU"),
+                            frame: Bytes::from_static(b"old"),
+                        },
+                        Change::Announcement {
+                            nation: nation("DEU"),
+                            frame: Bytes::from_static(b"newest"),
+                        },
+                    ],
+                    true,
+                )
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(frames(&store, "FRA"), vec![(5, Bytes::from_static(b"kept"))]);
+        assert_eq!(
+            store.announcements().unwrap(),
+            vec![Bytes::from_static(b"newest")]
+        );
+        assert_eq!(
+            store.seen(999).unwrap(),
+            vec![SeenId {
+                origin: nation("GBR"),
+                id,
+                created_us: 1_000
+            }]
+        );
+    }
+
+    #[test]
+    fn seen_ids_older_than_the_window_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let seen = |byte: u8, created_us| Change::Seen {
+            origin: nation("FRA"),
+            id: MessageId([byte; 16]),
+            created_us,
+        };
+        store.commit(&[seen(1, 100), seen(2, 200)], true).unwrap();
+        let kept: Vec<MessageId> = store.seen(150).unwrap().into_iter().map(|s| s.id).collect();
+        assert_eq!(kept, vec![MessageId([2; 16])]);
+        assert_eq!(
+            store.seen(0).unwrap().len(),
+            1,
+            "the old id is gone from the file"
+        );
+    }
+
+    #[test]
     fn a_store_held_by_another_process_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = Store::open(dir.path(), Durability::Sync).unwrap();
-        let second = Store::open(dir.path(), Durability::Sync);
+        let _first = Store::open(dir.path()).unwrap();
+        let second = Store::open(dir.path());
         let err = second.err().expect("redb refuses a second open").to_string();
         assert!(err.contains("store.redb"), "{err}");
     }
@@ -364,6 +478,7 @@ mod tests {
     fn durability_reads_from_config_text() {
         assert_eq!("sync".parse::<Durability>(), Ok(Durability::Sync));
         assert_eq!("memory".parse::<Durability>(), Ok(Durability::Memory));
+        assert_eq!(Durability::Memory.to_string(), "memory");
         assert!("fast"
             .parse::<Durability>()
             .unwrap_err()

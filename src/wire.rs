@@ -185,6 +185,22 @@ pub enum Frame {
         /// The answer.
         reply: AdminReply,
     },
+    /// From a link's dialer: the next `Forward` or `Seals` frame on this
+    /// link is the sender's outbox entry `next`, and each one after it
+    /// counts on by one. Sent first on every link, and again wherever the
+    /// count jumps (entries that expired, or were lost in a crash before
+    /// they were stored).
+    Resume {
+        /// The outbox sequence number of the next custody frame.
+        next: u64,
+    },
+    /// From a link's receiver: it holds custody of every custody frame up
+    /// to and including `through` (delivered locally, and stored for
+    /// whoever it relays to), so the sender may forget them.
+    Custody {
+        /// The last outbox sequence number acknowledged.
+        through: u64,
+    },
 }
 
 fn config() -> impl bincode::config::Config {
@@ -409,6 +425,12 @@ mod tests {
             encode_deliver(&borrowed).unwrap(),
             encode(&Frame::Deliver(delivery)).unwrap()
         );
+    }
+
+    #[test]
+    fn custody_frames_round_trip() {
+        round_trip(Frame::Resume { next: u64::MAX });
+        round_trip(Frame::Custody { through: 7 });
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub(super) enum StreamError {
     BadSeals(usize),
     #[error("the node cannot write its audit log ({0}), so it takes nothing from peers until it can")]
     AuditUnavailable(String),
+    #[error("the node cannot store what it takes custody of ({0}); the sender keeps it")]
+    Store(String),
 }
 
 impl From<WireError> for StreamError {
@@ -40,7 +42,7 @@ impl From<WireError> for StreamError {
 
 impl StreamError {
     /// Whether the other side broke the protocol (as opposed to going away).
-    fn is_protocol_violation(&self) -> bool {
+    pub(super) fn is_protocol_violation(&self) -> bool {
         matches!(
             self,
             StreamError::Frame(crate::stream::StreamError::Wire(_))

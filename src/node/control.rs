@@ -9,13 +9,13 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rustls_pki_types::{CertificateDer, UnixTime};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::{load_node_keys, tls, NodeError, Reason, Rules, Shared};
+use super::{custody, load_node_keys, outbound, tls, NodeError, Reason, Rules, Shared};
 use crate::admin::{
     AdminCommand, AdminReply, Applied, NodeStatus, PeerStatus, SessionStatus, StatusCounters,
 };
@@ -25,13 +25,11 @@ use crate::identity::Identity;
 use crate::label::Nation;
 use crate::pki::{self, PkiError};
 use crate::policy::{Policy, Principal};
+use crate::store::Change;
 
 /// The file in a node's data directory that records the nations cut out,
 /// so a cut survives a restart.
 const CUT_OUT_FILE: &str = "cut-out.json";
-
-/// How long a cut waits for a closed link's task to purge its queue.
-const PURGE_WAIT: Duration = Duration::from_secs(2);
 
 /// Why an admin command failed; the node's rules are then unchanged.
 #[derive(Debug, thiserror::Error)]
@@ -212,12 +210,12 @@ fn status(shared: &Shared) -> NodeStatus {
                 .peers
                 .iter()
                 .map(|&peer| {
-                    let depth = router.link_depth(peer);
+                    let (held, _) = shared.custody.outbox(peer).depth();
                     PeerStatus {
                         nation: peer.to_string(),
-                        outbound: depth.is_some(),
+                        outbound: router.has_link(peer),
                         inbound: router.has_inbound(peer),
-                        queued: depth.unwrap_or(0) as u64,
+                        queued: held as u64,
                         cut: rules.policy.is_suspended(peer),
                     }
                 })
@@ -405,12 +403,13 @@ async fn apply(
 
     let mut closed = sessions;
     closed.extend(inbound.iter().map(|peer| format!("link from {peer}")));
+    closed.extend(links.iter().map(|peer| format!("link to {peer}")));
+    // What was held for a peer the rules no longer admit, its link up or
+    // down, is purged: from here on nothing more is sent to it.
     let mut purged = 0;
-    for link in links {
-        closed.push(format!("link to {}", link.peer));
-        match tokio::time::timeout(PURGE_WAIT, link.purged).await {
-            Ok(Ok(count)) => purged += count,
-            _ => warn!(peer = %link.peer, "the link's queue was not purged in time"),
+    for peer in shared.custody.peers() {
+        if links.contains(&peer) || !rules.links_to(here, peer) {
+            purged += purge(shared, &rules, peer).await;
         }
     }
     let apply_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -435,6 +434,47 @@ async fn apply(
         purged,
         suspended,
     })
+}
+
+/// Audits each message held for `peer`, which the rules no longer admit,
+/// as purged (`cut` when its nation is cut out), forgets them, and returns
+/// how many there were. Seals carry no message and go unrecorded.
+async fn purge(shared: &Shared, rules: &Rules, peer: Nation) -> u64 {
+    let (held, recent) = shared.custody.outbox(peer).take_all();
+    if held.is_empty() && recent.is_empty() {
+        return 0;
+    }
+    let code = if rules.policy.is_suspended(peer) {
+        Reason::Cut.code()
+    } else {
+        Reason::NoLongerAdmitted.code()
+    };
+    let mut purged = 0;
+    for envelope in custody::envelopes(held.iter().map(|entry| entry.frame.clone())) {
+        purged += 1;
+        let marking = rules.policy.scheme().format(&envelope.label);
+        shared
+            .audit(
+                Record::new(Event::Drop, Verdict::Deny, code)
+                    .message(&envelope, &marking)
+                    .subject(peer)
+                    .detail(format!(
+                        "it was held for {peer}, which this node no longer admits; purged, never sent"
+                    )),
+            )
+            .await;
+    }
+    // What the peer held (or had lately taken, and may not have passed
+    // on) goes to the others along the tree as it is without it.
+    let frames: Vec<_> = held.into_iter().chain(recent).map(|entry| entry.frame).collect();
+    outbound::reroute(shared, peer, &frames).await;
+    if let Err(err) = shared.custody.commit(vec![Change::ForgetAll { peer }]).await {
+        warn!(cause = %err, "the purge could not be stored; it is repeated after a restart");
+    }
+    if purged > 0 {
+        warn!(%peer, purged, "messages held for a peer no longer admitted were purged");
+    }
+    purged
 }
 
 /// A principal's refusal of an admin command, for its session to audit

@@ -4,9 +4,10 @@
 //! tree. Envelopes straight from their origin are delivered ahead of their
 //! seals; whatever never gets its seal is audited when the link ends.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, PoisonError};
 
+use bytes::Bytes;
 use quinn::{Connection, VarInt};
 use tracing::warn;
 
@@ -17,8 +18,9 @@ use crate::audit::{Event, Record, Verdict};
 use crate::envelope::{Envelope, EnvelopeError, MessageId};
 use crate::label::Nation;
 use crate::routing::{self, SealState, Source};
+use crate::store::Change;
 use crate::stream::FrameReader;
-use crate::wire::{close, Frame};
+use crate::wire::{self, close, Frame};
 
 pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nation) {
     let subject = peer.to_string();
@@ -50,6 +52,7 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
     let mut reader = FrameReader::with_frame_timeout(recv, shared.settings.frame_timeout);
     let mut frames = Vec::new();
     let mut unsealed = Unsealed::default();
+    let mut count = CustodyCount::default();
     let mut shutdown = shared.shutdown.clone();
     let result = loop {
         match next_batch(&mut reader, &mut frames, &mut shutdown).await {
@@ -77,8 +80,30 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
                     refuse_unaudited(&shared, &connection, peer, cause.clone()).await;
                     break Err(StreamError::AuditUnavailable(cause));
                 }
-                if let Err(err) = ingress(&shared, peer, &mut frames, &mut unsealed).await {
+                let mut changes = Vec::new();
+                let ingressed = ingress(
+                    &shared,
+                    peer,
+                    &mut frames,
+                    &mut unsealed,
+                    &mut count,
+                    &mut changes,
+                )
+                .await;
+                if let Err(err) = ingressed {
                     break Err(err);
+                }
+                // Custody is acknowledged only once what it covers is
+                // delivered here and stored for the next hops (on disk,
+                // with `sync`). A store that fails closes the link, so the
+                // sender keeps what it sent.
+                if let Err(err) = shared.custody.commit(changes).await {
+                    break Err(StreamError::Store(err));
+                }
+                if let Some(through) = count.ackable(unsealed.oldest()) {
+                    if let Err(err) = write_frame(&mut send, &Frame::Custody { through }).await {
+                        break Err(err);
+                    }
                 }
             }
             Ok(false) => break Ok(()),
@@ -87,7 +112,7 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
     };
     // Whatever is still waiting for its seal was delivered here but can
     // never be verified: it is never relayed or stored, and it is audited.
-    for (envelope, marking) in unsealed.waiting.into_values() {
+    for (envelope, marking, _) in unsealed.waiting.into_values() {
         shared
             .audit(
                 Record::new(Event::Refuse, Verdict::Deny, Reason::Unsealed.code())
@@ -181,7 +206,10 @@ const MAX_UNSEALED_BYTES: usize = 32 * 1024 * 1024;
 /// Envelopes from one link delivered ahead of their seals.
 #[derive(Default)]
 struct Unsealed {
-    waiting: HashMap<MessageId, (Envelope, Arc<str>)>,
+    waiting: HashMap<MessageId, (Envelope, Arc<str>, Option<u64>)>,
+    /// The outbox entries of those waiting, so custody is acknowledged
+    /// only below the oldest.
+    entries: BTreeSet<u64>,
     bytes: usize,
 }
 
@@ -195,15 +223,65 @@ impl Unsealed {
         Ok(())
     }
 
-    fn insert(&mut self, envelope: Envelope, marking: Arc<str>) {
+    fn insert(&mut self, envelope: Envelope, marking: Arc<str>, entry: Option<u64>) {
         self.bytes += envelope.payload.len();
-        self.waiting.insert(envelope.id, (envelope, marking));
+        self.entries.extend(entry);
+        if let Some((old, _, old_entry)) = self.waiting.insert(envelope.id, (envelope, marking, entry)) {
+            // The same id again before its seal (a resend): the newer copy
+            // waits in its place.
+            self.bytes -= old.payload.len();
+            if let Some(old_entry) = old_entry.filter(|&old_entry| Some(old_entry) != entry) {
+                self.entries.remove(&old_entry);
+            }
+        }
     }
 
     fn take(&mut self, id: &MessageId) -> Option<(Envelope, Arc<str>)> {
-        let taken = self.waiting.remove(id)?;
-        self.bytes -= taken.0.payload.len();
-        Some(taken)
+        let (envelope, marking, entry) = self.waiting.remove(id)?;
+        self.bytes -= envelope.payload.len();
+        if let Some(entry) = entry {
+            self.entries.remove(&entry);
+        }
+        Some((envelope, marking))
+    }
+
+    /// The oldest outbox entry still waiting for its seal.
+    fn oldest(&self) -> Option<u64> {
+        self.entries.first().copied()
+    }
+}
+
+/// Where a link's custody count stands: which of the sender's outbox
+/// entries each `Forward` and `Seals` frame is, and what was acknowledged.
+#[derive(Default)]
+struct CustodyCount {
+    /// The entry the next custody frame is; set by `Resume`.
+    next: Option<u64>,
+    acked: Option<u64>,
+}
+
+impl CustodyCount {
+    /// The entry the custody frame just read is.
+    fn count(&mut self) -> Option<u64> {
+        let entry = self.next?;
+        self.next = Some(entry.saturating_add(1));
+        Some(entry)
+    }
+
+    /// The entry to acknowledge through now, if it moved on: everything
+    /// read, short of the oldest envelope still waiting for its seal (it
+    /// is not stored for relaying until its seal verifies).
+    fn ackable(&mut self, oldest_waiting: Option<u64>) -> Option<u64> {
+        let read = self.next?.checked_sub(1)?;
+        let through = match oldest_waiting {
+            Some(oldest) => oldest.checked_sub(1)?.min(read),
+            None => read,
+        };
+        if self.acked.is_some_and(|acked| acked >= through) {
+            return None;
+        }
+        self.acked = Some(through);
+        Some(through)
     }
 }
 
@@ -235,7 +313,15 @@ async fn ingress(
     peer: Nation,
     frames: &mut Vec<Frame>,
     unsealed: &mut Unsealed,
+    count: &mut CustodyCount,
+    changes: &mut Vec<Change>,
 ) -> Result<(), StreamError> {
+    let durable = shared.custody.durable();
+    let seen = |envelope: &Envelope| Change::Seen {
+        origin: envelope.origin,
+        id: envelope.id,
+        created_us: envelope.created_us,
+    };
     let mut records = Vec::new();
     let mut actions = Vec::new();
     let mut to_verify = Vec::new();
@@ -243,24 +329,49 @@ async fn ingress(
     let mut result = Ok(());
     for frame in frames.drain(..) {
         match frame {
+            Frame::Resume { next } => count.next = Some(next),
             Frame::Forward(envelope) if !envelope.is_signed() => {
+                let entry = count.count();
                 if let Err(err) = unsealed.make_room(envelope.payload.len()) {
                     result = Err(err);
                     break;
                 }
-                let (route, more) = shared
-                    .router
-                    .core(|core, now| core.route(&envelope, Source::Peer(peer), SealState::Unverified, now));
-                actions.extend(more);
-                if let Ok(route) = route {
-                    shared
+                // Its origin sending it again: a resend after a link or
+                // node went down. Delivered already, so it only waits for
+                // its seal to be relayed once more (see `relay_again`).
+                let resent = envelope.origin == peer
+                    && shared
                         .router
-                        .deliver(&envelope, &route.marking, &route.deliver, &mut records);
-                    delivered_any = true;
-                    unsealed.insert(envelope, route.marking);
+                        .core(|core, _| core.is_duplicate(envelope.origin, envelope.id))
+                        .0
+                    && shared.router.relay_again(envelope.origin, envelope.id);
+                let (arrival, more) = shared.router.core(|core, now| {
+                    if resent {
+                        core.precheck(&envelope, peer, now)
+                            .map(|()| Arrival::Resent(core.marking(envelope.origin, &envelope.label)))
+                    } else {
+                        core.route(&envelope, Source::Peer(peer), SealState::Unverified, now)
+                            .map(Arrival::New)
+                    }
+                });
+                actions.extend(more);
+                match arrival {
+                    Ok(Arrival::New(route)) => {
+                        shared
+                            .router
+                            .deliver(&envelope, &route.marking, &route.deliver, &mut records);
+                        delivered_any = true;
+                        if durable {
+                            changes.push(seen(&envelope));
+                        }
+                        unsealed.insert(envelope, route.marking, entry);
+                    }
+                    Ok(Arrival::Resent(marking)) => unsealed.insert(envelope, marking, entry),
+                    Err(_) => {}
                 }
             }
             Frame::Forward(envelope) => {
+                count.count();
                 let ((duplicate, marking, checked), more) = shared.router.core(|core, now| {
                     let duplicate = core.is_duplicate(envelope.origin, envelope.id);
                     let marking = core.marking(envelope.origin, &envelope.label);
@@ -273,8 +384,25 @@ async fn ingress(
                 if !checked {
                     continue;
                 }
+                if duplicate && shared.router.relay_again(envelope.origin, envelope.id) {
+                    // A copy routed again (after a cut or a link that went
+                    // down) may be on its way to nations the first copy's
+                    // tree did not reach: relayed once more, not delivered.
+                    let (checked, more) = shared
+                        .router
+                        .core(|core, now| core.precheck(&envelope, peer, now));
+                    actions.extend(more);
+                    if checked.is_ok() {
+                        to_verify.push(ToVerify {
+                            envelope,
+                            marking,
+                            delivered: true,
+                        });
+                    }
+                    continue;
+                }
                 if duplicate {
-                    // The common case with two paths: skip the seal check.
+                    // Relayed once more already: skip the seal check.
                     records.push(
                         Record::new(Event::Drop, Verdict::Deny, routing::Reason::Duplicate.code())
                             .message(&envelope, &marking)
@@ -289,6 +417,7 @@ async fn ingress(
                 });
             }
             Frame::Seals(batch) => {
+                count.count();
                 for proof in batch.proofs {
                     // Seals of envelopes refused above have nothing to go on.
                     if let Some((mut envelope, marking)) = unsealed.take(&proof.id) {
@@ -302,10 +431,21 @@ async fn ingress(
                 }
             }
             Frame::Announce(announcement) => {
-                let (_, more) = shared
+                // Kept for a restart: encoded before the core takes it.
+                let stored = durable
+                    .then(|| wire::encode(&Frame::Announce(announcement.clone())).ok())
+                    .flatten()
+                    .map(|frame| Change::Announcement {
+                        nation: announcement.announcement.nation,
+                        frame: Bytes::from(frame),
+                    });
+                let (received, more) = shared
                     .router
                     .core(|core, now| core.receive_announcement(peer, announcement, now));
                 actions.extend(more);
+                if let (Ok(()), Some(stored)) = (received, stored) {
+                    shared.custody.write_later(vec![stored]);
+                }
             }
             _ => {
                 result = Err(StreamError::Unexpected("non-Forward"));
@@ -346,11 +486,15 @@ async fn ingress(
         shared
             .router
             .deliver(&envelope, &marking, &route.deliver, &mut records);
-        if !route.forward.is_empty() || !route.denied.is_empty() {
+        if durable && !delivered {
+            changes.push(seen(&envelope));
+        }
+        if !route.forward.is_empty() || !route.held.is_empty() || !route.denied.is_empty() {
             relays.push(Outgoing {
                 envelope,
                 marking,
                 forward: route.forward,
+                held: route.held,
                 denied: route.denied,
                 // Only the origin audits what no path reaches.
                 unreached: Vec::new(),
@@ -358,7 +502,7 @@ async fn ingress(
         }
     }
     shared.carry_out(actions).await;
-    relay(shared, relays, &mut records);
+    relay(shared, relays, changes, &mut records);
     for record in records {
         shared.audit(record).await;
     }
@@ -435,11 +579,25 @@ async fn verify(
     Ok(good)
 }
 
-/// Offers verified envelopes to this node's children, with their seals
-/// (each is sealed already), never waiting: like any forward, a child's
-/// link whose queue is full is cut, so one child cannot slow this reader.
-fn relay(shared: &Shared, relays: Vec<Outgoing<Arc<str>>>, records: &mut Vec<Record>) {
+/// Hands verified envelopes to the outboxes of this node's children, with
+/// their seals (each is sealed already), never waiting: like any forward,
+/// a child's live link whose outbox is full is cut, so one child cannot
+/// slow this reader.
+fn relay(
+    shared: &Shared,
+    relays: Vec<Outgoing<Arc<str>>>,
+    changes: &mut Vec<Change>,
+    records: &mut Vec<Record>,
+) {
     for message in relays {
-        message.offer(shared, records);
+        message.offer(shared, changes, records);
     }
+}
+
+/// What an envelope straight from its origin is to this node.
+enum Arrival {
+    /// New: delivered, and relayed once its seal verifies.
+    New(routing::Route),
+    /// A resend of one taken before: relayed once its seal verifies.
+    Resent(Arc<str>),
 }

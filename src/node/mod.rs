@@ -6,8 +6,10 @@
 mod admission;
 mod connection;
 mod control;
+mod custody;
 mod inbound;
 mod outbound;
+mod outbox;
 mod queue;
 mod reason;
 mod router;
@@ -33,13 +35,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::audit::{Audit, AuditError, Event, Record, Verdict};
+use crate::audit::{now_us, Audit, AuditError, Event, Record, Verdict};
 use crate::envelope::{EnvelopeError, MessageIds, Signer, Verifier};
 use crate::identity::{ed25519_public_key, Identity, IdentityError, TrustStore};
 use crate::label::Nation;
 use crate::pki::{self, PkiError, PkiLayout, TrustMaterial};
 use crate::policy::Policy;
 use crate::routing::{Action, Routing, RoutingSettings};
+use crate::store::{Change, Durability, StoreError};
 use crate::tls::{self, TlsError};
 use crate::wire::{self, close, Frame};
 
@@ -95,6 +98,9 @@ pub enum NodeError {
     /// The record of cut-out nations in the data directory is unreadable.
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// The custody store cannot be opened or read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Tunables of one node. The defaults suit the sample network.
@@ -108,13 +114,25 @@ pub struct NodeSettings {
     pub session_queue_bytes: usize,
     /// Subscriptions one session may hold.
     pub max_subscriptions: usize,
-    /// Frames queued for one peer link. Nothing ever waits for room in a
-    /// link's queue: a link whose queue is full is cut (`peer-stalled`),
-    /// so this is sized for the bursts a peer that keeps up must absorb.
+    /// Frames one peer's outbox holds (envelopes and seals it has not
+    /// acknowledged yet, whether its link is up or down), and its link's
+    /// queue of announcements. Nothing ever waits for room: a message for
+    /// a full outbox is not kept for that peer (`outbox-full`), and a link
+    /// whose outbox is full is cut (`peer-stalled`).
     pub peer_queue: usize,
-    /// Bytes queued for one peer link; with `peer_queue`, this bounds the
-    /// memory one peer that stops reading can hold.
+    /// Bytes one peer's outbox holds (each entry counts for at least 256);
+    /// with `peer_queue`, this bounds the memory one peer can hold, up or
+    /// down.
     pub peer_queue_bytes: usize,
+    /// `sync`: every message this node takes custody of is on disk
+    /// (`<data dir>/store.redb`) before it acknowledges it, to the
+    /// publisher or to the peer that handed it over, so a crash loses
+    /// nothing acknowledged. `memory`: nothing touches the disk.
+    pub durability: Durability,
+    /// How long a message may wait in an outbox (from its creation)
+    /// before it expires, audited (`expired`). Below the replay window
+    /// (10 minutes), so what is resent is never refused as stale.
+    pub custody_max_age: Duration,
     /// How long a new connection may take to open its stream and send
     /// `Hello`, so an idle or slow dialer cannot hold a slot.
     pub first_frame_timeout: Duration,
@@ -161,8 +179,10 @@ impl Default for NodeSettings {
             session_queue: 1024,
             session_queue_bytes: 4 * 1024 * 1024,
             max_subscriptions: 256,
-            peer_queue: 32 * 1024,
+            peer_queue: 256 * 1024,
             peer_queue_bytes: 64 * 1024 * 1024,
+            durability: Durability::Sync,
+            custody_max_age: Duration::from_secs(5 * 60),
             first_frame_timeout: Duration::from_secs(5),
             frame_timeout: Duration::from_secs(10),
             max_sessions_per_principal: DEFAULT_MAX_SESSIONS_PER_PRINCIPAL,
@@ -443,6 +463,8 @@ struct Shared {
     /// start and the end of a failure are each logged once.
     audit_failing: AtomicBool,
     router: Router,
+    /// Every peer's outbox, and the store behind them.
+    custody: custody::Custody,
     /// Sessions held per principal, for `max_sessions_per_principal`.
     principal_sessions: Arc<dashmap::DashMap<String, usize>>,
     endpoint: Endpoint,
@@ -482,6 +504,37 @@ impl Shared {
 
     async fn audit(&self, record: Record) {
         self.audit.record(record).await;
+    }
+
+    /// Hands `frame` to `peer`'s outbox, never waiting: `Ok` with the
+    /// reason to record (`policy-allows` on a live link, `held` while the
+    /// link is down), or why the peer does not get it. A full outbox cuts
+    /// its live link (see [`router::PeerTarget::cut_stalled`]). `bounded`
+    /// is false for seals, which follow envelopes already taken.
+    fn hand_over(
+        &self,
+        peer: Nation,
+        frame: Bytes,
+        queued_us: u64,
+        bounded: bool,
+        changes: &mut Vec<Change>,
+        records: &mut Vec<Record>,
+    ) -> Result<Reason, Reason> {
+        let target = self.router.target(peer);
+        match self.custody.hand_over(peer, frame, queued_us, bounded, changes) {
+            Ok(()) if target.is_some() => Ok(Reason::PolicyAllows),
+            Ok(()) => Ok(Reason::Held),
+            Err(outbox::Full) => {
+                if let Some(target) = target {
+                    let limit = format!(
+                        "{} frames or {} bytes",
+                        self.settings.peer_queue, self.settings.peer_queue_bytes
+                    );
+                    target.cut_stalled(&limit, records);
+                }
+                Err(Reason::OutboxFull)
+            }
+        }
     }
 
     /// Why the audit log cannot be written now, if it cannot. While it
@@ -564,6 +617,7 @@ async fn tick_forever(shared: Arc<Shared>) {
         });
         shared.carry_out(actions).await;
         shared.carry_out(shared.router.take_deferred()).await;
+        expire_held(&shared).await;
         // So that a failing audit log is reported (and its recovery) even
         // while no traffic looks at it.
         shared.audit_failure();
@@ -574,6 +628,41 @@ async fn tick_forever(shared: Arc<Shared>) {
             () = shared.router.deferred_ready() => {}
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// Takes out of every outbox what has waited past the age limit (from
+/// its creation), each message audited as `expired`: a peer that stays
+/// away does not hold memory, or get stale messages, for ever.
+async fn expire_held(shared: &Shared) {
+    let max_age = u64::try_from(shared.settings.custody_max_age.as_micros()).unwrap_or(u64::MAX);
+    let before_us = now_us().saturating_sub(max_age);
+    for peer in shared.custody.peers() {
+        let expired = shared.custody.outbox(peer).expire(before_us);
+        let Some(last) = expired.last().map(|entry| entry.seq) else {
+            continue;
+        };
+        let rules = shared.rules();
+        let mut count = 0;
+        for envelope in custody::envelopes(expired.into_iter().map(|entry| entry.frame)) {
+            count += 1;
+            let marking = rules.policy.scheme().format(&envelope.label);
+            shared
+                .audit(
+                    Record::new(Event::Drop, Verdict::Deny, Reason::Expired.code())
+                        .message(&envelope, &marking)
+                        .subject(peer)
+                        .detail(format!(
+                            "held for {peer} longer than {:?} since it was created; expired, never sent",
+                            shared.settings.custody_max_age
+                        )),
+                )
+                .await;
+        }
+        warn!(%peer, count, "messages held too long for a peer expired");
+        shared
+            .custody
+            .write_later(vec![Change::Forget { peer, through: last }]);
     }
 }
 
@@ -593,6 +682,9 @@ pub struct Node {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     to_seal: mpsc::Receiver<sealer::ToSeal>,
+    /// Envelopes a restarted node's outboxes hold without their seals (a
+    /// crash came between them): sealed again once the sealer runs.
+    reseal: Vec<sealer::ToSeal>,
 }
 
 impl Node {
@@ -616,7 +708,20 @@ impl Node {
             ))
         })?;
         let signer = Arc::new(config.signer);
-        let routing = Routing::new(
+        let settings = &config.settings;
+        let now = now_us();
+        let custody::Loaded {
+            custody,
+            seen,
+            announcements,
+        } = custody::Custody::open(
+            &config.data_dir,
+            settings.durability,
+            (settings.peer_queue, settings.peer_queue_bytes),
+            now.saturating_sub(crate::routing::seen::MAX_AGE_US),
+        )?;
+        let reseal = custody.unsealed();
+        let mut routing = Routing::new(
             config.nation,
             rules.policy.clone(),
             signer.clone(),
@@ -628,6 +733,30 @@ impl Node {
                 ..RoutingSettings::default()
             },
         );
+        // A restarted node knows what it took before, so the resends that
+        // follow are duplicates.
+        for id in seen {
+            routing.remember(id.origin, id.id, id.created_us, now);
+        }
+        // And what the others announced, so that what peers resend to it
+        // can be relayed before they announce again. Each is checked as
+        // if it had just come (signature, nation, time).
+        for frame in announcements {
+            if let Some(Ok(Frame::Announce(signed))) = frame.get(wire::LENGTH_PREFIX..).map(wire::decode) {
+                // Its sequence number is its signing time: one older than
+                // an announcement lives would be forgotten by now.
+                if signed
+                    .announcement
+                    .seq
+                    .saturating_add(crate::routing::ANNOUNCEMENT_TTL_US)
+                    > now
+                {
+                    let _ = routing.receive_announcement(config.nation, signed, now);
+                }
+            }
+        }
+        // The records of loading them say nothing new.
+        while routing.poll().is_some() {}
         let shared = Arc::new(Shared {
             nation: config.nation,
             router: Router::new(routing),
@@ -651,6 +780,7 @@ impl Node {
             settings: config.settings,
             audit,
             audit_failing: AtomicBool::new(false),
+            custody,
             principal_sessions: Arc::default(),
             endpoint,
             shutdown: stopped,
@@ -659,6 +789,7 @@ impl Node {
             shared,
             stop,
             to_seal,
+            reseal,
         })
     }
 
@@ -674,10 +805,11 @@ impl Node {
             shared,
             stop,
             to_seal,
+            reseal,
         } = self;
         let endpoint = shared.endpoint.clone();
         let audit = shared.audit.clone();
-        serve(shared, stop, to_seal, shutdown).await;
+        serve(shared, stop, to_seal, reseal, shutdown).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         audit.close().await;
         Ok(())
@@ -688,12 +820,27 @@ async fn serve(
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     to_seal: mpsc::Receiver<sealer::ToSeal>,
+    reseal: Vec<sealer::ToSeal>,
     shutdown: impl Future<Output = ()>,
 ) {
     let endpoint = shared.endpoint.clone();
     info!(nation = %shared.nation, addr = ?endpoint.local_addr().ok(), "node running");
     let mut tasks = JoinSet::new();
     tasks.spawn(sealer::seal_forever(shared.clone(), to_seal));
+    if !reseal.is_empty() {
+        info!(
+            count = reseal.len(),
+            "sealing again what the outboxes held unsealed"
+        );
+        let sealer = shared.sealer.clone();
+        tasks.spawn(async move {
+            for to_seal in reseal {
+                if sealer.send(to_seal).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     tasks.spawn(tick_forever(shared.clone()));
     shared.spawn_dialers(&mut tasks);
 

@@ -12,16 +12,18 @@ use quinn::VarInt;
 use tracing::{debug, error, info, warn};
 
 use super::connection::{read_frame, write_frame, StreamError};
-use super::router::PeerTarget;
+use super::custody::{self, CustodyHandle};
+use super::outbox::Outbox;
 use super::sealer::ToSeal;
 use super::{queue, resolve, Reason, Shared};
-use crate::audit::{Event, PeerOutcome, Record, Verdict};
+use crate::audit::{now_us, Event, PeerOutcome, Record, Verdict};
 use crate::envelope::Envelope;
 use crate::identity::Identity;
 use crate::label::Nation;
 use crate::pki::address_host;
 use crate::policy;
 use crate::routing;
+use crate::store::Change;
 use crate::stream;
 use crate::tls;
 use crate::wire::{self, Frame};
@@ -33,25 +35,35 @@ const STABLE_LINK: Duration = Duration::from_secs(10);
 /// keeping up (capped by `max_redial_backoff`).
 const CUT_BACKOFF: Duration = Duration::from_secs(1);
 
-/// A message to offer to peers, with its route's forward decisions.
+/// A message to hand to peers' outboxes, with its route's forward
+/// decisions.
 pub(super) struct Outgoing<M> {
     pub(super) envelope: Envelope,
     pub(super) marking: M,
     /// The peers the routing core chose: this node's children in the tree.
     pub(super) forward: Vec<Nation>,
+    /// Children on the tree as it was, whose links are down: the message
+    /// waits in their outboxes until the link returns.
+    pub(super) held: Vec<Nation>,
     /// Interested neighbours the policy denied, with its reason.
     pub(super) denied: Vec<(Nation, policy::Reason)>,
-    /// Interested, eligible nations no live path reaches (`no-route`,
+    /// Interested, eligible nations no path reaches (`no-route`,
     /// `unreachable`): at the origin only.
     pub(super) unreached: Vec<(Nation, routing::Reason)>,
 }
 
 impl<M: AsRef<str>> Outgoing<M> {
-    /// Offers the message (its encoded forward frame) to each chosen
-    /// peer's link without waiting, and records every peer's outcome,
-    /// allowed, denied or dropped, in the message's one `forward` record.
-    /// Returns the links that took it.
-    pub(super) fn offer(&self, shared: &Shared, records: &mut Vec<Record>) -> Vec<PeerTarget> {
+    /// Hands the message (its encoded forward frame) to each chosen
+    /// peer's outbox without waiting, puts the changes that store it in
+    /// `changes`, and records every peer's outcome (allowed, held, denied
+    /// or dropped) in the message's one `forward` record. Returns the
+    /// peers that took it.
+    pub(super) fn offer(
+        &self,
+        shared: &Shared,
+        changes: &mut Vec<Change>,
+        records: &mut Vec<Record>,
+    ) -> Vec<Nation> {
         let mut peers: Vec<PeerOutcome> = self
             .denied
             .iter()
@@ -61,10 +73,10 @@ impl<M: AsRef<str>> Outgoing<M> {
                 reason: reason.code(),
             })
             .collect();
-        let mut carried_by = Vec::with_capacity(self.forward.len());
+        let mut carried_by = Vec::with_capacity(self.forward.len() + self.held.len());
         // Encoded only if it goes anywhere: a message that stays local may
         // still have denials to record.
-        let frame = if self.forward.is_empty() {
+        let frame = if self.forward.is_empty() && self.held.is_empty() {
             Ok(Bytes::new())
         } else {
             wire::encode_forward(&self.envelope).map(Bytes::from)
@@ -72,18 +84,24 @@ impl<M: AsRef<str>> Outgoing<M> {
         if let Err(err) = &frame {
             warn!(id = %self.envelope.id, cause = %err, "cannot encode a forward");
         }
-        for &peer in &self.forward {
-            let outcome = match (&frame, shared.router.target(peer)) {
-                (Err(_), _) => Err(Reason::EncodeFailed),
-                // The link went down since the core chose it.
-                (Ok(_), None) => Err(Reason::LinkDown),
-                (Ok(frame), Some(target)) => target.offer_or_cut(frame.clone(), records).map(|()| target),
+        for &peer in self.forward.iter().chain(&self.held) {
+            let outcome = match &frame {
+                Err(_) => Err(Reason::EncodeFailed),
+                // Aged from its creation, as the replay window is.
+                Ok(frame) => shared.hand_over(
+                    peer,
+                    frame.clone(),
+                    self.envelope.created_us,
+                    true,
+                    changes,
+                    records,
+                ),
             };
             let (decision, reason) = match outcome {
-                Ok(target) => {
-                    debug!(to = %peer, id = %self.envelope.id, "forwarded");
-                    carried_by.push(target);
-                    (Verdict::Allow, Reason::PolicyAllows)
+                Ok(reason) => {
+                    debug!(to = %peer, id = %self.envelope.id, %reason, "forwarded");
+                    carried_by.push(peer);
+                    (Verdict::Allow, reason)
                 }
                 Err(reason) => (Verdict::Deny, reason),
             };
@@ -93,10 +111,10 @@ impl<M: AsRef<str>> Outgoing<M> {
                 reason: reason.code(),
             });
         }
-        // Listed in the same record, so a nation that is away (one cut
-        // for not keeping up, say) adds no line to every message; a line
-        // of its own per message measured as most of what a hostile peer
-        // cost the healthy ones (BENCHMARKS.md, issue 8).
+        // Listed in the same record, so a nation that is away adds no line
+        // to every message; a line of its own per message measured as most
+        // of what a hostile peer cost the healthy ones (BENCHMARKS.md,
+        // issue 8).
         peers.extend(self.unreached.iter().map(|&(peer, reason)| PeerOutcome {
             peer,
             decision: Verdict::Deny,
@@ -109,9 +127,9 @@ impl<M: AsRef<str>> Outgoing<M> {
     }
 }
 
-/// Offers each envelope, unsealed, to its target links without waiting
-/// (a link whose queue is full is cut: see [`PeerTarget::offer_or_cut`]),
-/// then hands what the links carried to the sealer.
+/// Hands each envelope, unsealed, to its peers' outboxes without waiting
+/// (a live link whose outbox is full is cut), then hands what they took to
+/// the sealer.
 ///
 /// The seal follows its envelopes so that signing (24 µs) is not on the
 /// way: the receiving node delivers an envelope from its origin at once,
@@ -119,22 +137,71 @@ impl<M: AsRef<str>> Outgoing<M> {
 pub(super) async fn forward_batch(
     shared: &Shared,
     outgoing: Vec<Outgoing<String>>,
+    changes: &mut Vec<Change>,
     records: &mut Vec<Record>,
 ) {
     for message in outgoing {
-        let carried_by = message.offer(shared, records);
-        if !carried_by.is_empty() {
+        let carried_by = message.offer(shared, changes, records);
+        // A relayed envelope carries its seal; one being routed again may
+        // too.
+        if !carried_by.is_empty() && !message.envelope.is_signed() {
             let to_seal = ToSeal {
                 id: message.envelope.id,
                 leaf: message.envelope.leaf(),
                 carried_by,
             };
             // The sealer never waits for a link, so this waits at most for
-            // one signature; it fails only at shutdown, and then the peers
-            // audit the missing seals.
+            // one signature; it fails only at shutdown, and a restarted
+            // node seals again what its outboxes hold unsealed.
             let _ = shared.sealer.send(to_seal).await;
         }
     }
+}
+
+/// Routes the envelopes among `frames`, which were bound for `peer`,
+/// again along this node's tree as it is now, without `peer`: its link is
+/// down (the frames also stay in its outbox, for when it returns; copies
+/// that arrive twice are dropped as duplicates), or it was cut out. The
+/// new outboxes' entries are stored before this returns.
+pub(super) async fn reroute(shared: &Shared, peer: Nation, frames: &[Bytes]) -> usize {
+    let envelopes = custody::envelopes(frames.iter().cloned());
+    if envelopes.is_empty() {
+        return 0;
+    }
+    let (routes, actions) = shared.router.core(|core, now| {
+        envelopes
+            .iter()
+            .map(|envelope| core.relay(envelope, peer, now))
+            .collect::<Vec<_>>()
+    });
+    let outgoing: Vec<Outgoing<String>> = envelopes
+        .into_iter()
+        .zip(routes)
+        .filter(|(_, route)| !route.forward.is_empty() || !route.held.is_empty())
+        .map(|(envelope, route)| Outgoing {
+            envelope,
+            marking: route.marking.to_string(),
+            forward: route.forward,
+            held: route.held,
+            denied: Vec::new(),
+            unreached: Vec::new(),
+        })
+        .collect();
+    let rerouted = outgoing.len();
+    let mut changes = Vec::new();
+    let mut records = Vec::new();
+    forward_batch(shared, outgoing, &mut changes, &mut records).await;
+    if let Err(err) = shared.custody.commit(changes).await {
+        warn!(cause = %err, "messages routed again could not be stored");
+    }
+    shared.carry_out(actions).await;
+    for record in records {
+        shared.audit(record).await;
+    }
+    if rerouted > 0 {
+        info!(%peer, rerouted, "messages bound for a peer that is away were routed again");
+    }
+    rerouted
 }
 
 /// Keeps the link to `peer` up until shutdown.
@@ -277,45 +344,70 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
         }
     }
 
-    let (queue, mut outbox) = queue::bounded(shared.settings.peer_queue, shared.settings.peer_queue_bytes);
-    let (link, fate, purge_report, actions) = shared.router.add_link(peer, queue, connection.clone());
+    // Announcements go on a queue of their own: they are not held in
+    // custody (a link that comes up gets every one the node holds).
+    let (queue, mut announcements) =
+        queue::bounded(shared.settings.peer_queue, shared.settings.peer_queue_bytes);
+    let outbox = shared.custody.outbox(peer);
+    outbox.attach();
+    let (link, fate, actions) = shared.router.add_link(peer, queue, connection.clone());
     info!("link up");
     shared
         .audit(Record::new(Event::Admit, Verdict::Allow, Reason::LinkUp.code()).subject(peer))
         .await;
     shared.carry_out(actions).await;
+    // Aborted with this task too (a dropped handle would leave it running
+    // until the connection times out, holding the store).
+    let mut acks = AbortOnDrop(tokio::spawn(read_acks(
+        shared.custody.handle(),
+        peer,
+        outbox.clone(),
+        recv,
+        connection.clone(),
+    )));
     let mut shutdown = shared.shutdown.clone();
     let mut batch = Vec::new();
+    let mut more = true;
     let cause = loop {
         tokio::select! {
-            more = outbox.recv_many(&mut batch) => {
-                if !more {
+            biased;
+            _ = shutdown.changed() => break "node shutting down".to_owned(),
+            err = connection.closed() => break err.to_string(),
+            open = announcements.recv_many(&mut batch) => {
+                if !open {
                     break "queue closed".to_owned();
                 }
-                // A frame written is gone from `batch`; what a failed write
-                // leaves there never left.
                 if let Err(err) = stream::write_all(&mut send, &mut batch).await {
                     break err.to_string();
                 }
                 batch.clear();
             }
-            err = connection.closed() => break err.to_string(),
-            _ = shutdown.changed() => break "node shutting down".to_owned(),
+            () = outbox.ready(), if !more => more = true,
+            () = std::future::ready(()), if more => {
+                more = outbox.take(&mut batch, queue::WRITE_BATCH);
+                // What a failed write leaves is still in the outbox, and
+                // the next link sends it again.
+                if let Err(err) = stream::write_all(&mut send, &mut batch).await {
+                    break err.to_string();
+                }
+                batch.clear();
+            }
         }
     };
+    acks.0.abort();
+    if let Ok(Err(err)) = (&mut acks.0).await {
+        warn!(cause = %err, "closing the link: its acknowledgements broke the protocol");
+    }
     let replaced = matches!(
         connection.close_reason(),
         Some(quinn::ConnectionError::ApplicationClosed(close))
             if close.error_code == VarInt::from_u32(wire::close::REPLACED)
     );
     let actions = shared.router.remove_link(peer, link);
-    let mut left = outbox.close_and_drain();
-    left.append(&mut batch);
+    announcements.close_and_drain();
     if fate.no_longer_admitted() {
-        // The control that closed the link has audited why; what was
-        // queued for the peer is purged, each message audited.
-        let purged = purge(shared, peer, left).await;
-        let _ = purge_report.send(purged);
+        // The control that closed the link has audited why, and purges
+        // what the peer's outbox holds.
         return Ok(LinkEnd::NoLongerAdmitted);
     }
     let end = if fate.stalled() {
@@ -325,60 +417,66 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
     } else {
         LinkEnd::Down
     };
-    let dropped = left.len();
+    let (held, _) = outbox.depth();
     if *shutdown.borrow() {
-        info!(dropped, "link closed for shutdown");
+        info!(held, "link closed for shutdown");
     } else {
-        warn!(%cause, dropped, "link down");
+        warn!(%cause, held, "link down");
     }
     let mut record = Record::new(Event::Disconnect, Verdict::Deny, Reason::LinkDown.code())
         .subject(peer)
         .detail(&cause);
-    if dropped > 0 {
-        record = record.detail(format!("{cause}; {dropped} queued messages dropped"));
+    if held > 0 {
+        record = record.detail(format!(
+            "{cause}; {held} frames not acknowledged stay in its outbox, for the next link"
+        ));
     }
     shared.audit(record).await;
     shared.carry_out(actions).await;
+    if !replaced && !*shutdown.borrow() {
+        // The tree has changed without the peer: what waits for it goes
+        // on by the new tree now (and to the peer too, when it returns).
+        reroute(shared, peer, &outbox.not_rerouted()).await;
+    }
     Ok(end)
 }
 
-/// Audits each message that was queued for `peer` when the rules stopped
-/// admitting it, as dropped (`cut` when its nation is cut out), and
-/// returns how many there were. Seals and announcements carry no message
-/// and go unrecorded.
-async fn purge(shared: &Shared, peer: Nation, frames: Vec<Bytes>) -> u64 {
-    let rules = shared.rules();
-    let code = if rules.policy.is_suspended(peer) {
-        Reason::Cut.code()
-    } else {
-        Reason::NoLongerAdmitted.code()
-    };
-    let mut purged = 0;
-    for frame in frames {
-        let Some(body) = frame.get(wire::LENGTH_PREFIX..) else {
-            continue;
+/// A task that is aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads the peer's `Custody` acks on a link and lets the outbox forget
+/// what they cover (and the store, without waiting: a forget lost in a
+/// crash costs a resend). An ack of what this link never sent, or any
+/// other frame, closes the link as a protocol violation.
+async fn read_acks(
+    custody: CustodyHandle,
+    peer: Nation,
+    outbox: Arc<Outbox>,
+    mut recv: quinn::RecvStream,
+    connection: quinn::Connection,
+) -> Result<(), String> {
+    loop {
+        let why = match read_frame(&mut recv).await {
+            Ok(Some(Frame::Custody { through })) => match outbox.acknowledge(through, now_us()) {
+                Ok(0) => continue,
+                Ok(_) => {
+                    custody.write_later(vec![Change::Forget { peer, through }]);
+                    continue;
+                }
+                Err(err) => err.to_string(),
+            },
+            Ok(Some(_)) => "a frame other than Custody on a link's return stream".to_owned(),
+            Err(err) if err.is_protocol_violation() => err.to_string(),
+            // The link's end is seen by its writer.
+            Ok(None) | Err(_) => return Ok(()),
         };
-        // Frames this node encoded itself: they decode.
-        if let Ok(Frame::Forward(envelope)) = wire::decode(body) {
-            purged += 1;
-            let marking = rules.policy.scheme().format(&envelope.label);
-            shared
-                .audit(
-                    Record::new(Event::Drop, Verdict::Deny, code)
-                        .message(&envelope, &marking)
-                        .subject(peer)
-                        .detail(format!(
-                            "it was queued for {peer}, which this node no longer admits; purged, never sent"
-                        )),
-                )
-                .await;
-        }
+        connection.close(wire::close::PROTOCOL.into(), why.as_bytes());
+        return Err(why);
     }
-    if purged > 0 {
-        warn!(
-            purged,
-            "messages queued for a peer no longer admitted were purged"
-        );
-    }
-    purged
 }

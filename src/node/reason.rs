@@ -82,6 +82,15 @@ pub enum Reason {
     SessionClosed,
     /// A node task panicked; what it held is reported, not swallowed.
     TaskPanicked,
+    /// A message for a peer whose link is down, kept in its outbox until
+    /// the link returns.
+    Held,
+    /// A message for a peer whose outbox was full: not kept for it.
+    OutboxFull,
+    /// A message that waited in a peer's outbox past the age limit.
+    Expired,
+    /// A publish whose custody could not be stored.
+    StoreFailed,
 }
 
 impl Reason {
@@ -122,6 +131,10 @@ impl Reason {
             Reason::AuditUnavailable => "audit-unavailable",
             Reason::SessionClosed => "session-closed",
             Reason::TaskPanicked => "task-panicked",
+            Reason::Held => "held",
+            Reason::OutboxFull => "outbox-full",
+            Reason::Expired => "expired",
+            Reason::StoreFailed => "store-failed",
         }
     }
 }

@@ -13,13 +13,12 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use quinn::{Connection, VarInt};
 use rustls_pki_types::CertificateDer;
-use tokio::sync::oneshot;
 
 use super::queue::{OfferError, QueueSender};
 use super::Reason;
 
 use crate::audit::{now_us, Event, Record, Verdict};
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, MessageId};
 use crate::identity::Identity;
 use crate::label::Nation;
 use crate::policy::Principal;
@@ -74,15 +73,6 @@ struct LinkEntry {
     queue: QueueSender,
     connection: Connection,
     fate: Arc<LinkFate>,
-    /// How many queued messages the link's task purged, once it has.
-    purged: oneshot::Receiver<u64>,
-}
-
-/// A link this node closed because its rules no longer admit the peer.
-pub(super) struct ClosedLink {
-    pub(super) peer: Nation,
-    /// Sends how many queued messages the link's task purged.
-    pub(super) purged: oneshot::Receiver<u64>,
 }
 
 /// What happened when a frame was offered to a session's queue.
@@ -107,6 +97,17 @@ pub(super) struct Router {
     /// and the ticker drains it as soon as it is woken.
     deferred: Mutex<Vec<Action>>,
     deferred_ready: tokio::sync::Notify,
+    /// Messages relayed once more as duplicates; see [`Router::relay_again`].
+    relayed_again: Mutex<RelayedAgain>,
+}
+
+/// The most duplicates remembered as relayed once more.
+const RELAYED_AGAIN: usize = 64 * 1024;
+
+#[derive(Default)]
+struct RelayedAgain {
+    ids: std::collections::HashSet<(Nation, MessageId)>,
+    order: std::collections::VecDeque<(Nation, MessageId)>,
 }
 
 /// Ends a slow consumer's session: its queue takes nothing more, and its
@@ -132,6 +133,7 @@ impl Router {
             next_id: AtomicU64::new(1),
             deferred: Mutex::new(Vec::new()),
             deferred_ready: tokio::sync::Notify::new(),
+            relayed_again: Mutex::default(),
         }
     }
 
@@ -144,6 +146,28 @@ impl Router {
             .unwrap_or_else(PoisonError::into_inner)
             .extend(actions);
         self.deferred_ready.notify_one();
+    }
+
+    /// Whether a duplicate of this message is to be relayed once more:
+    /// true the first time it is asked for a message (of the last
+    /// [`RELAYED_AGAIN`]). A copy routed again along a new tree (after a
+    /// cut, or a link that went down) reaches nodes that hold it already,
+    /// and only if they pass it on does it get to the nations the old
+    /// tree missed; once each, so copies cannot loop between nodes whose
+    /// trees disagree for a moment, and each message costs each node two
+    /// relays at most.
+    pub(super) fn relay_again(&self, origin: Nation, id: MessageId) -> bool {
+        let mut relayed = self.relayed_again.lock().unwrap_or_else(PoisonError::into_inner);
+        if !relayed.ids.insert((origin, id)) {
+            return false;
+        }
+        relayed.order.push_back((origin, id));
+        if relayed.order.len() > RELAYED_AGAIN {
+            if let Some(oldest) = relayed.order.pop_front() {
+                relayed.ids.remove(&oldest);
+            }
+        }
+        true
     }
 
     /// Waits until some action was deferred, or an announcement is due.
@@ -214,16 +238,15 @@ impl Router {
 
     /// Registers this node's live link to `peer`, then tells the core.
     /// Returns its generation (so a stale link cannot remove its
-    /// successor), its fate, and where to report a purge.
+    /// successor) and its fate.
     pub(super) fn add_link(
         &self,
         peer: Nation,
         queue: QueueSender,
         connection: Connection,
-    ) -> (u64, Arc<LinkFate>, oneshot::Sender<u64>, Vec<Action>) {
+    ) -> (u64, Arc<LinkFate>, Vec<Action>) {
         let link = self.next_id.fetch_add(1, Ordering::Relaxed);
         let fate = LinkFate::new();
-        let (report, purged) = oneshot::channel();
         self.links.insert(
             peer,
             LinkEntry {
@@ -231,15 +254,9 @@ impl Router {
                 queue,
                 connection,
                 fate: fate.clone(),
-                purged,
             },
         );
-        (
-            link,
-            fate,
-            report,
-            self.core(|core, now| core.link_up(peer, now)).1,
-        )
+        (link, fate, self.core(|core, now| core.link_up(peer, now)).1)
     }
 
     /// Closes every session and link that `admits` no longer admits,
@@ -257,7 +274,7 @@ impl Router {
             Option<&Principal>,
         ) -> Result<(), (String, &'static str)>,
         records: &mut Vec<Record>,
-    ) -> (Vec<String>, Vec<ClosedLink>, Vec<Nation>, Vec<Action>) {
+    ) -> (Vec<String>, Vec<Nation>, Vec<Nation>, Vec<Action>) {
         let chain = |connection: &Connection| -> Vec<CertificateDer<'static>> {
             connection
                 .peer_identity()
@@ -310,10 +327,7 @@ impl Router {
             refusal(&entry.connection, peer.to_string(), why);
             entry.queue.close();
             actions.extend(self.core(|core, now| core.link_down(peer, now)).1);
-            links.push(ClosedLink {
-                peer,
-                purged: entry.purged,
-            });
+            links.push(peer);
         }
         let inbound: Vec<(Nation, Connection)> = self
             .inbound
@@ -338,9 +352,9 @@ impl Router {
             .collect()
     }
 
-    /// The queue depth of the link this node dialed to `peer`, if it is up.
-    pub(super) fn link_depth(&self, peer: Nation) -> Option<usize> {
-        self.links.get(&peer).map(|entry| entry.queue.len())
+    /// Whether the link this node dials to `peer` is up.
+    pub(super) fn has_link(&self, peer: Nation) -> bool {
+        self.links.contains_key(&peer)
     }
 
     /// Whether `peer`'s own link to this node is up.
@@ -385,7 +399,6 @@ impl Router {
     pub(super) fn target(&self, peer: Nation) -> Option<PeerTarget> {
         self.links.get(&peer).map(|entry| PeerTarget {
             nation: peer,
-            link: entry.link,
             queue: entry.queue.clone(),
             connection: entry.connection.clone(),
             fate: entry.fate.clone(),
@@ -450,53 +463,43 @@ impl Router {
 #[derive(Clone)]
 pub(super) struct PeerTarget {
     pub(super) nation: Nation,
-    pub(super) link: u64,
     pub(super) queue: QueueSender,
     pub(super) connection: Connection,
     fate: Arc<LinkFate>,
 }
 
 impl PeerTarget {
-    /// Queues `frame` on the link if there is room now; never waits.
+    /// Cuts the link because its outbox is full: its peer cannot keep up.
     ///
     /// Nothing that sends on links (publishers' sessions, the sealer,
     /// relaying readers) may wait for one link: each serves every link, so
     /// a peer that stops reading, or reads just often enough, would slow
-    /// them all. A full queue therefore means its peer cannot keep up, as
+    /// them all. A full outbox therefore means its peer cannot keep up, as
     /// with a slow subscriber: the link is cut, alone, and its peer gets
-    /// everything again (announcements first) when it re-dials. The queue
-    /// is sized (`NodeSettings::peer_queue`) so that a peer that keeps up
-    /// absorbs any burst. The first to find it full closes the connection
-    /// and pushes the audit record of the cut onto `records`; every frame
-    /// offered until the link is gone is refused as `peer-stalled`.
-    pub(super) fn offer_or_cut(&self, frame: Bytes, records: &mut Vec<Record>) -> Result<(), Reason> {
-        match self.queue.offer(frame) {
-            Ok(()) => Ok(()),
-            Err(OfferError::Closed) => Err(Reason::LinkDown),
-            Err(OfferError::Full) => {
-                if self.fate.end(LINK_STALLED) {
-                    let limit = self.queue.describe_limit();
-                    tracing::warn!(to = %self.nation, %limit, "cutting a link whose queue is full");
-                    self.connection.close(
-                        VarInt::from_u32(close::SLOW_CONSUMER),
-                        format!(
-                            "slow consumer: the link queue of {limit} for {} was full, and no link is waited for",
-                            self.nation
-                        )
-                        .as_bytes(),
-                    );
-                    records.push(
-                        Record::new(Event::Disconnect, Verdict::Deny, Reason::PeerStalled.code())
-                            .subject(self.nation)
-                            .detail(format!(
-                                "its link queue of {limit} was full: {} does not read fast enough, so its link is cut rather than let it slow anyone else",
-                                self.nation
-                            )),
-                    );
-                }
-                Err(Reason::PeerStalled)
-            }
+    /// what its outbox holds again when it re-dials. The first to find it
+    /// full closes the connection and pushes the audit record of the cut
+    /// onto `records`.
+    pub(super) fn cut_stalled(&self, limit: &str, records: &mut Vec<Record>) {
+        if !self.fate.end(LINK_STALLED) {
+            return;
         }
+        tracing::warn!(to = %self.nation, %limit, "cutting a link whose outbox is full");
+        self.connection.close(
+            VarInt::from_u32(close::SLOW_CONSUMER),
+            format!(
+                "slow consumer: the outbox of {limit} for {} was full, and no link is waited for",
+                self.nation
+            )
+            .as_bytes(),
+        );
+        records.push(
+            Record::new(Event::Disconnect, Verdict::Deny, Reason::PeerStalled.code())
+                .subject(self.nation)
+                .detail(format!(
+                    "its outbox of {limit} was full: {} does not read fast enough, so its link is cut rather than let it slow anyone else",
+                    self.nation
+                )),
+        );
     }
 }
 

@@ -9,16 +9,18 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::router::PeerTarget;
 use super::Shared;
+use crate::audit::now_us;
 use crate::envelope::{Hash, MessageId, Proof, SealBatch};
+use crate::label::Nation;
 use crate::wire::{self, Frame};
 
-/// An envelope some links carried unsealed, waiting for its seal.
+/// An envelope some outboxes took unsealed, waiting for its seal.
 pub(super) struct ToSeal {
     pub(super) id: MessageId,
     pub(super) leaf: Hash,
-    pub(super) carried_by: Vec<PeerTarget>,
+    /// The peers whose outboxes hold it.
+    pub(super) carried_by: Vec<Nation>,
 }
 
 /// Signatures a second the sealer makes at most, on average.
@@ -82,22 +84,24 @@ pub(super) async fn seal_forever(shared: Arc<Shared>, mut queue: mpsc::Receiver<
                 left,
             })
             .collect();
-        // Each link gets one Seals frame with the proofs of what it
-        // carried: which envelopes of the batch, per link.
-        let mut per_link: Vec<(PeerTarget, Vec<usize>)> = Vec::new();
+        // Each peer gets one Seals frame with the proofs of what its
+        // outbox took: which envelopes of the batch, per peer.
+        let mut per_peer: Vec<(Nation, Vec<usize>)> = Vec::new();
         for (index, sealed) in batch.drain(..).enumerate() {
-            for target in sealed.carried_by {
-                match per_link.iter_mut().find(|(link, _)| link.link == target.link) {
+            for peer in sealed.carried_by {
+                match per_peer.iter_mut().find(|(p, _)| *p == peer) {
                     Some((_, carried)) => carried.push(index),
-                    None => per_link.push((target, vec![index])),
+                    None => per_peer.push((peer, vec![index])),
                 }
             }
         }
+        let mut changes = Vec::new();
+        let now = now_us();
         // Links that carried the same envelopes (the common case: every
         // peer wants the same traffic) share one encoded frame, so each
         // more peer costs an offer, not another encoding.
         let mut encoded: Vec<(Vec<usize>, Bytes)> = Vec::new();
-        for (target, carried) in per_link {
+        for (peer, carried) in per_peer {
             let frame = match encoded.iter().find(|(same, _)| *same == carried) {
                 Some((_, frame)) => frame.clone(),
                 None => {
@@ -112,17 +116,18 @@ pub(super) async fn seal_forever(shared: Arc<Shared>, mut queue: mpsc::Receiver<
                             frame
                         }
                         Err(err) => {
-                            warn!(to = %target.nation, cause = %err, "cannot encode seals");
+                            warn!(to = %peer, cause = %err, "cannot encode seals");
                             continue;
                         }
                     }
                 }
             };
-            // Offered, never awaited: one link that cannot take its seals
-            // is cut, and its peer audits the envelopes whose seals never
-            // came; every other link gets its seals now.
-            let _ = target.offer_or_cut(frame, &mut records);
+            // Seals always fit (they are not bounded: their envelopes
+            // were taken), and go after their envelopes in the same order.
+            let _ = shared.hand_over(peer, frame, now, false, &mut changes, &mut records);
         }
+        // Not waited for: a seal lost in a crash is made again at start.
+        shared.custody.write_later(std::mem::take(&mut changes));
         for record in records.drain(..) {
             shared.audit(record).await;
         }

@@ -480,9 +480,9 @@ async fn authorize(
     })
 }
 
-/// Delivers each publish locally, forwards it to this node's children in
-/// its delivery tree (sealed together), then acknowledges them: an ack
-/// means routed.
+/// Delivers each publish locally, hands it to the outboxes of this node's
+/// children in its delivery tree (sealed together), stores them (with
+/// `sync`), then acknowledges them: an ack means this node has custody.
 async fn route_publishes(
     shared: &Shared,
     session: SessionId,
@@ -519,18 +519,40 @@ async fn route_publishes(
         shared
             .router
             .deliver(&envelope, &marking, &route.deliver, &mut records);
-        if !route.forward.is_empty() || !route.denied.is_empty() || !route.unreached.is_empty() {
+        if !route.forward.is_empty()
+            || !route.held.is_empty()
+            || !route.denied.is_empty()
+            || !route.unreached.is_empty()
+        {
             outgoing.push(outbound::Outgoing {
                 envelope,
                 marking,
                 forward: route.forward,
+                held: route.held,
                 denied: route.denied,
                 unreached: route.unreached,
             });
         }
     }
+    let mut changes = Vec::new();
     if !outgoing.is_empty() {
-        outbound::forward_batch(shared, outgoing, &mut records).await;
+        outbound::forward_batch(shared, outgoing, &mut changes, &mut records).await;
+    }
+    // An ack means the node has custody: with `sync`, on disk.
+    if let Err(err) = shared.custody.commit(changes).await {
+        error!(cause = %err, "publishes routed but not stored: refusing their acks");
+        let sentence = format!(
+            "the node could not store this message for its peers ({err}); it was delivered locally and may reach them, but is not guaranteed to"
+        );
+        for ack in &mut acks {
+            if let Frame::PublishAck { request, id } = *ack {
+                records.push(
+                    Record::new(Event::Publish, Verdict::Deny, Reason::StoreFailed.code())
+                        .detail(format!("message {id}: {sentence}")),
+                );
+                *ack = refused(request, Reason::StoreFailed.code(), &sentence);
+            }
+        }
     }
     for ack in &acks {
         reply(shared, session, ack).await?;

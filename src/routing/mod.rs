@@ -17,6 +17,23 @@
 //! announcements and forwards only to its children in it, so a relay never
 //! carries what it may not see, a link carries a message at most once,
 //! and nothing crosses a link with no interest behind it.
+//!
+//! Held links (custody): a link that leaves the live picture because it
+//! went down (this node's own, or one a nation stopped announcing) is
+//! held for [`RoutingSettings::hold_us`], since the node keeps a per-peer
+//! outbox that outlives an outage. Targets the live tree misses are routed
+//! through a fallback tree, the same shortest paths over live and held
+//! links together between nations of E: a child in it that leads to such a
+//! target is listed in [`Route::held`] if its link is down (the copy waits
+//! in that peer's outbox) and in [`Route::forward`] if it is up. A link
+//! that comes back moves from held to live, so the fallback tree stays as
+//! it was while the outage's links are held: a relay that gets a held copy
+//! once the outage ends passes it on the way the origin chose (a tree
+//! grown from the live one would change as links return, and lose or
+//! repeat copies). Only what neither tree reaches is `no-route` or
+//! `unreachable` at the origin. A policy change holds nothing (what it
+//! removes is gone on purpose) and drops held links it no longer
+//! configures, so nothing is held for a cut nation.
 
 pub mod announce;
 pub mod seen;
@@ -54,6 +71,9 @@ pub const ANNOUNCE_INTERVAL_US: u64 = 20_000;
 /// The most distinct patterns whose pairwise coverage is worked out
 /// before announcing them.
 const REDUCE_PATTERNS: usize = 256;
+/// How long a link that went down is held by default: an outage of a few
+/// minutes (a restart, a network blip) loses nothing.
+pub const DEFAULT_HOLD_US: u64 = 5 * 60 * 1_000_000;
 /// Trees kept at most; the cache is cleared when it fills (each tree is a
 /// few hundred bytes, and the set of labels in use is small).
 const TREE_CACHE: usize = 4096;
@@ -91,8 +111,6 @@ pub enum Reason {
     Unreachable,
     /// An interested, eligible nation cut off only because links are down.
     NoRoute,
-    /// The tree says to forward, but this node's link is down.
-    LinkDown,
     /// A nation's links or interest changed.
     Announcement,
     /// The origin is a nation cut out of the network.
@@ -115,7 +133,6 @@ impl Reason {
             Reason::BadAnnouncement => "bad-announcement",
             Reason::Unreachable => "unreachable",
             Reason::NoRoute => "no-route",
-            Reason::LinkDown => "link-down",
             Reason::Announcement => "announcement",
             Reason::CutOut => "cut-out",
         }
@@ -152,33 +169,40 @@ pub enum SealState {
 pub struct Route {
     /// Sessions that may receive it (invariant 1).
     pub deliver: Vec<SessionId>,
-    /// Peers to send it to: this node's children in its delivery tree.
+    /// Peers to send it to: this node's children in its delivery tree, and
+    /// those in its fallback tree whose link is up (see the module docs).
     pub forward: Vec<Nation>,
+    /// Peers to send it to whose link is down (held, see the module docs):
+    /// it waits in their outbox until the link returns. Never in
+    /// `forward`; like it, only eligible nations, never the origin or the
+    /// peer it came from.
+    pub held: Vec<Nation>,
     /// Live neighbours that want it but may not have it, each with the
     /// policy's reason (invariant 7 at this node's boundary; nations
     /// further away are denied by their own neighbours). The I/O layer
     /// lists them with the peers it forwarded to in the message's one
     /// `forward` audit record.
     pub denied: Vec<(Nation, crate::policy::Reason)>,
-    /// At the origin only: interested, eligible nations no live path
-    /// reaches, as `no-route` (configured links on the way are down) or
-    /// `unreachable` (no configured path of eligible nations exists). In
-    /// the route rather than in an audit record of their own, so that a
-    /// nation that is away does not add a line to every message.
+    /// At the origin only: interested, eligible nations no path of live
+    /// or held links reaches, as `no-route` (configured links on the way
+    /// are down) or `unreachable` (no configured path of eligible nations
+    /// exists). In the route rather than in an audit record of their own,
+    /// so that a nation that is away does not add a line to every message.
     pub unreached: Vec<(Nation, Reason)>,
     /// Its label's canonical marking, as deliveries and audit records
     /// print it (worked out once, for the route).
     pub marking: Arc<str>,
 }
 
-/// What [`Routing`]'s tree walk decides for one envelope at one node: the
-/// peers to forward to, the neighbours denied, and the nations no path
-/// reaches (see [`Route`]).
-type Children = (
-    Vec<Nation>,
-    Vec<(Nation, crate::policy::Reason)>,
-    Vec<(Nation, Reason)>,
-);
+/// What [`Routing`]'s tree walk decides for one envelope at one node (the
+/// fields of [`Route`] of the same names).
+#[derive(Default)]
+struct Children {
+    forward: Vec<Nation>,
+    held: Vec<Nation>,
+    denied: Vec<(Nation, crate::policy::Reason)>,
+    unreached: Vec<(Nation, Reason)>,
+}
 
 /// An envelope the core refused; the audit record is already queued.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,6 +259,8 @@ pub struct Counters {
     pub delivered: u64,
     /// Envelope copies sent to peers.
     pub forwarded: u64,
+    /// Envelope copies left for peers whose link is down ([`Route::held`]).
+    pub held: u64,
     /// Envelopes refused at ingress.
     pub refused: u64,
     /// Message × nation pairs no eligible path could ever reach.
@@ -243,6 +269,8 @@ pub struct Counters {
     pub no_route: u64,
     /// Forwards per peer, so a test can see what crossed each link.
     pub forwarded_to: BTreeMap<Nation, u64>,
+    /// Held copies per peer.
+    pub held_for: BTreeMap<Nation, u64>,
 }
 
 /// Limits of the core.
@@ -252,6 +280,9 @@ pub struct RoutingSettings {
     pub max_subscriptions: usize,
     /// The most message ids the replay window holds ([`seen::SeenIds`]).
     pub seen_capacity: usize,
+    /// How long a link that went down is still routed through, its copies
+    /// held for the outbox (see the module docs).
+    pub hold_us: u64,
     /// Test only: while set, the next delivery the policy refuses goes
     /// through anyway (and clears it), so a test can show that the
     /// simulator's oracle catches a leak. Never compiled into a release.
@@ -264,6 +295,7 @@ impl Default for RoutingSettings {
         RoutingSettings {
             max_subscriptions: 256,
             seen_capacity: seen::DEFAULT_CAPACITY,
+            hold_us: DEFAULT_HOLD_US,
             #[cfg(feature = "fault-injection")]
             leak_once: None,
         }
@@ -284,6 +316,11 @@ struct Known {
 struct CachedTree {
     live: PathTree,
     branches: Vec<Branch>,
+    /// This node's children in the fallback tree (over live and held
+    /// links), for the targets the live tree misses.
+    fallback: Vec<Branch>,
+    /// What the fallback tree reaches.
+    fallback_reach: NationSet,
     /// Nations reachable from the origin over configured links between
     /// eligible nations: the difference between `no-route` and
     /// `unreachable`.
@@ -312,6 +349,12 @@ pub struct Routing {
     me: usize,
     configured: Graph,
     live: Graph,
+    /// Links that left `live` by going down, by their nations (lower code
+    /// first, as indices change with the policy), with when they went
+    /// down.
+    held: BTreeMap<(Nation, Nation), u64>,
+    /// `live` and the held links: what fallback trees run over.
+    reserve: Graph,
     signer: Arc<Signer>,
     node_keys: Arc<HashMap<Nation, Vec<u8>>>,
     settings: RoutingSettings,
@@ -348,6 +391,8 @@ impl Routing {
             me: nations.index(nation).unwrap_or(usize::MAX),
             configured: Graph::configured(&policy, &nations),
             live: Graph::empty(nations.len()),
+            held: BTreeMap::new(),
+            reserve: Graph::empty(nations.len()),
             interest: vec![Vec::new(); nations.len()],
             nations,
             policy,
@@ -368,7 +413,7 @@ impl Routing {
             actions: VecDeque::new(),
             counters: Counters::default(),
         };
-        routing.rebuild_live();
+        routing.rebuild_live(None);
         routing
     }
 
@@ -480,7 +525,7 @@ impl Routing {
     /// every announcement this node holds.
     pub fn link_up(&mut self, peer: Nation, now_us: u64) {
         self.live_peers.insert(peer);
-        self.rebuild_live();
+        self.rebuild_live(Some(now_us));
         let mut everything: Vec<Arc<SignedAnnouncement>> =
             self.known.values().map(|k| k.signed.clone()).collect();
         everything.push(self.sign_own(now_us));
@@ -496,7 +541,7 @@ impl Routing {
     /// This node's link to `peer` went down.
     pub fn link_down(&mut self, peer: Nation, now_us: u64) {
         if self.live_peers.remove(&peer) {
-            self.rebuild_live();
+            self.rebuild_live(Some(now_us));
             self.announce_soon(now_us);
         }
     }
@@ -504,6 +549,12 @@ impl Routing {
     /// The peers this node has a live link to.
     pub fn live_peers(&self) -> &BTreeSet<Nation> {
         &self.live_peers
+    }
+
+    /// The links held (see the module docs), by their nations (lower code
+    /// first), with when each went down.
+    pub fn held_links(&self) -> &BTreeMap<(Nation, Nation), u64> {
+        &self.held
     }
 
     fn announce_soon(&mut self, now_us: u64) {
@@ -534,8 +585,8 @@ impl Routing {
         }
     }
 
-    /// Time passes: forget old ids and announcements, and announce this
-    /// node when it changed or its refresh is due.
+    /// Time passes: forget old ids, announcements and held links, and
+    /// announce this node when it changed or its refresh is due.
     pub fn tick(&mut self, now_us: u64) {
         self.seen.expire(now_us);
         let expired: Vec<Nation> = self
@@ -544,11 +595,15 @@ impl Routing {
             .filter(|(_, k)| now_us.saturating_sub(k.received_us) > ANNOUNCEMENT_TTL_US)
             .map(|(&n, _)| n)
             .collect();
-        if !expired.is_empty() {
+        let hold_us = self.settings.hold_us;
+        let held = self.held.len();
+        self.held
+            .retain(|_, &mut down_us| now_us.saturating_sub(down_us) <= hold_us);
+        if !expired.is_empty() || self.held.len() != held {
             for nation in expired {
                 self.known.remove(&nation);
             }
-            self.rebuild_live();
+            self.rebuild_live(Some(now_us));
         }
         let since = self.announced_us.map(|at| now_us.saturating_sub(at));
         let due = match since {
@@ -663,7 +718,7 @@ impl Routing {
                         },
                     )),
             );
-            self.rebuild_live();
+            self.rebuild_live(Some(now_us));
         }
         let to: Vec<Nation> = self
             .live_peers
@@ -683,8 +738,10 @@ impl Routing {
     /// Rebuilds the live-link picture and every nation's interest from the
     /// announcements held. A link counts only if both ends announce it and
     /// the network file configures it, so one lying member cannot invent
-    /// a link to a nation that does not confirm it.
-    fn rebuild_live(&mut self) {
+    /// a link to a nation that does not confirm it. With `went_down_us`,
+    /// links that leave the picture are held from then; without (a policy
+    /// change), they are not.
+    fn rebuild_live(&mut self, went_down_us: Option<u64>) {
         let n = self.nations.len();
         let mut announced = vec![NationSet::default(); n];
         let mut interest = vec![Vec::new(); n];
@@ -705,8 +762,28 @@ impl Routing {
                 live.link(a, b);
             }
         }
-        if live != self.live {
+        if let Some(now_us) = went_down_us {
+            for (a, b) in self.live.links().difference(&live.links()) {
+                // Nations are in code order, so the pair is too.
+                let pair = (self.nations.nation(*a), self.nations.nation(*b));
+                self.held.insert(pair, now_us);
+            }
+        }
+        let nations = &self.nations;
+        self.held
+            .retain(|&(a, b), _| match (nations.index(a), nations.index(b)) {
+                (Some(a), Some(b)) => !live.neighbours(a).contains(b),
+                _ => false,
+            });
+        let mut reserve = live.clone();
+        for &(a, b) in self.held.keys() {
+            if let (Some(a), Some(b)) = (nations.index(a), nations.index(b)) {
+                reserve.link(a, b);
+            }
+        }
+        if live != self.live || reserve != self.reserve {
             self.live = live;
+            self.reserve = reserve;
             self.trees.clear();
         }
         self.interest = interest;
@@ -728,14 +805,34 @@ impl Routing {
         self.nations = Nations::of(&policy);
         self.me = self.nations.index(self.nation).unwrap_or(usize::MAX);
         self.configured = Graph::configured(&policy, &self.nations);
+        // Nothing is held for a nation cut out or a link the network no
+        // longer has: its outbox would wait for a link that must not return.
+        let (nations, configured) = (&self.nations, &self.configured);
+        self.held.retain(|&(a, b), _| {
+            !policy.is_suspended(a)
+                && !policy.is_suspended(b)
+                && match (nations.index(a), nations.index(b)) {
+                    (Some(a), Some(b)) => configured.neighbours(a).contains(b),
+                    _ => false,
+                }
+        });
         self.policy = policy;
         self.live = Graph::empty(self.nations.len());
+        self.reserve = Graph::empty(self.nations.len());
         self.trees.clear();
         self.last_label = None;
-        self.rebuild_live();
+        self.rebuild_live(None);
     }
 
     // ----- envelopes -----
+
+    /// Records an id as seen without routing anything: the ids a node
+    /// kept before a restart, reloaded so that a copy still on its way is
+    /// a duplicate. An id too old or too far ahead to be taken now is
+    /// ignored, as is one already held; ingress would refuse those anyway.
+    pub fn remember(&mut self, origin: Nation, id: MessageId, created_us: u64, now_us: u64) {
+        let _ = self.seen.take(origin, id, created_us, now_us);
+    }
 
     /// Whether this origin and id were seen already: lets the caller skip
     /// checking the seal of a second copy.
@@ -809,8 +906,16 @@ impl Routing {
             self.trees.clear();
         }
         let live = self.live.shortest_paths(origin, eligible);
+        let (fallback, fallback_reach) = if self.reserve == self.live {
+            (Vec::new(), live.reached())
+        } else {
+            let tree = self.reserve.shortest_paths(origin, eligible);
+            (tree.branches(self.me), tree.reached())
+        };
         let tree = Arc::new(CachedTree {
             branches: live.branches(self.me),
+            fallback,
+            fallback_reach,
             configured_reach: self.configured.shortest_paths(origin, eligible).reached(),
             live,
         });
@@ -963,18 +1068,17 @@ impl Routing {
             }
         }
         let deliver = self.deliver_locally(envelope, &marking, now_us);
-        let (forward, denied, unreached) = match (source, seal) {
-            (Source::Peer(_), SealState::Unverified) => (Vec::new(), Vec::new(), Vec::new()),
-            (Source::Peer(from), SealState::Verified) => {
-                self.children(envelope, eligible, &marking, Some(from), now_us)
-            }
-            (Source::Local, _) => self.children(envelope, eligible, &marking, None, now_us),
+        let children = match (source, seal) {
+            (Source::Peer(_), SealState::Unverified) => Children::default(),
+            (Source::Peer(from), SealState::Verified) => self.children(envelope, eligible, Some(from)),
+            (Source::Local, _) => self.children(envelope, eligible, None),
         };
         Ok(Route {
             deliver,
-            forward,
-            denied,
-            unreached,
+            forward: children.forward,
+            held: children.held,
+            denied: children.denied,
+            unreached: children.unreached,
             marking,
         })
     }
@@ -1023,14 +1127,15 @@ impl Routing {
     /// Where to pass on an envelope that came unverified from `from` (its
     /// origin) and whose seal has now verified: a route with nobody to
     /// deliver to (that was done on arrival).
-    pub fn relay(&mut self, envelope: &Envelope, from: Nation, now_us: u64) -> Route {
+    pub fn relay(&mut self, envelope: &Envelope, from: Nation, _now_us: u64) -> Route {
         let (eligible, marking) = self.eligibility(envelope.origin, &envelope.label);
-        let (forward, denied, unreached) = self.children(envelope, eligible, &marking, Some(from), now_us);
+        let children = self.children(envelope, eligible, Some(from));
         Route {
             deliver: Vec::new(),
-            forward,
-            denied,
-            unreached,
+            forward: children.forward,
+            held: children.held,
+            denied: children.denied,
+            unreached: children.unreached,
             marking,
         }
     }
@@ -1074,52 +1179,58 @@ impl Routing {
         deliver
     }
 
-    /// This node's children in the envelope's tree that lead to an
-    /// interested nation, the interested neighbours it may not go to, and,
-    /// at the origin, the interested, eligible nations no path reaches.
-    fn children(
-        &mut self,
-        envelope: &Envelope,
-        eligible: NationSet,
-        marking: &str,
-        from: Option<Nation>,
-        now_us: u64,
-    ) -> Children {
+    /// This node's children that lead to an interested nation, in the
+    /// envelope's live tree or, for targets the live tree misses, in its
+    /// fallback tree, split by whether their link is up; the interested
+    /// neighbours it may not go to; and, at the origin, the interested,
+    /// eligible nations neither tree reaches.
+    fn children(&mut self, envelope: &Envelope, eligible: NationSet, from: Option<Nation>) -> Children {
         let Some(origin) = self.nations.index(envelope.origin) else {
-            return (Vec::new(), Vec::new(), Vec::new());
+            return Children::default();
         };
         let interested = self.interested(&envelope.topic);
-        let denied = self.ineligible_neighbours(envelope, interested.minus(eligible));
+        let mut children = Children {
+            denied: self.ineligible_neighbours(envelope, interested.minus(eligible)),
+            ..Children::default()
+        };
         let mut targets = interested.and(eligible);
         targets.remove(origin);
         targets.remove(self.me);
-        let mut unreached = Vec::new();
         if targets.is_empty() {
-            return (Vec::new(), denied, unreached);
+            return children;
         }
         let tree = self.tree(origin, eligible);
-        let mut forward = Vec::new();
+        let missed = targets.minus(tree.live.reached());
+        let mut chosen = NationSet::default();
         for branch in &tree.branches {
-            if !branch.beyond.intersects(targets) {
-                continue;
+            if branch.beyond.intersects(targets) {
+                chosen.insert(branch.child);
             }
-            let child = self.nations.nation(branch.child);
+        }
+        for branch in &tree.fallback {
+            if branch.beyond.intersects(missed) {
+                chosen.insert(branch.child);
+            }
+        }
+        for child in self.nations.names(chosen) {
             if Some(child) == from || child == envelope.origin {
                 continue;
             }
-            if !self.live_peers.contains(&child) {
-                let record = Record::at(now_us, Event::Drop, Verdict::Deny, Reason::LinkDown.code())
-                    .message(envelope, marking)
-                    .subject(child);
-                self.audit(record);
-                continue;
+            // A fallback child may have a live link: the first hop toward
+            // a held link further on, or a held link whose end here is
+            // back up before the peer's announcement says so.
+            if self.live_peers.contains(&child) {
+                children.forward.push(child);
+                self.counters.forwarded += 1;
+                *self.counters.forwarded_to.entry(child).or_default() += 1;
+            } else {
+                children.held.push(child);
+                self.counters.held += 1;
+                *self.counters.held_for.entry(child).or_default() += 1;
             }
-            forward.push(child);
-            self.counters.forwarded += 1;
-            *self.counters.forwarded_to.entry(child).or_default() += 1;
         }
         if from.is_none() {
-            let missed = targets.minus(tree.live.reached());
+            let missed = missed.minus(tree.fallback_reach);
             if !missed.is_empty() {
                 let no_route = missed.and(tree.configured_reach);
                 let unreachable = missed.minus(tree.configured_reach);
@@ -1129,11 +1240,13 @@ impl Routing {
                 ] {
                     let names = self.nations.names(set);
                     *counter += names.len() as u64;
-                    unreached.extend(names.into_iter().map(|nation| (nation, reason)));
+                    children
+                        .unreached
+                        .extend(names.into_iter().map(|nation| (nation, reason)));
                 }
             }
         }
-        (forward, denied, unreached)
+        children
     }
 
     /// Invariant 7 at this node's own boundary: each live peer that wants
@@ -1163,7 +1276,8 @@ impl Routing {
     }
 
     /// The path a message from `origin` with `label` takes to `to` over
-    /// the live links, as this node sees them: `None` if none reaches it.
+    /// the live links, as this node sees them: `None` if none reaches it
+    /// (held links do not count: a copy held for one has not arrived).
     pub fn live_path(&mut self, origin: Nation, label: &Label, to: Nation) -> Option<Vec<Nation>> {
         let (eligible, _) = self.eligibility(origin, label);
         let (o, t) = (self.nations.index(origin)?, self.nations.index(to)?);

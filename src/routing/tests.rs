@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::envelope::{MessageIds, Unsigned};
-use crate::policy::tests::{arb_label, arb_network, TOKENS};
+use crate::policy::tests::{arb_label, arb_network, CODES, TOKENS};
 use proptest::prelude::*;
 use std::collections::BTreeSet;
 
@@ -26,8 +26,24 @@ pub(crate) struct Outcome {
     pub received: BTreeMap<Nation, usize>,
     /// Nations that forwarded it on.
     pub forwarders: BTreeSet<Nation>,
+    /// Each copy held for a link that is down, as (from, to), not yet
+    /// carried ([`Mesh::carry_held`] carries them).
+    pub held: Vec<(Nation, Nation)>,
+    /// Every route a node returned for it.
+    pub routes: Vec<Routed>,
     pub refusals: Vec<(Nation, &'static str)>,
     pub audit: Vec<Record>,
+}
+
+/// A route one node returned.
+#[derive(Debug)]
+pub(crate) struct Routed {
+    pub at: Nation,
+    /// The peer it came from; `None` at the origin.
+    pub from: Option<Nation>,
+    pub route: Route,
+    /// The node's live peers when it routed.
+    pub live_peers: BTreeSet<Nation>,
 }
 
 /// Every nation's routing core, linked as the network file says except
@@ -44,6 +60,14 @@ pub(crate) struct Mesh {
 
 impl Mesh {
     pub fn new(policy: Arc<Policy>, down: &BTreeSet<(Nation, Nation)>) -> Mesh {
+        Mesh::with_settings(policy, down, RoutingSettings::default())
+    }
+
+    pub fn with_settings(
+        policy: Arc<Policy>,
+        down: &BTreeSet<(Nation, Nation)>,
+        settings: RoutingSettings,
+    ) -> Mesh {
         let signers: BTreeMap<Nation, Arc<Signer>> = policy
             .nations()
             .keys()
@@ -58,13 +82,7 @@ impl Mesh {
         let nodes = signers
             .iter()
             .map(|(&n, s)| {
-                let core = Routing::new(
-                    n,
-                    policy.clone(),
-                    s.clone(),
-                    keys.clone(),
-                    RoutingSettings::default(),
-                );
+                let core = Routing::new(n, policy.clone(), s.clone(), keys.clone(), settings.clone());
                 (n, core)
             })
             .collect();
@@ -90,6 +108,23 @@ impl Mesh {
         }
         mesh.settle();
         mesh
+    }
+
+    /// The link between `a` and `b` goes down at both ends, and the news
+    /// spreads.
+    pub fn link_down(&mut self, a: Nation, b: Nation) {
+        let now = self.now;
+        self.nodes.get_mut(&a).unwrap().link_down(b, now);
+        self.nodes.get_mut(&b).unwrap().link_down(a, now);
+        self.settle();
+    }
+
+    /// The link between `a` and `b` comes back at both ends.
+    pub fn link_up(&mut self, a: Nation, b: Nation) {
+        let now = self.now;
+        self.nodes.get_mut(&a).unwrap().link_up(b, now);
+        self.nodes.get_mut(&b).unwrap().link_up(a, now);
+        self.settle();
     }
 
     /// Passes announcements around until no node has anything to say.
@@ -142,6 +177,31 @@ impl Mesh {
         Ok(session)
     }
 
+    /// Makes `nation` interested in `pattern` through a session of one of
+    /// its principals, whatever that principal may subscribe to: for tests
+    /// of where interest takes a message, not of who may read it.
+    pub fn interest(&mut self, nation: Nation, pattern: &str) {
+        let session = self.next_session;
+        self.next_session += 1;
+        let principal = Arc::new(
+            self.policy
+                .principals()
+                .find(|p| p.nation == nation)
+                .unwrap()
+                .clone(),
+        );
+        let now = self.now;
+        let node = self.nodes.get_mut(&nation).unwrap();
+        node.open_session(session, principal.clone());
+        node.sessions
+            .get_mut(&session)
+            .unwrap()
+            .patterns
+            .push(Pattern::new(pattern).unwrap());
+        node.interest_changed(now);
+        self.sessions.insert(session, (nation, principal));
+    }
+
     pub fn envelope(&self, origin: Nation, label: Label, topic: &Topic) -> Envelope {
         Envelope::from(Unsigned {
             id: self.ids.next_id(),
@@ -161,7 +221,9 @@ impl Mesh {
     }
 
     /// Publishes at `origin` and carries the envelope wherever the cores
-    /// send it, as sealed and verified (the I/O layer's job).
+    /// send it over links that are up, as sealed and verified (the I/O
+    /// layer's job); copies held for links that are down stay in
+    /// `Outcome::held`.
     pub fn publish(&mut self, envelope: &Envelope) -> Outcome {
         let mut outcome = Outcome::default();
         let now = self.now;
@@ -172,7 +234,7 @@ impl Mesh {
             .unwrap()
             .route(envelope, Source::Local, SealState::Verified, now)
             .expect("a local publish is routed");
-        outcome.deliveries.extend(route.deliver);
+        outcome.deliveries.extend(route.deliver.iter().copied());
         // What no path reaches is the I/O layer's to audit (in the
         // message's forward record); here it is audited as a record per
         // nation, as the tests below read it.
@@ -182,21 +244,57 @@ impl Mesh {
                     .subjects(vec![nation.to_string()]),
             );
         }
-        let mut queue: VecDeque<(Nation, Nation)> = route.forward.iter().map(|&to| (origin, to)).collect();
-        if !route.forward.is_empty() {
+        let queue: VecDeque<(Nation, Nation)> = route.forward.iter().map(|&to| (origin, to)).collect();
+        if !route.forward.is_empty() || !route.held.is_empty() {
             outcome.forwarders.insert(origin);
         }
+        outcome.held.extend(route.held.iter().map(|&to| (origin, to)));
+        outcome.routes.push(Routed {
+            at: origin,
+            from: None,
+            route,
+            live_peers: self.nodes[&origin].live_peers().clone(),
+        });
+        self.carry(envelope, queue, &mut outcome);
+        outcome
+    }
+
+    /// Carries the copies held for links that were down, as each outbox
+    /// does once its link is back (bring the links up first), and
+    /// wherever the cores send them on, until none is held.
+    pub fn carry_held(&mut self, envelope: &Envelope, outcome: &mut Outcome) {
+        while !outcome.held.is_empty() {
+            let queue: VecDeque<(Nation, Nation)> = std::mem::take(&mut outcome.held).into();
+            for &(from, to) in &queue {
+                assert!(
+                    self.nodes[&from].live_peers().contains(&to),
+                    "{from}–{to} is still down"
+                );
+            }
+            self.carry(envelope, queue, outcome);
+        }
+    }
+
+    fn carry(&mut self, envelope: &Envelope, mut queue: VecDeque<(Nation, Nation)>, outcome: &mut Outcome) {
+        let now = self.now;
         while let Some((from, to)) = queue.pop_front() {
             outcome.crossings.push((from, to));
             let node = self.nodes.get_mut(&to).unwrap();
             match node.route(envelope, Source::Peer(from), SealState::Verified, now) {
                 Ok(route) => {
                     *outcome.received.entry(to).or_default() += 1;
-                    outcome.deliveries.extend(route.deliver);
-                    if !route.forward.is_empty() {
+                    outcome.deliveries.extend(route.deliver.iter().copied());
+                    if !route.forward.is_empty() || !route.held.is_empty() {
                         outcome.forwarders.insert(to);
                     }
                     queue.extend(route.forward.iter().map(|&next| (to, next)));
+                    outcome.held.extend(route.held.iter().map(|&next| (to, next)));
+                    outcome.routes.push(Routed {
+                        at: to,
+                        from: Some(from),
+                        route,
+                        live_peers: node.live_peers().clone(),
+                    });
                 }
                 Err(refused) => outcome.refusals.push((to, refused.reason)),
             }
@@ -208,7 +306,6 @@ impl Mesh {
                 }
             }
         }
-        outcome
     }
 
     /// Nations reached from `origin` over live links between `allowed`
@@ -978,6 +1075,325 @@ proptest! {
             let node = mesh.nodes.get_mut(&peer).unwrap();
             let refused = node.route(&forged, Source::Peer(cut), SealState::Verified, now);
             prop_assert_eq!(refused.err().map(|r| r.reason), Some("cut-out"));
+        }
+    }
+}
+
+/// A line of three: GBR - EST - LVA, whose LVA analyst may subscribe to
+/// anything.
+fn line_policy() -> Arc<Policy> {
+    let text = r#"
+        [communities]
+        EVERYONE = ["GBR", "EST", "LVA"]
+        [nations.GBR]
+        address = "127.0.0.1:1"
+        peers = ["EST"]
+        default_ceiling = "SECRET"
+        [nations.EST]
+        address = "127.0.0.1:2"
+        peers = ["GBR", "LVA"]
+        default_ceiling = "SECRET"
+        [nations.LVA]
+        address = "127.0.0.1:3"
+        peers = ["EST"]
+        default_ceiling = "SECRET"
+        [[principals]]
+        name = "gbr.analyst"
+        nation = "GBR"
+        clearance = "SECRET"
+        [[principals]]
+        name = "est.analyst"
+        nation = "EST"
+        clearance = "SECRET"
+        [[principals]]
+        name = "lva.analyst"
+        nation = "LVA"
+        clearance = "SECRET"
+        subscribe = [">"]
+    "#;
+    let file: crate::config::NetworkFile = toml::from_str(text).unwrap();
+    Arc::new(file.validate(std::path::Path::new("line.toml")).unwrap())
+}
+
+/// The line with LVA subscribed, and its EST–LVA link gone down at both
+/// ends, the news spread.
+fn line_with_est_lva_down(settings: RoutingSettings) -> (Mesh, SessionId) {
+    let policy = line_policy();
+    let mut mesh = Mesh::with_settings(policy.clone(), &BTreeSet::new(), settings);
+    let lva = policy.principal("lva.analyst").unwrap().clone();
+    let session = mesh.subscribe(&lva, ">").unwrap();
+    mesh.settle();
+    mesh.link_down(nation("EST"), nation("LVA"));
+    (mesh, session)
+}
+
+fn line_envelope(mesh: &Mesh) -> Envelope {
+    let label = mesh.policy.scheme().parse("SECRET//REL TO EVERYONE").unwrap();
+    mesh.envelope(nation("GBR"), label, &Topic::new("sigint.ru").unwrap())
+}
+
+/// The route a node returned in an outcome.
+fn route_at(outcome: &Outcome, at: &str) -> Route {
+    let at = nation(at);
+    outcome
+        .routes
+        .iter()
+        .find(|routed| routed.at == at)
+        .map(|routed| routed.route.clone())
+        .unwrap_or_else(|| panic!("{at} routed nothing: {:?}", outcome.routes))
+}
+
+#[test]
+fn a_message_is_held_for_a_link_that_went_down() {
+    let (mut mesh, session) = line_with_est_lva_down(RoutingSettings::default());
+    let pair = (nation("EST"), nation("LVA"));
+    for at in ["GBR", "EST"] {
+        assert!(mesh.nodes[&nation(at)].held_links().contains_key(&pair), "{at}");
+    }
+    let envelope = line_envelope(&mesh);
+    let mut outcome = mesh.publish(&envelope);
+    // GBR's live link to EST leads to LVA through the held EST–LVA link.
+    let gbr = route_at(&outcome, "GBR");
+    assert_eq!(gbr.forward, [nation("EST")]);
+    assert!(gbr.held.is_empty() && gbr.unreached.is_empty(), "{gbr:?}");
+    assert!(!outcome.audit.iter().any(|r| r.reason == "no-route"));
+    // EST keeps it for LVA until the link returns.
+    assert_eq!(outcome.crossings, [(nation("GBR"), nation("EST"))]);
+    let est = route_at(&outcome, "EST");
+    assert_eq!(
+        (est.forward.as_slice(), est.held.as_slice()),
+        (&[][..], &[nation("LVA")][..])
+    );
+    assert_eq!(outcome.held, [(nation("EST"), nation("LVA"))]);
+    let now = mesh.now;
+    let est_node = mesh.nodes.get_mut(&nation("EST")).unwrap();
+    let relayed = est_node.relay(&envelope, nation("GBR"), now);
+    assert_eq!((relayed.forward, relayed.held), (vec![], vec![nation("LVA")]));
+    assert_eq!(est_node.counters().held_for.get(&nation("LVA")), Some(&2));
+    // A copy that came from LVA (a relay whose picture differs) is not
+    // held to go back to it.
+    let back = est_node.relay(&envelope, nation("LVA"), now);
+    assert!(back.forward.is_empty() && back.held.is_empty(), "{back:?}");
+    // The live picture knows no path: a held copy has not arrived.
+    let label = envelope.label.clone();
+    let gbr_node = mesh.nodes.get_mut(&nation("GBR")).unwrap();
+    assert_eq!(gbr_node.live_path(nation("GBR"), &label, nation("LVA")), None);
+    // The outbox sends it when the link returns: LVA's analyst gets it.
+    mesh.link_up(nation("EST"), nation("LVA"));
+    mesh.carry_held(&envelope, &mut outcome);
+    assert_eq!(outcome.deliveries, [session]);
+    assert!(outcome.refusals.is_empty(), "{:?}", outcome.refusals);
+}
+
+#[test]
+fn a_held_link_lapses_after_hold_us() {
+    // Shorter than an announcement lives: LVA's interest is still known
+    // at GBR when the hold ends, so GBR can say it has no route.
+    const HOLD_US: u64 = 60 * 1_000_000;
+    let settings = RoutingSettings {
+        hold_us: HOLD_US,
+        ..RoutingSettings::default()
+    };
+    let (mut mesh, _) = line_with_est_lva_down(settings);
+    let pair = (nation("EST"), nation("LVA"));
+    let went_down = |mesh: &Mesh, at: &str| mesh.nodes[&nation(at)].held_links()[&pair];
+    // EST saw it go down; GBR heard a little later.
+    let (est_down, gbr_down) = (went_down(&mesh, "EST"), went_down(&mesh, "GBR"));
+    mesh.nodes
+        .get_mut(&nation("EST"))
+        .unwrap()
+        .tick(est_down + HOLD_US);
+    assert_eq!(went_down(&mesh, "EST"), est_down, "held for hold_us exactly");
+    mesh.now = est_down.max(gbr_down) + HOLD_US + 1;
+    let now = mesh.now;
+    for node in mesh.nodes.values_mut() {
+        node.tick(now);
+    }
+    mesh.settle();
+    for (at, node) in &mesh.nodes {
+        assert!(node.held_links().is_empty(), "{at}: {:?}", node.held_links());
+    }
+    let envelope = line_envelope(&mesh);
+    let outcome = mesh.publish(&envelope);
+    let gbr = route_at(&outcome, "GBR");
+    assert!(gbr.forward.is_empty() && gbr.held.is_empty(), "{gbr:?}");
+    assert_eq!(gbr.unreached, [(nation("LVA"), Reason::NoRoute)]);
+    assert!(outcome.held.is_empty());
+    // Were EST sent it anyway, it would hold nothing for LVA.
+    let now = mesh.now;
+    let est = mesh.nodes.get_mut(&nation("EST")).unwrap();
+    let route = est
+        .route(&envelope, Source::Peer(nation("GBR")), SealState::Verified, now)
+        .unwrap();
+    assert!(route.forward.is_empty() && route.held.is_empty(), "{route:?}");
+}
+
+#[test]
+fn nothing_is_held_for_a_cut_nation() {
+    let (mut mesh, _) = line_with_est_lva_down(RoutingSettings::default());
+    let policy = mesh.policy.clone();
+    let pair = (nation("EST"), nation("LVA"));
+    assert!(mesh.nodes[&nation("EST")].held_links().contains_key(&pair));
+    let cut = Arc::new(policy.with_suspended(&BTreeSet::from([nation("LVA")])));
+    for at in ["GBR", "EST"] {
+        mesh.nodes.get_mut(&nation(at)).unwrap().set_policy(cut.clone());
+    }
+    mesh.settle();
+    for at in ["GBR", "EST"] {
+        assert!(mesh.nodes[&nation(at)].held_links().is_empty(), "{at}");
+    }
+    let envelope = line_envelope(&mesh);
+    let outcome = mesh.publish(&envelope);
+    assert!(
+        outcome.held.is_empty() && outcome.crossings.is_empty(),
+        "{outcome:?}"
+    );
+    // Restored, the link is not held again: it went away on purpose, and
+    // only comes back live.
+    for at in ["GBR", "EST"] {
+        mesh.nodes
+            .get_mut(&nation(at))
+            .unwrap()
+            .set_policy(policy.clone());
+    }
+    mesh.settle();
+    for at in ["GBR", "EST"] {
+        assert!(mesh.nodes[&nation(at)].held_links().is_empty(), "{at}");
+    }
+}
+
+#[test]
+fn a_held_link_that_comes_back_is_used_live() {
+    let (mut mesh, session) = line_with_est_lva_down(RoutingSettings::default());
+    let envelope = line_envelope(&mesh);
+    // EST's end comes back before LVA says so (LVA's latest announcement,
+    // without EST, reached it): the link is still held, but EST can send
+    // on it now, and does.
+    let now = mesh.now;
+    let lva_says = mesh.nodes.get_mut(&nation("LVA")).unwrap().sign_own(now);
+    assert!(lva_says.announcement.links.is_empty());
+    let est = mesh.nodes.get_mut(&nation("EST")).unwrap();
+    est.receive_announcement(nation("LVA"), (*lva_says).clone(), now)
+        .unwrap();
+    est.link_up(nation("LVA"), now);
+    assert!(est.held_links().contains_key(&(nation("EST"), nation("LVA"))));
+    let route = est.relay(&envelope, nation("GBR"), now);
+    assert_eq!((route.forward, route.held), (vec![nation("LVA")], vec![]));
+    // Both ends up and announced: live again, nothing held anywhere.
+    mesh.link_up(nation("EST"), nation("LVA"));
+    for (at, node) in &mesh.nodes {
+        assert!(node.held_links().is_empty(), "{at}: {:?}", node.held_links());
+    }
+    let envelope = line_envelope(&mesh);
+    let outcome = mesh.publish(&envelope);
+    assert_eq!(
+        outcome.crossings,
+        [(nation("GBR"), nation("EST")), (nation("EST"), nation("LVA"))]
+    );
+    assert!(outcome.held.is_empty());
+    assert_eq!(outcome.deliveries, [session]);
+}
+
+#[test]
+fn remembered_ids_are_duplicates_and_stale_ones_are_ignored() {
+    let (mut mesh, _) = line_with_est_lva_down(RoutingSettings::default());
+    let envelope = line_envelope(&mesh);
+    let now = mesh.now;
+    let lva = mesh.nodes.get_mut(&nation("LVA")).unwrap();
+    lva.remember(envelope.origin, envelope.id, envelope.created_us, now);
+    assert!(lva.is_duplicate(envelope.origin, envelope.id));
+    let again = lva.route(&envelope, Source::Peer(nation("EST")), SealState::Verified, now);
+    assert_eq!(again, Err(Refused { reason: "duplicate" }));
+    // Too old or too far ahead to be taken now: not remembered.
+    let old = MessageId([1; 16]);
+    lva.remember(envelope.origin, old, now - seen::MAX_AGE_US - 1, now);
+    let ahead = MessageId([2; 16]);
+    lva.remember(envelope.origin, ahead, now + seen::MAX_SKEW_US + 1, now);
+    assert!(!lva.is_duplicate(envelope.origin, old) && !lva.is_duplicate(envelope.origin, ahead));
+}
+
+/// A network, a label (half the time one every nation may hold), an
+/// origin, the nations interested in everything, and which configured
+/// links go down (those whose entry is 0: about one in three).
+type Outage = (Arc<Policy>, Label, Nation, BTreeSet<Nation>, Vec<u8>);
+
+fn arb_outage() -> impl Strategy<Value = Outage> {
+    arb_network().prop_flat_map(|policy| {
+        let nations: Vec<Nation> = policy.nations().keys().copied().collect();
+        let everyone = policy
+            .scheme()
+            .parse(&format!("UNCLASSIFIED//REL TO {}", CODES.join(", ")))
+            .unwrap();
+        (
+            Just(Arc::new(policy.clone())),
+            prop_oneof![Just(everyone), arb_label(&policy)],
+            proptest::sample::select(nations.clone()),
+            proptest::sample::subsequence(nations.clone(), 0..=nations.len())
+                .prop_map(|n| n.into_iter().collect()),
+            proptest::collection::vec(0u8..3, nations.len() * nations.len()),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Over random networks, labels and interests, with random links gone
+    /// down after everyone heard of everyone: what a node forwards or
+    /// holds goes only to eligible nations (invariant 2), never to the
+    /// origin or back to the sender, never both forwarded and held; it
+    /// forwards only on links that are up and holds only for links that
+    /// are down. Within the hold, no target is `no-route`. And once the
+    /// outage ends and the held copies are carried, every interested,
+    /// eligible nation a configured path of eligible nations reaches has
+    /// the message (a second copy is only ever refused as a duplicate).
+    #[test]
+    fn held_copies_stay_inside_and_reach_everyone((policy, label, origin, interested, failures) in arb_outage()) {
+        let nations: Vec<Nation> = policy.nations().keys().copied().collect();
+        let mut mesh = Mesh::new(policy.clone(), &BTreeSet::new());
+        for &nation in &interested {
+            mesh.interest(nation, ">");
+        }
+        mesh.settle();
+        let mut down = Vec::new();
+        for (i, &a) in nations.iter().enumerate() {
+            for (j, &b) in nations.iter().enumerate().skip(i + 1) {
+                if policy.nations()[&a].peers.contains(&b) && failures[i * nations.len() + j] == 0 {
+                    mesh.link_down(a, b);
+                    down.push((a, b));
+                }
+            }
+        }
+        let envelope = mesh.envelope(origin, label.clone(), &Topic::new("sigint.ru").unwrap());
+        let mut outcome = mesh.publish(&envelope);
+        for &(a, b) in &down {
+            mesh.link_up(a, b);
+        }
+        mesh.carry_held(&envelope, &mut outcome);
+
+        let eligible = eligible(&policy, &label, origin);
+        prop_assert!(outcome.refusals.iter().all(|&(_, reason)| reason == "duplicate"), "{:?}", outcome.refusals);
+        for Routed { at, from, route, live_peers } in &outcome.routes {
+            for &to in route.forward.iter().chain(&route.held) {
+                prop_assert!(eligible.contains(&to), "{} sent it to {}, outside {:?}", at, to, eligible);
+                prop_assert!(to != origin && Some(to) != *from, "{} sent it back to {}", at, to);
+            }
+            for &to in &route.forward {
+                prop_assert!(live_peers.contains(&to) && !route.held.contains(&to), "{} forwarded to {}", at, to);
+            }
+            for &to in &route.held {
+                prop_assert!(policy.nations()[at].peers.contains(&to), "{} is not a peer of {}", to, at);
+                prop_assert!(!live_peers.contains(&to), "{} held for {}, whose link is up", at, to);
+            }
+            if from.is_none() {
+                prop_assert!(route.unreached.iter().all(|&(_, reason)| reason == Reason::Unreachable), "{:?}", route.unreached);
+            }
+        }
+        let configured_reach = mesh.reachable(origin, &eligible, &BTreeSet::new());
+        for &nation in interested.iter().filter(|&&n| n != origin && eligible.contains(&n)) {
+            if configured_reach.contains(&nation) {
+                prop_assert!(outcome.received.contains_key(&nation), "{} never got it", nation);
+            }
         }
     }
 }

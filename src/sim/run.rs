@@ -818,7 +818,18 @@ impl Nodes {
                 let Some(socket) = self.crashed.remove(nation) else {
                     return Err(format!("{nation}'s node has not crashed"));
                 };
-                match self.spawn(*nation, socket.clone()) {
+                // The crashed node's tasks are aborted, but let go of its
+                // custody store (a file lock) only as they unwind, on
+                // other threads: a real process restart has the OS do it.
+                let mut spawned = self.spawn(*nation, socket.clone());
+                for _ in 0..100 {
+                    if !matches!(spawned, Err(SimError::Node(NodeError::Store(_)))) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    spawned = self.spawn(*nation, socket.clone());
+                }
+                match spawned {
                     Ok(node) => {
                         self.running.insert(*nation, node);
                         self.wan.set_node_up(*nation, true);

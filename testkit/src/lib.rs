@@ -344,6 +344,11 @@ impl TestNetwork {
     /// Stops a node and starts a new one on the same address.
     pub async fn restart(&mut self, nation: Nation) {
         self.stop(nation).await.expect("clean stop");
+        self.start_again(nation).await;
+    }
+
+    /// Starts a stopped node again on its address, with its data folder.
+    pub async fn start_again(&mut self, nation: Nation) {
         let config = node_config(
             &self.policy,
             &self.layout,
