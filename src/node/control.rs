@@ -467,7 +467,7 @@ async fn purge(shared: &Shared, rules: &Rules, peer: Nation) -> u64 {
     // What the peer held (or had lately taken, and may not have passed
     // on) goes to the others along the tree as it is without it.
     let frames: Vec<_> = held.into_iter().chain(recent).map(|entry| entry.frame).collect();
-    outbound::reroute(shared, peer, &frames).await;
+    outbound::reroute(shared, peer, frames, None).await;
     if let Err(err) = shared.custody.commit(vec![Change::ForgetAll { peer }]).await {
         warn!(cause = %err, "the purge could not be stored; it is repeated after a restart");
     }

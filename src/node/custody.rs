@@ -4,6 +4,7 @@
 //! acknowledged (to a publisher, or to the peer that handed it over)
 //! before it is on disk.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -235,16 +236,32 @@ impl CustodyHandle {
     }
 }
 
-/// The envelopes among outbox frames (seals carry none).
+/// The envelopes among outbox frames (seals carry none), each with its
+/// seal attached where the frames hold one (a `Seals` frame follows its
+/// envelopes in an outbox), so a copy routed again needs no new seal.
 pub(super) fn envelopes(frames: impl IntoIterator<Item = Bytes>) -> Vec<Envelope> {
-    frames
-        .into_iter()
+    let mut envelopes: Vec<Envelope> = Vec::new();
+    let mut unsealed: HashMap<MessageId, usize> = HashMap::new();
+    for frame in frames {
         // Frames this node encoded itself: they decode.
-        .filter_map(|frame| match frame.get(wire::LENGTH_PREFIX..).map(wire::decode) {
-            Some(Ok(Frame::Forward(envelope))) => Some(envelope),
-            _ => None,
-        })
-        .collect()
+        match frame.get(wire::LENGTH_PREFIX..).map(wire::decode) {
+            Some(Ok(Frame::Forward(envelope))) => {
+                if !envelope.is_signed() {
+                    unsealed.insert(envelope.id, envelopes.len());
+                }
+                envelopes.push(envelope);
+            }
+            Some(Ok(Frame::Seals(batch))) => {
+                for proof in batch.proofs {
+                    if let Some(index) = unsealed.remove(&proof.id) {
+                        envelopes[index].attach(&batch.signature, proof);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    envelopes
 }
 
 /// The store thread: takes every job waiting, commits them as one

@@ -12,7 +12,7 @@ use quinn::{Connection, VarInt};
 use tracing::warn;
 
 use super::connection::{accept_hello, close_after, next_batch, write_frame, StreamError};
-use super::outbound::Outgoing;
+use super::outbound::{self, Outgoing};
 use super::{Reason, Shared};
 use crate::audit::{Event, Record, Verdict};
 use crate::envelope::{Envelope, EnvelopeError, MessageId};
@@ -324,6 +324,7 @@ async fn ingress(
     };
     let mut records = Vec::new();
     let mut actions = Vec::new();
+    let mut rerouted = Vec::new();
     let mut to_verify = Vec::new();
     let mut delivered_any = false;
     let mut result = Ok(());
@@ -439,10 +440,23 @@ async fn ingress(
                         nation: announcement.announcement.nation,
                         frame: Bytes::from(frame),
                     });
-                let (received, more) = shared
-                    .router
-                    .core(|core, now| core.receive_announcement(peer, announcement, now));
+                // A peer whose link this changes out of the live graph
+                // (its end announces it gone, while this node's end is
+                // still up) is no longer a child in any tree: what waits
+                // for it goes on by the new tree, in the same call, so
+                // nothing routed after the change overtakes it.
+                let ((received, moved), more) = shared.router.core(|core, now| {
+                    let before = core.live_neighbours();
+                    let received = core.receive_announcement(peer, announcement, now);
+                    let mut moved = Vec::new();
+                    for lost in before.difference(&core.live_neighbours()) {
+                        let frames = shared.custody.outbox(*lost).not_rerouted();
+                        moved.extend(outbound::plan_reroute(core, now, *lost, frames));
+                    }
+                    (received, moved)
+                });
                 actions.extend(more);
+                rerouted.extend(moved);
                 if let (Ok(()), Some(stored)) = (received, stored) {
                     shared.custody.write_later(vec![stored]);
                 }
@@ -503,6 +517,9 @@ async fn ingress(
     }
     shared.carry_out(actions).await;
     relay(shared, relays, changes, &mut records);
+    if !rerouted.is_empty() {
+        outbound::forward_batch(shared, rerouted, changes, &mut records).await;
+    }
     for record in records {
         shared.audit(record).await;
     }

@@ -22,7 +22,7 @@ use crate::identity::Identity;
 use crate::label::Nation;
 use crate::pki::address_host;
 use crate::policy;
-use crate::routing;
+use crate::routing::{self, Action, Routing};
 use crate::store::Change;
 use crate::stream;
 use crate::tls;
@@ -161,32 +161,52 @@ pub(super) async fn forward_batch(
 /// Routes the envelopes among `frames`, which were bound for `peer`,
 /// again along this node's tree as it is now, without `peer`: its link is
 /// down (the frames also stay in its outbox, for when it returns; copies
-/// that arrive twice are dropped as duplicates), or it was cut out. The
-/// new outboxes' entries are stored before this returns.
-pub(super) async fn reroute(shared: &Shared, peer: Nation, frames: &[Bytes]) -> usize {
-    let envelopes = custody::envelopes(frames.iter().cloned());
-    if envelopes.is_empty() {
-        return 0;
-    }
-    let (routes, actions) = shared.router.core(|core, now| {
-        envelopes
-            .iter()
-            .map(|envelope| core.relay(envelope, peer, now))
-            .collect::<Vec<_>>()
+/// that arrive twice are dropped as duplicates), or it was cut out. With
+/// `going_down`, this node's link of that generation to `peer` is
+/// forgotten in the same call to the core, so nothing published in
+/// between overtakes what is routed again.
+pub(super) async fn reroute(shared: &Shared, peer: Nation, frames: Vec<Bytes>, going_down: Option<u64>) {
+    let (outgoing, actions) = shared.router.core_without_link(peer, going_down, |core, now| {
+        plan_reroute(core, now, peer, frames)
     });
-    let outgoing: Vec<Outgoing<String>> = envelopes
+    hand_over_again(shared, outgoing, actions).await;
+}
+
+/// The routes, along the tree as `core` has it now and without `peer`, of
+/// the envelopes among `frames`. Called inside the core call that changed
+/// the tree.
+pub(super) fn plan_reroute(
+    core: &mut Routing,
+    now: u64,
+    peer: Nation,
+    frames: Vec<Bytes>,
+) -> Vec<Outgoing<String>> {
+    custody::envelopes(frames)
         .into_iter()
-        .zip(routes)
-        .filter(|(_, route)| !route.forward.is_empty() || !route.held.is_empty())
-        .map(|(envelope, route)| Outgoing {
-            envelope,
-            marking: route.marking.to_string(),
-            forward: route.forward,
-            held: route.held,
-            denied: Vec::new(),
-            unreached: Vec::new(),
+        .filter_map(|envelope| {
+            let route = core.relay(&envelope, peer, now);
+            (!route.forward.is_empty() || !route.held.is_empty()).then(|| Outgoing {
+                marking: route.marking.to_string(),
+                envelope,
+                forward: route.forward,
+                held: route.held,
+                denied: Vec::new(),
+                unreached: Vec::new(),
+            })
         })
-        .collect();
+        .collect()
+}
+
+/// Hands messages routed again to their new outboxes (sealed anew where
+/// they were not yet), and stores them, after carrying out `actions`.
+pub(super) async fn hand_over_again(shared: &Shared, outgoing: Vec<Outgoing<String>>, actions: Vec<Action>) {
+    // The announcement that the link is down goes first (the writers send
+    // announcements ahead of their outboxes): a relay that routes a copy
+    // by a tree that still has the link would not pass it on.
+    shared.carry_out(actions).await;
+    if outgoing.is_empty() {
+        return;
+    }
     let rerouted = outgoing.len();
     let mut changes = Vec::new();
     let mut records = Vec::new();
@@ -194,14 +214,13 @@ pub(super) async fn reroute(shared: &Shared, peer: Nation, frames: &[Bytes]) -> 
     if let Err(err) = shared.custody.commit(changes).await {
         warn!(cause = %err, "messages routed again could not be stored");
     }
-    shared.carry_out(actions).await;
     for record in records {
         shared.audit(record).await;
     }
-    if rerouted > 0 {
-        info!(%peer, rerouted, "messages bound for a peer that is away were routed again");
-    }
-    rerouted
+    info!(
+        rerouted,
+        "messages bound for a peer that is away were routed again"
+    );
 }
 
 /// Keeps the link to `peer` up until shutdown.
@@ -403,7 +422,16 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
         Some(quinn::ConnectionError::ApplicationClosed(close))
             if close.error_code == VarInt::from_u32(wire::close::REPLACED)
     );
-    let actions = shared.router.remove_link(peer, link);
+    // What waits for the peer goes on by the tree without it (and to the
+    // peer too, when it returns); not for a peer that another dialer
+    // took the link from, or at shutdown.
+    let reroute_now = !replaced && !*shutdown.borrow() && !fate.no_longer_admitted();
+    let frames = if reroute_now {
+        outbox.not_rerouted()
+    } else {
+        Vec::new()
+    };
+    reroute(shared, peer, frames, Some(link)).await;
     announcements.close_and_drain();
     if fate.no_longer_admitted() {
         // The control that closed the link has audited why, and purges
@@ -432,12 +460,6 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
         ));
     }
     shared.audit(record).await;
-    shared.carry_out(actions).await;
-    if !replaced && !*shutdown.borrow() {
-        // The tree has changed without the peer: what waits for it goes
-        // on by the new tree now (and to the peer too, when it returns).
-        reroute(shared, peer, &outbox.not_rerouted()).await;
-    }
     Ok(end)
 }
 

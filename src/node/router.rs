@@ -362,15 +362,27 @@ impl Router {
         self.inbound.contains_key(&peer)
     }
 
-    pub(super) fn remove_link(&self, peer: Nation, link: u64) -> Vec<Action> {
-        if self
-            .links
-            .remove_if(&peer, |_, entry| entry.link == link)
-            .is_none()
-        {
-            return Vec::new();
-        }
-        self.core(|core, now| core.link_down(peer, now)).1
+    /// As [`Router::core`], after forgetting this node's link `link` to
+    /// `peer` (unless a newer one has replaced it) in the same call, so
+    /// that `call` sees the tree without it and nothing routed in between
+    /// sees a tree that has neither.
+    pub(super) fn core_without_link<R>(
+        &self,
+        peer: Nation,
+        link: Option<u64>,
+        call: impl FnOnce(&mut Routing, u64) -> R,
+    ) -> (R, Vec<Action>) {
+        let removed = link.is_some_and(|link| {
+            self.links
+                .remove_if(&peer, |_, entry| entry.link == link)
+                .is_some()
+        });
+        self.core(|core, now| {
+            if removed {
+                core.link_down(peer, now);
+            }
+            call(core, now)
+        })
     }
 
     /// Makes `connection` `peer`'s one inbound link; returns its

@@ -337,6 +337,10 @@ struct LabelMemo {
     malformed: Option<LabelError>,
 }
 
+/// How long after the live links change a relay also passes messages on
+/// by the tree it had before ([`Routing::relay`]).
+pub const RELAY_GRACE_US: u64 = 2_000_000;
+
 /// The longest marking printed for a label that is not canonical: a
 /// hostile label may be as large as a frame.
 const MALFORMED_MARKING_MAX: usize = 256;
@@ -355,6 +359,10 @@ pub struct Routing {
     held: BTreeMap<(Nation, Nation), u64>,
     /// `live` and the held links: what fallback trees run over.
     reserve: Graph,
+    /// `live` as it was before its last change, and when it changed: for
+    /// [`RELAY_GRACE_US`] a relay also passes a message on by the tree it
+    /// had, so a copy its sender routed by that tree still gets through.
+    previous: Option<(Graph, u64)>,
     signer: Arc<Signer>,
     node_keys: Arc<HashMap<Nation, Vec<u8>>>,
     settings: RoutingSettings,
@@ -393,6 +401,7 @@ impl Routing {
             live: Graph::empty(nations.len()),
             held: BTreeMap::new(),
             reserve: Graph::empty(nations.len()),
+            previous: None,
             interest: vec![Vec::new(); nations.len()],
             nations,
             policy,
@@ -549,6 +558,17 @@ impl Routing {
     /// The peers this node has a live link to.
     pub fn live_peers(&self) -> &BTreeSet<Nation> {
         &self.live_peers
+    }
+
+    /// The peers whose link to this node is in the live graph: this
+    /// node's link to them is up and they announce it too. A peer that
+    /// leaves this set is no longer a child in any tree, even if this
+    /// node's own link to it is still up.
+    pub fn live_neighbours(&self) -> BTreeSet<Nation> {
+        self.nations
+            .names(self.live.neighbours(self.me))
+            .into_iter()
+            .collect()
     }
 
     /// The links held (see the module docs), by their nations (lower code
@@ -781,6 +801,11 @@ impl Routing {
                 reserve.link(a, b);
             }
         }
+        if live != self.live {
+            // Not after a policy change (no time given): the old tree may
+            // run through a nation just cut out.
+            self.previous = went_down_us.map(|now_us| (self.live.clone(), now_us));
+        }
         if live != self.live || reserve != self.reserve {
             self.live = live;
             self.reserve = reserve;
@@ -802,6 +827,7 @@ impl Routing {
     pub fn set_policy(&mut self, policy: Arc<Policy>) {
         // A cut nation's interest and links leave with it.
         self.known.retain(|&nation, _| !policy.is_suspended(nation));
+        self.previous = None;
         self.nations = Nations::of(&policy);
         self.me = self.nations.index(self.nation).unwrap_or(usize::MAX);
         self.configured = Graph::configured(&policy, &self.nations);
@@ -1070,8 +1096,10 @@ impl Routing {
         let deliver = self.deliver_locally(envelope, &marking, now_us);
         let children = match (source, seal) {
             (Source::Peer(_), SealState::Unverified) => Children::default(),
-            (Source::Peer(from), SealState::Verified) => self.children(envelope, eligible, Some(from)),
-            (Source::Local, _) => self.children(envelope, eligible, None),
+            (Source::Peer(from), SealState::Verified) => {
+                self.children(envelope, eligible, Some(from), now_us)
+            }
+            (Source::Local, _) => self.children(envelope, eligible, None, now_us),
         };
         Ok(Route {
             deliver,
@@ -1127,9 +1155,9 @@ impl Routing {
     /// Where to pass on an envelope that came unverified from `from` (its
     /// origin) and whose seal has now verified: a route with nobody to
     /// deliver to (that was done on arrival).
-    pub fn relay(&mut self, envelope: &Envelope, from: Nation, _now_us: u64) -> Route {
+    pub fn relay(&mut self, envelope: &Envelope, from: Nation, now_us: u64) -> Route {
         let (eligible, marking) = self.eligibility(envelope.origin, &envelope.label);
-        let children = self.children(envelope, eligible, Some(from));
+        let children = self.children(envelope, eligible, Some(from), now_us);
         Route {
             deliver: Vec::new(),
             forward: children.forward,
@@ -1184,7 +1212,13 @@ impl Routing {
     /// fallback tree, split by whether their link is up; the interested
     /// neighbours it may not go to; and, at the origin, the interested,
     /// eligible nations neither tree reaches.
-    fn children(&mut self, envelope: &Envelope, eligible: NationSet, from: Option<Nation>) -> Children {
+    fn children(
+        &mut self,
+        envelope: &Envelope,
+        eligible: NationSet,
+        from: Option<Nation>,
+        now_us: u64,
+    ) -> Children {
         let Some(origin) = self.nations.index(envelope.origin) else {
             return Children::default();
         };
@@ -1210,6 +1244,21 @@ impl Routing {
         for branch in &tree.fallback {
             if branch.beyond.intersects(missed) {
                 chosen.insert(branch.child);
+            }
+        }
+        // Just after the live links changed, a relay's sender may have
+        // routed by the tree as it was: where that tree made this node the
+        // way to a target, it still is, over live links (a copy that also
+        // comes the new way is a duplicate there). Without this, a copy on
+        // its way when a link came back was lost at the relay.
+        if let Some((previous, changed_us)) = &self.previous {
+            if from.is_some() && now_us < changed_us.saturating_add(RELAY_GRACE_US) {
+                for branch in previous.shortest_paths(origin, eligible).branches(self.me) {
+                    let child = self.nations.nation(branch.child);
+                    if branch.beyond.intersects(targets) && self.live_peers.contains(&child) {
+                        chosen.insert(branch.child);
+                    }
+                }
             }
         }
         for child in self.nations.names(chosen) {
