@@ -20,9 +20,10 @@ use crate::label::Nation;
 /// (peer, outbox sequence number) → when it was queued (8 bytes,
 /// big-endian, microseconds since the epoch), then the encoded frame.
 const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox");
-/// Origin and message id (the origin's code, then the 16 id bytes) → the
-/// message's creation time, microseconds since the epoch.
-const SEEN: TableDefinition<&[u8], u64> = TableDefinition::new("seen");
+/// (the message's creation time, microseconds since the epoch; its origin's
+/// code, then the 16 id bytes) → nothing. Keyed by time first, so the ids
+/// past the replay window go in one range.
+const SEEN: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("seen");
 /// Nation → its newest signed announcement, as an encoded frame: what a
 /// restarted node knows of the others' links and interest before they
 /// announce again (checked again, signature and all, when loaded).
@@ -127,6 +128,8 @@ pub enum Change {
         /// The frame.
         frame: Bytes,
     },
+    /// The ids created before this time are past the replay window.
+    ForgetSeenBefore(u64),
     /// A message was taken: a copy that comes again is a duplicate.
     Seen {
         /// Its origin.
@@ -228,7 +231,11 @@ impl Store {
                         id,
                         created_us,
                     } => {
-                        seen.insert(seen_key(*origin, id).as_slice(), *created_us)
+                        seen.insert((*created_us, seen_key(*origin, id).as_slice()), ())
+                            .or_fail()?;
+                    }
+                    Change::ForgetSeenBefore(before_us) => {
+                        seen.retain_in((0, &[][..])..(*before_us, &[][..]), |_, _| false)
                             .or_fail()?;
                     }
                 }
@@ -278,32 +285,28 @@ impl Store {
     /// The ids created after `since_us` (older ones are stale anyway, and
     /// forgotten here): what a restarted node's replay window starts from.
     pub fn seen(&self, since_us: u64) -> Result<Vec<SeenId>, StoreError> {
-        let txn = self.db.begin_write().map_err(failed)?;
+        self.commit(&[Change::ForgetSeenBefore(since_us.saturating_add(1))], true)?;
+        let txn = self.db.begin_read().map_err(failed)?;
+        let seen = txn.open_table(SEEN).map_err(failed)?;
         let mut kept = Vec::new();
-        {
-            let mut seen = txn.open_table(SEEN).or_fail()?;
-            seen.retain(|key, created_us| {
-                let parsed = key.split_first_chunk::<3>().and_then(|(origin, id)| {
-                    Some((
-                        Nation::parse(std::str::from_utf8(origin).ok()?)?,
-                        <[u8; 16]>::try_from(id).ok()?,
-                    ))
+        for entry in seen.iter().map_err(failed)? {
+            let (key, _) = entry.map_err(failed)?;
+            let (created_us, key) = key.value();
+            let parsed = key.split_first_chunk::<3>().and_then(|(origin, id)| {
+                Some((
+                    Nation::parse(std::str::from_utf8(origin).ok()?)?,
+                    <[u8; 16]>::try_from(id).ok()?,
+                ))
+            });
+            // Not something this code wrote: nothing to remember.
+            if let Some((origin, id)) = parsed {
+                kept.push(SeenId {
+                    origin,
+                    id: MessageId(id),
+                    created_us,
                 });
-                match parsed {
-                    Some((origin, id)) if created_us > since_us => {
-                        kept.push(SeenId {
-                            origin,
-                            id: MessageId(id),
-                            created_us,
-                        });
-                        true
-                    }
-                    _ => false,
-                }
-            })
-            .or_fail()?;
+            }
         }
-        txn.commit().map_err(failed)?;
         Ok(kept)
     }
 }
@@ -455,13 +458,21 @@ mod tests {
             id: MessageId([byte; 16]),
             created_us,
         };
-        store.commit(&[seen(1, 100), seen(2, 200)], true).unwrap();
+        store
+            .commit(&[seen(1, 100), seen(2, 200), seen(3, 300)], true)
+            .unwrap();
         let kept: Vec<MessageId> = store.seen(150).unwrap().into_iter().map(|s| s.id).collect();
-        assert_eq!(kept, vec![MessageId([2; 16])]);
+        assert_eq!(kept, vec![MessageId([2; 16]), MessageId([3; 16])]);
+        assert_eq!(
+            store.seen(0).unwrap().len(),
+            2,
+            "the old id is gone from the file"
+        );
+        store.commit(&[Change::ForgetSeenBefore(300)], false).unwrap();
         assert_eq!(
             store.seen(0).unwrap().len(),
             1,
-            "the old id is gone from the file"
+            "a running node forgets in one range"
         );
     }
 

@@ -633,10 +633,15 @@ async fn tick_forever(shared: Arc<Shared>) {
 
 /// Takes out of every outbox what has waited past the age limit (from
 /// its creation), each message audited as `expired`: a peer that stays
-/// away does not hold memory, or get stale messages, for ever.
+/// away does not hold memory, or get stale messages, for ever. And lets
+/// the store forget the ids past the replay window.
 async fn expire_held(shared: &Shared) {
+    let now = now_us();
+    shared.custody.write_later(vec![Change::ForgetSeenBefore(
+        now.saturating_sub(crate::routing::seen::MAX_AGE_US),
+    )]);
     let max_age = u64::try_from(shared.settings.custody_max_age.as_micros()).unwrap_or(u64::MAX);
-    let before_us = now_us().saturating_sub(max_age);
+    let before_us = now.saturating_sub(max_age);
     for peer in shared.custody.peers() {
         let expired = shared.custody.outbox(peer).expire(before_us);
         let Some(last) = expired.last().map(|entry| entry.seq) else {
