@@ -149,6 +149,17 @@ pub(super) async fn close_after(
     }
 }
 
+/// A task aborted when its handle is dropped: a link's helper task ends
+/// with the link's own, whichever way that ends (a dropped `JoinHandle`
+/// would leave it running until its connection times out).
+pub(super) struct AbortOnDrop<T>(pub(super) tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -125,6 +125,11 @@ impl Custody {
         self.store.commit(changes).await
     }
 
+    /// See [`CustodyHandle::submit`].
+    pub(super) async fn submit(&self, changes: Vec<Change>) -> Committed {
+        self.store.submit(changes).await
+    }
+
     /// See [`CustodyHandle::write_later`].
     pub(super) fn write_later(&self, changes: Vec<Change>) {
         self.store.write_later(changes);
@@ -197,15 +202,42 @@ impl Custody {
     }
 }
 
+/// A group of changes handed to the store, to wait for.
+pub(super) enum Committed {
+    /// Nothing to wait for (no store, or no changes), or handing over failed.
+    Now(Result<(), String>),
+    /// The store thread answers once the group is on disk.
+    Later(oneshot::Receiver<Result<(), String>>),
+}
+
+impl Committed {
+    /// Waits until the changes are on disk.
+    pub(super) async fn wait(self) -> Result<(), String> {
+        match self {
+            Committed::Now(result) => result,
+            Committed::Later(committed) => committed
+                .await
+                .unwrap_or_else(|_| Err("the store thread has stopped".into())),
+        }
+    }
+}
+
 impl CustodyHandle {
     /// Writes `changes` and waits until they are on disk; at once without
     /// a store.
     pub(super) async fn commit(&self, changes: Vec<Change>) -> Result<(), String> {
+        self.submit(changes).await.wait().await
+    }
+
+    /// Hands `changes` to the store thread (waiting only if it is far
+    /// behind) and returns what to wait on for them to be on disk, so the
+    /// caller can go on meanwhile.
+    pub(super) async fn submit(&self, changes: Vec<Change>) -> Committed {
         let Some(store) = &self.store else {
-            return Ok(());
+            return Committed::Now(Ok(()));
         };
         if changes.is_empty() {
-            return Ok(());
+            return Committed::Now(Ok(()));
         }
         let (done, committed) = oneshot::channel();
         let job = Job {
@@ -213,11 +245,9 @@ impl CustodyHandle {
             done: Some(done),
         };
         if store.send(job).await.is_err() {
-            return Err("the store thread has stopped".into());
+            return Committed::Now(Err("the store thread has stopped".into()));
         }
-        committed
-            .await
-            .unwrap_or_else(|_| Err("the store thread has stopped".into()))
+        Committed::Later(committed)
     }
 
     /// Writes `changes` with the next group, without waiting: for what

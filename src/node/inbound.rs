@@ -11,7 +11,8 @@ use bytes::Bytes;
 use quinn::{Connection, VarInt};
 use tracing::warn;
 
-use super::connection::{accept_hello, close_after, next_batch, write_frame, StreamError};
+use super::connection::{accept_hello, close_after, next_batch, write_frame, AbortOnDrop, StreamError};
+use super::custody::Committed;
 use super::outbound::{self, Outgoing};
 use super::{Reason, Shared};
 use crate::audit::{Event, Record, Verdict};
@@ -53,6 +54,12 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
     let mut frames = Vec::new();
     let mut unsealed = Unsealed::default();
     let mut count = CustodyCount::default();
+    // Custody is acknowledged only once what it covers is delivered here
+    // and stored for the next hops (on disk, with `sync`), by a task of
+    // its own: the reader goes on with the next batch meanwhile, so a
+    // flush to disk delays acks, not deliveries or relays.
+    let (to_ack, stored) = tokio::sync::mpsc::channel(STORED_QUEUE);
+    let mut acking = AbortOnDrop(tokio::spawn(ack_when_stored(send, stored, connection.clone())));
     let mut shutdown = shared.shutdown.clone();
     let result = loop {
         match next_batch(&mut reader, &mut frames, &mut shutdown).await {
@@ -93,23 +100,21 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
                 if let Err(err) = ingressed {
                     break Err(err);
                 }
-                // Custody is acknowledged only once what it covers is
-                // delivered here and stored for the next hops (on disk,
-                // with `sync`). A store that fails closes the link, so the
-                // sender keeps what it sent.
-                if let Err(err) = shared.custody.commit(changes).await {
-                    break Err(StreamError::Store(err));
-                }
-                if let Some(through) = count.ackable(unsealed.oldest()) {
-                    if let Err(err) = write_frame(&mut send, &Frame::Custody { through }).await {
-                        break Err(err);
-                    }
+                let committed = shared.custody.submit(changes).await;
+                let through = count.ackable(unsealed.oldest());
+                if to_ack.send((committed, through)).await.is_err() {
+                    // The acking task stopped: the store failed (it closed
+                    // the link) or the link is gone.
+                    break Ok(());
                 }
             }
             Ok(false) => break Ok(()),
             Err(err) => break Err(err),
         }
     };
+    drop(to_ack);
+    // It writes what it was given (or fails with the connection).
+    let _ = (&mut acking.0).await;
     // Whatever is still waiting for its seal was delivered here but can
     // never be verified: it is never relayed or stored, and it is audited.
     for (envelope, marking, _) in unsealed.waiting.into_values() {
@@ -127,6 +132,32 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
     if let Err(err) = result {
         close_after(&shared, &connection, subject, &err).await;
     }
+}
+
+/// Custody acks waiting for their batch to be stored; past it, the
+/// reader waits for the store.
+const STORED_QUEUE: usize = 64;
+
+/// Writes each batch's `Custody` ack once the batch is stored, in order.
+/// A store that fails closes the link, so the sender keeps what it sent
+/// (and sends it again on its next link).
+async fn ack_when_stored(
+    mut send: quinn::SendStream,
+    mut stored: tokio::sync::mpsc::Receiver<(Committed, Option<u64>)>,
+    connection: Connection,
+) -> Result<(), StreamError> {
+    while let Some((committed, through)) = stored.recv().await {
+        if let Err(err) = committed.wait().await {
+            let err = StreamError::Store(err);
+            warn!(cause = %err, "closing a peer's link: what it sent cannot be stored");
+            connection.close(VarInt::from_u32(close::NORMAL), err.to_string().as_bytes());
+            return Err(err);
+        }
+        if let Some(through) = through {
+            write_frame(&mut send, &Frame::Custody { through }).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Closes a peer's link because this node cannot write its audit log.

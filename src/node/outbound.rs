@@ -11,7 +11,7 @@ use bytes::Bytes;
 use quinn::VarInt;
 use tracing::{debug, error, info, warn};
 
-use super::connection::{read_frame, write_frame, StreamError};
+use super::connection::{read_frame, write_frame, AbortOnDrop, StreamError};
 use super::custody::{self, CustodyHandle};
 use super::outbox::Outbox;
 use super::sealer::ToSeal;
@@ -375,8 +375,6 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
         .audit(Record::new(Event::Admit, Verdict::Allow, Reason::LinkUp.code()).subject(peer))
         .await;
     shared.carry_out(actions).await;
-    // Aborted with this task too (a dropped handle would leave it running
-    // until the connection times out, holding the store).
     let mut acks = AbortOnDrop(tokio::spawn(read_acks(
         shared.custody.handle(),
         peer,
@@ -461,15 +459,6 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
     }
     shared.audit(record).await;
     Ok(end)
-}
-
-/// A task that is aborted when its handle is dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Reads the peer's `Custody` acks on a link and lets the outbox forget

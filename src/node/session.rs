@@ -12,6 +12,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{debug, error, info, warn};
 
 use super::connection::{accept_hello, close_after, next_batch, write_frame, StreamError};
+use super::custody::Committed;
 use super::queue::QueueReceiver;
 use super::router::Offer;
 use super::{control, outbound, queue, Reason, Shared};
@@ -47,6 +48,11 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal
     let (stop_writer, stop) = watch::channel(false);
     let mut writer = tokio::spawn(write_queue(send, outbox, stop));
 
+    // Publishes are acknowledged, in order, once their batch is stored,
+    // by a task of their own: the reader goes on with the next batch
+    // meanwhile, so a flush to disk delays acks, not deliveries.
+    let (to_answer, stored) = tokio::sync::mpsc::channel(STORED_QUEUE);
+    let answering = tokio::spawn(answer_when_stored(shared.clone(), session, stored));
     let mut reader = FrameReader::with_frame_timeout(recv, shared.settings.frame_timeout);
     let mut frames = Vec::new();
     let mut markings = MarkingCache::default();
@@ -55,7 +61,8 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal
         tokio::select! {
             read = next_batch(&mut reader, &mut frames, &mut shutdown) => match read {
                 Ok(true) => {
-                    if let Err(err) = handle_batch(&shared, session, &principal, &mut markings, &mut frames).await {
+                    let batch = Batch { shared: &shared, session, principal: &principal, to_answer: &to_answer };
+                    if let Err(err) = handle_batch(&batch, &mut markings, &mut frames).await {
                         break Err(err);
                     }
                 }
@@ -65,6 +72,10 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal
             () = ending.notified() => break Ok(End::SlowConsumer),
         }
     };
+    drop(to_answer);
+    if let Err(err) = answering.await {
+        error!(cause = %err, "a session's acknowledging task failed");
+    }
     // No frame is queued for the session after this: its queue goes with it.
     shared.router.remove_session(session);
     let slow = matches!(result, Ok(End::SlowConsumer));
@@ -226,6 +237,59 @@ async fn audit_undelivered(shared: &Shared, subject: &str, why: &str, frames: Ve
     }
 }
 
+/// Publish acks waiting for their batch to be stored; past it, the reader
+/// waits for the store.
+const STORED_QUEUE: usize = 64;
+
+/// A session's batch of requests, and where its acks go.
+#[derive(Clone, Copy)]
+struct Batch<'a> {
+    shared: &'a Arc<Shared>,
+    session: SessionId,
+    principal: &'a Principal,
+    to_answer: &'a tokio::sync::mpsc::Sender<Stored>,
+}
+
+/// The acks of a batch of publishes, sent once the batch is stored.
+struct Stored {
+    committed: Committed,
+    acks: Vec<Frame>,
+}
+
+/// Sends each batch's publish acks once its outbox entries are stored, in
+/// the order the batches came; a batch the store failed is refused
+/// instead (`store-failed`), each publish audited.
+async fn answer_when_stored(
+    shared: Arc<Shared>,
+    session: SessionId,
+    mut stored: tokio::sync::mpsc::Receiver<Stored>,
+) {
+    while let Some(Stored { committed, mut acks }) = stored.recv().await {
+        if let Err(err) = committed.wait().await {
+            error!(cause = %err, "publishes routed but not stored: refusing their acks");
+            let sentence = format!(
+                "the node could not store this message for its peers ({err}); it was delivered locally and may reach them, but is not guaranteed to"
+            );
+            for ack in &mut acks {
+                if let Frame::PublishAck { request, id } = *ack {
+                    shared
+                        .audit(
+                            Record::new(Event::Publish, Verdict::Deny, Reason::StoreFailed.code())
+                                .detail(format!("message {id}: {sentence}")),
+                        )
+                        .await;
+                    *ack = refused(request, Reason::StoreFailed.code(), &sentence);
+                }
+            }
+        }
+        for ack in &acks {
+            if let Err(err) = reply(&shared, session, ack).await {
+                warn!(cause = %err, "cannot answer a publish");
+            }
+        }
+    }
+}
+
 /// An authorized publish waiting to be routed with the rest of its batch.
 struct Accepted {
     request: u64,
@@ -237,12 +301,16 @@ struct Accepted {
 /// one batch, so that forwarding them costs one signature; a subscribe
 /// first routes the publishes before it, keeping request order.
 async fn handle_batch(
-    shared: &Arc<Shared>,
-    session: SessionId,
-    principal: &Principal,
+    batch: &Batch<'_>,
     markings: &mut MarkingCache,
     frames: &mut Vec<Frame>,
 ) -> Result<(), StreamError> {
+    let Batch {
+        shared,
+        session,
+        principal,
+        ..
+    } = *batch;
     let mut publishes = Vec::new();
     let mut result = Ok(());
     // Checked once a batch: a cheap call, and a batch is what one check
@@ -265,12 +333,12 @@ async fn handle_batch(
                 Err(refusal) => reply(shared, session, &refusal).await?,
             },
             Frame::Subscribe { request, pattern } => {
-                route_publishes(shared, session, std::mem::take(&mut publishes)).await?;
+                route_publishes(batch, std::mem::take(&mut publishes)).await?;
                 let answer = subscribe(shared, session, principal, request, pattern).await;
                 reply(shared, session, &answer).await?;
             }
             Frame::Admin { request, command } => {
-                route_publishes(shared, session, std::mem::take(&mut publishes)).await?;
+                route_publishes(batch, std::mem::take(&mut publishes)).await?;
                 let answer = admin(shared, principal, request, command).await;
                 reply(shared, session, &answer).await?;
             }
@@ -280,7 +348,7 @@ async fn handle_batch(
             }
         }
     }
-    route_publishes(shared, session, publishes).await?;
+    route_publishes(batch, publishes).await?;
     result
 }
 
@@ -481,13 +549,13 @@ async fn authorize(
 }
 
 /// Delivers each publish locally, hands it to the outboxes of this node's
-/// children in its delivery tree (sealed together), stores them (with
-/// `sync`), then acknowledges them: an ack means this node has custody.
-async fn route_publishes(
-    shared: &Shared,
-    session: SessionId,
-    publishes: Vec<Accepted>,
-) -> Result<(), StreamError> {
+/// children in its delivery tree (sealed together), and has them stored
+/// (with `sync`) and then acknowledged (by `answer_when_stored`): an ack
+/// means this node has custody.
+async fn route_publishes(batch: &Batch<'_>, publishes: Vec<Accepted>) -> Result<(), StreamError> {
+    let Batch {
+        shared, to_answer, ..
+    } = *batch;
     if publishes.is_empty() {
         return Ok(());
     }
@@ -539,23 +607,9 @@ async fn route_publishes(
         outbound::forward_batch(shared, outgoing, &mut changes, &mut records).await;
     }
     // An ack means the node has custody: with `sync`, on disk.
-    if let Err(err) = shared.custody.commit(changes).await {
-        error!(cause = %err, "publishes routed but not stored: refusing their acks");
-        let sentence = format!(
-            "the node could not store this message for its peers ({err}); it was delivered locally and may reach them, but is not guaranteed to"
-        );
-        for ack in &mut acks {
-            if let Frame::PublishAck { request, id } = *ack {
-                records.push(
-                    Record::new(Event::Publish, Verdict::Deny, Reason::StoreFailed.code())
-                        .detail(format!("message {id}: {sentence}")),
-                );
-                *ack = refused(request, Reason::StoreFailed.code(), &sentence);
-            }
-        }
-    }
-    for ack in &acks {
-        reply(shared, session, ack).await?;
+    let committed = shared.custody.submit(changes).await;
+    if to_answer.send(Stored { committed, acks }).await.is_err() {
+        return Err(StreamError::Unexpected("publish after the session's end"));
     }
     shared.carry_out(actions).await;
     for record in records {
