@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -261,7 +262,15 @@ impl CustodyHandle {
         if store.try_send(Job { changes, done: None }).is_err() {
             // Forgetting is cumulative and seals are remade at start, so a
             // change dropped here costs a resend after a crash, no more.
-            warn!("the store is behind: a change that needs no flush was not queued");
+            // Said once in a while, not once a change.
+            static DROPPED: AtomicU64 = AtomicU64::new(0);
+            let dropped = DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                warn!(
+                    dropped,
+                    "the store is behind: changes that need no flush were not queued"
+                );
+            }
         }
     }
 }

@@ -461,6 +461,10 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
     Ok(end)
 }
 
+/// How often acknowledged entries are forgotten in the store: a crash
+/// between two costs a resend of what came in between, no more.
+const FORGET_EVERY: Duration = Duration::from_millis(100);
+
 /// Reads the peer's `Custody` acks on a link and lets the outbox forget
 /// what they cover (and the store, without waiting: a forget lost in a
 /// crash costs a resend). An ack of what this link never sent, or any
@@ -472,12 +476,18 @@ async fn read_acks(
     mut recv: quinn::RecvStream,
     connection: quinn::Connection,
 ) -> Result<(), String> {
+    // Forgetting is cumulative, so the store hears of it at most every
+    // FORGET_EVERY, not once an ack.
+    let mut forgotten = tokio::time::Instant::now();
     loop {
         let why = match read_frame(&mut recv).await {
             Ok(Some(Frame::Custody { through })) => match outbox.acknowledge(through, now_us()) {
                 Ok(0) => continue,
                 Ok(_) => {
-                    custody.write_later(vec![Change::Forget { peer, through }]);
+                    if forgotten.elapsed() >= FORGET_EVERY {
+                        forgotten = tokio::time::Instant::now();
+                        custody.write_later(vec![Change::Forget { peer, through }]);
+                    }
                     continue;
                 }
                 Err(err) => err.to_string(),

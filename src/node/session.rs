@@ -52,6 +52,10 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal
     // by a task of their own: the reader goes on with the next batch
     // meanwhile, so a flush to disk delays acks, not deliveries.
     let (to_answer, stored) = tokio::sync::mpsc::channel(STORED_QUEUE);
+    // Acks not yet sent, at most half the session's queue: a commit that
+    // answers many batches at once must not fill it (and make its own
+    // client a slow consumer).
+    let unanswered = Arc::new(tokio::sync::Semaphore::new(ack_allowance(&shared)));
     let answering = tokio::spawn(answer_when_stored(shared.clone(), session, stored));
     let mut reader = FrameReader::with_frame_timeout(recv, shared.settings.frame_timeout);
     let mut frames = Vec::new();
@@ -61,7 +65,13 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal
         tokio::select! {
             read = next_batch(&mut reader, &mut frames, &mut shutdown) => match read {
                 Ok(true) => {
-                    let batch = Batch { shared: &shared, session, principal: &principal, to_answer: &to_answer };
+                    let batch = Batch {
+                        shared: &shared,
+                        session,
+                        principal: &principal,
+                        to_answer: &to_answer,
+                        unanswered: &unanswered,
+                    };
                     if let Err(err) = handle_batch(&batch, &mut markings, &mut frames).await {
                         break Err(err);
                     }
@@ -241,6 +251,11 @@ async fn audit_undelivered(shared: &Shared, subject: &str, why: &str, frames: Ve
 /// waits for the store.
 const STORED_QUEUE: usize = 64;
 
+/// How many acks a session may have waiting for the store: half its queue.
+fn ack_allowance(shared: &Shared) -> usize {
+    shared.settings.session_queue.div_ceil(2).max(1)
+}
+
 /// A session's batch of requests, and where its acks go.
 #[derive(Clone, Copy)]
 struct Batch<'a> {
@@ -248,12 +263,15 @@ struct Batch<'a> {
     session: SessionId,
     principal: &'a Principal,
     to_answer: &'a tokio::sync::mpsc::Sender<Stored>,
+    unanswered: &'a Arc<tokio::sync::Semaphore>,
 }
 
 /// The acks of a batch of publishes, sent once the batch is stored.
 struct Stored {
     committed: Committed,
     acks: Vec<Frame>,
+    /// One permit per ack, returned once it is sent.
+    _room: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Sends each batch's publish acks once its outbox entries are stored, in
@@ -264,7 +282,12 @@ async fn answer_when_stored(
     session: SessionId,
     mut stored: tokio::sync::mpsc::Receiver<Stored>,
 ) {
-    while let Some(Stored { committed, mut acks }) = stored.recv().await {
+    while let Some(Stored {
+        committed,
+        mut acks,
+        _room,
+    }) = stored.recv().await
+    {
         if let Err(err) = committed.wait().await {
             error!(cause = %err, "publishes routed but not stored: refusing their acks");
             let sentence = format!(
@@ -554,7 +577,10 @@ async fn authorize(
 /// means this node has custody.
 async fn route_publishes(batch: &Batch<'_>, publishes: Vec<Accepted>) -> Result<(), StreamError> {
     let Batch {
-        shared, to_answer, ..
+        shared,
+        to_answer,
+        unanswered,
+        ..
     } = *batch;
     if publishes.is_empty() {
         return Ok(());
@@ -608,7 +634,20 @@ async fn route_publishes(batch: &Batch<'_>, publishes: Vec<Accepted>) -> Result<
     }
     // An ack means the node has custody: with `sync`, on disk.
     let committed = shared.custody.submit(changes).await;
-    if to_answer.send(Stored { committed, acks }).await.is_err() {
+    // A batch larger than the whole allowance waits for all of it.
+    let wanted = u32::try_from(acks.len())
+        .unwrap_or(u32::MAX)
+        .min(u32::try_from(shared.settings.session_queue.div_ceil(2).max(1)).unwrap_or(u32::MAX));
+    let room = unanswered.clone().acquire_many_owned(wanted).await.ok();
+    if to_answer
+        .send(Stored {
+            committed,
+            acks,
+            _room: room,
+        })
+        .await
+        .is_err()
+    {
         return Err(StreamError::Unexpected("publish after the session's end"));
     }
     shared.carry_out(actions).await;
