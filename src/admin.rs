@@ -99,7 +99,8 @@ pub struct PeerStatus {
     pub outbound: bool,
     /// Whether the link the peer dialed (the one it sends on) is up.
     pub inbound: bool,
-    /// Frames waiting in the outbound link's queue.
+    /// Frames held for the peer (its outbox: sent or not, not yet
+    /// acknowledged), whether its link is up or down.
     pub queued: u64,
     /// Whether the peer is cut out (then it has no links).
     pub cut: bool,

@@ -345,3 +345,55 @@ event = "link-up FIN SWE"
         .unwrap();
     assert!(down.ok, "{down:?}");
 }
+
+/// A message held for a peer that stays away expires once it is older
+/// than `custody_max_age`, each one audited (`expired`), and the outbox
+/// lets go of it: the peer, back, does not get it.
+#[tokio::test]
+async fn a_message_held_past_the_age_limit_expires_on_record() {
+    use entente::node::NodeSettings;
+    use entente_testkit::{nation, TestNetwork};
+
+    let mut net = TestNetwork::start_with(NodeSettings {
+        custody_max_age: Duration::from_secs(1),
+        ..NodeSettings::default()
+    })
+    .await;
+    let (gbr, fra) = (nation("GBR"), nation("FRA"));
+    let subscriber = net.client("fra.analyst").await;
+    subscriber.subscribe("custody.>").await.unwrap();
+    net.wait_for_interest(gbr, fra, "custody.>").await;
+    net.stop(fra).await.unwrap();
+    net.wait_for_audit(gbr, |l| {
+        l.contains("\"reason\":\"link-down\"") && l.contains("\"subject\":\"FRA\"")
+    })
+    .await;
+    let publisher = net.client("gbr.analyst").await;
+    let id = publisher
+        .publish("custody.old", "SECRET//REL TO GBR, FRA", b"too late".to_vec())
+        .await
+        .unwrap()
+        .to_string();
+    let held = net
+        .wait_for_audit(gbr, |l| l.contains("\"event\":\"forward\"") && l.contains(&id))
+        .await;
+    assert!(held.contains("\"reason\":\"held\""), "{held}");
+    let expired = net
+        .wait_for_audit(gbr, |l| l.contains("\"reason\":\"expired\"") && l.contains(&id))
+        .await;
+    assert!(expired.contains("\"subject\":\"FRA\""), "{expired}");
+    // The outbox let go of it (and of its seal, which expires with it
+    // once as old).
+    let held_for_fra = || {
+        let status = net.control(gbr).status().unwrap();
+        status.peers.iter().find(|p| p.nation == "FRA").unwrap().queued
+    };
+    for _ in 0..50 {
+        if held_for_fra() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(held_for_fra(), 0);
+    net.shutdown().await;
+}

@@ -3,6 +3,8 @@
 //! verified relayed on, sealed, to this node's children in its delivery
 //! tree. Envelopes straight from their origin are delivered ahead of their
 //! seals; whatever never gets its seal is audited when the link ends.
+//! Custody of what the link carried is acknowledged once it is delivered
+//! and stored for the next hops.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, PoisonError};

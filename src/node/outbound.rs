@@ -1,7 +1,9 @@
 //! Links this node dials, the only ones it sends on: dialing each
 //! configured peer and re-dialing with backoff, one link's life
-//! (`run_link`), and offering publishers' envelopes to links
-//! (`forward_batch`), which hands what the links carried to the sealer.
+//! (`run_link`: writing its outbox from the oldest entry not acknowledged,
+//! reading its `Custody` acks), handing envelopes to peers' outboxes
+//! (`forward_batch`, which hands what they took to the sealer), and
+//! routing again what waited for a peer the tree has lost (`reroute`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

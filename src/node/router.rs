@@ -2,8 +2,9 @@
 //! only for a call, never across `.await`), the session and link tables
 //! that I/O tasks share, and carrying out what the core decides. Local
 //! deliveries go to session queues without waiting (a full one
-//! disconnects its subscriber); links are handed back as [`PeerTarget`]s,
-//! which are offered to the same way (a full one cuts its link).
+//! disconnects its subscriber); live links are handed back as
+//! [`PeerTarget`]s (for announcements, and to cut one whose outbox is
+//! full); duplicates relayed once more are remembered here.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
