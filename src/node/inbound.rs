@@ -9,7 +9,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, PoisonError};
 
-use bytes::Bytes;
 use quinn::{Connection, VarInt};
 use tracing::warn;
 
@@ -23,7 +22,7 @@ use crate::label::Nation;
 use crate::routing::{self, SealState, Source};
 use crate::store::Change;
 use crate::stream::FrameReader;
-use crate::wire::{self, close, Frame};
+use crate::wire::{close, Frame};
 
 pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nation) {
     let subject = peer.to_string();
@@ -465,34 +464,24 @@ async fn ingress(
                 }
             }
             Frame::Announce(announcement) => {
-                // Kept for a restart: encoded before the core takes it.
-                let stored = durable
-                    .then(|| wire::encode(&Frame::Announce(announcement.clone())).ok())
-                    .flatten()
-                    .map(|frame| Change::Announcement {
-                        nation: announcement.announcement.nation,
-                        frame: Bytes::from(frame),
-                    });
                 // A peer whose link this changes out of the live graph
                 // (its end announces it gone, while this node's end is
                 // still up) is no longer a child in any tree: what waits
                 // for it goes on by the new tree, in the same call, so
                 // nothing routed after the change overtakes it.
-                let ((received, moved), more) = shared.router.core(|core, now| {
+                let (moved, more) = shared.router.core(|core, now| {
                     let before = core.live_neighbours();
-                    let received = core.receive_announcement(peer, announcement, now);
+                    // A refused one is audited by the core.
+                    let _ = core.receive_announcement(peer, announcement, now);
                     let mut moved = Vec::new();
                     for lost in before.difference(&core.live_neighbours()) {
                         let frames = shared.custody.outbox(*lost).not_rerouted();
                         moved.extend(outbound::plan_reroute(core, now, *lost, frames));
                     }
-                    (received, moved)
+                    moved
                 });
                 actions.extend(more);
                 rerouted.extend(moved);
-                if let (Ok(()), Some(stored)) = (received, stored) {
-                    shared.custody.write_later(vec![stored]);
-                }
             }
             _ => {
                 result = Err(StreamError::Unexpected("non-Forward"));

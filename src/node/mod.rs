@@ -610,7 +610,14 @@ impl Shared {
 /// expire) and carries out deferred actions, until shutdown.
 async fn tick_forever(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
+    let mut stored_announcements: Option<tokio::time::Instant> = None;
     loop {
+        if shared.custody.durable()
+            && stored_announcements.is_none_or(|at| at.elapsed() >= STORE_ANNOUNCEMENTS_EVERY)
+        {
+            stored_announcements = Some(tokio::time::Instant::now());
+            store_announcements(&shared);
+        }
         let (next_us, actions) = shared.router.core(|core, now| {
             core.tick(now);
             core.next_tick_us().saturating_sub(now)
@@ -629,6 +636,28 @@ async fn tick_forever(shared: Arc<Shared>) {
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// How often the others' announcements are stored, for a restart: on a
+/// timer rather than as they come, so a member that signs announcements
+/// as fast as it can costs the store nothing more.
+const STORE_ANNOUNCEMENTS_EVERY: Duration = Duration::from_secs(1);
+
+/// Stores the newest announcement of each other nation (without waiting:
+/// one lost in a crash is heard again within 30 s).
+fn store_announcements(shared: &Shared) {
+    let (held, _) = shared.router.core(|core, _| core.announcements());
+    let changes = held
+        .into_iter()
+        .filter_map(|signed| {
+            let frame = wire::encode(&Frame::Announce((*signed).clone())).ok()?;
+            Some(Change::Announcement {
+                nation: signed.announcement.nation,
+                frame: Bytes::from(frame),
+            })
+        })
+        .collect();
+    shared.custody.write_later(changes);
 }
 
 /// Takes out of every outbox what has waited past the age limit (from

@@ -571,6 +571,11 @@ impl Routing {
             .collect()
     }
 
+    /// The newest announcement held of each other nation, as signed.
+    pub fn announcements(&self) -> Vec<Arc<SignedAnnouncement>> {
+        self.known.values().map(|known| known.signed.clone()).collect()
+    }
+
     /// The links held (see the module docs), by their nations (lower code
     /// first), with when each went down.
     pub fn held_links(&self) -> &BTreeMap<(Nation, Nation), u64> {
