@@ -131,6 +131,12 @@ impl Custody {
         self.store.submit(changes).await
     }
 
+    /// As [`Custody::submit`], and waits for every group handed over
+    /// before it even if `changes` is empty (with a store).
+    pub(super) async fn submit_barrier(&self, changes: Vec<Change>) -> Committed {
+        self.store.submit_job(changes).await
+    }
+
     /// See [`CustodyHandle::write_later`].
     pub(super) fn write_later(&self, changes: Vec<Change>) {
         self.store.write_later(changes);
@@ -234,12 +240,18 @@ impl CustodyHandle {
     /// behind) and returns what to wait on for them to be on disk, so the
     /// caller can go on meanwhile.
     pub(super) async fn submit(&self, changes: Vec<Change>) -> Committed {
-        let Some(store) = &self.store else {
-            return Committed::Now(Ok(()));
-        };
         if changes.is_empty() {
             return Committed::Now(Ok(()));
         }
+        self.submit_job(changes).await
+    }
+
+    /// Hands `changes` (even none) to the store thread: done once they,
+    /// and every group handed over before, are on disk.
+    async fn submit_job(&self, changes: Vec<Change>) -> Committed {
+        let Some(store) = &self.store else {
+            return Committed::Now(Ok(()));
+        };
         let (done, committed) = oneshot::channel();
         let job = Job {
             changes,

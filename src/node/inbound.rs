@@ -99,9 +99,14 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
                 )
                 .await;
                 if let Err(err) = ingressed {
+                    // What it relayed before the error is stored all the
+                    // same; nothing of the batch is acknowledged.
+                    let _ = shared.custody.submit(changes).await;
                     break Err(err);
                 }
-                let committed = shared.custody.submit(changes).await;
+                // A barrier even without changes of its own: an ack of
+                // duplicates must wait for the batch that first took them.
+                let committed = shared.custody.submit_barrier(changes).await;
                 let through = count.ackable(unsealed.oldest());
                 if to_ack.send((committed, through)).await.is_err() {
                     // The acking task stopped: the store failed (it closed
@@ -114,11 +119,16 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
         }
     };
     drop(to_ack);
-    // It writes what it was given (or fails with the connection).
-    let _ = (&mut acking.0).await;
+    // It writes what it was given, unless the peer stops reading its
+    // acks: then it is given up (aborted on drop) after a while, and the
+    // sender resends what was not acknowledged.
+    let _ = tokio::time::timeout(ACKS_FLUSH, &mut acking.0).await;
     // Whatever is still waiting for its seal was delivered here but can
     // never be verified: it is never relayed or stored, and it is audited.
+    // Not acknowledged either, so it comes again: the resend may be
+    // relayed once more.
     for (envelope, marking, _) in unsealed.waiting.into_values() {
+        shared.router.forget_relayed_again(envelope.origin, envelope.id);
         shared
             .audit(
                 Record::new(Event::Refuse, Verdict::Deny, Reason::Unsealed.code())
@@ -138,6 +148,8 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
 /// Custody acks waiting for their batch to be stored; past it, the
 /// reader waits for the store.
 const STORED_QUEUE: usize = 64;
+/// How long a link that ends has to write its last acks.
+const ACKS_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Writes each batch's `Custody` ack once the batch is stored, in order.
 /// A store that fails closes the link, so the sender keeps what it sent

@@ -508,9 +508,8 @@ impl Shared {
 
     /// Hands `frame` to `peer`'s outbox, never waiting: `Ok` with the
     /// reason to record (`policy-allows` on a live link, `held` while the
-    /// link is down), or why the peer does not get it. A full outbox cuts
-    /// its live link (see [`router::PeerTarget::cut_stalled`]). `bounded`
-    /// is false for seals, which follow envelopes already taken.
+    /// link is down), or why the peer does not get it (`outbox-full`).
+    /// `bounded` is false for seals, which follow envelopes already taken.
     fn hand_over(
         &self,
         peer: Nation,
@@ -518,22 +517,14 @@ impl Shared {
         queued_us: u64,
         bounded: bool,
         changes: &mut Vec<Change>,
-        records: &mut Vec<Record>,
     ) -> Result<Reason, Reason> {
-        let target = self.router.target(peer);
+        let linked = self.router.has_link(peer);
         match self.custody.hand_over(peer, frame, queued_us, bounded, changes) {
-            Ok(()) if target.is_some() => Ok(Reason::PolicyAllows),
+            Ok(()) if linked => Ok(Reason::PolicyAllows),
             Ok(()) => Ok(Reason::Held),
-            Err(outbox::Full) => {
-                if let Some(target) = target {
-                    let limit = format!(
-                        "{} frames or {} bytes",
-                        self.settings.peer_queue, self.settings.peer_queue_bytes
-                    );
-                    target.cut_stalled(&limit, records);
-                }
-                Err(Reason::OutboxFull)
-            }
+            // The ticker cuts a live link whose outbox stays full (see
+            // `cut_stalled_links`).
+            Err(outbox::Full) => Err(Reason::OutboxFull),
         }
     }
 
@@ -610,13 +601,13 @@ impl Shared {
 /// expire) and carries out deferred actions, until shutdown.
 async fn tick_forever(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
-    let mut stored_announcements: Option<tokio::time::Instant> = None;
+    let mut housekeeping: Option<tokio::time::Instant> = None;
     loop {
-        if shared.custody.durable()
-            && stored_announcements.is_none_or(|at| at.elapsed() >= STORE_ANNOUNCEMENTS_EVERY)
-        {
-            stored_announcements = Some(tokio::time::Instant::now());
+        if housekeeping.is_none_or(|at| at.elapsed() >= HOUSEKEEPING_EVERY) {
+            housekeeping = Some(tokio::time::Instant::now());
             store_announcements(&shared);
+            cut_stalled_links(&shared).await;
+            expire_held(&shared).await;
         }
         let (next_us, actions) = shared.router.core(|core, now| {
             core.tick(now);
@@ -624,7 +615,6 @@ async fn tick_forever(shared: Arc<Shared>) {
         });
         shared.carry_out(actions).await;
         shared.carry_out(shared.router.take_deferred()).await;
-        expire_held(&shared).await;
         // So that a failing audit log is reported (and its recovery) even
         // while no traffic looks at it.
         shared.audit_failure();
@@ -638,14 +628,46 @@ async fn tick_forever(shared: Arc<Shared>) {
     }
 }
 
-/// How often the others' announcements are stored, for a restart: on a
-/// timer rather than as they come, so a member that signs announcements
-/// as fast as it can costs the store nothing more.
-const STORE_ANNOUNCEMENTS_EVERY: Duration = Duration::from_secs(1);
+/// How often the ticker stores the others' announcements, cuts stalled
+/// links and expires what was held too long. Announcements are stored on
+/// this timer rather than as they come, so a member that signs them as
+/// fast as it can costs the store nothing more.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a live link whose outbox is full may go without progress (an
+/// ack) before it is cut as stalled: a link that came back to a backlog
+/// has this long to start draining it.
+const STALL_PATIENCE_US: u64 = 2_000_000;
+
+/// Cuts each live link whose outbox is full and has made no progress for
+/// [`STALL_PATIENCE_US`]: its peer does not keep up (see
+/// [`router::PeerTarget::cut_stalled`]). What the outbox holds stays for
+/// the next link.
+async fn cut_stalled_links(shared: &Shared) {
+    let now = now_us();
+    let limit = format!(
+        "{} frames or {} bytes",
+        shared.settings.peer_queue, shared.settings.peer_queue_bytes
+    );
+    let mut records = Vec::new();
+    for peer in shared.custody.peers() {
+        if shared.custody.outbox(peer).stalled(now, STALL_PATIENCE_US) {
+            if let Some(target) = shared.router.target(peer) {
+                target.cut_stalled(&limit, &mut records);
+            }
+        }
+    }
+    for record in records {
+        shared.audit(record).await;
+    }
+}
 
 /// Stores the newest announcement of each other nation (without waiting:
 /// one lost in a crash is heard again within 30 s).
 fn store_announcements(shared: &Shared) {
+    if !shared.custody.durable() {
+        return;
+    }
     let (held, _) = shared.router.core(|core, _| core.announcements());
     let changes = held
         .into_iter()

@@ -90,14 +90,7 @@ impl<M: AsRef<str>> Outgoing<M> {
             let outcome = match &frame {
                 Err(_) => Err(Reason::EncodeFailed),
                 // Aged from its creation, as the replay window is.
-                Ok(frame) => shared.hand_over(
-                    peer,
-                    frame.clone(),
-                    self.envelope.created_us,
-                    true,
-                    changes,
-                    records,
-                ),
+                Ok(frame) => shared.hand_over(peer, frame.clone(), self.envelope.created_us, true, changes),
             };
             let (decision, reason) = match outcome {
                 Ok(reason) => {
@@ -370,7 +363,7 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
     let (queue, mut announcements) =
         queue::bounded(shared.settings.peer_queue, shared.settings.peer_queue_bytes);
     let outbox = shared.custody.outbox(peer);
-    outbox.attach();
+    outbox.attach(now_us());
     let (link, fate, actions) = shared.router.add_link(peer, queue, connection.clone());
     info!("link up");
     shared
@@ -416,6 +409,11 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
     acks.0.abort();
     if let Ok(Err(err)) = (&mut acks.0).await {
         warn!(cause = %err, "closing the link: its acknowledgements broke the protocol");
+    }
+    // The acks since the last forget written (they are written at most
+    // every FORGET_EVERY) are forgotten in the store too.
+    if let Some(through) = outbox.forgotten_through() {
+        shared.custody.write_later(vec![Change::Forget { peer, through }]);
     }
     let replaced = matches!(
         connection.close_reason(),
@@ -482,16 +480,15 @@ async fn read_acks(
     // FORGET_EVERY, not once an ack.
     let mut forgotten = tokio::time::Instant::now();
     loop {
-        let why = match read_frame(&mut recv).await {
+        let read = read_frame(&mut recv).await;
+        let why = match read {
             Ok(Some(Frame::Custody { through })) => match outbox.acknowledge(through, now_us()) {
-                Ok(0) => continue,
-                Ok(_) => {
-                    if forgotten.elapsed() >= FORGET_EVERY {
-                        forgotten = tokio::time::Instant::now();
-                        custody.write_later(vec![Change::Forget { peer, through }]);
-                    }
+                Ok(_) if forgotten.elapsed() >= FORGET_EVERY => {
+                    forgotten = tokio::time::Instant::now();
+                    custody.write_later(vec![Change::Forget { peer, through }]);
                     continue;
                 }
+                Ok(_) => continue,
                 Err(err) => err.to_string(),
             },
             Ok(Some(_)) => "a frame other than Custody on a link's return stream".to_owned(),

@@ -75,6 +75,9 @@ struct State {
     /// The last entry already routed again along another path, so a
     /// link that keeps dropping costs each entry one re-route at most.
     rerouted_through: u64,
+    /// When the current link last made progress: came up, or had entries
+    /// acknowledged (microseconds since the epoch).
+    progress_us: u64,
 }
 
 /// The most bytes, and the longest time, acknowledged entries are kept
@@ -100,6 +103,7 @@ impl Outbox {
                 recent: VecDeque::new(),
                 recent_bytes: 0,
                 rerouted_through: 0,
+                progress_us: 0,
             }),
             ready: Notify::new(),
         }
@@ -134,9 +138,11 @@ impl Outbox {
         Ok(entry)
     }
 
-    /// A link came up: it starts from the oldest entry not acknowledged.
-    pub(super) fn attach(&self) {
+    /// A link came up (at `now_us`): it starts from the oldest entry not
+    /// acknowledged.
+    pub(super) fn attach(&self, now_us: u64) {
         let mut state = self.state();
+        state.progress_us = now_us;
         state.cursor = state.entries.front().map_or(state.next_seq, |e| e.seq);
         state.written = None;
         drop(state);
@@ -187,6 +193,9 @@ impl Outbox {
             });
         }
         let mut forgotten = 0;
+        if state.entries.front().is_some_and(|e| e.seq <= through) {
+            state.progress_us = now_us;
+        }
         while state.entries.front().is_some_and(|e| e.seq <= through) {
             if let Some(mut entry) = state.entries.pop_front() {
                 state.bytes -= charge(&entry.frame);
@@ -251,10 +260,30 @@ impl Outbox {
         frames
     }
 
+    /// Whether the outbox is full and its link has made no progress (come
+    /// up, or had anything acknowledged) for `patience_us`: its peer does
+    /// not keep up. A link that came back to a backlog has that long to
+    /// start draining it before it counts as stalled.
+    pub(super) fn stalled(&self, now_us: u64, patience_us: u64) -> bool {
+        let state = self.state();
+        let full = state.entries.len() >= state.max_frames || state.bytes >= state.max_bytes;
+        full && now_us.saturating_sub(state.progress_us) > patience_us
+    }
+
     /// Entries held, and the bytes they count for.
     pub(super) fn depth(&self) -> (usize, usize) {
         let state = self.state();
         (state.entries.len(), state.bytes)
+    }
+
+    /// The last entry no longer held (acknowledged or expired), if any.
+    pub(super) fn forgotten_through(&self) -> Option<u64> {
+        let state = self.state();
+        state
+            .entries
+            .front()
+            .map_or(state.next_seq, |e| e.seq)
+            .checked_sub(1)
     }
 
     /// The frames held now, in order.
@@ -287,13 +316,14 @@ mod tests {
         for byte in 1..=3 {
             outbox.push(frame(byte, 10), 0, true).unwrap();
         }
-        outbox.attach();
+        outbox.attach(0);
         let mut out = Vec::new();
         assert!(!outbox.take(&mut out, 10));
         assert_eq!(out, vec![resume(1), frame(1, 10), frame(2, 10), frame(3, 10)]);
         assert_eq!(outbox.acknowledge(1, 0), Ok(1));
+        assert_eq!(outbox.forgotten_through(), Some(1));
         // The link drops; the next starts again from entry 2.
-        outbox.attach();
+        outbox.attach(0);
         let mut again = Vec::new();
         outbox.take(&mut again, 10);
         assert_eq!(again, vec![resume(2), frame(2, 10), frame(3, 10)]);
@@ -311,7 +341,7 @@ mod tests {
         for byte in 0..5 {
             outbox.push(frame(byte, 1), 0, true).unwrap();
         }
-        outbox.attach();
+        outbox.attach(0);
         let mut out = Vec::new();
         assert!(outbox.take(&mut out, 2));
         assert_eq!(out.len(), 3, "a resume and two frames");
@@ -325,7 +355,7 @@ mod tests {
         let outbox = Outbox::new(1 << 20, 1 << 20, Vec::new());
         outbox.push(frame(1, 1), 0, true).unwrap();
         outbox.push(frame(2, 1), 0, true).unwrap();
-        outbox.attach();
+        outbox.attach(0);
         assert_eq!(
             outbox.acknowledge(1, 0),
             Err(AckError::NotSent {
@@ -361,6 +391,14 @@ mod tests {
         few.push(frame(0, 1), 0, true).unwrap();
         few.push(frame(0, 1), 0, true).unwrap();
         assert_eq!(few.push(frame(0, 1), 0, true), Err(Full));
+        // Full is stalled only once its link has made no progress for a
+        // while: a link that came back to a backlog gets time to drain it.
+        few.attach(1_000);
+        assert!(!few.stalled(1_500, 1_000));
+        assert!(few.stalled(2_001, 1_000));
+        few.take(&mut Vec::new(), 10);
+        few.acknowledge(1, 2_500).unwrap();
+        assert!(!few.stalled(3_000, 1_000), "not full any more");
     }
 
     #[test]
@@ -385,7 +423,7 @@ mod tests {
         let outbox = Outbox::new(1 << 20, 1 << 20, loaded);
         assert_eq!(outbox.push(frame(8, 1), 40, true).unwrap().seq, 8);
         assert_eq!(outbox.expire(15).len(), 1);
-        outbox.attach();
+        outbox.attach(0);
         let mut out = Vec::new();
         outbox.take(&mut out, 10);
         assert_eq!(out, vec![resume(6), frame(6, 1), frame(7, 1), frame(8, 1)]);
@@ -416,7 +454,7 @@ mod tests {
         assert!(outbox.not_rerouted().is_empty(), "each entry once");
         outbox.push(frame(4, 10), 0, true).unwrap();
         assert_eq!(outbox.not_rerouted(), vec![frame(4, 10)]);
-        outbox.attach();
+        outbox.attach(0);
         outbox.take(&mut Vec::new(), 10);
         outbox.acknowledge(2, 1_000).unwrap();
         // Past the time kept, an acknowledged entry is gone for good.

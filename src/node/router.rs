@@ -171,6 +171,14 @@ impl Router {
         true
     }
 
+    /// Forgets that this message was relayed once more: the copy that was
+    /// to be never got its seal, so the next one may be.
+    pub(super) fn forget_relayed_again(&self, origin: Nation, id: MessageId) {
+        let mut relayed = self.relayed_again.lock().unwrap_or_else(PoisonError::into_inner);
+        // Its place in `order` stays, and goes when it comes round.
+        relayed.ids.remove(&(origin, id));
+    }
+
     /// Waits until some action was deferred, or an announcement is due.
     pub(super) async fn deferred_ready(&self) {
         self.deferred_ready.notified().await;

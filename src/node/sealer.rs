@@ -51,7 +51,6 @@ pub(super) async fn seal_forever(shared: Arc<Shared>, mut queue: mpsc::Receiver<
         refilled = now;
     };
     let mut batch = Vec::new();
-    let mut records = Vec::new();
     loop {
         tokio::select! {
             received = queue.recv_many(&mut batch, SEAL_BATCH) => if received == 0 { return },
@@ -124,13 +123,10 @@ pub(super) async fn seal_forever(shared: Arc<Shared>, mut queue: mpsc::Receiver<
             };
             // Seals always fit (they are not bounded: their envelopes
             // were taken), and go after their envelopes in the same order.
-            let _ = shared.hand_over(peer, frame, now, false, &mut changes, &mut records);
+            let _ = shared.hand_over(peer, frame, now, false, &mut changes);
         }
         // Not waited for: a seal lost in a crash is made again at start.
         shared.custody.write_later(std::mem::take(&mut changes));
-        for record in records.drain(..) {
-            shared.audit(record).await;
-        }
     }
 }
 
