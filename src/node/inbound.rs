@@ -13,7 +13,7 @@ use quinn::{Connection, VarInt};
 use tracing::warn;
 
 use super::connection::{accept_hello, close_after, next_batch, write_frame, AbortOnDrop, StreamError};
-use super::custody::Committed;
+use super::custody::{self, Committed};
 use super::outbound::{self, Outgoing};
 use super::{Reason, Shared};
 use crate::audit::{Event, Record, Verdict};
@@ -487,8 +487,10 @@ async fn ingress(
                     let _ = core.receive_announcement(peer, announcement, now);
                     let mut moved = Vec::new();
                     for lost in before.difference(&core.live_neighbours()) {
-                        let frames = shared.custody.outbox(*lost).not_rerouted();
-                        moved.extend(outbound::plan_reroute(core, now, *lost, frames));
+                        // Decoded inside the lock: only here is it known
+                        // whose outbox to move.
+                        let envelopes = custody::envelopes(shared.custody.outbox(*lost).not_rerouted());
+                        moved.extend(outbound::plan_reroute(core, now, *lost, envelopes));
                     }
                     moved
                 });

@@ -161,22 +161,23 @@ pub(super) async fn forward_batch(
 /// forgotten in the same call to the core, so nothing published in
 /// between overtakes what is routed again.
 pub(super) async fn reroute(shared: &Shared, peer: Nation, frames: Vec<Bytes>, going_down: Option<u64>) {
+    // Decoded before the core's lock is taken: only routing is inside.
+    let envelopes = custody::envelopes(frames);
     let (outgoing, actions) = shared.router.core_without_link(peer, going_down, |core, now| {
-        plan_reroute(core, now, peer, frames)
+        plan_reroute(core, now, peer, envelopes)
     });
     hand_over_again(shared, outgoing, actions).await;
 }
 
 /// The routes, along the tree as `core` has it now and without `peer`, of
-/// the envelopes among `frames`. Called inside the core call that changed
-/// the tree.
+/// `envelopes`. Called inside the core call that changed the tree.
 pub(super) fn plan_reroute(
     core: &mut Routing,
     now: u64,
     peer: Nation,
-    frames: Vec<Bytes>,
+    envelopes: Vec<Envelope>,
 ) -> Vec<Outgoing<String>> {
-    custody::envelopes(frames)
+    envelopes
         .into_iter()
         .filter_map(|envelope| {
             let route = core.relay(&envelope, peer, now);
