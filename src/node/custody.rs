@@ -196,13 +196,15 @@ impl Custody {
         bounded: bool,
         changes: &mut Vec<Change>,
     ) -> Result<(), Full> {
-        let entry = self.outbox(peer).push(frame, queued_us, bounded)?;
-        if self.durable() {
+        // The frame is shared with the store only when there is one.
+        let stored = self.durable().then(|| frame.clone());
+        let seq = self.outbox(peer).push(frame, queued_us, bounded)?;
+        if let Some(frame) = stored {
             changes.push(Change::Append {
                 peer,
-                seq: entry.seq,
+                seq,
                 queued_us,
-                frame: entry.frame,
+                frame,
             });
         }
         Ok(())

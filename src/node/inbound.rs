@@ -384,13 +384,12 @@ async fn ingress(
                 // Its origin sending it again: a resend after a link or
                 // node went down. Delivered already, so it only waits for
                 // its seal to be relayed once more (see `relay_again`).
-                let resent = envelope.origin == peer
-                    && shared
-                        .router
-                        .core(|core, _| core.is_duplicate(envelope.origin, envelope.id))
-                        .0
-                    && shared.router.relay_again(envelope.origin, envelope.id);
+                // One call to the core either way: this is the path of
+                // every message straight from its origin.
                 let (arrival, more) = shared.router.core(|core, now| {
+                    let resent = envelope.origin == peer
+                        && core.is_duplicate(envelope.origin, envelope.id)
+                        && shared.router.relay_again(envelope.origin, envelope.id);
                     if resent {
                         core.precheck(&envelope, peer, now)
                             .map(|()| Arrival::Resent(core.marking(envelope.origin, &envelope.label)))

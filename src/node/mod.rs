@@ -115,10 +115,10 @@ pub struct NodeSettings {
     /// Subscriptions one session may hold.
     pub max_subscriptions: usize,
     /// Frames one peer's outbox holds (envelopes and seals it has not
-    /// acknowledged yet, whether its link is up or down), and its link's
-    /// queue of announcements. Nothing ever waits for room: a message for
-    /// a full outbox is not kept for that peer (`outbox-full`), and a link
-    /// whose outbox is full is cut (`peer-stalled`).
+    /// acknowledged yet, whether its link is up or down). Nothing ever
+    /// waits for room: a message for a full outbox is not kept for that
+    /// peer (`outbox-full`), and a live link whose outbox stays full
+    /// without an ack for 2 s is cut (`peer-stalled`).
     pub peer_queue: usize,
     /// Bytes one peer's outbox holds (each entry counts for at least 256);
     /// with `peer_queue`, this bounds the memory one peer can hold, up or
@@ -584,9 +584,9 @@ impl Shared {
                         // Offered, never awaited: the ticker and every link
                         // reader carry announcements out, so waiting on one
                         // peer's full queue would stall them for everyone.
-                        // A link that full is being cut for stalling (its
-                        // peer gets everything again when it returns), or
-                        // the 30 s refresh repairs what it missed.
+                        // A peer whose queue is full reads nothing: the 30 s
+                        // refresh repairs what it missed, and a link that
+                        // returns gets everything again.
                         if target.queue.offer(frame.clone()).is_err() {
                             warn!(to = %target.nation, "link queue full: an announcement was not sent");
                         }

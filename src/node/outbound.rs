@@ -361,8 +361,7 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
 
     // Announcements go on a queue of their own: they are not held in
     // custody (a link that comes up gets every one the node holds).
-    let (queue, mut announcements) =
-        queue::bounded(shared.settings.peer_queue, shared.settings.peer_queue_bytes);
+    let (queue, mut announcements) = queue::bounded(ANNOUNCEMENT_QUEUE, ANNOUNCEMENT_QUEUE_BYTES);
     let outbox = shared.custody.outbox(peer);
     outbox.attach(now_us());
     let (link, fate, actions) = shared.router.add_link(peer, queue, connection.clone());
@@ -461,6 +460,13 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
     shared.audit(record).await;
     Ok(end)
 }
+
+/// The announcements a link queues at most: a few per nation, even for a
+/// peer that reads nothing and asked for nothing (so its outbox never
+/// fills and gets it cut). Past it, announcements are not queued, and the
+/// 30 s refresh repairs what it missed once it reads again.
+const ANNOUNCEMENT_QUEUE: usize = 4096;
+const ANNOUNCEMENT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 
 /// How often acknowledged entries are forgotten in the store: a crash
 /// between two costs a resend of what came in between, no more.

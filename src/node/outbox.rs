@@ -113,29 +113,29 @@ impl Outbox {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues `frame` and returns its entry; never waits. A `bounded`
+    /// Queues `frame` and returns its sequence number; never waits. A `bounded`
     /// frame (an envelope) is refused when the outbox is full, unless it
     /// is empty; seals are always taken, since the envelopes they seal
     /// were, and the receiver acknowledges nothing past an envelope
     /// waiting for its seal.
-    pub(super) fn push(&self, frame: Bytes, queued_us: u64, bounded: bool) -> Result<Entry, Full> {
+    pub(super) fn push(&self, frame: Bytes, queued_us: u64, bounded: bool) -> Result<u64, Full> {
         let mut state = self.state();
         let cost = charge(&frame);
         let full = state.entries.len() >= state.max_frames || state.bytes + cost > state.max_bytes;
         if bounded && !state.entries.is_empty() && full {
             return Err(Full);
         }
-        let entry = Entry {
-            seq: state.next_seq,
-            queued_us,
-            frame,
-        };
+        let seq = state.next_seq;
         state.next_seq += 1;
         state.bytes += cost;
-        state.entries.push_back(entry.clone());
+        state.entries.push_back(Entry {
+            seq,
+            queued_us,
+            frame,
+        });
         drop(state);
         self.ready.notify_one();
-        Ok(entry)
+        Ok(seq)
     }
 
     /// A link came up (at `now_us`): it starts from the oldest entry not
@@ -421,7 +421,7 @@ mod tests {
             },
         ];
         let outbox = Outbox::new(1 << 20, 1 << 20, loaded);
-        assert_eq!(outbox.push(frame(8, 1), 40, true).unwrap().seq, 8);
+        assert_eq!(outbox.push(frame(8, 1), 40, true).unwrap(), 8);
         assert_eq!(outbox.expire(15).len(), 1);
         outbox.attach(0);
         let mut out = Vec::new();

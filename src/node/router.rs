@@ -157,6 +157,9 @@ impl Router {
     /// tree missed; once each, so copies cannot loop between nodes whose
     /// trees disagree for a moment, and each message costs each node two
     /// relays at most.
+    ///
+    /// May be called inside [`Router::core`]: its own lock is only ever
+    /// taken after the core's, never before.
     pub(super) fn relay_again(&self, origin: Nation, id: MessageId) -> bool {
         let mut relayed = self.relayed_again.lock().unwrap_or_else(PoisonError::into_inner);
         if !relayed.ids.insert((origin, id)) {
