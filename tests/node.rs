@@ -28,6 +28,34 @@ async fn payloads(client: &entente::client::Client, n: usize) -> Vec<String> {
     out
 }
 
+/// Publishes 1 KiB messages on `bulk.data` in runs of 100 until GBR's
+/// audit log disconnects a slow consumer (one whose line names `whom`);
+/// returns how many were published.
+async fn publish_until_slow_consumer(
+    net: &TestNetwork,
+    publisher: &entente::client::Client,
+    whom: &str,
+) -> u64 {
+    let payload = vec![0x42; 1024];
+    let cut = |lines: &[String]| {
+        lines
+            .iter()
+            .any(|l| l.contains("\"reason\":\"slow-consumer\"") && l.contains(whom))
+    };
+    let mut published = 0u64;
+    while !cut(&net.audit_lines(nation("GBR"))) {
+        for _ in 0..100 {
+            publisher
+                .publish("bulk.data", "R//REL TO GBR", payload.clone())
+                .await
+                .unwrap();
+            published += 1;
+        }
+        assert!(published < 200_000, "the slow subscriber was never disconnected");
+    }
+    published
+}
+
 fn refused<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (String, String) {
     match result {
         Err(ClientError::Refused { code, message }) => (code, message),
@@ -495,20 +523,7 @@ async fn a_slow_subscriber_is_disconnected_without_stalling_a_fast_one() {
             received += 1;
         }
     });
-    let payload = vec![0x42; 1024];
-    let mut published = 0u64;
-    let slow_disconnected =
-        |lines: &[String]| lines.iter().any(|l| l.contains("\"reason\":\"slow-consumer\""));
-    while !slow_disconnected(&net.audit_lines(nation("GBR"))) {
-        for _ in 0..200 {
-            publisher
-                .publish("bulk.data", "R//REL TO GBR", payload.clone())
-                .await
-                .unwrap();
-            published += 1;
-        }
-        assert!(published < 200_000, "the slow subscriber was never disconnected");
-    }
+    let published = publish_until_slow_consumer(&net, &publisher, "").await;
     publisher
         .publish("bulk.data", "R//REL TO GBR", b"done".to_vec())
         .await
@@ -784,23 +799,7 @@ async fn a_slow_consumers_queued_messages_are_delivered_or_audited_never_both() 
         Ok(Some(Frame::SubscribeAck { .. }))
     ));
     let publisher = net.client("gbr.analyst").await;
-    let payload = vec![0x42; 1024];
-    let cut = |lines: &[String]| {
-        lines
-            .iter()
-            .any(|l| l.contains("\"reason\":\"slow-consumer\"") && l.contains("gbr.sigint"))
-    };
-    let mut published = 0u64;
-    while !cut(&net.audit_lines(nation("GBR"))) {
-        for _ in 0..100 {
-            publisher
-                .publish("bulk.data", "R//REL TO GBR", payload.clone())
-                .await
-                .unwrap();
-            published += 1;
-        }
-        assert!(published < 200_000, "the slow subscriber was never disconnected");
-    }
+    publish_until_slow_consumer(&net, &publisher, "gbr.sigint").await;
     // Past the node's flush deadline (500 ms), it reads everything that
     // reached it, up to the close.
     tokio::time::sleep(Duration::from_secs(2)).await;
