@@ -7,6 +7,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// mimalloc instead of glibc's malloc: the message path allocates and frees
+/// small buffers on several threads, and glibc's allocator took about 15 %
+/// of a 1-hop throughput run's CPU (BENCHMARKS.md, issue 12).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
