@@ -26,6 +26,7 @@
 use std::fmt;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use ring::digest::{self, SHA256};
 use ring::signature::{self, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
@@ -430,23 +431,24 @@ impl Envelope {
 
     /// The batch root this envelope's leaf and proof lead to.
     fn root(&self) -> Result<Hash, EnvelopeError> {
-        let siblings = &self.seal.siblings;
-        if siblings.len() > MAX_PROOF {
+        self.check_proof_length()?;
+        let mut hash = self.leaf();
+        for step in 0..self.seal.siblings.len() {
+            hash = self.seal.up(step, &hash);
+        }
+        Ok(hash)
+    }
+
+    fn check_proof_length(&self) -> Result<(), EnvelopeError> {
+        let len = self.seal.siblings.len();
+        if len > MAX_PROOF {
             return Err(EnvelopeError::BadProof {
                 id: self.id,
                 origin: self.origin,
-                len: siblings.len(),
+                len,
             });
         }
-        let mut hash = self.leaf();
-        for (i, sibling) in siblings.iter().enumerate() {
-            hash = if self.seal.left & (1 << i) != 0 {
-                node_hash(sibling, &hash)
-            } else {
-                node_hash(&hash, sibling)
-            };
-        }
-        Ok(hash)
+        Ok(())
     }
 
     fn bad_signature(&self) -> EnvelopeError {
@@ -466,51 +468,119 @@ impl Envelope {
     }
 }
 
-/// Verifies envelopes, remembering the roots it has already checked, so
-/// the other envelopes of a batch cost a few hashes each. Bounded: the
-/// oldest roots are forgotten first.
+impl Seal {
+    /// The node one level above `hash`, `hash` being where this proof's
+    /// path stands after `step` siblings.
+    fn up(&self, step: usize, hash: &Hash) -> Hash {
+        let sibling = &self.siblings[step];
+        if self.left & (1 << step) != 0 {
+            node_hash(sibling, hash)
+        } else {
+            node_hash(hash, sibling)
+        }
+    }
+}
+
+/// A node of a batch tree whose root's signature has been checked, with
+/// the rest of the verified proof above it.
+#[derive(Debug)]
+struct Proven {
+    signature: Arc<[u8]>,
+    siblings: Arc<[Hash]>,
+    left: u32,
+    /// How many of `siblings` lie below this node.
+    from: usize,
+}
+
+impl Proven {
+    /// Whether `seal`, standing at this node after `step` siblings, goes on
+    /// exactly as the verified proof did: the same siblings and directions
+    /// to the same root, under the very signature that was checked. Then it
+    /// verifies on its own too, so what a relay passes on is always a seal
+    /// the next node can check without this cache.
+    fn continues(&self, seal: &Seal, step: usize) -> bool {
+        *self.signature == *seal.signature
+            && self.siblings[self.from..] == seal.siblings[step..]
+            && self.left.checked_shr(self.from as u32).unwrap_or(0)
+                == seal.left.checked_shr(step as u32).unwrap_or(0)
+    }
+}
+
+/// Verifies envelopes, remembering the tree nodes it has proven: every
+/// node on a checked path up to a root whose signature verified. Another
+/// envelope of the batch stops at the first proven node its path reaches
+/// (usually one hash above its leaf), so it costs its leaf hash and about
+/// one more, instead of a whole path and, without the cache, a signature.
+/// A proven node vouches only for its origin's envelopes. Bounded: the
+/// oldest nodes are forgotten first.
 #[derive(Debug)]
 pub struct Verifier {
-    verified: HashMap<(Nation, Hash), Vec<u8>>,
+    proven: HashMap<(Nation, Hash), Proven>,
     order: VecDeque<(Nation, Hash)>,
     capacity: usize,
 }
 
 impl Verifier {
-    /// A verifier that remembers at most `capacity` verified roots (at least 1).
+    /// A verifier that remembers at most `capacity` proven nodes (at least 1).
     pub fn new(capacity: usize) -> Verifier {
         Verifier {
-            verified: HashMap::new(),
+            proven: HashMap::new(),
             order: VecDeque::new(),
             capacity: capacity.max(1),
         }
     }
 
-    /// Same result as [`Envelope::verify`]. A remembered root counts only
-    /// with the very signature that was checked, so a forged signature
-    /// never rides on a genuine batch.
+    /// Same result as [`Envelope::verify`].
     pub fn verify(&mut self, envelope: &Envelope, origin_public_key: &[u8]) -> Result<(), EnvelopeError> {
-        let root = envelope.root()?;
-        let key = (envelope.origin, root);
-        if self.verified.get(&key) == Some(&envelope.seal.signature) {
-            return Ok(());
+        envelope.check_proof_length()?;
+        let seal = &envelope.seal;
+        // The nodes this path passes through, from its leaf up.
+        let mut path = Vec::with_capacity(seal.siblings.len() + 1);
+        let mut hash = envelope.leaf();
+        for step in 0..=seal.siblings.len() {
+            if step > 0 {
+                hash = seal.up(step - 1, &hash);
+            }
+            let known = self.proven.get(&(envelope.origin, hash));
+            if known.is_some_and(|proven| proven.continues(seal, step)) {
+                self.remember(envelope.origin, seal, &path);
+                return Ok(());
+            }
+            path.push(hash);
         }
         UnparsedPublicKey::new(&signature::ED25519, origin_public_key)
-            .verify(&root_message(&root), &envelope.seal.signature)
+            .verify(&root_message(&hash), &seal.signature)
             .map_err(|_| envelope.bad_signature())?;
-        if self.order.len() >= self.capacity {
-            if let Some(oldest) = self.order.pop_front() {
-                self.verified.remove(&oldest);
+        self.remember(envelope.origin, seal, &path);
+        Ok(())
+    }
+
+    /// Remembers the nodes of `path` (`path[i]` after `i` siblings) as
+    /// proven. The leaf itself only when it is its batch's root: another
+    /// envelope's path never passes through it.
+    fn remember(&mut self, origin: Nation, seal: &Seal, path: &[Hash]) {
+        let first = usize::from(!seal.siblings.is_empty());
+        if path.len() <= first {
+            return;
+        }
+        let signature: Arc<[u8]> = Arc::from(seal.signature.as_slice());
+        let siblings: Arc<[Hash]> = Arc::from(seal.siblings.as_slice());
+        for (from, hash) in path.iter().enumerate().skip(first) {
+            let proven = Proven {
+                signature: signature.clone(),
+                siblings: siblings.clone(),
+                left: seal.left,
+                from,
+            };
+            if self.proven.insert((origin, *hash), proven).is_none() {
+                self.order.push_back((origin, *hash));
             }
         }
-        if self
-            .verified
-            .insert(key, envelope.seal.signature.clone())
-            .is_none()
-        {
-            self.order.push_back(key);
+        while self.order.len() > self.capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                self.proven.remove(&oldest);
+            }
         }
-        Ok(())
     }
 }
 
@@ -781,6 +851,33 @@ mod tests {
         ));
     }
 
+    /// A node that signs a batch holding an envelope that claims another
+    /// origin cannot make the cache vouch for it: proven nodes count only
+    /// for their own origin's envelopes.
+    #[test]
+    fn a_proven_node_vouches_only_for_its_origin() {
+        let other_nation = signer();
+        let signer = signer();
+        let mut envelopes = batch(&signer, 6);
+        for envelope in &mut envelopes {
+            envelope.seal = Seal::default();
+        }
+        envelopes[3].origin = Nation::parse("FRA").unwrap();
+        signer.seal_batch(&mut envelopes);
+        let mut verifier = Verifier::new(64);
+        for (i, envelope) in envelopes.iter().enumerate().filter(|(i, _)| *i != 3) {
+            assert!(
+                verifier.verify(envelope, signer.public_key()).is_ok(),
+                "envelope {i}"
+            );
+        }
+        // Checked against the key of the origin it claims, as a node does.
+        let claimed_origin = other_nation;
+        let impostor = &envelopes[3];
+        assert!(verifier.verify(impostor, claimed_origin.public_key()).is_err());
+        assert!(impostor.verify(claimed_origin.public_key()).is_err());
+    }
+
     fn signer_batch_of_other_key(envelopes: &[Envelope]) -> Envelope {
         let mut copy = envelopes.to_vec();
         signer().seal_batch(&mut copy);
@@ -795,8 +892,8 @@ mod tests {
             let envelope = signer.seal(message());
             verifier.verify(&envelope, signer.public_key()).unwrap();
         }
-        assert!(verifier.verified.len() <= 3);
-        assert_eq!(verifier.verified.len(), verifier.order.len());
+        assert!(verifier.proven.len() <= 3);
+        assert_eq!(verifier.proven.len(), verifier.order.len());
     }
 
     #[test]

@@ -153,8 +153,7 @@ impl FrameReader {
             match read? {
                 Some(count) => {
                     for chunk in &mut self.chunks[..count] {
-                        self.buffer.extend(chunk);
-                        *chunk = Bytes::new();
+                        self.buffer.extend(std::mem::take(chunk));
                     }
                 }
                 None if self.buffer.is_empty() => return Ok(false),

@@ -5,7 +5,9 @@
 //! Every connection (client or peer) carries one long-lived bidirectional
 //! stream, opened by the dialing side, whose first frame is `Hello`.
 
-use bytes::{Buf, BytesMut};
+use std::collections::VecDeque;
+
+use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{AdminCommand, AdminReply};
@@ -288,41 +290,79 @@ pub fn body_len(prefix: [u8; LENGTH_PREFIX]) -> Result<usize, WireError> {
 }
 
 /// Bytes read from a stream, cut into frames: bytes go in as they arrive,
-/// in chunks of any size, and whole frames come out. A length prefix is
-/// checked against the frame limit before the buffer grows for its body.
+/// in chunks of any size, and whole frames come out. A frame that lies
+/// whole in one chunk is decoded where it lies; only a frame cut across
+/// chunks is copied together. A length prefix is checked against the frame
+/// limit before anything grows for its body.
 #[derive(Debug, Default)]
 pub struct FrameBuffer {
-    bytes: BytesMut,
+    /// The start of a frame cut across chunks, put together here.
+    partial: BytesMut,
+    /// Chunks not yet cut into frames, oldest first.
+    chunks: VecDeque<Bytes>,
 }
 
 impl FrameBuffer {
     /// Appends bytes read from the stream.
-    pub fn extend(&mut self, chunk: &[u8]) {
-        self.bytes.extend_from_slice(chunk);
+    pub fn extend(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.chunks.push_back(chunk);
+        }
     }
 
     /// Whether no bytes are buffered, not even part of a frame.
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.partial.is_empty() && self.chunks.is_empty()
     }
 
     /// The next whole frame, if one is buffered; an error for a prefix over
     /// the limit or a body that does not decode.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, WireError> {
-        let Some(prefix) = self.bytes.get(..LENGTH_PREFIX) else {
-            return Ok(None);
-        };
-        let mut length = [0u8; LENGTH_PREFIX];
-        length.copy_from_slice(prefix);
-        let len = body_len(length)?;
-        let Some(body) = self.bytes.get(LENGTH_PREFIX..LENGTH_PREFIX + len) else {
-            self.bytes.reserve(LENGTH_PREFIX + len - self.bytes.len());
-            return Ok(None);
-        };
-        let frame = decode(body)?;
-        self.bytes.advance(LENGTH_PREFIX + len);
-        Ok(Some(frame))
+        loop {
+            if self.partial.is_empty() {
+                let Some(front) = self.chunks.front_mut() else {
+                    return Ok(None);
+                };
+                if let Some(len) = whole_frame(front)? {
+                    let frame = decode(&front[LENGTH_PREFIX..LENGTH_PREFIX + len]);
+                    front.advance(LENGTH_PREFIX + len);
+                    if front.is_empty() {
+                        self.chunks.pop_front();
+                    }
+                    return frame.map(Some);
+                }
+            } else if let Some(len) = whole_frame(&self.partial)? {
+                let frame = decode(&self.partial[LENGTH_PREFIX..LENGTH_PREFIX + len]);
+                self.partial.advance(LENGTH_PREFIX + len);
+                return frame.map(Some);
+            }
+            // The frame at the front is cut: move the next chunk's bytes it
+            // needs (or its prefix's) into `partial`.
+            let Some(front) = self.chunks.front_mut() else {
+                return Ok(None);
+            };
+            let wanted = match self.partial.get(..LENGTH_PREFIX) {
+                Some(prefix) => LENGTH_PREFIX + body_len(prefix.try_into().unwrap_or_default())?,
+                None => LENGTH_PREFIX,
+            };
+            let take = wanted.saturating_sub(self.partial.len()).max(1).min(front.len());
+            self.partial.extend_from_slice(&front[..take]);
+            front.advance(take);
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
     }
+}
+
+/// The body length of the frame at the start of `bytes` if all of it is
+/// there; an error for a prefix over the limit.
+fn whole_frame(bytes: &[u8]) -> Result<Option<usize>, WireError> {
+    let Some(prefix) = bytes.get(..LENGTH_PREFIX) else {
+        return Ok(None);
+    };
+    let len = body_len(prefix.try_into().unwrap_or_default())?;
+    Ok((bytes.len() >= LENGTH_PREFIX + len).then_some(len))
 }
 
 /// Decodes one frame body (without its prefix). All of it must be used.
@@ -473,12 +513,13 @@ mod tests {
     #[test]
     fn a_frame_buffer_refuses_an_oversized_prefix_before_growing() {
         let mut buffer = FrameBuffer::default();
-        buffer.extend(&(MAX_FRAME as u32 + 1).to_be_bytes());
+        buffer.extend(Bytes::copy_from_slice(&(MAX_FRAME as u32 + 1).to_be_bytes()[..2]));
+        buffer.extend(Bytes::copy_from_slice(&(MAX_FRAME as u32 + 1).to_be_bytes()[2..]));
         assert_eq!(
             buffer.next_frame(),
             Err(WireError::TooLarge { len: MAX_FRAME + 1 })
         );
-        assert!(buffer.bytes.capacity() < MAX_FRAME);
+        assert!(buffer.partial.capacity() < MAX_FRAME);
     }
 
     #[test]
@@ -533,7 +574,7 @@ mod tests {
             let mut cut = cuts.iter().cycle();
             while !rest.is_empty() {
                 let n = (*cut.next().unwrap()).min(rest.len());
-                buffer.extend(&rest[..n]);
+                buffer.extend(Bytes::copy_from_slice(&rest[..n]));
                 rest = &rest[n..];
                 while let Some(frame) = buffer.next_frame().unwrap() {
                     out.push(frame);

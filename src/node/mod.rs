@@ -48,9 +48,9 @@ use crate::wire::{self, close, Frame};
 
 use router::Router;
 
-/// Batch roots remembered as verified: enough for every peer's recent
-/// batches, small enough to ignore.
-const VERIFIED_ROOTS: usize = 1024;
+/// Tree nodes remembered as proven (about one per envelope): every peer's
+/// recent batches, a few MiB at most.
+const VERIFIED_NODES: usize = 16 * 1024;
 /// Envelopes waiting for the sealer (a leaf hash and a few links each);
 /// when it is full, publishers wait.
 const SEALER_QUEUE: usize = 16 * 1024;
@@ -830,7 +830,7 @@ impl Node {
             token_key: config.token_key,
             signer,
             ids: MessageIds::new(prefix),
-            verifier: Mutex::new(Verifier::new(VERIFIED_ROOTS)),
+            verifier: Mutex::new(Verifier::new(VERIFIED_NODES)),
             sealer,
             peer_addresses: config.peer_addresses,
             settings: config.settings,
