@@ -106,9 +106,18 @@ impl SeenIds {
         created_us: u64,
         now_us: u64,
     ) -> Result<(), Unseen> {
-        self.check(origin, id, created_us, now_us)?;
+        if created_us > now_us.saturating_add(MAX_SKEW_US) {
+            return Err(Unseen::Future);
+        }
         let window = self.windows.entry(origin).or_default();
-        window.ids.insert(id);
+        if created_us <= window.floor_us || now_us.saturating_sub(created_us) > MAX_AGE_US {
+            return Err(Unseen::Stale);
+        }
+        // One probe of the set, not a lookup and then an insert: at a
+        // million ids each probe is a cache miss.
+        if !window.ids.insert(id) {
+            return Err(Unseen::Duplicate);
+        }
         window.order.push_back((created_us, id));
         self.len += 1;
         while self.len > self.capacity {
