@@ -7,12 +7,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// mimalloc instead of glibc's malloc: the message path allocates and frees
-/// small buffers on several threads, and glibc's allocator took about 15 %
-/// of a 1-hop throughput run's CPU (BENCHMARKS.md, issue 12).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
@@ -27,6 +21,13 @@ use entente::node::{self, NodeConfig, NodeSettings};
 use entente::pki::{self, PkiLayout, DEFAULT_CERTS_DIR};
 use entente::sim;
 use entente::store::Durability;
+
+/// mimalloc instead of glibc's malloc: the message path allocates and frees
+/// small buffers on several threads, and glibc's allocator took about 15 %
+/// of a 1-hop throughput run's CPU (BENCHMARKS.md, issue 12). Without
+/// transparent huge pages (its `no_thp` feature): see ARCHITECTURE.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(

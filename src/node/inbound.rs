@@ -168,16 +168,16 @@ async fn ack_when_stored(
     let mut unsent: Option<u64> = None;
     let mut next_write = Instant::now();
     loop {
+        if let Some(through) = unsent.filter(|_| Instant::now() >= next_write) {
+            write_frame(&mut send, &Frame::Custody { through }).await?;
+            unsent = None;
+            next_write = Instant::now() + ACK_EVERY;
+        }
         let item = match unsent {
-            Some(through) => tokio::select! {
+            Some(_) => tokio::select! {
                 biased;
                 item = stored.recv() => item,
-                () = tokio::time::sleep_until(next_write) => {
-                    write_frame(&mut send, &Frame::Custody { through }).await?;
-                    unsent = None;
-                    next_write = Instant::now() + ACK_EVERY;
-                    continue;
-                }
+                () = tokio::time::sleep_until(next_write) => continue,
             },
             None => stored.recv().await,
         };
@@ -190,11 +190,6 @@ async fn ack_when_stored(
         }
         if let Some(through) = through {
             unsent = Some(unsent.map_or(through, |earlier| earlier.max(through)));
-        }
-        if let Some(through) = unsent.filter(|_| Instant::now() >= next_write) {
-            write_frame(&mut send, &Frame::Custody { through }).await?;
-            unsent = None;
-            next_write = Instant::now() + ACK_EVERY;
         }
     }
     // The link is ending: what is stored is acknowledged now.
