@@ -345,6 +345,9 @@ impl FrameBuffer {
                 Some(prefix) => LENGTH_PREFIX + body_len(prefix.try_into().unwrap_or_default())?,
                 None => LENGTH_PREFIX,
             };
+            // Once for the whole frame, its length checked: growing chunk by
+            // chunk could double the capacity past the frame limit.
+            self.partial.reserve(wanted.saturating_sub(self.partial.len()));
             let take = wanted.saturating_sub(self.partial.len()).max(1).min(front.len());
             self.partial.extend_from_slice(&front[..take]);
             front.advance(take);
