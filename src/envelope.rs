@@ -530,6 +530,14 @@ impl Verifier {
         }
     }
 
+    /// Forgets every proven node. A proven node stands for the key that
+    /// checked its root: when a nation's key may have changed (a reload),
+    /// nothing proven under the old one may vouch any more.
+    pub fn clear(&mut self) {
+        self.proven.clear();
+        self.order.clear();
+    }
+
     /// Same result as [`Envelope::verify`].
     pub fn verify(&mut self, envelope: &Envelope, origin_public_key: &[u8]) -> Result<(), EnvelopeError> {
         envelope.check_proof_length()?;
@@ -876,6 +884,22 @@ mod tests {
         let impostor = &envelopes[3];
         assert!(verifier.verify(impostor, claimed_origin.public_key()).is_err());
         assert!(impostor.verify(claimed_origin.public_key()).is_err());
+    }
+
+    /// Once cleared, an envelope of a proven batch needs its origin's key
+    /// again: a key replaced by a reload vouches for nothing cached.
+    #[test]
+    fn a_cleared_verifier_checks_the_key_again() {
+        let signer = signer();
+        let envelopes = batch(&signer, 4);
+        let mut verifier = Verifier::new(64);
+        verifier.verify(&envelopes[0], signer.public_key()).unwrap();
+        let new_key = self::signer();
+        // Before clearing, the proven tree answers without the key.
+        assert!(verifier.verify(&envelopes[1], new_key.public_key()).is_ok());
+        verifier.clear();
+        assert!(verifier.verify(&envelopes[2], new_key.public_key()).is_err());
+        assert!(verifier.verify(&envelopes[2], signer.public_key()).is_ok());
     }
 
     fn signer_batch_of_other_key(envelopes: &[Envelope]) -> Envelope {

@@ -362,6 +362,13 @@ async fn apply(
         core.set_node_keys(rules.node_keys.clone());
         core.set_policy(rules.policy.clone());
     });
+    // Seals proven under a key these rules may have replaced vouch for
+    // nothing more: the next batch of each origin is checked again.
+    shared
+        .verifier
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clear();
 
     let here = shared.nation;
     let now = UnixTime::now();
