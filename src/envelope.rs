@@ -550,8 +550,10 @@ impl Verifier {
                 hash = seal.up(step - 1, &hash);
             }
             let known = self.proven.get(&(envelope.origin, hash));
-            if known.is_some_and(|proven| proven.continues(seal, step)) {
-                self.remember(envelope.origin, seal, &path);
+            if let Some(proven) = known.filter(|proven| proven.continues(seal, step)) {
+                // The same signature: shared, not copied again.
+                let signature = proven.signature.clone();
+                self.remember(envelope.origin, seal, signature, &path);
                 return Ok(());
             }
             path.push(hash);
@@ -559,19 +561,18 @@ impl Verifier {
         UnparsedPublicKey::new(&signature::ED25519, origin_public_key)
             .verify(&root_message(&hash), &seal.signature)
             .map_err(|_| envelope.bad_signature())?;
-        self.remember(envelope.origin, seal, &path);
+        self.remember(envelope.origin, seal, Arc::from(seal.signature.as_slice()), &path);
         Ok(())
     }
 
     /// Remembers the nodes of `path` (`path[i]` after `i` siblings) as
     /// proven. The leaf itself only when it is its batch's root: another
     /// envelope's path never passes through it.
-    fn remember(&mut self, origin: Nation, seal: &Seal, path: &[Hash]) {
+    fn remember(&mut self, origin: Nation, seal: &Seal, signature: Arc<[u8]>, path: &[Hash]) {
         let first = usize::from(!seal.siblings.is_empty());
         if path.len() <= first {
             return;
         }
-        let signature: Arc<[u8]> = Arc::from(seal.signature.as_slice());
         let siblings: Arc<[Hash]> = Arc::from(seal.siblings.as_slice());
         for (from, hash) in path.iter().enumerate().skip(first) {
             let proven = Proven {

@@ -637,7 +637,7 @@ async fn route_publishes(batch: &Batch<'_>, publishes: Vec<Accepted>) -> Result<
     // A batch larger than the whole allowance waits for all of it.
     let wanted = u32::try_from(acks.len())
         .unwrap_or(u32::MAX)
-        .min(u32::try_from(shared.settings.session_queue.div_ceil(2).max(1)).unwrap_or(u32::MAX));
+        .min(u32::try_from(ack_allowance(shared)).unwrap_or(u32::MAX));
     let room = unanswered.clone().acquire_many_owned(wanted).await.ok();
     if to_answer
         .send(Stored {
