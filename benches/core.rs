@@ -70,18 +70,38 @@ fn envelopes(c: &mut Criterion) {
     c.bench_function("envelope/seal_batch_64x1KiB", |b| {
         b.iter_batched(
             || batch.clone(),
-            |mut batch| signer.seal_batch(&mut batch),
+            |mut batch| signer.seal_batch(&mut batch, &Default::default()),
             BatchSize::SmallInput,
         )
     });
     let mut sealed = batch.clone();
-    signer.seal_batch(&mut sealed);
+    signer.seal_batch(&mut sealed, &Default::default());
     c.bench_function("envelope/verify_batch_64x1KiB_cached", |b| {
         b.iter(|| {
             let mut verifier = Verifier::new(16);
             sealed
                 .iter()
                 .all(|e| verifier.verify(black_box(e), &public).is_ok())
+        })
+    });
+    // What a relay checks before it passes a seal on: its own tag, against
+    // the signature above.
+    let receiver = Signer::from_pkcs8(Ed25519KeyPair::generate_pkcs8(&rng).unwrap().as_ref()).unwrap();
+    let gbr = Nation::parse("GBR").unwrap();
+    let node_keys = [
+        (gbr, signer.public_key().to_vec()),
+        (Nation::parse("FRA").unwrap(), receiver.public_key().to_vec()),
+    ]
+    .into();
+    let mut tagged = vec![Envelope::from(message.clone())];
+    signer.seal_batch(&mut tagged, &signer.tag_keys(&node_keys));
+    let tag_keys = receiver.tag_keys(&node_keys);
+    let own = Some((Nation::parse("FRA").unwrap(), &tag_keys[&gbr]));
+    c.bench_function("envelope/authenticate_by_tag_1KiB", |b| {
+        b.iter(|| {
+            Verifier::new(16)
+                .authenticate(black_box(&tagged[0]), &public, own)
+                .is_ok()
         })
     });
 }

@@ -22,16 +22,24 @@
 //! [`Verifier`] remembers recently verified roots, so the rest of a batch
 //! costs one hash per envelope instead of one signature check. A batch of
 //! one is an ordinary signature over that envelope's leaf.
+//!
+//! **Tags.** A seal also carries a tag per other nation
+//! ([`crate::authenticator`]): an HMAC over the root and signature under
+//! the key the origin shares with that nation. A node checks its own tag
+//! before it relays and the signature just after ([`Verifier::authenticate`]
+//! and [`Verifier::confirm`]); a seal without a good tag for it is checked
+//! by signature first, as before.
 
 use std::fmt;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use ring::digest::{self, SHA256};
 use ring::signature::{self, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 
+use crate::authenticator::{self, AgreementKey, Tag, TagKey, TagKeys, MAX_TAGS};
 use crate::label::{Label, Nation};
 use crate::topic::Topic;
 
@@ -82,6 +90,25 @@ pub enum EnvelopeError {
         origin: Nation,
         /// The proof's length, in hashes.
         len: usize,
+    },
+    /// The seal carries more tags than a network has nations.
+    #[error("message {id} from {origin} carries {len} tags on its seal; at most {MAX_TAGS} are possible")]
+    TooManyTags {
+        /// The message's id.
+        id: MessageId,
+        /// The nation whose node sealed it.
+        origin: Nation,
+        /// How many tags it carries.
+        len: usize,
+    },
+    /// This node's tag on the seal verified, so the origin's own node made
+    /// it, but the signature beside it does not verify.
+    #[error("message {id}: {origin}'s tag for this node verifies but its signature does not, so {origin}'s own node sealed it with a bad signature; {origin}'s tags are not trusted here any more")]
+    OriginSignedBadly {
+        /// The message's id.
+        id: MessageId,
+        /// The nation whose node sealed it.
+        origin: Nation,
     },
 }
 
@@ -170,6 +197,8 @@ pub struct Seal {
     pub siblings: Vec<Hash>,
     /// Bit `i` is set when `siblings[i]` is the left one of its pair.
     pub left: u32,
+    /// The origin's tag for each other nation, over the root and signature.
+    pub tags: Vec<Tag>,
 }
 
 /// The seals of a batch of envelopes sent ahead of them, unsealed, on one
@@ -179,6 +208,8 @@ pub struct SealBatch {
     /// The origin node's Ed25519 signature over the batch root.
     #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
+    /// The origin's tag for each other nation, over the root and signature.
+    pub tags: Vec<Tag>,
     /// One proof per envelope of the batch.
     pub proofs: Vec<Proof>,
 }
@@ -199,10 +230,12 @@ impl SealBatch {
     /// [`Signer::seal_batch`]), for sending after them.
     pub fn of<'a>(envelopes: impl IntoIterator<Item = &'a Envelope>) -> SealBatch {
         let mut signature = Vec::new();
+        let mut tags = Vec::new();
         let proofs = envelopes
             .into_iter()
             .map(|envelope| {
                 signature.clone_from(&envelope.seal.signature);
+                tags.clone_from(&envelope.seal.tags);
                 Proof {
                     id: envelope.id,
                     siblings: envelope.seal.siblings.clone(),
@@ -210,18 +243,23 @@ impl SealBatch {
                 }
             })
             .collect();
-        SealBatch { signature, proofs }
+        SealBatch {
+            signature,
+            tags,
+            proofs,
+        }
     }
 }
 
 impl Envelope {
-    /// Puts the seal that `proof` and `signature` make on this envelope;
-    /// whether it is genuine is for verification to say.
-    pub fn attach(&mut self, signature: &[u8], proof: Proof) {
+    /// Puts the seal that `proof` and its batch's signature and tags make
+    /// on this envelope; whether it is genuine is for verification to say.
+    pub fn attach(&mut self, signature: &[u8], tags: &[Tag], proof: Proof) {
         self.seal = Seal {
             signature: signature.to_vec(),
             siblings: proof.siblings,
             left: proof.left,
+            tags: tags.to_vec(),
         };
     }
 }
@@ -356,17 +394,47 @@ fn merkle(leaves: Vec<Hash>) -> (Hash, Vec<(Vec<Hash>, u32)>) {
     (level[0], proofs)
 }
 
-/// An origin node's signing key.
+/// An origin node's signing key, and its X25519 half for tag keys.
 pub struct Signer {
     key: Ed25519KeyPair,
+    agreement: AgreementKey,
+}
+
+/// A batch's seal, as [`Signer::seal_leaves`] makes it.
+#[derive(Debug)]
+pub struct BatchSeal {
+    /// The signature over the batch root.
+    pub signature: Vec<u8>,
+    /// One tag per nation whose tag key was given, ordered by nation.
+    pub tags: Vec<Tag>,
+    /// Each leaf's proof: its siblings, and which of them are on the left.
+    pub proofs: Vec<(Vec<Hash>, u32)>,
 }
 
 impl Signer {
     /// From the node key file's PKCS#8 DER.
     pub fn from_pkcs8(der: &[u8]) -> Result<Signer, EnvelopeError> {
-        Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
-            .map(|key| Signer { key })
-            .map_err(|err| EnvelopeError::BadKey(err.to_string()))
+        let key = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
+            .map_err(|err| EnvelopeError::BadKey(err.to_string()))?;
+        let public: [u8; 32] = key
+            .public_key()
+            .as_ref()
+            .try_into()
+            .map_err(|_| EnvelopeError::BadKey("an Ed25519 public key is 32 bytes".into()))?;
+        // The seed found must be the key's own: it must make the same
+        // public key, or tag keys would not match anyone's.
+        let seed = authenticator::ed25519_seed(der)
+            .filter(|seed| Ed25519KeyPair::from_seed_and_public_key(seed, &public).is_ok())
+            .ok_or_else(|| EnvelopeError::BadKey("no Ed25519 seed found in the PKCS#8 key".into()))?;
+        Ok(Signer {
+            key,
+            agreement: AgreementKey::new(&seed, public),
+        })
+    }
+
+    /// The tag keys this node shares with each other nation of `node_keys`.
+    pub fn tag_keys(&self, node_keys: &HashMap<Nation, Vec<u8>>) -> TagKeys {
+        self.agreement.tag_keys(node_keys)
     }
 
     /// The Ed25519 public key that verifies this signer's seals.
@@ -374,38 +442,55 @@ impl Signer {
         self.key.public_key().as_ref()
     }
 
-    /// Seals one envelope as a batch of one.
+    /// Seals one envelope as a batch of one, without tags.
     pub fn seal(&self, message: Unsigned) -> Envelope {
         let mut envelope = Envelope::from(message);
-        self.seal_batch(std::slice::from_mut(&mut envelope));
+        self.seal_batch(std::slice::from_mut(&mut envelope), &TagKeys::new());
         envelope
     }
 
     /// Seals (or re-seals) `envelopes` with one signature over their
-    /// Merkle root. Batches longer than [`MAX_BATCH`] are sealed in parts.
-    pub fn seal_batch(&self, envelopes: &mut [Envelope]) {
+    /// Merkle root, tagged for each nation of `tag_keys`. Batches longer
+    /// than [`MAX_BATCH`] are sealed in parts.
+    pub fn seal_batch(&self, envelopes: &mut [Envelope], tag_keys: &TagKeys) {
         for batch in envelopes.chunks_mut(MAX_BATCH) {
-            let (signature, proofs) = self.seal_leaves(batch.iter().map(Envelope::leaf).collect());
-            for (envelope, (siblings, left)) in batch.iter_mut().zip(proofs) {
+            let sealed = self.seal_leaves(batch.iter().map(Envelope::leaf).collect(), tag_keys);
+            for (envelope, (siblings, left)) in batch.iter_mut().zip(sealed.proofs) {
                 envelope.seal = Seal {
-                    signature: signature.clone(),
+                    signature: sealed.signature.clone(),
                     siblings,
                     left,
+                    tags: sealed.tags.clone(),
                 };
             }
         }
     }
 
     /// Seals a batch known only by its leaves ([`Envelope::leaf`]): the
-    /// signature over their root, and each leaf's proof (`siblings`,
-    /// `left`), in order. At most [`MAX_BATCH`] leaves.
-    pub fn seal_leaves(&self, leaves: Vec<Hash>) -> (Vec<u8>, Vec<(Vec<Hash>, u32)>) {
+    /// signature over their root, a tag for each nation of `tag_keys`, and
+    /// each leaf's proof, in order. At most [`MAX_BATCH`] leaves.
+    pub fn seal_leaves(&self, leaves: Vec<Hash>, tag_keys: &TagKeys) -> BatchSeal {
         debug_assert!(leaves.len() <= MAX_BATCH);
         if leaves.is_empty() {
-            return (Vec::new(), Vec::new());
+            return BatchSeal {
+                signature: Vec::new(),
+                tags: Vec::new(),
+                proofs: Vec::new(),
+            };
         }
         let (root, proofs) = merkle(leaves);
-        (self.key.sign(&root_message(&root)).as_ref().to_vec(), proofs)
+        let signature = self.key.sign(&root_message(&root)).as_ref().to_vec();
+        let mut tags: Vec<Tag> = tag_keys
+            .iter()
+            .take(MAX_TAGS)
+            .map(|(&nation, key)| key.tag(nation, &root, &signature))
+            .collect();
+        tags.sort_unstable_by_key(|tag| tag.nation);
+        BatchSeal {
+            signature,
+            tags,
+            proofs,
+        }
     }
 
     /// Signs `message`, which must start with a context string of its own
@@ -431,7 +516,7 @@ impl Envelope {
 
     /// The batch root this envelope's leaf and proof lead to.
     fn root(&self) -> Result<Hash, EnvelopeError> {
-        self.check_proof_length()?;
+        self.check_seal_size()?;
         let mut hash = self.leaf();
         for step in 0..self.seal.siblings.len() {
             hash = self.seal.up(step, &hash);
@@ -439,10 +524,18 @@ impl Envelope {
         Ok(hash)
     }
 
-    fn check_proof_length(&self) -> Result<(), EnvelopeError> {
+    fn check_seal_size(&self) -> Result<(), EnvelopeError> {
         let len = self.seal.siblings.len();
         if len > MAX_PROOF {
             return Err(EnvelopeError::BadProof {
+                id: self.id,
+                origin: self.origin,
+                len,
+            });
+        }
+        let len = self.seal.tags.len();
+        if len > MAX_TAGS {
+            return Err(EnvelopeError::TooManyTags {
                 id: self.id,
                 origin: self.origin,
                 len,
@@ -481,8 +574,8 @@ impl Seal {
     }
 }
 
-/// A node of a batch tree whose root's signature has been checked, with
-/// the rest of the verified proof above it.
+/// A node of a batch tree whose root is proven its origin's (by this
+/// node's tag or by the signature), with the rest of the proof above it.
 #[derive(Debug)]
 struct Proven {
     signature: Arc<[u8]>,
@@ -490,14 +583,15 @@ struct Proven {
     left: u32,
     /// How many of `siblings` lie below this node.
     from: usize,
+    root: Hash,
 }
 
 impl Proven {
     /// Whether `seal`, standing at this node after `step` siblings, goes on
-    /// exactly as the verified proof did: the same siblings and directions
-    /// to the same root, under the very signature that was checked. Then it
-    /// verifies on its own too, so what a relay passes on is always a seal
-    /// the next node can check without this cache.
+    /// exactly as the proven proof did: the same siblings and directions
+    /// to the same root, under the very signature that was proven. Then
+    /// it verifies on its own too, so what a relay passes on is always a
+    /// seal the next node can check without this cache.
     fn continues(&self, seal: &Seal, step: usize) -> bool {
         *self.signature == *seal.signature
             && self.siblings[self.from..] == seal.siblings[step..]
@@ -506,42 +600,97 @@ impl Proven {
     }
 }
 
-/// Verifies envelopes, remembering the tree nodes it has proven: every
-/// node on a checked path up to a root whose signature verified. Another
-/// envelope of the batch stops at the first proven node its path reaches
-/// (usually one hash above its leaf), so it costs its leaf hash and about
-/// one more, instead of a whole path and, without the cache, a signature.
-/// A proven node vouches only for its origin's envelopes. Bounded: the
-/// oldest nodes are forgotten first.
+/// What [`Verifier::authenticate`] proved: the envelope's proof leads to a
+/// root its origin sealed. [`Verifier::confirm`] then checks the signature
+/// over that root, if that was not how it was proven.
+#[derive(Debug, Clone)]
+#[must_use = "a seal proven by its tag still needs its signature confirmed"]
+pub struct Authentic {
+    origin: Nation,
+    id: MessageId,
+    root: Hash,
+    signature: Arc<[u8]>,
+}
+
+impl Authentic {
+    /// The message's id.
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+
+    /// The nation whose node sealed it.
+    pub fn origin(&self) -> Nation {
+        self.origin
+    }
+}
+
+/// Verifies envelopes in two steps: [`Verifier::authenticate`] before a
+/// relay, by this node's tag where the seal has a good one and by the
+/// signature otherwise, and [`Verifier::confirm`] after it, by the
+/// signature. It remembers the tree nodes it has proven: every node on a
+/// checked path up to a proven root. Another envelope of the batch stops
+/// at the first proven node its path reaches (usually one hash above its
+/// leaf), so it costs its leaf hash and about one more. It remembers the
+/// roots whose signature verified too, so each batch costs one signature
+/// check. A proven node vouches only for its origin's envelopes. Bounded:
+/// the oldest are forgotten first.
 #[derive(Debug)]
 pub struct Verifier {
     proven: HashMap<(Nation, Hash), Proven>,
     order: VecDeque<(Nation, Hash)>,
+    /// Roots whose signature verified, with that signature.
+    signed: HashMap<(Nation, Hash), Arc<[u8]>>,
+    signed_order: VecDeque<(Nation, Hash)>,
+    /// Origins whose tag once verified beside a bad signature: their seals
+    /// are checked by signature before any relay from then on.
+    distrusted: HashSet<Nation>,
     capacity: usize,
 }
 
 impl Verifier {
-    /// A verifier that remembers at most `capacity` proven nodes (at least 1).
+    /// A verifier that remembers at most `capacity` proven nodes, and as
+    /// many signed roots (at least 1 of each).
     pub fn new(capacity: usize) -> Verifier {
         Verifier {
             proven: HashMap::new(),
             order: VecDeque::new(),
+            signed: HashMap::new(),
+            signed_order: VecDeque::new(),
+            distrusted: HashSet::new(),
             capacity: capacity.max(1),
         }
     }
 
-    /// Forgets every proven node. A proven node stands for the key that
+    /// Forgets everything proven. A proven node stands for the key that
     /// checked its root: when a nation's key may have changed (a reload),
     /// nothing proven under the old one may vouch any more.
     pub fn clear(&mut self) {
         self.proven.clear();
         self.order.clear();
+        self.signed.clear();
+        self.signed_order.clear();
+        self.distrusted.clear();
     }
 
-    /// Same result as [`Envelope::verify`].
+    /// Both steps at once: the same result as [`Envelope::verify`].
     pub fn verify(&mut self, envelope: &Envelope, origin_public_key: &[u8]) -> Result<(), EnvelopeError> {
-        envelope.check_proof_length()?;
+        let authentic = self.authenticate(envelope, origin_public_key, None)?;
+        self.confirm(&authentic, origin_public_key)
+    }
+
+    /// Proves that `envelope`'s proof leads to a root its origin sealed:
+    /// by a proven node, by this node's tag (`own`: this node's nation and
+    /// the tag key it shares with the origin), or else by the signature.
+    /// Anything that fails here is not its origin's as it stands.
+    pub fn authenticate(
+        &mut self,
+        envelope: &Envelope,
+        origin_public_key: &[u8],
+        own: Option<(Nation, &TagKey)>,
+    ) -> Result<Authentic, EnvelopeError> {
+        envelope.check_seal_size()?;
         let seal = &envelope.seal;
+        let origin = envelope.origin;
         // The nodes this path passes through, from its leaf up.
         let mut path = Vec::with_capacity(seal.siblings.len() + 1);
         let mut hash = envelope.leaf();
@@ -549,26 +698,96 @@ impl Verifier {
             if step > 0 {
                 hash = seal.up(step - 1, &hash);
             }
-            let known = self.proven.get(&(envelope.origin, hash));
+            let known = self.proven.get(&(origin, hash));
             if let Some(proven) = known.filter(|proven| proven.continues(seal, step)) {
                 // The same signature: shared, not copied again.
-                let signature = proven.signature.clone();
-                self.remember(envelope.origin, seal, signature, &path);
-                return Ok(());
+                let (signature, root) = (proven.signature.clone(), proven.root);
+                self.remember(origin, seal, signature.clone(), &path, root);
+                return Ok(Authentic {
+                    origin,
+                    id: envelope.id,
+                    root,
+                    signature,
+                });
             }
             path.push(hash);
         }
-        UnparsedPublicKey::new(&signature::ED25519, origin_public_key)
-            .verify(&root_message(&hash), &seal.signature)
-            .map_err(|_| envelope.bad_signature())?;
-        self.remember(envelope.origin, seal, Arc::from(seal.signature.as_slice()), &path);
-        Ok(())
+        let root = hash;
+        let tagged = own
+            .filter(|_| !self.distrusted.contains(&origin))
+            .is_some_and(|(here, key)| {
+                seal.tags
+                    .iter()
+                    .find(|tag| tag.nation == here.code())
+                    .is_some_and(|tag| key.accepts(tag, &root, &seal.signature))
+            });
+        if !tagged && !self.signature_holds(origin, &root, &seal.signature, origin_public_key) {
+            return Err(envelope.bad_signature());
+        }
+        let signature: Arc<[u8]> = Arc::from(seal.signature.as_slice());
+        self.remember(origin, seal, signature.clone(), &path, root);
+        Ok(Authentic {
+            origin,
+            id: envelope.id,
+            root,
+            signature,
+        })
+    }
+
+    /// Checks the signature over the root `authentic` proved, unless it was
+    /// checked already. It can fail only for a seal proven by a tag, and
+    /// then the origin's own node made the tag (no one else holds its
+    /// key): the origin is distrusted, and this and every later seal of
+    /// its is checked by signature before anything is relayed.
+    pub fn confirm(&mut self, authentic: &Authentic, origin_public_key: &[u8]) -> Result<(), EnvelopeError> {
+        let origin = authentic.origin;
+        if self.signature_holds(origin, &authentic.root, &authentic.signature, origin_public_key) {
+            return Ok(());
+        }
+        if self.distrusted.insert(origin) {
+            // What its tags proved vouches for nothing more.
+            self.proven.retain(|(nation, _), _| *nation != origin);
+            self.order.retain(|(nation, _)| *nation != origin);
+        }
+        Err(EnvelopeError::OriginSignedBadly {
+            id: authentic.id,
+            origin,
+        })
+    }
+
+    /// Whether `signature` is `origin`'s over `root`: remembered, or
+    /// checked now (and remembered when it holds).
+    fn signature_holds(&mut self, origin: Nation, root: &Hash, signature: &[u8], public_key: &[u8]) -> bool {
+        if self
+            .signed
+            .get(&(origin, *root))
+            .is_some_and(|known| **known == *signature)
+        {
+            return true;
+        }
+        let holds = UnparsedPublicKey::new(&signature::ED25519, public_key)
+            .verify(&root_message(root), signature)
+            .is_ok();
+        if holds
+            && self
+                .signed
+                .insert((origin, *root), Arc::from(signature))
+                .is_none()
+        {
+            self.signed_order.push_back((origin, *root));
+            if self.signed_order.len() > self.capacity {
+                if let Some(oldest) = self.signed_order.pop_front() {
+                    self.signed.remove(&oldest);
+                }
+            }
+        }
+        holds
     }
 
     /// Remembers the nodes of `path` (`path[i]` after `i` siblings) as
     /// proven. The leaf itself only when it is its batch's root: another
     /// envelope's path never passes through it.
-    fn remember(&mut self, origin: Nation, seal: &Seal, signature: Arc<[u8]>, path: &[Hash]) {
+    fn remember(&mut self, origin: Nation, seal: &Seal, signature: Arc<[u8]>, path: &[Hash], root: Hash) {
         let first = usize::from(!seal.siblings.is_empty());
         if path.len() <= first {
             return;
@@ -580,6 +799,7 @@ impl Verifier {
                 siblings: siblings.clone(),
                 left: seal.left,
                 from,
+                root,
             };
             if self.proven.insert((origin, *hash), proven).is_none() {
                 self.order.push_back((origin, *hash));
@@ -750,7 +970,7 @@ mod tests {
                 Envelope::from(message)
             })
             .collect();
-        signer.seal_batch(&mut envelopes);
+        signer.seal_batch(&mut envelopes, &TagKeys::new());
         envelopes
     }
 
@@ -826,12 +1046,12 @@ mod tests {
         for (envelope, proof) in unsealed.iter_mut().skip(2).zip(seals.proofs.clone()) {
             assert!(verifier.verify(envelope, signer.public_key()).is_err());
             assert_eq!(proof.id, envelope.id);
-            envelope.attach(&seals.signature, proof);
+            envelope.attach(&seals.signature, &seals.tags, proof);
             assert!(verifier.verify(envelope, signer.public_key()).is_ok());
         }
         // A proof put on another envelope does not verify.
         let mut wrong = unsealed[0].clone();
-        wrong.attach(&seals.signature, seals.proofs[0].clone());
+        wrong.attach(&seals.signature, &seals.tags, seals.proofs[0].clone());
         assert!(verifier.verify(&wrong, signer.public_key()).is_err());
     }
 
@@ -872,7 +1092,7 @@ mod tests {
             envelope.seal = Seal::default();
         }
         envelopes[3].origin = Nation::parse("FRA").unwrap();
-        signer.seal_batch(&mut envelopes);
+        signer.seal_batch(&mut envelopes, &TagKeys::new());
         let mut verifier = Verifier::new(64);
         for (i, envelope) in envelopes.iter().enumerate().filter(|(i, _)| *i != 3) {
             assert!(
@@ -905,7 +1125,7 @@ mod tests {
 
     fn signer_batch_of_other_key(envelopes: &[Envelope]) -> Envelope {
         let mut copy = envelopes.to_vec();
-        signer().seal_batch(&mut copy);
+        signer().seal_batch(&mut copy, &TagKeys::new());
         copy.swap_remove(0)
     }
 
@@ -919,6 +1139,195 @@ mod tests {
         }
         assert!(verifier.proven.len() <= 3);
         assert_eq!(verifier.proven.len(), verifier.order.len());
+    }
+
+    /// FRA seals for GBR and DEU; each node's key, as its tag keys make it.
+    struct Tagged {
+        fra: Signer,
+        gbr: Signer,
+        deu: Signer,
+        gbr_nation: Nation,
+        deu_nation: Nation,
+    }
+
+    impl Tagged {
+        fn new() -> Tagged {
+            Tagged {
+                fra: signer(),
+                gbr: signer(),
+                deu: signer(),
+                gbr_nation: Nation::parse("GBR").unwrap(),
+                deu_nation: Nation::parse("DEU").unwrap(),
+            }
+        }
+
+        fn keys_of(&self, node: &Signer) -> TagKeys {
+            let node_keys: HashMap<Nation, Vec<u8>> = [
+                (Nation::parse("FRA").unwrap(), self.fra.public_key().to_vec()),
+                (self.gbr_nation, self.gbr.public_key().to_vec()),
+                (self.deu_nation, self.deu.public_key().to_vec()),
+            ]
+            .into();
+            node.tag_keys(&node_keys)
+        }
+
+        fn batch(&self, n: usize) -> Vec<Envelope> {
+            let mut envelopes = batch(&self.fra, n);
+            self.fra.seal_batch(&mut envelopes, &self.keys_of(&self.fra));
+            envelopes
+        }
+
+        /// GBR's tag key for FRA's seals.
+        fn gbr_key(&self) -> TagKey {
+            self.keys_of(&self.gbr)[&Nation::parse("FRA").unwrap()].clone()
+        }
+    }
+
+    #[test]
+    fn a_seal_carries_a_tag_for_each_other_nation() {
+        let tagged = Tagged::new();
+        let envelopes = tagged.batch(3);
+        let nations: Vec<[u8; 3]> = envelopes[0].seal.tags.iter().map(|tag| tag.nation).collect();
+        assert_eq!(nations, [tagged.deu_nation.code(), tagged.gbr_nation.code()]);
+        // Tags or not, the signature verifies alone.
+        envelopes[1].verify(tagged.fra.public_key()).unwrap();
+    }
+
+    /// The tag proves the root without the signature: checked with a key
+    /// that is not FRA's, authentication still passes by the tag, and only
+    /// the signature check after it fails.
+    #[test]
+    fn a_node_authenticates_by_its_tag_and_confirms_by_the_signature() {
+        let tagged = Tagged::new();
+        let envelopes = tagged.batch(4);
+        let gbr_key = tagged.gbr_key();
+        let own = Some((tagged.gbr_nation, &gbr_key));
+        let mut verifier = Verifier::new(64);
+        let authentic = verifier
+            .authenticate(&envelopes[0], tagged.fra.public_key(), own)
+            .unwrap();
+        verifier.confirm(&authentic, tagged.fra.public_key()).unwrap();
+        let mut fresh = Verifier::new(64);
+        let wrong_key = tagged.deu.public_key();
+        let authentic = fresh.authenticate(&envelopes[1], wrong_key, own).unwrap();
+        assert!(fresh.confirm(&authentic, wrong_key).is_err());
+        // DEU's own tag is no use to GBR: GBR checks that seal by signature.
+        let mut fresh = Verifier::new(64);
+        let mut borrowed = envelopes[2].clone();
+        borrowed
+            .seal
+            .tags
+            .retain(|tag| tag.nation == tagged.deu_nation.code());
+        borrowed.seal.tags[0].nation = tagged.gbr_nation.code();
+        assert!(fresh.authenticate(&borrowed, wrong_key, own).is_err());
+        assert!(fresh
+            .authenticate(&borrowed, tagged.fra.public_key(), own)
+            .is_ok());
+    }
+
+    proptest! {
+        /// Invariant 3 with tags: a change to any signed field or to the
+        /// signature of one envelope fails authentication at a node with a
+        /// good tag, even with its batch's nodes proven; a change to the
+        /// tags alone only sends the node back to the signature, which
+        /// holds.
+        #[test]
+        fn tampering_fails_before_any_relay(
+            n in 1usize..20,
+            pick in any::<usize>(),
+            field in 0usize..11,
+            position in any::<usize>(),
+            bit in 1u8..=255,
+        ) {
+            let tagged = Tagged::new();
+            let envelopes = tagged.batch(n);
+            let gbr_key = tagged.gbr_key();
+            let own = Some((tagged.gbr_nation, &gbr_key));
+            let key = tagged.fra.public_key();
+            let mut verifier = Verifier::new(64);
+            let other = &envelopes[(pick + 1) % n];
+            let authentic = verifier.authenticate(other, key, own).unwrap();
+            prop_assert!(verifier.confirm(&authentic, key).is_ok());
+            let original = &envelopes[pick % n];
+            if field == 10 {
+                let mut e = original.clone();
+                let i = position % e.seal.tags.len();
+                e.seal.tags[i].mac[position % authenticator::TAG_LEN] ^= bit;
+                let authentic = verifier.authenticate(&e, key, own);
+                prop_assert!(authentic.is_ok());
+                prop_assert!(verifier.confirm(&authentic.unwrap(), key).is_ok());
+            } else if let Some(tampered) = with_field_mutated(original, field, position, bit) {
+                prop_assert!(verifier.authenticate(&tampered, key, own).is_err(), "field {} changed but authenticated", field);
+            }
+        }
+    }
+
+    /// A relay (DEU) that changes a label cannot make a tag for GBR to
+    /// match, with any key it holds.
+    #[test]
+    fn a_relay_cannot_forge_another_nations_tag() {
+        let tagged = Tagged::new();
+        let mut envelope = tagged.batch(1).remove(0);
+        envelope.label.rel_to.insert("DEU".to_owned());
+        let root = envelope.root().unwrap();
+        for (_, deu_key) in tagged.keys_of(&tagged.deu) {
+            envelope.seal.tags = vec![deu_key.tag(tagged.gbr_nation, &root, &envelope.seal.signature)];
+            let gbr_key = tagged.gbr_key();
+            let mut verifier = Verifier::new(64);
+            assert!(matches!(
+                verifier.authenticate(
+                    &envelope,
+                    tagged.fra.public_key(),
+                    Some((tagged.gbr_nation, &gbr_key))
+                ),
+                Err(EnvelopeError::BadSignature { .. })
+            ));
+        }
+    }
+
+    /// An origin that tags a bad signature is caught at the confirmation,
+    /// and from then on its seals are checked by signature first.
+    #[test]
+    fn an_origin_that_tags_a_bad_signature_is_distrusted() {
+        let tagged = Tagged::new();
+        let fra_keys = tagged.keys_of(&tagged.fra);
+        let mut envelopes = tagged.batch(4);
+        let root = envelopes[0].root().unwrap();
+        let bad_signature = vec![7u8; SIGNATURE_LEN];
+        for envelope in &mut envelopes {
+            envelope.seal.signature.clone_from(&bad_signature);
+            envelope.seal.tags =
+                vec![fra_keys[&tagged.gbr_nation].tag(tagged.gbr_nation, &root, &bad_signature)];
+        }
+        let gbr_key = tagged.gbr_key();
+        let own = Some((tagged.gbr_nation, &gbr_key));
+        let key = tagged.fra.public_key();
+        let mut verifier = Verifier::new(64);
+        let authentic = verifier.authenticate(&envelopes[0], key, own).unwrap();
+        assert!(matches!(
+            verifier.confirm(&authentic, key),
+            Err(EnvelopeError::OriginSignedBadly { .. })
+        ));
+        // Neither its tag nor the nodes it proved count any more.
+        assert!(verifier.authenticate(&envelopes[1], key, own).is_err());
+        // Its genuine seals still verify, by signature.
+        let genuine = tagged.batch(2);
+        assert!(verifier.authenticate(&genuine[0], key, own).is_ok());
+        // A change of rules starts trust afresh.
+        verifier.clear();
+        assert!(verifier.authenticate(&envelopes[2], key, own).is_ok());
+    }
+
+    #[test]
+    fn a_seal_with_too_many_tags_is_refused() {
+        let tagged = Tagged::new();
+        let mut envelope = tagged.batch(1).remove(0);
+        let tag = envelope.seal.tags[0].clone();
+        envelope.seal.tags = vec![tag; MAX_TAGS + 1];
+        assert!(matches!(
+            Verifier::new(4).authenticate(&envelope, tagged.fra.public_key(), None),
+            Err(EnvelopeError::TooManyTags { .. })
+        ));
     }
 
     #[test]

@@ -36,6 +36,11 @@ impl Nation {
         ]))
     }
 
+    /// The code's three bytes, in upper case.
+    pub fn code(&self) -> [u8; 3] {
+        self.0
+    }
+
     /// The code, in upper case.
     pub fn as_str(&self) -> &str {
         // Only ASCII letters are ever stored, so this cannot fail.

@@ -12,6 +12,8 @@
 //!   the publish, deliver and forward decisions, each with a reason;
 //! - [`envelope`]: envelopes, their canonical encoding, batch seals (Ed25519
 //!   over a Merkle root) and their verification, message ids;
+//! - [`authenticator`]: pairwise tag keys from the node keys, and the
+//!   per-nation tags on seals that relays check instead of the signature;
 //! - [`topic`]: topics, `*` / `>` patterns, and pattern coverage;
 //! - [`wire`]: frames, their bincode encoding, length prefix, size limits,
 //!   ALPN and close codes;
@@ -47,6 +49,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod authenticator;
 pub mod bench;
 pub mod client;
 pub mod config;

@@ -422,6 +422,7 @@ mod tests {
                 signature: vec![0; 64],
                 siblings: vec![[7; 32]],
                 left: 1,
+                tags: Vec::new(),
             },
         }));
     }
@@ -440,6 +441,10 @@ mod tests {
                 signature: vec![1; 64],
                 siblings: vec![[2; 32], [3; 32]],
                 left: 2,
+                tags: vec![crate::authenticator::Tag {
+                    nation: *b"GBR",
+                    mac: [4; crate::authenticator::TAG_LEN],
+                }],
             },
         };
         assert_eq!(
@@ -480,6 +485,10 @@ mod tests {
     fn seals_round_trip() {
         round_trip(Frame::Seals(SealBatch {
             signature: vec![3; 64],
+            tags: vec![crate::authenticator::Tag {
+                nation: *b"FRA",
+                mac: [5; crate::authenticator::TAG_LEN],
+            }],
             proofs: vec![crate::envelope::Proof {
                 id: MessageIds::new([1; 8]).next_id(),
                 siblings: vec![[4; 32]],

@@ -14,8 +14,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use entente::audit::now_us;
+use entente::authenticator::TagKeys;
 use entente::client::{Client, ClientError};
-use entente::envelope::{Envelope, MessageId, SealBatch, Signer, Unsigned};
+use entente::envelope::{Envelope, MessageId, Seal, SealBatch, Signer, Unsigned};
 use entente::identity::Identity;
 use entente::label::{Label, Level, Nation};
 use entente::node::NodeSettings;
@@ -99,7 +100,7 @@ async fn send_unsealed_then_seals(link: &mut RawConnection, signer: &Signer, mes
     for envelope in &envelopes {
         link.send_frame(&Frame::Forward(envelope.clone())).await;
     }
-    signer.seal_batch(&mut envelopes);
+    signer.seal_batch(&mut envelopes, &Default::default());
     link.send_frame(&Frame::Seals(SealBatch::of(&envelopes))).await;
 }
 
@@ -742,6 +743,7 @@ async fn a_member_sending_a_batch_of_bad_seals_is_cut_after_a_few_checks() {
     }
     fra.send_frame(&Frame::Seals(SealBatch {
         signature: vec![7; 64],
+        tags: Vec::new(),
         proofs,
     }))
     .await;
@@ -770,5 +772,92 @@ async fn a_member_sending_a_batch_of_bad_seals_is_cut_after_a_few_checks() {
         payloads.push(payload);
     }
     assert_eq!(payloads.len() as u64, ENVELOPES);
+    net.shutdown().await;
+}
+
+/// GBR's node as every node knows it: its tag keys with each other
+/// nation of the network, from their genuine node keys.
+fn tag_keys(net: &TestNetwork, of: Nation) -> TagKeys {
+    let node_keys = net
+        .policy
+        .nations()
+        .keys()
+        .map(|&nation| (nation, node_signer(net, nation).public_key().to_vec()))
+        .collect();
+    node_signer(net, of).tag_keys(&node_keys)
+}
+
+/// GBR's envelope sealed as a batch of one (its root is its leaf) with a
+/// signature that does not verify, under genuine tags for every nation.
+fn tagged_with_a_bad_signature(net: &TestNetwork, message: Unsigned) -> Envelope {
+    let mut envelope = Envelope::from(message);
+    let root = envelope.leaf();
+    let signature = vec![7u8; 64];
+    let mut tags: Vec<_> = tag_keys(net, nation("GBR"))
+        .iter()
+        .map(|(&nation, key)| key.tag(nation, &root, &signature))
+        .collect();
+    tags.sort_by_key(|tag| tag.nation);
+    envelope.seal = Seal {
+        signature,
+        siblings: Vec::new(),
+        left: 0,
+        tags,
+    };
+    envelope
+}
+
+/// Relays check their own tag, not the signature, before they relay
+/// (issue 12), so an origin can get a message with a bad signature but
+/// good tags through: only it holds the keys, and its content is its own.
+/// Each node catches the signature right after, audits it, and from then
+/// on checks that origin's seals by signature before relaying: its next
+/// such message goes no further than its first hop, while its genuine
+/// messages still go through.
+#[tokio::test]
+async fn an_origin_that_tags_a_bad_signature_is_caught_and_then_checked_first() {
+    let net = TestNetwork::start_from(RING, NodeSettings::default()).await;
+    let lva = subscriber(&net, "lva.analyst", "reports.>", &["GBR", "EST"]).await;
+    let ring = net.policy.scheme().parse("SECRET//REL TO RING").unwrap();
+    let mut gbr = link(&net, "GBR", "EST").await;
+    let send =
+        |n: u64, payload: &[u8]| message(test_id(0x7a, n), "GBR", "gbr.analyst", ring.clone(), payload);
+
+    gbr.send_frame(&Frame::Forward(tagged_with_a_bad_signature(
+        &net,
+        send(1, b"first lie"),
+    )))
+    .await;
+    assert_eq!(next_payload(&lva).await, "first lie", "passed on by its tags");
+    for at in ["EST", "LVA"] {
+        let refused = net
+            .wait_for_audit(nation(at), |l| {
+                l.contains(&reason("bad-signature")) && l.contains("tags are not trusted here any more")
+            })
+            .await;
+        assert!(refused.contains(&test_id(0x7a, 1).to_string()), "{at}: {refused}");
+    }
+
+    gbr.send_frame(&Frame::Forward(tagged_with_a_bad_signature(
+        &net,
+        send(2, b"second lie"),
+    )))
+    .await;
+    let mut sentinel = vec![Envelope::from(send(3, b"genuine"))];
+    node_signer(&net, nation("GBR")).seal_batch(&mut sentinel, &tag_keys(&net, nation("GBR")));
+    gbr.send_frame(&Frame::Forward(sentinel.remove(0))).await;
+    assert_eq!(
+        next_payload(&lva).await,
+        "genuine",
+        "the second lie went no further than EST"
+    );
+    let second = test_id(0x7a, 2).to_string();
+    net.wait_for_audit(nation("EST"), |l| {
+        l.contains(&reason("bad-signature"))
+            && l.contains(&second)
+            && l.contains("neither delivered nor relayed")
+    })
+    .await;
+    assert_eq!(count(&net, "LVA", |l| l.contains(&second)), 0);
     net.shutdown().await;
 }

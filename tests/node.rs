@@ -736,7 +736,7 @@ async fn seals_sent_after_their_envelopes_are_checked_and_missing_ones_audited()
     for envelope in &batch {
         peer.send_frame(&Frame::Forward(envelope.clone())).await;
     }
-    signer.seal_batch(&mut batch);
+    signer.seal_batch(&mut batch, &Default::default());
     let mut seals = SealBatch::of(&batch[..2]);
     seals.proofs[1].siblings[0][0] ^= 1;
     peer.send_frame(&Frame::Seals(seals)).await;

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, MessageId};
 use crate::label::Nation;
 
 pub mod chain;
@@ -210,8 +210,13 @@ impl Record {
     }
 
     /// Sets the message the record is about: its id and marking.
-    pub fn message(mut self, envelope: &Envelope, marking: &str) -> Record {
-        self.id = Some(envelope.id.to_string());
+    pub fn message(self, envelope: &Envelope, marking: &str) -> Record {
+        self.about(envelope.id, marking)
+    }
+
+    /// The message by its id and marking alone.
+    pub fn about(mut self, id: MessageId, marking: &str) -> Record {
+        self.id = Some(id.to_string());
         self.marking = Some(marking.to_owned());
         self
     }

@@ -303,7 +303,7 @@ async fn try_reload(shared: &Arc<Shared>) -> Result<Applied, ControlError> {
         .copied()
         .filter(|&nation| loaded.nation(nation).is_some())
         .collect();
-    let rules = Rules::new(loaded, material, Arc::new(node_keys), &suspended)?;
+    let rules = Rules::new(loaded, material, Arc::new(node_keys), &suspended, &shared.signer)?;
     apply(shared, rules, AdminCommand::Reload, start).await
 }
 
@@ -330,6 +330,7 @@ async fn try_set_cut(shared: &Arc<Shared>, nation: Nation, cut: bool) -> Result<
         current.material.clone(),
         current.all_node_keys.clone(),
         &suspended,
+        &shared.signer,
     )?;
     // Recorded before it applies: a cut acknowledged is a cut that
     // survives a restart.

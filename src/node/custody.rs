@@ -307,7 +307,7 @@ pub(super) fn envelopes(frames: impl IntoIterator<Item = Bytes>) -> Vec<Envelope
             Some(Ok(Frame::Seals(batch))) => {
                 for proof in batch.proofs {
                     if let Some(index) = unsealed.remove(&proof.id) {
-                        envelopes[index].attach(&batch.signature, proof);
+                        envelopes[index].attach(&batch.signature, &batch.tags, proof);
                     }
                 }
             }

@@ -18,7 +18,7 @@ use super::custody::{self, Committed};
 use super::outbound::{self, Outgoing};
 use super::{Reason, Shared};
 use crate::audit::{Event, Record, Verdict};
-use crate::envelope::{Envelope, EnvelopeError, MessageId};
+use crate::envelope::{Authentic, Envelope, EnvelopeError, MessageId};
 use crate::label::Nation;
 use crate::routing::{self, SealState, Source};
 use crate::store::Change;
@@ -494,7 +494,7 @@ async fn ingress(
                 for proof in batch.proofs {
                     // Seals of envelopes refused above have nothing to go on.
                     if let Some((mut envelope, marking)) = unsealed.take(&proof.id) {
-                        envelope.attach(&batch.signature, proof);
+                        envelope.attach(&batch.signature, &batch.tags, proof);
                         to_verify.push(ToVerify {
                             envelope,
                             marking,
@@ -534,23 +534,28 @@ async fn ingress(
     if delivered_any && !to_verify.is_empty() {
         // Let the session writers, then the connection drivers they wake,
         // send the deliveries before any seal is checked (46 µs for a
-        // signature): each yield lets the tasks queued before it run.
+        // signature, where a seal has no good tag): each yield lets the
+        // tasks queued before it run.
         tokio::task::yield_now().await;
         tokio::task::yield_now().await;
     }
-    let verified = match verify(shared, peer, to_verify, &mut records).await {
-        Ok(verified) => verified,
+    let authenticated = match authenticate(shared, peer, to_verify, &mut records).await {
+        Ok(authenticated) => authenticated,
         Err(err) => {
             result = Err(err);
             Vec::new()
         }
     };
     let mut relays = Vec::new();
-    for ToVerify {
-        envelope,
-        marking,
-        delivered,
-    } in verified
+    let mut to_confirm = Vec::with_capacity(authenticated.len());
+    for (
+        ToVerify {
+            envelope,
+            marking,
+            delivered,
+        },
+        authentic,
+    ) in authenticated
     {
         let (route, more) = shared.router.core(|core, now| {
             if delivered {
@@ -560,6 +565,7 @@ async fn ingress(
             }
         });
         actions.extend(more);
+        to_confirm.push((authentic, marking.clone()));
         let Ok(route) = route else { continue };
         shared
             .router
@@ -580,10 +586,18 @@ async fn ingress(
         }
     }
     shared.carry_out(actions).await;
+    let relayed_any = !relays.is_empty();
     relay(shared, relays, changes, &mut records);
     if !rerouted.is_empty() {
         outbound::forward_batch(shared, rerouted, changes, &mut records).await;
     }
+    if relayed_any {
+        // As for deliveries: the link writers send what was relayed before
+        // any signature is checked.
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+    }
+    confirm(shared, peer, to_confirm, &mut records).await;
     for record in records {
         shared.audit(record).await;
     }
@@ -600,42 +614,50 @@ const MAX_BAD_SEALS: usize = 8;
 /// tasks from running for more than about a millisecond.
 const SEALS_PER_YIELD: usize = 16;
 
-/// Checks each seal and records the outcome; returns what verified. The
-/// verifier's lock is held for one seal at a time, never for a batch, so
-/// other links' readers wait for one signature check at most. Past
-/// [`MAX_BAD_SEALS`] bad seals, the rest of the batch is refused unchecked
-/// and the link is closed as a protocol violation.
-async fn verify(
+/// Proves each seal its origin's, by this node's tag or by the signature
+/// ([`crate::envelope::Verifier::authenticate`]), and records each refusal;
+/// returns what passed. The verifier's lock is held for one seal at a
+/// time, never for a batch, so other links' readers wait for one signature
+/// check at most. Past [`MAX_BAD_SEALS`] bad seals, the rest of the batch
+/// is refused unchecked and the link is closed as a protocol violation.
+async fn authenticate(
     shared: &Shared,
     peer: Nation,
     envelopes: Vec<ToVerify>,
     records: &mut Vec<Record>,
-) -> Result<Vec<ToVerify>, StreamError> {
+) -> Result<Vec<(ToVerify, Authentic)>, StreamError> {
     let mut good = Vec::with_capacity(envelopes.len());
     let mut bad = 0;
-    // A cut nation's key is gone from the rules, so its seals never verify.
-    let node_keys = shared.rules().node_keys.clone();
+    // A cut nation's keys are gone from the rules, so its seals never verify.
+    let rules = shared.rules();
     for (checked, item) in envelopes.into_iter().enumerate() {
         if checked > 0 && checked % SEALS_PER_YIELD == 0 {
             tokio::task::yield_now().await;
         }
+        let origin = item.envelope.origin;
         let verdict = if bad >= MAX_BAD_SEALS {
             Err(format!(
                 "not checked: {peer} sent {bad} bad seals in this batch, so its link is closed"
             ))
         } else {
-            match node_keys.get(&item.envelope.origin) {
-                Some(key) => shared
-                    .verifier
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .verify(&item.envelope, key),
-                None => Err(EnvelopeError::UnknownOrigin(item.envelope.origin)),
+            match rules.node_keys.get(&origin) {
+                Some(key) => {
+                    let own = rules
+                        .tag_keys
+                        .get(&origin)
+                        .map(|tag_key| (shared.nation, tag_key));
+                    shared
+                        .verifier
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .authenticate(&item.envelope, key, own)
+                }
+                None => Err(EnvelopeError::UnknownOrigin(origin)),
             }
             .map_err(|err| err.to_string())
         };
-        let record = match verdict {
-            Ok(()) => Record::new(Event::Admit, Verdict::Allow, Reason::Verified.code()),
+        match verdict {
+            Ok(authentic) => good.push((item, authentic)),
             Err(err) => {
                 bad += 1;
                 warn!(id = %item.envelope.id, cause = %err, "refused: bad seal");
@@ -644,20 +666,59 @@ async fn verify(
                 } else {
                     "it was neither delivered nor relayed"
                 };
-                Record::new(Event::Refuse, Verdict::Deny, Reason::BadSignature.code())
-                    .detail(format!("{err}; {fate}"))
+                records.push(
+                    Record::new(Event::Refuse, Verdict::Deny, Reason::BadSignature.code())
+                        .detail(format!("{err}; {fate}"))
+                        .message(&item.envelope, &item.marking)
+                        .subject(peer),
+                );
             }
-        };
-        let ok = record.decision == Verdict::Allow;
-        records.push(record.message(&item.envelope, &item.marking).subject(peer));
-        if ok {
-            good.push(item);
         }
     }
     if bad > MAX_BAD_SEALS {
         return Err(StreamError::BadSeals(bad));
     }
     Ok(good)
+}
+
+/// Checks the signature of each seal [`authenticate`] passed, after what
+/// it passed was delivered and relayed, and records the outcome: mostly
+/// one signature check per batch, or none where the signature was what
+/// proved the seal. A failure here is the origin's own doing (its tag for
+/// this node verified), not the peer's, so it does not count against the
+/// link; the verifier distrusts that origin's tags from then on.
+async fn confirm(
+    shared: &Shared,
+    peer: Nation,
+    authenticated: Vec<(Authentic, Arc<str>)>,
+    records: &mut Vec<Record>,
+) {
+    let rules = shared.rules();
+    for (checked, (authentic, marking)) in authenticated.into_iter().enumerate() {
+        if checked > 0 && checked % SEALS_PER_YIELD == 0 {
+            tokio::task::yield_now().await;
+        }
+        let id = authentic.id();
+        // A key gone since (a cut in between) leaves the seal unconfirmed.
+        let verdict = match rules.node_keys.get(&authentic.origin()) {
+            Some(key) => shared
+                .verifier
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .confirm(&authentic, key),
+            None => Err(EnvelopeError::UnknownOrigin(authentic.origin())),
+        };
+        let record = match verdict {
+            Ok(()) => Record::new(Event::Admit, Verdict::Allow, Reason::Verified.code()),
+            Err(err) => {
+                warn!(%id, cause = %err, "bad signature behind a good tag");
+                Record::new(Event::Refuse, Verdict::Deny, Reason::BadSignature.code()).detail(format!(
+                    "{err}; it was delivered and relayed on the strength of its tag, before its signature was checked"
+                ))
+            }
+        };
+        records.push(record.about(id, &marking).subject(peer));
+    }
 }
 
 /// Hands verified envelopes to the outboxes of this node's children, with

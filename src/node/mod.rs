@@ -36,6 +36,7 @@ use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::audit::{now_us, Audit, AuditError, Event, Record, Verdict};
+use crate::authenticator::TagKeys;
 use crate::envelope::{EnvelopeError, MessageIds, Signer, Verifier};
 use crate::identity::{ed25519_public_key, Identity, IdentityError, TrustStore};
 use crate::label::Nation;
@@ -381,6 +382,8 @@ struct Rules {
     all_node_keys: Arc<HashMap<Nation, Vec<u8>>>,
     /// The node keys whose seals count now: none of a cut-out nation's.
     node_keys: Arc<HashMap<Nation, Vec<u8>>>,
+    /// The tag keys this node shares with the nations of `node_keys`.
+    tag_keys: Arc<TagKeys>,
     /// What `admin status` shows: the policy's digest with the CAs and
     /// CRLs, so a node that has not applied a revocation stands out too.
     digest: String,
@@ -392,13 +395,15 @@ impl Rules {
         material: TrustMaterial,
         all_node_keys: Arc<HashMap<Nation, Vec<u8>>>,
         suspended: &BTreeSet<Nation>,
+        signer: &Signer,
     ) -> Result<Rules, NodeError> {
         let trust = material.trust_store(suspended)?;
-        let node_keys = all_node_keys
+        let node_keys: HashMap<Nation, Vec<u8>> = all_node_keys
             .iter()
             .filter(|(nation, _)| !suspended.contains(nation))
             .map(|(&nation, key)| (nation, key.clone()))
             .collect();
+        let tag_keys = Arc::new(signer.tag_keys(&node_keys));
         let policy = Arc::new(loaded.with_suspended(suspended));
         let mut context = ring::digest::Context::new(&ring::digest::SHA256);
         context.update(policy.digest().as_bytes());
@@ -417,6 +422,7 @@ impl Rules {
             trust,
             all_node_keys,
             node_keys: Arc::new(node_keys),
+            tag_keys,
         })
     }
 
@@ -754,6 +760,7 @@ impl Node {
             config.trust,
             Arc::new(config.node_keys),
             &suspended,
+            &config.signer,
         )?;
         let audit = Audit::open(&config.data_dir, config.nation)?;
         let (stop, stopped) = watch::channel(false);

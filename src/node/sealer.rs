@@ -73,10 +73,14 @@ pub(super) async fn seal_forever(shared: Arc<Shared>, mut queue: mpsc::Receiver<
                 Err(_) => break,
             }
         }
-        let (signature, proofs) = shared.signer.seal_leaves(batch.iter().map(|s| s.leaf).collect());
+        // Tagged for every nation whose key the rules hold now: none cut.
+        let tag_keys = shared.rules().tag_keys.clone();
+        let sealed = shared
+            .signer
+            .seal_leaves(batch.iter().map(|s| s.leaf).collect(), &tag_keys);
         let proofs: Vec<Proof> = batch
             .iter()
-            .zip(proofs)
+            .zip(sealed.proofs)
             .map(|(sealed, (siblings, left))| Proof {
                 id: sealed.id,
                 siblings,
@@ -105,7 +109,8 @@ pub(super) async fn seal_forever(shared: Arc<Shared>, mut queue: mpsc::Receiver<
                 Some((_, frame)) => frame.clone(),
                 None => {
                     let seals = Frame::Seals(SealBatch {
-                        signature: signature.clone(),
+                        signature: sealed.signature.clone(),
+                        tags: sealed.tags.clone(),
                         proofs: carried.iter().map(|&i| proofs[i].clone()).collect(),
                     });
                     match wire::encode(&seals) {
@@ -133,6 +138,7 @@ pub(super) async fn seal_forever(shared: Arc<Shared>, mut queue: mpsc::Receiver<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::authenticator::Tag;
     use crate::envelope::Signer;
 
     #[test]
@@ -140,8 +146,9 @@ mod tests {
         let der = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
         let signer = Signer::from_pkcs8(der.as_ref()).unwrap();
         let leaves: Vec<Hash> = (0..SEAL_BATCH).map(|i| [(i % 251) as u8; 32]).collect();
-        let (signature, proofs) = signer.seal_leaves(leaves);
-        let proofs = proofs
+        let sealed = signer.seal_leaves(leaves, &Default::default());
+        let proofs = sealed
+            .proofs
             .into_iter()
             .enumerate()
             .map(|(i, (siblings, left))| Proof {
@@ -150,7 +157,17 @@ mod tests {
                 left,
             })
             .collect();
-        let frame = wire::encode(&Frame::Seals(SealBatch { signature, proofs })).unwrap();
+        // With a tag for as many nations as a seal may name.
+        let tag = Tag {
+            nation: *b"AAA",
+            mac: [0; crate::authenticator::TAG_LEN],
+        };
+        let frame = wire::encode(&Frame::Seals(SealBatch {
+            signature: sealed.signature,
+            tags: vec![tag; crate::authenticator::MAX_TAGS],
+            proofs,
+        }))
+        .unwrap();
         assert!(frame.len() < wire::MAX_FRAME / 2, "{} bytes", frame.len());
     }
 }
