@@ -55,9 +55,12 @@ impl fmt::Debug for TagKey {
 }
 
 impl TagKey {
-    fn mac(&self, root: &[u8; 32], signature: &[u8]) -> [u8; TAG_LEN] {
+    fn mac(&self, nation: [u8; 3], root: &[u8; 32], signature: &[u8]) -> [u8; TAG_LEN] {
         let mut context = hmac::Context::with_key(&self.0);
         context.update(TAG_CONTEXT);
+        // Whose tag it is: the key is the same both ways, and the root
+        // names the origin, so with this each tag has one reading only.
+        context.update(&nation);
         context.update(root);
         context.update(signature);
         let mut mac = [0; TAG_LEN];
@@ -69,14 +72,14 @@ impl TagKey {
     pub fn tag(&self, nation: Nation, root: &[u8; 32], signature: &[u8]) -> Tag {
         Tag {
             nation: nation.code(),
-            mac: self.mac(root, signature),
+            mac: self.mac(nation.code(), root, signature),
         }
     }
 
     /// Whether `tag` is this key's over `root` and `signature` (in
     /// constant time, so a forger learns nothing from how long it took).
     pub fn accepts(&self, tag: &Tag, root: &[u8; 32], signature: &[u8]) -> bool {
-        self.mac(root, signature).ct_eq(&tag.mac).into()
+        self.mac(tag.nation, root, signature).ct_eq(&tag.mac).into()
     }
 }
 

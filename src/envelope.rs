@@ -480,12 +480,13 @@ impl Signer {
         }
         let (root, proofs) = merkle(leaves);
         let signature = self.key.sign(&root_message(&root)).as_ref().to_vec();
-        let mut tags: Vec<Tag> = tag_keys
-            .iter()
+        let mut nations: Vec<&Nation> = tag_keys.keys().collect();
+        nations.sort_unstable();
+        let tags = nations
+            .into_iter()
             .take(MAX_TAGS)
-            .map(|(&nation, key)| key.tag(nation, &root, &signature))
+            .map(|nation| tag_keys[nation].tag(*nation, &root, &signature))
             .collect();
-        tags.sort_unstable_by_key(|tag| tag.nation);
         BatchSeal {
             signature,
             tags,
@@ -600,6 +601,15 @@ impl Proven {
     }
 }
 
+/// A root's signature as checked: a failure counts only under the same
+/// key (a success stands until [`Verifier::clear`], as proven nodes do).
+#[derive(Debug)]
+struct Checked {
+    signature: Arc<[u8]>,
+    key: Arc<[u8]>,
+    holds: bool,
+}
+
 /// What [`Verifier::authenticate`] proved: the envelope's proof leads to a
 /// root its origin sealed. [`Verifier::confirm`] then checks the signature
 /// over that root, if that was not how it was proven.
@@ -610,9 +620,17 @@ pub struct Authentic {
     id: MessageId,
     root: Hash,
     signature: Arc<[u8]>,
+    /// The signature over the root verified already.
+    signed: bool,
 }
 
 impl Authentic {
+    /// Whether [`Verifier::confirm`] has a signature to check: the seal
+    /// was proven by a tag, and its root's signature is not yet checked.
+    pub fn needs_signature(&self) -> bool {
+        !self.signed
+    }
+
     /// The message's id.
     pub fn id(&self) -> MessageId {
         self.id
@@ -638,11 +656,14 @@ impl Authentic {
 pub struct Verifier {
     proven: HashMap<(Nation, Hash), Proven>,
     order: VecDeque<(Nation, Hash)>,
-    /// Roots whose signature verified, with that signature.
-    signed: HashMap<(Nation, Hash), Arc<[u8]>>,
-    signed_order: VecDeque<(Nation, Hash)>,
+    /// Roots whose signature was checked, with that signature and whether
+    /// it held (a failure is remembered too, so a bad root costs one check
+    /// however many envelopes it covers; a success replaces it).
+    checked: HashMap<(Nation, Hash), Checked>,
+    checked_order: VecDeque<(Nation, Hash)>,
     /// Origins whose tag once verified beside a bad signature: their seals
-    /// are checked by signature before any relay from then on.
+    /// are checked by signature before any relay from then on, until the
+    /// node restarts.
     distrusted: HashSet<Nation>,
     capacity: usize,
 }
@@ -654,8 +675,8 @@ impl Verifier {
         Verifier {
             proven: HashMap::new(),
             order: VecDeque::new(),
-            signed: HashMap::new(),
-            signed_order: VecDeque::new(),
+            checked: HashMap::new(),
+            checked_order: VecDeque::new(),
             distrusted: HashSet::new(),
             capacity: capacity.max(1),
         }
@@ -663,13 +684,19 @@ impl Verifier {
 
     /// Forgets everything proven. A proven node stands for the key that
     /// checked its root: when a nation's key may have changed (a reload),
-    /// nothing proven under the old one may vouch any more.
+    /// nothing proven under the old one may vouch any more. Distrust stays:
+    /// a new key does not make an origin that lied honest.
     pub fn clear(&mut self) {
         self.proven.clear();
         self.order.clear();
-        self.signed.clear();
-        self.signed_order.clear();
-        self.distrusted.clear();
+        self.checked.clear();
+        self.checked_order.clear();
+    }
+
+    /// Whether `origin` once tagged a bad signature, so that its seals are
+    /// proven by signature only.
+    pub fn distrusts(&self, origin: Nation) -> bool {
+        self.distrusted.contains(&origin)
     }
 
     /// Both steps at once: the same result as [`Envelope::verify`].
@@ -703,11 +730,16 @@ impl Verifier {
                 // The same signature: shared, not copied again.
                 let (signature, root) = (proven.signature.clone(), proven.root);
                 self.remember(origin, seal, signature.clone(), &path, root);
+                let signed = self
+                    .checked
+                    .get(&(origin, root))
+                    .is_some_and(|known| known.holds && *known.signature == *signature);
                 return Ok(Authentic {
                     origin,
                     id: envelope.id,
                     root,
                     signature,
+                    signed,
                 });
             }
             path.push(hash);
@@ -731,6 +763,7 @@ impl Verifier {
             id: envelope.id,
             root,
             signature,
+            signed: !tagged,
         })
     }
 
@@ -741,7 +774,9 @@ impl Verifier {
     /// its is checked by signature before anything is relayed.
     pub fn confirm(&mut self, authentic: &Authentic, origin_public_key: &[u8]) -> Result<(), EnvelopeError> {
         let origin = authentic.origin;
-        if self.signature_holds(origin, &authentic.root, &authentic.signature, origin_public_key) {
+        if authentic.signed
+            || self.signature_holds(origin, &authentic.root, &authentic.signature, origin_public_key)
+        {
             return Ok(());
         }
         if self.distrusted.insert(origin) {
@@ -756,28 +791,30 @@ impl Verifier {
     }
 
     /// Whether `signature` is `origin`'s over `root`: remembered, or
-    /// checked now (and remembered when it holds).
+    /// checked now and remembered.
     fn signature_holds(&mut self, origin: Nation, root: &Hash, signature: &[u8], public_key: &[u8]) -> bool {
-        if self
-            .signed
-            .get(&(origin, *root))
-            .is_some_and(|known| **known == *signature)
-        {
-            return true;
+        let key = (origin, *root);
+        if let Some(known) = self.checked.get(&key) {
+            if *known.signature == *signature && (known.holds || *known.key == *public_key) {
+                return known.holds;
+            }
         }
         let holds = UnparsedPublicKey::new(&signature::ED25519, public_key)
             .verify(&root_message(root), signature)
             .is_ok();
-        if holds
-            && self
-                .signed
-                .insert((origin, *root), Arc::from(signature))
-                .is_none()
-        {
-            self.signed_order.push_back((origin, *root));
-            if self.signed_order.len() > self.capacity {
-                if let Some(oldest) = self.signed_order.pop_front() {
-                    self.signed.remove(&oldest);
+        // A failure never replaces a success, so another signature sent
+        // under a genuine root cannot make its batch cost a check each.
+        let keep = holds || !self.checked.contains_key(&key);
+        let checked = Checked {
+            signature: Arc::from(signature),
+            key: Arc::from(public_key),
+            holds,
+        };
+        if keep && self.checked.insert(key, checked).is_none() {
+            self.checked_order.push_back(key);
+            if self.checked_order.len() > self.capacity {
+                if let Some(oldest) = self.checked_order.pop_front() {
+                    self.checked.remove(&oldest);
                 }
             }
         }
@@ -1308,14 +1345,17 @@ mod tests {
             verifier.confirm(&authentic, key),
             Err(EnvelopeError::OriginSignedBadly { .. })
         ));
+        // The bad root is remembered: the rest of its batch costs no check.
+        assert!(verifier.checked.values().any(|checked| !checked.holds));
         // Neither its tag nor the nodes it proved count any more.
         assert!(verifier.authenticate(&envelopes[1], key, own).is_err());
         // Its genuine seals still verify, by signature.
         let genuine = tagged.batch(2);
         assert!(verifier.authenticate(&genuine[0], key, own).is_ok());
-        // A change of rules starts trust afresh.
+        // Nor after a change of rules.
         verifier.clear();
-        assert!(verifier.authenticate(&envelopes[2], key, own).is_ok());
+        assert!(verifier.authenticate(&envelopes[2], key, own).is_err());
+        assert!(verifier.distrusts(Nation::parse("GBR").unwrap()));
     }
 
     #[test]

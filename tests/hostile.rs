@@ -861,3 +861,56 @@ async fn an_origin_that_tags_a_bad_signature_is_caught_and_then_checked_first() 
     assert_eq!(count(&net, "LVA", |l| l.contains(&second)), 0);
     net.shutdown().await;
 }
+
+/// An honest relay is not blamed for a lying origin: once LVA distrusts
+/// GBR's tags, GBR's tagged lies that EST passes on are refused by
+/// signature at LVA, but they do not count against EST's link, which
+/// stays up and keeps delivering.
+#[tokio::test]
+async fn a_relay_passing_on_a_distrusted_origins_lies_keeps_its_link() {
+    let net = TestNetwork::start_from(RING, NodeSettings::default()).await;
+    let lva = subscriber(&net, "lva.analyst", "reports.>", &["EST"]).await;
+    let ring = net.policy.scheme().parse("SECRET//REL TO RING").unwrap();
+    // Played as EST's node: LVA's peer, relaying what GBR sealed.
+    let mut est = link(&net, "EST", "LVA").await;
+    let lie = |n: u64| {
+        let payload = format!("lie {n}");
+        tagged_with_a_bad_signature(
+            &net,
+            message(
+                test_id(0x7b, n),
+                "GBR",
+                "gbr.analyst",
+                ring.clone(),
+                payload.as_bytes(),
+            ),
+        )
+    };
+    est.send_frame(&Frame::Forward(lie(0))).await;
+    assert_eq!(next_payload(&lva).await, "lie 0", "its tag for LVA holds");
+    net.wait_for_audit(nation("LVA"), |l| {
+        l.contains("tags are not trusted here any more")
+    })
+    .await;
+    // Far more than the bad seals a link may bring in one batch.
+    for n in 1..=40 {
+        est.send_frame(&Frame::Forward(lie(n))).await;
+    }
+    // GBR's genuine seals still count, by signature.
+    let mut sentinel = vec![Envelope::from(message(
+        test_id(0x7b, 100),
+        "GBR",
+        "gbr.analyst",
+        ring.clone(),
+        b"still linked",
+    ))];
+    node_signer(&net, nation("GBR")).seal_batch(&mut sentinel, &tag_keys(&net, nation("GBR")));
+    est.send_frame(&Frame::Forward(sentinel.remove(0))).await;
+    assert_eq!(next_payload(&lva).await, "still linked");
+    // The lies after the first were refused by signature, unrelayed.
+    net.wait_for_audit(nation("LVA"), |l| {
+        l.contains(&reason("bad-signature")) && l.contains("neither delivered nor relayed")
+    })
+    .await;
+    net.shutdown().await;
+}

@@ -597,7 +597,9 @@ async fn ingress(
         tokio::task::yield_now().await;
         tokio::task::yield_now().await;
     }
-    confirm(shared, peer, to_confirm, &mut records).await;
+    if let Err(err) = confirm(shared, peer, to_confirm, &mut records).await {
+        result = Err(err);
+    }
     for record in records {
         shared.audit(record).await;
     }
@@ -659,7 +661,17 @@ async fn authenticate(
         match verdict {
             Ok(authentic) => good.push((item, authentic)),
             Err(err) => {
-                bad += 1;
+                // An honest relay may have passed on, by their tags, seals
+                // of an origin that this node distrusts since: not the
+                // link's fault.
+                let distrusted = shared
+                    .verifier
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .distrusts(origin);
+                if origin == peer || !distrusted {
+                    bad += 1;
+                }
                 warn!(id = %item.envelope.id, cause = %err, "refused: bad seal");
                 let fate = if item.delivered {
                     "it came on its origin's own link, so it was delivered here, but it is never relayed or stored"
@@ -681,44 +693,71 @@ async fn authenticate(
     Ok(good)
 }
 
-/// Checks the signature of each seal [`authenticate`] passed, after what
-/// it passed was delivered and relayed, and records the outcome: mostly
-/// one signature check per batch, or none where the signature was what
-/// proved the seal. A failure here is the origin's own doing (its tag for
-/// this node verified), not the peer's, so it does not count against the
-/// link; the verifier distrusts that origin's tags from then on.
+/// Checks the signature of each seal [`authenticate`] proved by a tag,
+/// after what it passed was delivered and relayed, and records the
+/// outcome: mostly one signature check per batch, or none where the
+/// signature was what proved the seal. A failure is the origin's own doing
+/// (its tag for this node verified), so the verifier distrusts that
+/// origin's tags from then on, and it counts against the link only when
+/// the origin is the peer: past [`MAX_BAD_SEALS`] of those the rest are
+/// not checked and the link is closed.
 async fn confirm(
     shared: &Shared,
     peer: Nation,
     authenticated: Vec<(Authentic, Arc<str>)>,
     records: &mut Vec<Record>,
-) {
+) -> Result<(), StreamError> {
     let rules = shared.rules();
+    let mut bad = 0;
     for (checked, (authentic, marking)) in authenticated.into_iter().enumerate() {
+        let id = authentic.id();
+        let origin = authentic.origin();
+        if !authentic.needs_signature() {
+            records.push(
+                Record::new(Event::Admit, Verdict::Allow, Reason::Verified.code())
+                    .about(id, &marking)
+                    .subject(peer),
+            );
+            continue;
+        }
         if checked > 0 && checked % SEALS_PER_YIELD == 0 {
             tokio::task::yield_now().await;
         }
-        let id = authentic.id();
-        // A key gone since (a cut in between) leaves the seal unconfirmed.
-        let verdict = match rules.node_keys.get(&authentic.origin()) {
-            Some(key) => shared
-                .verifier
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .confirm(&authentic, key),
-            None => Err(EnvelopeError::UnknownOrigin(authentic.origin())),
+        let unchecked = bad >= MAX_BAD_SEALS;
+        let verdict = if unchecked {
+            Err(format!(
+                "not checked: {peer} sent {bad} seals with bad signatures in this batch, so its link is closed"
+            ))
+        } else {
+            // A key gone since (a cut in between) leaves the seal unconfirmed.
+            match rules.node_keys.get(&origin) {
+                Some(key) => shared
+                    .verifier
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .confirm(&authentic, key),
+                None => Err(EnvelopeError::UnknownOrigin(origin)),
+            }
+            .map_err(|err| err.to_string())
         };
         let record = match verdict {
             Ok(()) => Record::new(Event::Admit, Verdict::Allow, Reason::Verified.code()),
             Err(err) => {
+                if origin == peer || unchecked {
+                    bad += 1;
+                }
                 warn!(%id, cause = %err, "bad signature behind a good tag");
                 Record::new(Event::Refuse, Verdict::Deny, Reason::BadSignature.code()).detail(format!(
-                    "{err}; it was delivered and relayed on the strength of its tag, before its signature was checked"
+                    "{err}; its tag for this node had verified, so it was delivered and relayed as its route allowed before this check"
                 ))
             }
         };
         records.push(record.about(id, &marking).subject(peer));
     }
+    if bad > MAX_BAD_SEALS {
+        return Err(StreamError::BadSeals(bad));
+    }
+    Ok(())
 }
 
 /// Hands verified envelopes to the outboxes of this node's children, with
