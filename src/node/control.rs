@@ -365,11 +365,7 @@ async fn apply(
     });
     // Seals proven under a key these rules may have replaced vouch for
     // nothing more: the next batch of each origin is checked again.
-    shared
-        .verifier
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clear();
+    shared.verifier().clear();
 
     let here = shared.nation;
     let now = UnixTime::now();

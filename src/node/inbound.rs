@@ -1,13 +1,15 @@
 //! Links dialed by peers, which are receive-only: each batch of frames is
-//! checked by the routing core, delivered, its seals verified, and what
-//! verified relayed on, sealed, to this node's children in its delivery
-//! tree. Envelopes straight from their origin are delivered ahead of their
-//! seals; whatever never gets its seal is audited when the link ends.
+//! checked by the routing core, its seals authenticated (by this node's
+//! tag, or the signature), delivered, what passed relayed on, sealed, to
+//! this node's children in its delivery tree, and then the signatures
+//! behind the tags checked. Envelopes straight from their origin are
+//! delivered ahead of their seals; whatever never gets its seal is audited
+//! when the link ends.
 //! Custody of what the link carried is acknowledged once it is delivered
 //! and stored for the next hops.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
 use quinn::{Connection, VarInt};
 use tokio::time::Instant;
@@ -370,9 +372,11 @@ struct ToVerify {
 /// Frames from a peer, read together. An envelope straight from its
 /// origin is checked by the routing core (duplicate, age, whether this
 /// nation and the peer may hold it) and delivered at once; every other
-/// envelope is delivered only once its seal verifies. Then every seal at
-/// hand is verified (mostly one signature check per batch), and what
-/// verified goes on to this node's children in its delivery tree, sealed.
+/// envelope is delivered only once its seal is authenticated. Then every
+/// seal at hand is authenticated (by this node's tag, or else by the
+/// signature), what passed goes on to this node's children in its
+/// delivery tree, sealed, and the signatures behind the tags are checked
+/// (mostly one per batch).
 /// Envelopes that came unsealed wait (bounded) for the `Seals` frame that
 /// follows them.
 ///
@@ -648,11 +652,7 @@ async fn authenticate(
                         .tag_keys
                         .get(&origin)
                         .map(|tag_key| (shared.nation, tag_key));
-                    shared
-                        .verifier
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .authenticate(&item.envelope, key, own)
+                    shared.verifier().authenticate(&item.envelope, key, own)
                 }
                 None => Err(EnvelopeError::UnknownOrigin(origin)),
             }
@@ -664,12 +664,7 @@ async fn authenticate(
                 // An honest relay may have passed on, by their tags, seals
                 // of an origin that this node distrusts since: not the
                 // link's fault.
-                let distrusted = shared
-                    .verifier
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .distrusts(origin);
-                if origin == peer || !distrusted {
+                if origin == peer || !shared.verifier().distrusts(origin) {
                     bad += 1;
                 }
                 warn!(id = %item.envelope.id, cause = %err, "refused: bad seal");
@@ -712,30 +707,20 @@ async fn confirm(
     for (checked, (authentic, marking)) in authenticated.into_iter().enumerate() {
         let id = authentic.id();
         let origin = authentic.origin();
-        if !authentic.needs_signature() {
-            records.push(
-                Record::new(Event::Admit, Verdict::Allow, Reason::Verified.code())
-                    .about(id, &marking)
-                    .subject(peer),
-            );
-            continue;
-        }
         if checked > 0 && checked % SEALS_PER_YIELD == 0 {
             tokio::task::yield_now().await;
         }
         let unchecked = bad >= MAX_BAD_SEALS;
-        let verdict = if unchecked {
+        let verdict = if !authentic.needs_signature() {
+            Ok(())
+        } else if unchecked {
             Err(format!(
                 "not checked: {peer} sent {bad} seals with bad signatures in this batch, so its link is closed"
             ))
         } else {
             // A key gone since (a cut in between) leaves the seal unconfirmed.
             match rules.node_keys.get(&origin) {
-                Some(key) => shared
-                    .verifier
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .confirm(&authentic, key),
+                Some(key) => shared.verifier().confirm(&authentic, key),
                 None => Err(EnvelopeError::UnknownOrigin(origin)),
             }
             .map_err(|err| err.to_string())

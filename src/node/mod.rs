@@ -484,6 +484,11 @@ impl Shared {
         self.rules.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
+    /// The seal verifier, locked: for one call, never across an `.await`.
+    fn verifier(&self) -> std::sync::MutexGuard<'_, Verifier> {
+        self.verifier.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Starts a dialer for each peer of the rules that has none yet (a
     /// reload may add peers). A dialer runs until shutdown, idle while
     /// its peer is not linked to.
