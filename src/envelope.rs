@@ -745,16 +745,25 @@ impl Verifier {
             path.push(hash);
         }
         let root = hash;
-        let tagged = own
-            .filter(|_| !self.distrusted.contains(&origin))
-            .is_some_and(|(here, key)| {
-                seal.tags
-                    .iter()
-                    .find(|tag| tag.nation == here.code())
-                    .is_some_and(|tag| key.accepts(tag, &root, &seal.signature))
-            });
+        let tag_holds = own.is_some_and(|(here, key)| {
+            seal.tags
+                .iter()
+                .find(|tag| tag.nation == here.code())
+                .is_some_and(|tag| key.accepts(tag, &root, &seal.signature))
+        });
+        let tagged = tag_holds && !self.distrusted.contains(&origin);
         if !tagged && !self.signature_holds(origin, &root, &seal.signature, origin_public_key) {
-            return Err(envelope.bad_signature());
+            // A good tag beside a bad signature is the origin's own doing
+            // (a distrusted origin's: a trusted one's passed above), not
+            // the doing of whoever passed it on.
+            return Err(if tag_holds {
+                EnvelopeError::OriginSignedBadly {
+                    id: envelope.id,
+                    origin,
+                }
+            } else {
+                envelope.bad_signature()
+            });
         }
         let signature: Arc<[u8]> = Arc::from(seal.signature.as_slice());
         self.remember(origin, seal, signature.clone(), &path, root);
@@ -1347,8 +1356,12 @@ mod tests {
         ));
         // The bad root is remembered: the rest of its batch costs no check.
         assert!(verifier.checked.values().any(|checked| !checked.holds));
-        // Neither its tag nor the nodes it proved count any more.
-        assert!(verifier.authenticate(&envelopes[1], key, own).is_err());
+        // Neither its tag nor the nodes it proved count any more, and its
+        // next lie is told apart from a relay's forgery.
+        assert!(matches!(
+            verifier.authenticate(&envelopes[1], key, own),
+            Err(EnvelopeError::OriginSignedBadly { .. })
+        ));
         // Its genuine seals still verify, by signature.
         let genuine = tagged.batch(2);
         assert!(verifier.authenticate(&genuine[0], key, own).is_ok());

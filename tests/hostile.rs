@@ -865,7 +865,7 @@ async fn an_origin_that_tags_a_bad_signature_is_caught_and_then_checked_first() 
 /// An honest relay is not blamed for a lying origin: once LVA distrusts
 /// GBR's tags, GBR's tagged lies that EST passes on are refused by
 /// signature at LVA, but they do not count against EST's link, which
-/// stays up and keeps delivering.
+/// stays up and keeps delivering; forgeries without LVA's tag do.
 #[tokio::test]
 async fn a_relay_passing_on_a_distrusted_origins_lies_keeps_its_link() {
     let net = TestNetwork::start_from(RING, NodeSettings::default()).await;
@@ -912,5 +912,16 @@ async fn a_relay_passing_on_a_distrusted_origins_lies_keeps_its_link() {
         l.contains(&reason("bad-signature")) && l.contains("neither delivered nor relayed")
     })
     .await;
+    // But seals of the same origin without LVA's good tag are the
+    // relay's forgeries, and they still cost it its link.
+    for n in 200..240 {
+        let mut forged = lie(n);
+        forged.seal.tags.clear();
+        est.send_frame(&Frame::Forward(forged)).await;
+    }
+    let reason_text = tokio::time::timeout(Duration::from_secs(30), est.close_reason())
+        .await
+        .expect("the link is closed");
+    assert!(reason_text.contains("bad seals in one batch"), "{reason_text}");
     net.shutdown().await;
 }

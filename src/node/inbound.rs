@@ -642,8 +642,9 @@ async fn authenticate(
         }
         let origin = item.envelope.origin;
         let verdict = if bad >= MAX_BAD_SEALS {
-            Err(format!(
-                "not checked: {peer} sent {bad} bad seals in this batch, so its link is closed"
+            Err((
+                format!("not checked: {peer} sent {bad} bad seals in this batch, so its link is closed"),
+                false,
             ))
         } else {
             match rules.node_keys.get(&origin) {
@@ -656,15 +657,19 @@ async fn authenticate(
                 }
                 None => Err(EnvelopeError::UnknownOrigin(origin)),
             }
-            .map_err(|err| err.to_string())
+            .map_err(|err| {
+                // This node's own tag verified beside a bad signature: the
+                // origin's doing. An honest relay passes such seals on (by
+                // their tags) until it learns to distrust that origin
+                // too, so they do not count against a relay's link.
+                let origins_doing = matches!(err, EnvelopeError::OriginSignedBadly { .. });
+                (err.to_string(), origins_doing)
+            })
         };
         match verdict {
             Ok(authentic) => good.push((item, authentic)),
-            Err(err) => {
-                // An honest relay may have passed on, by their tags, seals
-                // of an origin that this node distrusts since: not the
-                // link's fault.
-                if origin == peer || !shared.verifier().distrusts(origin) {
+            Err((err, origins_doing)) => {
+                if origin == peer || !origins_doing {
                     bad += 1;
                 }
                 warn!(id = %item.envelope.id, cause = %err, "refused: bad seal");
