@@ -789,11 +789,11 @@ fn tag_keys(net: &TestNetwork, of: Nation) -> TagKeys {
 
 /// GBR's envelope sealed as a batch of one (its root is its leaf) with a
 /// signature that does not verify, under genuine tags for every nation.
-fn tagged_with_a_bad_signature(net: &TestNetwork, message: Unsigned) -> Envelope {
+fn tagged_with_a_bad_signature(gbr_keys: &TagKeys, message: Unsigned) -> Envelope {
     let mut envelope = Envelope::from(message);
     let root = envelope.leaf();
     let signature = vec![7u8; 64];
-    let mut tags: Vec<_> = tag_keys(net, nation("GBR"))
+    let mut tags: Vec<_> = gbr_keys
         .iter()
         .map(|(&nation, key)| key.tag(nation, &root, &signature))
         .collect();
@@ -820,11 +820,12 @@ async fn an_origin_that_tags_a_bad_signature_is_caught_and_then_checked_first() 
     let lva = subscriber(&net, "lva.analyst", "reports.>", &["GBR", "EST"]).await;
     let ring = net.policy.scheme().parse("SECRET//REL TO RING").unwrap();
     let mut gbr = link(&net, "GBR", "EST").await;
+    let gbr_keys = tag_keys(&net, nation("GBR"));
     let send =
         |n: u64, payload: &[u8]| message(test_id(0x7a, n), "GBR", "gbr.analyst", ring.clone(), payload);
 
     gbr.send_frame(&Frame::Forward(tagged_with_a_bad_signature(
-        &net,
+        &gbr_keys,
         send(1, b"first lie"),
     )))
     .await;
@@ -839,7 +840,7 @@ async fn an_origin_that_tags_a_bad_signature_is_caught_and_then_checked_first() 
     }
 
     gbr.send_frame(&Frame::Forward(tagged_with_a_bad_signature(
-        &net,
+        &gbr_keys,
         send(2, b"second lie"),
     )))
     .await;
@@ -873,10 +874,11 @@ async fn a_relay_passing_on_a_distrusted_origins_lies_keeps_its_link() {
     let ring = net.policy.scheme().parse("SECRET//REL TO RING").unwrap();
     // Played as EST's node: LVA's peer, relaying what GBR sealed.
     let mut est = link(&net, "EST", "LVA").await;
+    let gbr_keys = tag_keys(&net, nation("GBR"));
     let lie = |n: u64| {
         let payload = format!("lie {n}");
         tagged_with_a_bad_signature(
-            &net,
+            &gbr_keys,
             message(
                 test_id(0x7b, n),
                 "GBR",
@@ -918,6 +920,39 @@ async fn a_relay_passing_on_a_distrusted_origins_lies_keeps_its_link() {
         let mut forged = lie(n);
         forged.seal.tags.clear();
         est.send_frame(&Frame::Forward(forged)).await;
+    }
+    let reason_text = tokio::time::timeout(Duration::from_secs(30), est.close_reason())
+        .await
+        .expect("the link is closed");
+    assert!(reason_text.contains("bad seals in one batch"), "{reason_text}");
+    net.shutdown().await;
+}
+
+/// A relay colluding with a lying origin cannot pass its lies on without
+/// end: past the allowance a link has for an origin's bad signatures
+/// behind good tags, they count against it, and it is cut.
+#[tokio::test]
+async fn a_relay_passing_on_lies_without_end_is_cut() {
+    let net = TestNetwork::start_from(RING, NodeSettings::default()).await;
+    let lva = subscriber(&net, "lva.analyst", "reports.>", &["EST"]).await;
+    let ring = net.policy.scheme().parse("SECRET//REL TO RING").unwrap();
+    let mut est = link(&net, "EST", "LVA").await;
+    let gbr_keys = tag_keys(&net, nation("GBR"));
+    let lie = |n: u64| {
+        tagged_with_a_bad_signature(
+            &gbr_keys,
+            message(test_id(0x7c, n), "GBR", "gbr.analyst", ring.clone(), b"lie"),
+        )
+    };
+    est.send_frame(&Frame::Forward(lie(0))).await;
+    assert_eq!(next_payload(&lva).await, "lie");
+    net.wait_for_audit(nation("LVA"), |l| {
+        l.contains("tags are not trusted here any more")
+    })
+    .await;
+    // Well past the allowance (1,024 in a link's life).
+    for n in 1..=1_200 {
+        est.send_frame(&Frame::Forward(lie(n))).await;
     }
     let reason_text = tokio::time::timeout(Duration::from_secs(30), est.close_reason())
         .await

@@ -18,7 +18,7 @@ use tracing::warn;
 use super::connection::{accept_hello, close_after, next_batch, write_frame, AbortOnDrop, StreamError};
 use super::custody::{self, Committed};
 use super::outbound::{self, Outgoing};
-use super::{Reason, Shared};
+use super::{Reason, Rules, Shared};
 use crate::audit::{Event, Record, Verdict};
 use crate::envelope::{Authentic, Envelope, EnvelopeError, MessageId};
 use crate::label::Nation;
@@ -58,6 +58,9 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
     let mut frames = Vec::new();
     let mut unsealed = Unsealed::default();
     let mut count = CustodyCount::default();
+    // Bad signatures behind good tags this link brought that were not
+    // its own origin's (see `authenticate`).
+    let mut excused = 0;
     // Custody is acknowledged only once what it covers is delivered here
     // and stored for the next hops (on disk, with `sync`), by a task of
     // its own: the reader goes on with the next batch meanwhile, so a
@@ -98,6 +101,7 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
                     &mut frames,
                     &mut unsealed,
                     &mut count,
+                    &mut excused,
                     &mut changes,
                 )
                 .await;
@@ -391,6 +395,7 @@ async fn ingress(
     frames: &mut Vec<Frame>,
     unsealed: &mut Unsealed,
     count: &mut CustodyCount,
+    excused: &mut usize,
     changes: &mut Vec<Change>,
 ) -> Result<(), StreamError> {
     let durable = shared.custody.durable();
@@ -543,7 +548,10 @@ async fn ingress(
         tokio::task::yield_now().await;
         tokio::task::yield_now().await;
     }
-    let authenticated = match authenticate(shared, peer, to_verify, &mut records).await {
+    // One set of keys for both steps: a reload in between must not make a
+    // seal proven under the old key fail under the new one.
+    let rules = shared.rules();
+    let authenticated = match authenticate(shared, &rules, peer, to_verify, excused, &mut records).await {
         Ok(authenticated) => authenticated,
         Err(err) => {
             result = Err(err);
@@ -601,7 +609,7 @@ async fn ingress(
         tokio::task::yield_now().await;
         tokio::task::yield_now().await;
     }
-    if let Err(err) = confirm(shared, peer, to_confirm, &mut records).await {
+    if let Err(err) = confirm(shared, &rules, peer, to_confirm, &mut records).await {
         result = Err(err);
     }
     for record in records {
@@ -619,6 +627,12 @@ const MAX_BAD_SEALS: usize = 8;
 /// Seals checked between yields, so one large batch does not keep other
 /// tasks from running for more than about a millisecond.
 const SEALS_PER_YIELD: usize = 16;
+/// Bad signatures behind this node's good tags, of origins other than the
+/// peer, that one link may bring without being cut: an honest relay passes
+/// such lies on until it distrusts their origin too (about one batch of
+/// them), while a relay colluding with a lying origin would otherwise
+/// cost this node a signature check each, without end.
+const MAX_EXCUSED: usize = 1024;
 
 /// Proves each seal its origin's, by this node's tag or by the signature
 /// ([`crate::envelope::Verifier::authenticate`]), and records each refusal;
@@ -628,14 +642,15 @@ const SEALS_PER_YIELD: usize = 16;
 /// is refused unchecked and the link is closed as a protocol violation.
 async fn authenticate(
     shared: &Shared,
+    rules: &Rules,
     peer: Nation,
     envelopes: Vec<ToVerify>,
+    excused: &mut usize,
     records: &mut Vec<Record>,
 ) -> Result<Vec<(ToVerify, Authentic)>, StreamError> {
     let mut good = Vec::with_capacity(envelopes.len());
     let mut bad = 0;
     // A cut nation's keys are gone from the rules, so its seals never verify.
-    let rules = shared.rules();
     for (checked, item) in envelopes.into_iter().enumerate() {
         if checked > 0 && checked % SEALS_PER_YIELD == 0 {
             tokio::task::yield_now().await;
@@ -661,7 +676,8 @@ async fn authenticate(
                 // This node's own tag verified beside a bad signature: the
                 // origin's doing. An honest relay passes such seals on (by
                 // their tags) until it learns to distrust that origin
-                // too, so they do not count against a relay's link.
+                // too, so up to a link's allowance they do not count
+                // against a relay's link.
                 let origins_doing = matches!(err, EnvelopeError::OriginSignedBadly { .. });
                 (err.to_string(), origins_doing)
             })
@@ -669,7 +685,9 @@ async fn authenticate(
         match verdict {
             Ok(authentic) => good.push((item, authentic)),
             Err((err, origins_doing)) => {
-                if origin == peer || !origins_doing {
+                if origin != peer && origins_doing && *excused < MAX_EXCUSED {
+                    *excused += 1;
+                } else {
                     bad += 1;
                 }
                 warn!(id = %item.envelope.id, cause = %err, "refused: bad seal");
@@ -703,11 +721,11 @@ async fn authenticate(
 /// not checked and the link is closed.
 async fn confirm(
     shared: &Shared,
+    rules: &Rules,
     peer: Nation,
     authenticated: Vec<(Authentic, Arc<str>)>,
     records: &mut Vec<Record>,
 ) -> Result<(), StreamError> {
-    let rules = shared.rules();
     let mut bad = 0;
     for (checked, (authentic, marking)) in authenticated.into_iter().enumerate() {
         let id = authentic.id();
@@ -715,7 +733,9 @@ async fn confirm(
         if checked > 0 && checked % SEALS_PER_YIELD == 0 {
             tokio::task::yield_now().await;
         }
-        let unchecked = bad >= MAX_BAD_SEALS;
+        // Only the lying origin's own seals go unchecked: any other's is
+        // checked, so that its record says what is true of it.
+        let unchecked = bad >= MAX_BAD_SEALS && origin == peer;
         let verdict = if !authentic.needs_signature() {
             Ok(())
         } else if unchecked {
@@ -733,7 +753,7 @@ async fn confirm(
         let record = match verdict {
             Ok(()) => Record::new(Event::Admit, Verdict::Allow, Reason::Verified.code()),
             Err(err) => {
-                if origin == peer || unchecked {
+                if origin == peer {
                     bad += 1;
                 }
                 warn!(%id, cause = %err, "bad signature behind a good tag");
