@@ -551,13 +551,12 @@ async fn ingress(
     // One set of keys for both steps: a reload in between must not make a
     // seal proven under the old key fail under the new one.
     let rules = shared.rules();
-    let authenticated = match authenticate(shared, &rules, peer, to_verify, excused, &mut records).await {
-        Ok(authenticated) => authenticated,
-        Err(err) => {
-            result = Err(err);
-            Vec::new()
-        }
-    };
+    // What passed goes on even when the batch's bad seals close the link:
+    // it is its origin's, and it is audited like the rest.
+    let (authenticated, checked) = authenticate(shared, &rules, peer, to_verify, excused, &mut records).await;
+    if let Err(err) = checked {
+        result = Err(err);
+    }
     let mut relays = Vec::new();
     let mut to_confirm = Vec::with_capacity(authenticated.len());
     for (
@@ -639,7 +638,8 @@ const MAX_EXCUSED: usize = 1024;
 /// returns what passed. The verifier's lock is held for one seal at a
 /// time, never for a batch, so other links' readers wait for one signature
 /// check at most. Past [`MAX_BAD_SEALS`] bad seals, the rest of the batch
-/// is refused unchecked and the link is closed as a protocol violation.
+/// is refused unchecked and the link is to be closed as a protocol
+/// violation (the error beside what passed).
 async fn authenticate(
     shared: &Shared,
     rules: &Rules,
@@ -647,7 +647,7 @@ async fn authenticate(
     envelopes: Vec<ToVerify>,
     excused: &mut usize,
     records: &mut Vec<Record>,
-) -> Result<Vec<(ToVerify, Authentic)>, StreamError> {
+) -> (Vec<(ToVerify, Authentic)>, Result<(), StreamError>) {
     let mut good = Vec::with_capacity(envelopes.len());
     let mut bad = 0;
     // A cut nation's keys are gone from the rules, so its seals never verify.
@@ -705,10 +705,12 @@ async fn authenticate(
             }
         }
     }
-    if bad > MAX_BAD_SEALS {
-        return Err(StreamError::BadSeals(bad));
-    }
-    Ok(good)
+    let checked = if bad > MAX_BAD_SEALS {
+        Err(StreamError::BadSeals(bad))
+    } else {
+        Ok(())
+    };
+    (good, checked)
 }
 
 /// Checks the signature of each seal [`authenticate`] proved by a tag,
