@@ -20,7 +20,7 @@ use super::custody::{self, Committed};
 use super::outbound::{self, Outgoing};
 use super::{Reason, Rules, Shared};
 use crate::audit::{Event, Record, Verdict};
-use crate::envelope::{Authentic, Envelope, EnvelopeError, MessageId};
+use crate::envelope::{Authentic, Envelope, EnvelopeError, MessageId, Verifier};
 use crate::label::Nation;
 use crate::routing::{self, SealState, Source};
 use crate::store::Change;
@@ -642,7 +642,7 @@ const MAX_EXCUSED: usize = 1024;
 /// violation (the error beside what passed).
 async fn authenticate(
     shared: &Shared,
-    rules: &Rules,
+    rules: &Arc<Rules>,
     peer: Nation,
     envelopes: Vec<ToVerify>,
     excused: &mut usize,
@@ -668,7 +668,9 @@ async fn authenticate(
                         .tag_keys
                         .get(&origin)
                         .map(|tag_key| (shared.nation, tag_key));
-                    shared.verifier().authenticate(&item.envelope, key, own)
+                    under_rules(shared, rules, |verifier| {
+                        verifier.authenticate(&item.envelope, key, own)
+                    })
                 }
                 None => Err(EnvelopeError::UnknownOrigin(origin)),
             }
@@ -713,6 +715,19 @@ async fn authenticate(
     (good, checked)
 }
 
+/// Runs `check` on the verifier with keys from `rules`. If the rules have
+/// changed since (a reload, cut or restore), what it remembered under
+/// their keys is forgotten at once: the change's own clearing of the
+/// verifier may have come before this call.
+fn under_rules<T>(shared: &Shared, rules: &Arc<Rules>, check: impl FnOnce(&mut Verifier) -> T) -> T {
+    let mut verifier = shared.verifier();
+    let outcome = check(&mut verifier);
+    if !Arc::ptr_eq(rules, &shared.rules()) {
+        verifier.clear();
+    }
+    outcome
+}
+
 /// Checks the signature of each seal [`authenticate`] proved by a tag,
 /// after what it passed was delivered and relayed, and records the
 /// outcome: mostly one signature check per batch, or none where the
@@ -723,7 +738,7 @@ async fn authenticate(
 /// not checked and the link is closed.
 async fn confirm(
     shared: &Shared,
-    rules: &Rules,
+    rules: &Arc<Rules>,
     peer: Nation,
     authenticated: Vec<(Authentic, Arc<str>)>,
     records: &mut Vec<Record>,
@@ -747,7 +762,7 @@ async fn confirm(
         } else {
             // A key gone since (a cut in between) leaves the seal unconfirmed.
             match rules.node_keys.get(&origin) {
-                Some(key) => shared.verifier().confirm(&authentic, key),
+                Some(key) => under_rules(shared, rules, |verifier| verifier.confirm(&authentic, key)),
                 None => Err(EnvelopeError::UnknownOrigin(origin)),
             }
             .map_err(|err| err.to_string())
