@@ -10,7 +10,7 @@
 //! with exactly that signature. The signature stays for everyone else and
 //! for the record: it is still checked at every node, just after the relay.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use curve25519_dalek::edwards::CompressedEdwardsY;
@@ -41,8 +41,9 @@ pub struct Tag {
     pub mac: [u8; TAG_LEN],
 }
 
-/// The tag keys a node shares with every other nation it knows.
-pub type TagKeys = HashMap<Nation, TagKey>;
+/// The tag keys a node shares with every other nation it knows, in nation
+/// order (so seals list their tags in that order).
+pub type TagKeys = BTreeMap<Nation, TagKey>;
 
 /// The key one node shares with one other, for tags.
 #[derive(Clone)]

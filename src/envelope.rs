@@ -480,12 +480,11 @@ impl Signer {
         }
         let (root, proofs) = merkle(leaves);
         let signature = self.key.sign(&root_message(&root)).as_ref().to_vec();
-        let mut nations: Vec<&Nation> = tag_keys.keys().collect();
-        nations.sort_unstable();
-        let tags = nations
-            .into_iter()
+        // In nation order: the keys are kept sorted.
+        let tags = tag_keys
+            .iter()
             .take(MAX_TAGS)
-            .map(|nation| tag_keys[nation].tag(*nation, &root, &signature))
+            .map(|(&nation, key)| key.tag(nation, &root, &signature))
             .collect();
         BatchSeal {
             signature,
@@ -606,8 +605,14 @@ impl Proven {
 #[derive(Debug)]
 struct Checked {
     signature: Arc<[u8]>,
-    key: Arc<[u8]>,
-    holds: bool,
+    /// The key it failed under; none when it holds.
+    failed_under: Option<Arc<[u8]>>,
+}
+
+impl Checked {
+    fn holds(&self) -> bool {
+        self.failed_under.is_none()
+    }
 }
 
 /// What [`Verifier::authenticate`] proved: the envelope's proof leads to a
@@ -733,7 +738,7 @@ impl Verifier {
                 let signed = self
                     .checked
                     .get(&(origin, root))
-                    .is_some_and(|known| known.holds && *known.signature == *signature);
+                    .is_some_and(|known| known.holds() && *known.signature == *signature);
                 return Ok(Authentic {
                     origin,
                     id: envelope.id,
@@ -804,8 +809,12 @@ impl Verifier {
     fn signature_holds(&mut self, origin: Nation, root: &Hash, signature: &[u8], public_key: &[u8]) -> bool {
         let key = (origin, *root);
         if let Some(known) = self.checked.get(&key) {
-            if *known.signature == *signature && (known.holds || *known.key == *public_key) {
-                return known.holds;
+            let same_key = known
+                .failed_under
+                .as_deref()
+                .is_none_or(|failed| *failed == *public_key);
+            if *known.signature == *signature && same_key {
+                return known.holds();
             }
         }
         let holds = UnparsedPublicKey::new(&signature::ED25519, public_key)
@@ -813,13 +822,14 @@ impl Verifier {
             .is_ok();
         // A failure never replaces a success, so another signature sent
         // under a genuine root cannot make its batch cost a check each.
-        let keep = holds || !self.checked.contains_key(&key);
+        if !holds && self.checked.contains_key(&key) {
+            return false;
+        }
         let checked = Checked {
             signature: Arc::from(signature),
-            key: Arc::from(public_key),
-            holds,
+            failed_under: (!holds).then(|| Arc::from(public_key)),
         };
-        if keep && self.checked.insert(key, checked).is_none() {
+        if self.checked.insert(key, checked).is_none() {
             self.checked_order.push_back(key);
             if self.checked_order.len() > self.capacity {
                 if let Some(oldest) = self.checked_order.pop_front() {
@@ -1355,7 +1365,7 @@ mod tests {
             Err(EnvelopeError::OriginSignedBadly { .. })
         ));
         // The bad root is remembered: the rest of its batch costs no check.
-        assert!(verifier.checked.values().any(|checked| !checked.holds));
+        assert!(verifier.checked.values().any(|checked| !checked.holds()));
         // Neither its tag nor the nodes it proved count any more, and its
         // next lie is told apart from a relay's forgery.
         assert!(matches!(

@@ -793,11 +793,10 @@ fn tagged_with_a_bad_signature(gbr_keys: &TagKeys, message: Unsigned) -> Envelop
     let mut envelope = Envelope::from(message);
     let root = envelope.leaf();
     let signature = vec![7u8; 64];
-    let mut tags: Vec<_> = gbr_keys
+    let tags = gbr_keys
         .iter()
         .map(|(&nation, key)| key.tag(nation, &root, &signature))
         .collect();
-    tags.sort_by_key(|tag| tag.nation);
     envelope.seal = Seal {
         signature,
         siblings: Vec::new(),
@@ -863,69 +862,106 @@ async fn an_origin_that_tags_a_bad_signature_is_caught_and_then_checked_first() 
     net.shutdown().await;
 }
 
+/// EST's node, played over a link to LVA, relaying GBR's lies: envelopes
+/// with GBR's genuine tags and a bad signature.
+struct LyingRelay {
+    net: TestNetwork,
+    lva: Client,
+    est: RawConnection,
+    ring: Label,
+    gbr_keys: TagKeys,
+    ids: u8,
+}
+
+impl LyingRelay {
+    /// Past the first lie, which LVA delivers by its tag and then
+    /// distrusts GBR for.
+    async fn distrusted(ids: u8) -> LyingRelay {
+        let net = TestNetwork::start_from(RING, NodeSettings::default()).await;
+        let lva = subscriber(&net, "lva.analyst", "reports.>", &["EST"]).await;
+        let ring = net.policy.scheme().parse("SECRET//REL TO RING").unwrap();
+        let est = link(&net, "EST", "LVA").await;
+        let gbr_keys = tag_keys(&net, nation("GBR"));
+        let mut relay = LyingRelay {
+            net,
+            lva,
+            est,
+            ring,
+            gbr_keys,
+            ids,
+        };
+        relay.est.send_frame(&Frame::Forward(relay.lie(0))).await;
+        assert_eq!(next_payload(&relay.lva).await, "lie 0", "its tag for LVA holds");
+        relay
+            .net
+            .wait_for_audit(nation("LVA"), |l| {
+                l.contains("tags are not trusted here any more")
+            })
+            .await;
+        relay
+    }
+
+    fn message(&self, n: u64, payload: &[u8]) -> Unsigned {
+        message(
+            test_id(self.ids, n),
+            "GBR",
+            "gbr.analyst",
+            self.ring.clone(),
+            payload,
+        )
+    }
+
+    fn lie(&self, n: u64) -> Envelope {
+        tagged_with_a_bad_signature(&self.gbr_keys, self.message(n, format!("lie {n}").as_bytes()))
+    }
+
+    /// Sends `envelopes`, then waits for the link to be closed as a
+    /// protocol violation.
+    async fn cut_after(mut self, envelopes: impl Iterator<Item = Envelope>) {
+        for envelope in envelopes {
+            self.est.send_frame(&Frame::Forward(envelope)).await;
+        }
+        let reason_text = tokio::time::timeout(Duration::from_secs(30), self.est.close_reason())
+            .await
+            .expect("the link is closed");
+        assert!(reason_text.contains("bad seals in one batch"), "{reason_text}");
+        self.net.shutdown().await;
+    }
+}
+
 /// An honest relay is not blamed for a lying origin: once LVA distrusts
 /// GBR's tags, GBR's tagged lies that EST passes on are refused by
 /// signature at LVA, but they do not count against EST's link, which
 /// stays up and keeps delivering; forgeries without LVA's tag do.
 #[tokio::test]
 async fn a_relay_passing_on_a_distrusted_origins_lies_keeps_its_link() {
-    let net = TestNetwork::start_from(RING, NodeSettings::default()).await;
-    let lva = subscriber(&net, "lva.analyst", "reports.>", &["EST"]).await;
-    let ring = net.policy.scheme().parse("SECRET//REL TO RING").unwrap();
-    // Played as EST's node: LVA's peer, relaying what GBR sealed.
-    let mut est = link(&net, "EST", "LVA").await;
-    let gbr_keys = tag_keys(&net, nation("GBR"));
-    let lie = |n: u64| {
-        let payload = format!("lie {n}");
-        tagged_with_a_bad_signature(
-            &gbr_keys,
-            message(
-                test_id(0x7b, n),
-                "GBR",
-                "gbr.analyst",
-                ring.clone(),
-                payload.as_bytes(),
-            ),
-        )
-    };
-    est.send_frame(&Frame::Forward(lie(0))).await;
-    assert_eq!(next_payload(&lva).await, "lie 0", "its tag for LVA holds");
-    net.wait_for_audit(nation("LVA"), |l| {
-        l.contains("tags are not trusted here any more")
-    })
-    .await;
+    let mut relay = LyingRelay::distrusted(0x7b).await;
     // Far more than the bad seals a link may bring in one batch.
     for n in 1..=40 {
-        est.send_frame(&Frame::Forward(lie(n))).await;
+        relay.est.send_frame(&Frame::Forward(relay.lie(n))).await;
     }
     // GBR's genuine seals still count, by signature.
-    let mut sentinel = vec![Envelope::from(message(
-        test_id(0x7b, 100),
-        "GBR",
-        "gbr.analyst",
-        ring.clone(),
-        b"still linked",
-    ))];
-    node_signer(&net, nation("GBR")).seal_batch(&mut sentinel, &tag_keys(&net, nation("GBR")));
-    est.send_frame(&Frame::Forward(sentinel.remove(0))).await;
-    assert_eq!(next_payload(&lva).await, "still linked");
+    let mut sentinel = vec![Envelope::from(relay.message(100, b"still linked"))];
+    node_signer(&relay.net, nation("GBR")).seal_batch(&mut sentinel, &relay.gbr_keys);
+    relay.est.send_frame(&Frame::Forward(sentinel.remove(0))).await;
+    assert_eq!(next_payload(&relay.lva).await, "still linked");
     // The lies after the first were refused by signature, unrelayed.
-    net.wait_for_audit(nation("LVA"), |l| {
-        l.contains(&reason("bad-signature")) && l.contains("neither delivered nor relayed")
-    })
-    .await;
+    relay
+        .net
+        .wait_for_audit(nation("LVA"), |l| {
+            l.contains(&reason("bad-signature")) && l.contains("neither delivered nor relayed")
+        })
+        .await;
     // But seals of the same origin without LVA's good tag are the
     // relay's forgeries, and they still cost it its link.
-    for n in 200..240 {
-        let mut forged = lie(n);
-        forged.seal.tags.clear();
-        est.send_frame(&Frame::Forward(forged)).await;
-    }
-    let reason_text = tokio::time::timeout(Duration::from_secs(30), est.close_reason())
-        .await
-        .expect("the link is closed");
-    assert!(reason_text.contains("bad seals in one batch"), "{reason_text}");
-    net.shutdown().await;
+    let forgeries: Vec<Envelope> = (200..240)
+        .map(|n| {
+            let mut forged = relay.lie(n);
+            forged.seal.tags.clear();
+            forged
+        })
+        .collect();
+    relay.cut_after(forgeries.into_iter()).await;
 }
 
 /// A relay colluding with a lying origin cannot pass its lies on without
@@ -933,30 +969,8 @@ async fn a_relay_passing_on_a_distrusted_origins_lies_keeps_its_link() {
 /// behind good tags, they count against it, and it is cut.
 #[tokio::test]
 async fn a_relay_passing_on_lies_without_end_is_cut() {
-    let net = TestNetwork::start_from(RING, NodeSettings::default()).await;
-    let lva = subscriber(&net, "lva.analyst", "reports.>", &["EST"]).await;
-    let ring = net.policy.scheme().parse("SECRET//REL TO RING").unwrap();
-    let mut est = link(&net, "EST", "LVA").await;
-    let gbr_keys = tag_keys(&net, nation("GBR"));
-    let lie = |n: u64| {
-        tagged_with_a_bad_signature(
-            &gbr_keys,
-            message(test_id(0x7c, n), "GBR", "gbr.analyst", ring.clone(), b"lie"),
-        )
-    };
-    est.send_frame(&Frame::Forward(lie(0))).await;
-    assert_eq!(next_payload(&lva).await, "lie");
-    net.wait_for_audit(nation("LVA"), |l| {
-        l.contains("tags are not trusted here any more")
-    })
-    .await;
+    let relay = LyingRelay::distrusted(0x7c).await;
     // Well past the allowance (1,024 in a link's life).
-    for n in 1..=1_200 {
-        est.send_frame(&Frame::Forward(lie(n))).await;
-    }
-    let reason_text = tokio::time::timeout(Duration::from_secs(30), est.close_reason())
-        .await
-        .expect("the link is closed");
-    assert!(reason_text.contains("bad seals in one batch"), "{reason_text}");
-    net.shutdown().await;
+    let lies: Vec<Envelope> = (1..=1_200).map(|n| relay.lie(n)).collect();
+    relay.cut_after(lies.into_iter()).await;
 }

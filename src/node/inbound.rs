@@ -722,7 +722,7 @@ async fn authenticate(
 fn under_rules<T>(shared: &Shared, rules: &Arc<Rules>, check: impl FnOnce(&mut Verifier) -> T) -> T {
     let mut verifier = shared.verifier();
     let outcome = check(&mut verifier);
-    if !Arc::ptr_eq(rules, &shared.rules()) {
+    if !shared.rules_are(rules) {
         verifier.clear();
     }
     outcome

@@ -484,6 +484,12 @@ impl Shared {
         self.rules.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
+    /// Whether `rules` are still the ones in force (no clone: this is
+    /// asked once per seal).
+    fn rules_are(&self, rules: &Arc<Rules>) -> bool {
+        Arc::ptr_eq(rules, &self.rules.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
     /// The seal verifier, locked: for one call, never across an `.await`.
     fn verifier(&self) -> std::sync::MutexGuard<'_, Verifier> {
         self.verifier.lock().unwrap_or_else(PoisonError::into_inner)
