@@ -54,6 +54,9 @@ fn envelopes(c: &mut Criterion) {
         b.iter(|| signer.seal(black_box(message.clone())))
     });
     let envelope = signer.seal(message.clone());
+    // What every node on the path must spend on each envelope to tie it to
+    // its batch's signed root, whatever else it skips.
+    c.bench_function("envelope/leaf_1KiB", |b| b.iter(|| black_box(&envelope).leaf()));
     let public = signer.public_key().to_vec();
     c.bench_function("envelope/verify_1KiB", |b| {
         b.iter(|| black_box(&envelope).verify(&public))

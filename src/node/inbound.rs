@@ -18,7 +18,7 @@ use tracing::warn;
 use super::connection::{accept_hello, close_after, next_batch, write_frame, AbortOnDrop, StreamError};
 use super::custody::{self, Committed};
 use super::outbound::{self, Outgoing};
-use super::{Reason, Rules, Shared};
+use super::{let_writers_send, Reason, Rules, Shared};
 use crate::audit::{Event, Record, Verdict};
 use crate::envelope::{Authentic, Envelope, EnvelopeError, MessageId, Verifier};
 use crate::label::Nation;
@@ -540,13 +540,10 @@ async fn ingress(
             }
         }
     }
-    if delivered_any && !to_verify.is_empty() {
-        // Let the session writers, then the connection drivers they wake,
-        // send the deliveries before any seal is checked (46 µs for a
-        // signature, where a seal has no good tag): each yield lets the
-        // tasks queued before it run.
-        tokio::task::yield_now().await;
-        tokio::task::yield_now().await;
+    if delivered_any {
+        // The deliveries go out before any seal is checked (46 µs for a
+        // signature, where a seal has no good tag) and before the records.
+        let_writers_send().await;
     }
     // One set of keys for both steps: a reload in between must not make a
     // seal proven under the old key fail under the new one.
@@ -599,15 +596,13 @@ async fn ingress(
     shared.carry_out(actions).await;
     let relayed_any = !relays.is_empty();
     relay(shared, relays, changes, &mut records);
-    if !rerouted.is_empty() {
-        outbound::forward_batch(shared, rerouted, changes, &mut records).await;
-    }
+    let unsealed = outbound::forward_batch(shared, rerouted, changes, &mut records);
     if relayed_any {
-        // As for deliveries: the link writers send what was relayed before
-        // any signature is checked.
-        tokio::task::yield_now().await;
-        tokio::task::yield_now().await;
+        // As for deliveries: what was relayed goes out before any
+        // signature is checked.
+        let_writers_send().await;
     }
+    outbound::seal_later(shared, unsealed).await;
     if let Err(err) = confirm(shared, &rules, peer, to_confirm, &mut records).await {
         result = Err(err);
     }

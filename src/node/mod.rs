@@ -615,6 +615,15 @@ impl Shared {
     }
 }
 
+/// Lets the tasks this one woke (session and link writers), then the
+/// connection drivers they wake in turn, send what they were handed before
+/// this task goes on with what can wait: on the node's one thread, each
+/// yield lets the tasks queued before it run.
+async fn let_writers_send() {
+    tokio::task::yield_now().await;
+    tokio::task::yield_now().await;
+}
+
 /// Ticks the routing core (announcements due, ids and announcements that
 /// expire) and carries out deferred actions, until shutdown.
 async fn tick_forever(shared: Arc<Shared>) {

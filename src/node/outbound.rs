@@ -2,7 +2,7 @@
 //! configured peer and re-dialing with backoff, one link's life
 //! (`run_link`: writing its outbox from the oldest entry not acknowledged,
 //! reading its `Custody` acks), handing envelopes to peers' outboxes
-//! (`forward_batch`, which hands what they took to the sealer), and
+//! (`forward_batch`, then `seal_later` hands what they took to the sealer), and
 //! routing again what waited for a peer the tree has lost (`reroute`).
 
 use std::net::SocketAddr;
@@ -123,33 +123,49 @@ impl<M: AsRef<str>> Outgoing<M> {
 }
 
 /// Hands each envelope, unsealed, to its peers' outboxes without waiting
-/// (a live link whose outbox is full is cut), then hands what they took to
-/// the sealer.
+/// (a live link whose outbox is full is cut). Returns what they took, for
+/// [`seal_later`].
 ///
 /// The seal follows its envelopes so that signing (24 µs) is not on the
 /// way: the receiving node delivers an envelope from its origin at once,
 /// and relays or stores it only once the seal has come and verified.
-pub(super) async fn forward_batch(
+#[must_use = "what the outboxes took unsealed must go to the sealer"]
+pub(super) fn forward_batch(
     shared: &Shared,
     outgoing: Vec<Outgoing<String>>,
     changes: &mut Vec<Change>,
     records: &mut Vec<Record>,
-) {
+) -> Unsealed {
+    let mut unsealed = Vec::new();
     for message in outgoing {
         let carried_by = message.offer(shared, changes, records);
         // A relayed envelope carries its seal; one being routed again may
         // too.
         if !carried_by.is_empty() && !message.envelope.is_signed() {
-            let to_seal = ToSeal {
-                id: message.envelope.id,
-                leaf: message.envelope.leaf(),
-                carried_by,
-            };
-            // The sealer never waits for a link, so this waits at most for
-            // one signature; it fails only at shutdown, and a restarted
-            // node seals again what its outboxes hold unsealed.
-            let _ = shared.sealer.send(to_seal).await;
+            unsealed.push((message.envelope, carried_by));
         }
+    }
+    Unsealed(unsealed)
+}
+
+/// Envelopes outboxes took unsealed, and the peers whose outboxes hold
+/// each.
+pub(super) struct Unsealed(Vec<(Envelope, Vec<Nation>)>);
+
+/// Hands what the outboxes took unsealed to the sealer. Called once the
+/// link writers have had a turn: the leaf hashes are not on the way of
+/// the envelopes they seal.
+pub(super) async fn seal_later(shared: &Shared, Unsealed(unsealed): Unsealed) {
+    for (envelope, carried_by) in unsealed {
+        let to_seal = ToSeal {
+            id: envelope.id,
+            leaf: envelope.leaf(),
+            carried_by,
+        };
+        // The sealer never waits for a link, so this waits at most for
+        // one signature; it fails only at shutdown, and a restarted node
+        // seals again what its outboxes hold unsealed.
+        let _ = shared.sealer.send(to_seal).await;
     }
 }
 
@@ -206,7 +222,8 @@ pub(super) async fn hand_over_again(shared: &Shared, outgoing: Vec<Outgoing<Stri
     let rerouted = outgoing.len();
     let mut changes = Vec::new();
     let mut records = Vec::new();
-    forward_batch(shared, outgoing, &mut changes, &mut records).await;
+    let unsealed = forward_batch(shared, outgoing, &mut changes, &mut records);
+    seal_later(shared, unsealed).await;
     if let Err(err) = shared.custody.commit(changes).await {
         warn!(cause = %err, "messages routed again could not be stored");
     }

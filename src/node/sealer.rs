@@ -63,10 +63,8 @@ pub(super) async fn seal_forever(shared: Arc<Shared>, mut queue: mpsc::Receiver<
             refill(&mut tokens);
         }
         tokens = (tokens - 1.0).max(0.0);
-        // Let the link writers, then the connection drivers they wake,
-        // send the envelopes before the signature is made.
-        tokio::task::yield_now().await;
-        tokio::task::yield_now().await;
+        // The envelopes go out before the signature is made.
+        super::let_writers_send().await;
         while batch.len() < SEAL_BATCH {
             match queue.try_recv() {
                 Ok(more) => batch.push(more),

@@ -318,6 +318,8 @@ struct Accepted {
     request: u64,
     envelope: Envelope,
     marking: String,
+    /// Its `publish` record, written after the message is on its way.
+    record: Record,
 }
 
 /// Handles the frames read together. Consecutive publishes are routed as
@@ -559,15 +561,15 @@ async fn authorize(
         created_us: now_us(),
         payload,
     });
-    let mut accepted =
+    let mut record =
         Record::new(Event::Publish, Verdict::Allow, Reason::PolicyAllows.code()).subject(&principal.name);
-    accepted.marking = Some(canonical.clone());
-    accepted.id = Some(envelope.id.to_string());
-    shared.audit(accepted).await;
+    record.marking = Some(canonical.clone());
+    record.id = Some(envelope.id.to_string());
     Ok(Accepted {
         request,
         envelope,
         marking: canonical,
+        record,
     })
 }
 
@@ -585,7 +587,8 @@ async fn route_publishes(batch: &Batch<'_>, publishes: Vec<Accepted>) -> Result<
     if publishes.is_empty() {
         return Ok(());
     }
-    let mut records = Vec::new();
+    // Each publish's own record first, then what became of it.
+    let mut records = Vec::with_capacity(2 * publishes.len());
     let mut acks = Vec::with_capacity(publishes.len());
     let mut outgoing = Vec::new();
     let (routes, actions) = shared.router.core(|core, now| {
@@ -599,10 +602,12 @@ async fn route_publishes(batch: &Batch<'_>, publishes: Vec<Accepted>) -> Result<
             request,
             envelope,
             marking,
+            record,
         },
         route,
     ) in publishes.into_iter().zip(routes)
     {
+        records.push(record);
         acks.push(Frame::PublishAck {
             request,
             id: envelope.id,
@@ -629,9 +634,11 @@ async fn route_publishes(batch: &Batch<'_>, publishes: Vec<Accepted>) -> Result<
         }
     }
     let mut changes = Vec::new();
-    if !outgoing.is_empty() {
-        outbound::forward_batch(shared, outgoing, &mut changes, &mut records).await;
-    }
+    let unsealed = outbound::forward_batch(shared, outgoing, &mut changes, &mut records);
+    // The deliveries and forwards go out before the sealer's leaf hashes,
+    // the store, the acks and the records: none of them is on their way.
+    super::let_writers_send().await;
+    outbound::seal_later(shared, unsealed).await;
     // An ack means the node has custody: with `sync`, on disk.
     let committed = shared.custody.submit(changes).await;
     // A batch larger than the whole allowance waits for all of it.
@@ -639,22 +646,20 @@ async fn route_publishes(batch: &Batch<'_>, publishes: Vec<Accepted>) -> Result<
         .unwrap_or(u32::MAX)
         .min(u32::try_from(ack_allowance(shared)).unwrap_or(u32::MAX));
     let room = unanswered.clone().acquire_many_owned(wanted).await.ok();
-    if to_answer
+    let answered = to_answer
         .send(Stored {
             committed,
             acks,
             _room: room,
         })
-        .await
-        .is_err()
-    {
-        return Err(StreamError::Unexpected("publish after the session's end"));
-    }
+        .await;
+    // Audited even when the session is ending: what was routed is on its
+    // way.
     shared.carry_out(actions).await;
     for record in records {
         shared.audit(record).await;
     }
-    Ok(())
+    answered.map_err(|_| StreamError::Unexpected("publish after the session's end"))
 }
 
 async fn subscribe(
