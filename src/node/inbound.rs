@@ -18,7 +18,7 @@ use tracing::warn;
 use super::connection::{accept_hello, close_after, next_batch, write_frame, AbortOnDrop, StreamError};
 use super::custody::{self, Committed};
 use super::outbound::{self, Outgoing};
-use super::{let_writers_send, Reason, Rules, Shared};
+use super::{let_writers_send, offer_cpu, Reason, Rules, Shared};
 use crate::audit::{Event, Record, Verdict};
 use crate::envelope::{Authentic, Envelope, EnvelopeError, MessageId, Verifier};
 use crate::label::Nation;
@@ -409,6 +409,7 @@ async fn ingress(
     let mut rerouted = Vec::new();
     let mut to_verify = Vec::new();
     let mut delivered_any = false;
+    let messages = frames.len();
     let mut result = Ok(());
     for frame in frames.drain(..) {
         match frame {
@@ -544,6 +545,7 @@ async fn ingress(
         // The deliveries go out before any seal is checked (46 µs for a
         // signature, where a seal has no good tag) and before the records.
         let_writers_send().await;
+        offer_cpu(messages);
     }
     // One set of keys for both steps: a reload in between must not make a
     // seal proven under the old key fail under the new one.
@@ -601,6 +603,7 @@ async fn ingress(
         // As for deliveries: what was relayed goes out before any
         // signature is checked.
         let_writers_send().await;
+        offer_cpu(messages);
     }
     outbound::seal_later(shared, unsealed).await;
     if let Err(err) = confirm(shared, &rules, peer, to_confirm, &mut records).await {

@@ -597,6 +597,7 @@ async fn route_publishes(batch: &Batch<'_>, publishes: Vec<Accepted>) -> Result<
             .map(|accepted| core.route(&accepted.envelope, Source::Local, SealState::Verified, now))
             .collect::<Vec<_>>()
     });
+    let relayed_on = routes.iter().flatten().any(|route| route.relayed_on);
     for (
         Accepted {
             request,
@@ -638,6 +639,11 @@ async fn route_publishes(batch: &Batch<'_>, publishes: Vec<Accepted>) -> Result<
     // The deliveries and forwards go out before the sealer's leaf hashes,
     // the store, the acks and the records: none of them is on their way.
     super::let_writers_send().await;
+    // Not while a child waits for this batch's seal to relay: the
+    // signature would wait for the CPU it gave away.
+    if !relayed_on {
+        super::offer_cpu(acks.len());
+    }
     outbound::seal_later(shared, unsealed).await;
     // An ack means the node has custody: with `sync`, on disk.
     let committed = shared.custody.submit(changes).await;

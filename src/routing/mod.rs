@@ -192,6 +192,11 @@ pub struct Route {
     /// Its label's canonical marking, as deliveries and audit records
     /// print it (worked out once, for the route).
     pub marking: Arc<str>,
+    /// Some peer in `forward` or `held` is to pass it on further down the
+    /// tree (or may: a fallback or a grace-period child), so that peer
+    /// waits for its seal before relaying. False when every one of them
+    /// is only a destination.
+    pub relayed_on: bool,
 }
 
 /// What [`Routing`]'s tree walk decides for one envelope at one node (the
@@ -202,6 +207,7 @@ struct Children {
     held: Vec<Nation>,
     denied: Vec<(Nation, crate::policy::Reason)>,
     unreached: Vec<(Nation, Reason)>,
+    relayed_on: bool,
 }
 
 /// An envelope the core refused; the audit record is already queued.
@@ -1113,6 +1119,7 @@ impl Routing {
             denied: children.denied,
             unreached: children.unreached,
             marking,
+            relayed_on: children.relayed_on,
         })
     }
 
@@ -1170,6 +1177,7 @@ impl Routing {
             denied: children.denied,
             unreached: children.unreached,
             marking,
+            relayed_on: children.relayed_on,
         }
     }
 
@@ -1244,11 +1252,15 @@ impl Routing {
         for branch in &tree.branches {
             if branch.beyond.intersects(targets) {
                 chosen.insert(branch.child);
+                let mut further = branch.beyond.and(targets);
+                further.remove(branch.child);
+                children.relayed_on |= !further.is_empty();
             }
         }
         for branch in &tree.fallback {
             if branch.beyond.intersects(missed) {
                 chosen.insert(branch.child);
+                children.relayed_on = true;
             }
         }
         // Just after the live links changed, a relay's sender may have
@@ -1262,6 +1274,7 @@ impl Routing {
                     let child = self.nations.nation(branch.child);
                     if branch.beyond.intersects(targets) && self.live_peers.contains(&child) {
                         chosen.insert(branch.child);
+                        children.relayed_on = true;
                     }
                 }
             }

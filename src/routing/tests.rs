@@ -1105,6 +1105,7 @@ fn line_policy() -> Arc<Policy> {
         name = "est.analyst"
         nation = "EST"
         clearance = "SECRET"
+        subscribe = [">"]
         [[principals]]
         name = "lva.analyst"
         nation = "LVA"
@@ -1130,6 +1131,32 @@ fn line_with_est_lva_down(settings: RoutingSettings) -> (Mesh, SessionId) {
 fn line_envelope(mesh: &Mesh) -> Envelope {
     let label = mesh.policy.scheme().parse("SECRET//REL TO EVERYONE").unwrap();
     mesh.envelope(nation("GBR"), label, &Topic::new("sigint.ru").unwrap())
+}
+
+#[test]
+fn a_route_says_whether_a_child_passes_the_message_on() {
+    let policy = line_policy();
+    let mut mesh = Mesh::new(policy.clone(), &BTreeSet::new());
+    let est = policy.principal("est.analyst").unwrap().clone();
+    mesh.subscribe(&est, ">").unwrap();
+    mesh.settle();
+    // EST alone is interested: GBR's child is only a destination.
+    let outcome = mesh.publish(&line_envelope(&mesh));
+    let at_gbr = route_at(&outcome, "GBR");
+    assert_eq!(at_gbr.forward, [nation("EST")]);
+    assert!(!at_gbr.relayed_on);
+
+    // LVA too: EST passes it on, and its own child is a destination.
+    let lva = policy.principal("lva.analyst").unwrap().clone();
+    mesh.subscribe(&lva, ">").unwrap();
+    mesh.settle();
+    let outcome = mesh.publish(&line_envelope(&mesh));
+    let at_gbr = route_at(&outcome, "GBR");
+    assert_eq!(at_gbr.forward, [nation("EST")]);
+    assert!(at_gbr.relayed_on);
+    let at_est = route_at(&outcome, "EST");
+    assert_eq!(at_est.forward, [nation("LVA")]);
+    assert!(!at_est.relayed_on);
 }
 
 /// The route a node returned in an outcome.
