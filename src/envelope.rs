@@ -101,6 +101,15 @@ pub enum EnvelopeError {
         /// How many tags it carries.
         len: usize,
     },
+    /// A `Seals` frame whose signature or tags are not of a size a genuine
+    /// one has.
+    #[error("a Seals frame with a {signature}-byte signature and {tags} tags; a genuine one has a {SIGNATURE_LEN}-byte signature and at most {MAX_TAGS} tags")]
+    MisshapenSeals {
+        /// Its signature's length, in bytes.
+        signature: usize,
+        /// How many tags it carries.
+        tags: usize,
+    },
     /// This node's tag on the seal verified, so the origin's own node made
     /// it, but the signature beside it does not verify.
     #[error("message {id}: {origin}'s tag for this node verifies but its signature does not, so {origin}'s own node sealed it with a bad signature; {origin}'s tags are not trusted here any more")]
@@ -248,6 +257,20 @@ impl SealBatch {
             tags,
             proofs,
         }
+    }
+
+    /// Refuses a batch whose signature or tags are not of a size a genuine
+    /// one has. To be checked before anything of it is attached: each of
+    /// its envelopes gets a copy of both, so an oversized batch would cost
+    /// its size once per envelope it names.
+    pub fn check_size(&self) -> Result<(), EnvelopeError> {
+        if self.signature.len() != SIGNATURE_LEN || self.tags.len() > MAX_TAGS {
+            return Err(EnvelopeError::MisshapenSeals {
+                signature: self.signature.len(),
+                tags: self.tags.len(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -1391,6 +1414,24 @@ mod tests {
             Verifier::new(4).authenticate(&envelope, tagged.fra.public_key(), None),
             Err(EnvelopeError::TooManyTags { .. })
         ));
+    }
+
+    #[test]
+    fn a_seals_frame_of_a_size_no_genuine_one_has_is_refused() {
+        let tagged = Tagged::new();
+        let batch = tagged.batch(3);
+        let genuine = SealBatch::of(&batch);
+        assert!(genuine.check_size().is_ok());
+        let mut long_signature = genuine.clone();
+        long_signature.signature.push(0);
+        let mut too_many_tags = genuine.clone();
+        too_many_tags.tags = vec![genuine.tags[0].clone(); MAX_TAGS + 1];
+        for misshapen in [long_signature, too_many_tags] {
+            assert!(matches!(
+                misshapen.check_size(),
+                Err(EnvelopeError::MisshapenSeals { .. })
+            ));
+        }
     }
 
     #[test]

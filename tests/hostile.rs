@@ -775,6 +775,63 @@ async fn a_member_sending_a_batch_of_bad_seals_is_cut_after_a_few_checks() {
     net.shutdown().await;
 }
 
+/// A `Seals` frame whose signature is far longer than a genuine one would,
+/// without limit, be copied onto each envelope it names: it is refused
+/// whole, before anything of it is attached, and the link is closed as a
+/// protocol violation; its envelopes are audited as never sealed, and the
+/// node serves everyone else.
+#[tokio::test]
+async fn a_seals_frame_of_a_size_no_genuine_one_has_closes_the_link() {
+    const ENVELOPES: u64 = 16;
+    let mut net = TestNetwork::start().await;
+    let gbr = subscriber(&net, "gbr.analyst", "reports.>", &[]).await;
+    let direct = net.policy.scheme().parse("SECRET//REL TO FRA, GBR").unwrap();
+    let mut fra = net.play_node(nation("FRA"), nation("GBR")).await;
+    let mut proofs = Vec::new();
+    for n in 0..ENVELOPES {
+        let envelope = Envelope::from(message(
+            test_id(0xb6, n),
+            "FRA",
+            "fra.analyst",
+            direct.clone(),
+            b"waits for a seal",
+        ));
+        fra.send_frame(&Frame::Forward(envelope.clone())).await;
+        proofs.push(entente::envelope::Proof {
+            id: envelope.id,
+            siblings: Vec::new(),
+            left: 0,
+        });
+    }
+    fra.send_frame(&Frame::Seals(SealBatch {
+        signature: vec![7; 256 * 1024],
+        tags: Vec::new(),
+        proofs,
+    }))
+    .await;
+    let reason_text = tokio::time::timeout(Duration::from_secs(30), fra.close_reason())
+        .await
+        .expect("the link is closed");
+    assert!(reason_text.contains("262144-byte signature"), "{reason_text}");
+    refusals(&net, "GBR", "unsealed", ENVELOPES).await;
+
+    let publisher = net.client("gbr.analyst").await;
+    publisher
+        .publish("reports.gbr", "SECRET//REL TO GBR", b"still serving".to_vec())
+        .await
+        .unwrap();
+    let mut payloads = Vec::new();
+    loop {
+        let payload = next_payload(&gbr).await;
+        if payload == "still serving" {
+            break;
+        }
+        payloads.push(payload);
+    }
+    assert_eq!(payloads.len() as u64, ENVELOPES);
+    net.shutdown().await;
+}
+
 /// GBR's node as every node knows it: its tag keys with each other
 /// nation of the network, from their genuine node keys.
 fn tag_keys(net: &TestNetwork, of: Nation) -> TagKeys {

@@ -28,6 +28,8 @@ pub(super) enum StreamError {
     Version(u32),
     #[error("{0} bad seals in one batch: a peer's seals never fail unless it tampers")]
     BadSeals(usize),
+    #[error("{0}")]
+    MisshapenSeals(crate::envelope::EnvelopeError),
     #[error("the node cannot write its audit log ({0}), so it takes nothing from peers until it can")]
     AuditUnavailable(String),
     #[error("the node cannot store what it takes custody of ({0}); the sender keeps it")]
@@ -52,6 +54,7 @@ impl StreamError {
                 | StreamError::Unsealed(_)
                 | StreamError::Version(_)
                 | StreamError::BadSeals(_)
+                | StreamError::MisshapenSeals(_)
                 | StreamError::Timeout(_)
         )
     }

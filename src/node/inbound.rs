@@ -501,6 +501,12 @@ async fn ingress(
             }
             Frame::Seals(batch) => {
                 count.count();
+                // Its envelopes wait on, and are audited `unsealed` when
+                // the link closes.
+                if let Err(err) = batch.check_size() {
+                    result = Err(StreamError::MisshapenSeals(err));
+                    break;
+                }
                 for proof in batch.proofs {
                     // Seals of envelopes refused above have nothing to go on.
                     if let Some((mut envelope, marking)) = unsealed.take(&proof.id) {
