@@ -394,7 +394,7 @@ impl Chain {
         let config =
             NodeConfig::load(nation, Arc::new(self.policy.clone()), &self.layout, data).map_err(setup)?;
         let addr = self.addresses[index].parse().map_err(setup)?;
-        let endpoint = node::bind(&config, addr).map_err(setup)?;
+        let endpoint = node::bind(&config, addr).map_err(setup)?.endpoint().clone();
         let task = tokio::spawn(hostile::serve(endpoint.clone(), nation, hostility));
         let first = self.nations[0];
         self.wait_for_audit_async(0, &|record| is_record(record, "link-up", nation), || {

@@ -574,6 +574,36 @@ async fn shutdown_is_graceful() {
     net.shutdown().await;
 }
 
+/// A stopped node has let go of its port, its custody store and its audit
+/// log by the time `run` returns, whatever was connected to it: another
+/// node starts in its place at once, with no retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_has_let_go_of_its_port_and_data_folder() {
+    let mut net = TestNetwork::start().await;
+    let gbr = nation("GBR");
+    for round in 0..3 {
+        let subscriber = net.client("gbr.analyst").await;
+        subscriber.subscribe(">").await.unwrap();
+        net.wait_for_audit_count(gbr, round + 1, |l| {
+            l.contains("\"reason\":\"link-up\"") && l.contains("\"subject\":\"FRA\"")
+        })
+        .await;
+        net.stop(gbr).await.expect("GBR stops cleanly");
+        let config = net.node_config(gbr);
+        let store = entente::store::Store::open(&config.data_dir).expect("the store is closed");
+        drop(store);
+        let port = node::bind(&config, net.addr(gbr)).expect("the port is free");
+        drop(port);
+        // The audit chain continues where the stopped writer ended.
+        net.start_again(gbr).await;
+        drop(subscriber);
+    }
+    let log = net.node_config(gbr).data_dir.join("audit.jsonl");
+    let verified = entente::audit::chain::verify_file(&log, None).unwrap();
+    assert!(verified.intact() && verified.torn.is_empty(), "{verified:?}");
+    net.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_dropped_link_is_redialed() {
     let mut net = TestNetwork::start().await;
@@ -622,7 +652,10 @@ async fn a_peer_that_stops_reading_is_cut_off_without_slowing_publishers() {
     // FRA's real node makes way for one that greets GBR's link, then
     // never reads from it again.
     net.stop(fra).await.unwrap();
-    let fake = node::bind(&net.node_config(fra), net.addr(fra)).unwrap();
+    let fake = node::bind(&net.node_config(fra), net.addr(fra))
+        .unwrap()
+        .endpoint()
+        .clone();
     let stuck = tokio::spawn(async move {
         let connection = fake.accept().await.unwrap().await.unwrap();
         let (mut send, mut recv) = connection.accept_bi().await.unwrap();

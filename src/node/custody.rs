@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
 use super::outbox::{Entry, Full, Outbox};
+use super::release::{holding, LetGo};
 use super::sealer::ToSeal;
 use crate::envelope::{Envelope, Hash, MessageId};
 use crate::label::Nation;
@@ -54,6 +55,9 @@ pub(super) struct Loaded {
     pub(super) seen: Vec<SeenId>,
     /// The newest announcement of each nation, as encoded frames.
     pub(super) announcements: Vec<Bytes>,
+    /// Resolves once the store thread has ended and closed the store
+    /// (with `sync`): it ends when the last handle to it is dropped.
+    pub(super) store_released: Option<LetGo>,
 }
 
 impl Custody {
@@ -78,6 +82,7 @@ impl Custody {
                 custody: custody(None),
                 seen: Vec::new(),
                 announcements: Vec::new(),
+                store_released: None,
             });
         }
         let store = Store::open(data_dir)?;
@@ -85,9 +90,15 @@ impl Custody {
         let announcements = store.announcements()?;
         let outboxes = store.outboxes()?;
         let (jobs, receiver) = mpsc::channel(STORE_QUEUE);
+        let (held, store_released) = holding();
         std::thread::Builder::new()
             .name("entente-store".into())
-            .spawn(move || write_forever(&store, receiver))
+            .spawn(move || {
+                write_forever(&store, receiver);
+                // The database's file lock goes before the signal does.
+                drop(store);
+                drop(held);
+            })
             .map_err(|err| StoreError::Database(format!("cannot start the store thread: {err}")))?;
         let loaded = custody(Some(jobs));
         for (peer, held) in outboxes {
@@ -107,6 +118,7 @@ impl Custody {
             custody: loaded,
             seen,
             announcements,
+            store_released: Some(store_released),
         })
     }
 

@@ -12,6 +12,7 @@ mod outbound;
 mod outbox;
 mod queue;
 mod reason;
+mod release;
 mod router;
 mod sealer;
 mod session;
@@ -103,7 +104,14 @@ pub enum NodeError {
     /// The custody store cannot be opened or read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A stopped node still held its data folder or its port.
+    #[error("the node stopped, but did not let go of its data folder and port within {}s", RELEASE_TIMEOUT.as_secs())]
+    NotReleased,
 }
+
+/// How long a stopping node's connections may take to drain and its
+/// writers to close, after its tasks have ended.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Tunables of one node. The defaults suit the sample network.
 #[derive(Debug, Clone)]
@@ -333,8 +341,11 @@ fn resolve(address: &str) -> Result<SocketAddr, NodeError> {
 
 /// Binds the node's QUIC endpoint. Use port 0 to let the OS choose, then
 /// read it back with `Endpoint::local_addr`.
-pub fn bind(config: &NodeConfig, addr: SocketAddr) -> Result<Endpoint, NodeError> {
-    Endpoint::server(server_config(config)?, addr).map_err(|cause| NodeError::Bind { addr, cause })
+pub fn bind(config: &NodeConfig, addr: SocketAddr) -> Result<NodeEndpoint, NodeError> {
+    let bind_error = |cause| NodeError::Bind { addr, cause };
+    let socket = std::net::UdpSocket::bind(addr).map_err(bind_error)?;
+    let socket = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket).map_err(bind_error)?;
+    endpoint_on(config, socket)
 }
 
 /// The node's QUIC endpoint on a socket of the caller's, such as the
@@ -342,17 +353,41 @@ pub fn bind(config: &NodeConfig, addr: SocketAddr) -> Result<Endpoint, NodeError
 pub fn endpoint_on(
     config: &NodeConfig,
     socket: Arc<dyn quinn::AsyncUdpSocket>,
-) -> Result<Endpoint, NodeError> {
+) -> Result<NodeEndpoint, NodeError> {
     let addr = socket
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    Endpoint::new_with_abstract_socket(
+    let (socket, socket_released) = release::ReleasingSocket::wrap(socket);
+    let endpoint = Endpoint::new_with_abstract_socket(
         quinn::EndpointConfig::default(),
         Some(server_config(config)?),
         socket,
         Arc::new(quinn::TokioRuntime),
     )
-    .map_err(|cause| NodeError::Bind { addr, cause })
+    .map_err(|cause| NodeError::Bind { addr, cause })?;
+    Ok(NodeEndpoint {
+        endpoint,
+        socket_released,
+    })
+}
+
+/// A node's QUIC endpoint, which knows when quinn has let go of its
+/// socket (so [`Node::run`] returns only once the port is free).
+pub struct NodeEndpoint {
+    endpoint: Endpoint,
+    socket_released: release::LetGo,
+}
+
+impl NodeEndpoint {
+    /// The endpoint, for a caller that plays a node itself.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The address the socket is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
 }
 
 fn server_config(config: &NodeConfig) -> Result<quinn::ServerConfig, NodeError> {
@@ -476,6 +511,8 @@ struct Shared {
     principal_sessions: Arc<dashmap::DashMap<String, usize>>,
     endpoint: Endpoint,
     shutdown: watch::Receiver<bool>,
+    /// Last, so it drops after the audit writer and the store handles.
+    _held: release::Holding,
 }
 
 impl Shared {
@@ -769,7 +806,7 @@ async fn expire_held(shared: &Shared) {
 /// connection and flushes the audit log.
 pub async fn run(
     config: NodeConfig,
-    endpoint: Endpoint,
+    endpoint: NodeEndpoint,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NodeError> {
     Node::start(config, endpoint)?.run(shutdown).await
@@ -784,12 +821,41 @@ pub struct Node {
     /// Envelopes a restarted node's outboxes hold without their seals (a
     /// crash came between them): sealed again once the sealer runs.
     reseal: Vec<sealer::ToSeal>,
+    released: Released,
+}
+
+/// Says when a node, stopped or crashed (its task aborted), has let go of
+/// what another node started in its place would need.
+#[derive(Debug, Clone)]
+pub struct Released {
+    /// Its shared state, whose drop closes the audit writer.
+    shared: release::LetGo,
+    store: Option<release::LetGo>,
+    socket: release::LetGo,
+}
+
+impl Released {
+    /// Once its data folder is free: the audit log written and closed,
+    /// the custody store closed (its file lock released).
+    pub async fn data(self) {
+        self.shared.wait().await;
+        if let Some(store) = self.store {
+            store.wait().await;
+        }
+    }
+
+    /// Once its data folder and its UDP port are free.
+    pub async fn all(self) {
+        let socket = self.socket.clone();
+        self.data().await;
+        socket.wait().await;
+    }
 }
 
 impl Node {
     /// Sets the node up on `endpoint`: its audit log, its routing core, and
     /// the nations its data directory records as cut out.
-    pub fn start(config: NodeConfig, endpoint: Endpoint) -> Result<Node, NodeError> {
+    pub fn start(config: NodeConfig, endpoint: NodeEndpoint) -> Result<Node, NodeError> {
         let suspended = control::read_suspended(&config.data_dir, &config.policy)?;
         let rules = Rules::new(
             config.policy.clone(),
@@ -814,6 +880,7 @@ impl Node {
             custody,
             seen,
             announcements,
+            store_released,
         } = custody::Custody::open(
             &config.data_dir,
             settings.durability,
@@ -857,6 +924,12 @@ impl Node {
         }
         // The records of loading them say nothing new.
         while routing.poll().is_some() {}
+        let (held, shared_released) = release::holding();
+        let released = Released {
+            shared: shared_released,
+            store: store_released,
+            socket: endpoint.socket_released,
+        };
         let shared = Arc::new(Shared {
             nation: config.nation,
             router: Router::new(routing),
@@ -882,15 +955,23 @@ impl Node {
             audit_failing: AtomicBool::new(false),
             custody,
             principal_sessions: Arc::default(),
-            endpoint,
+            endpoint: endpoint.endpoint,
             shutdown: stopped,
+            _held: held,
         });
         Ok(Node {
             shared,
             stop,
             to_seal,
             reseal,
+            released,
         })
+    }
+
+    /// Says when this node has let go of its data folder and its port,
+    /// for a caller that aborts its task rather than stopping it.
+    pub fn released(&self) -> Released {
+        self.released.clone()
     }
 
     /// The handle that runs admin commands on this node.
@@ -899,20 +980,24 @@ impl Node {
     }
 
     /// Serves until `shutdown` completes, then closes every connection
-    /// and flushes the audit log.
+    /// and returns once the audit log is written and closed, the custody
+    /// store closed and the UDP port free: a node can be started again on
+    /// the same folder and address as soon as this returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
         let Node {
             shared,
             stop,
             to_seal,
             reseal,
+            released,
         } = self;
-        let endpoint = shared.endpoint.clone();
-        let audit = shared.audit.clone();
         serve(shared, stop, to_seal, reseal, shutdown).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-        audit.close().await;
-        Ok(())
+        // Every task that held the shared state has ended, and with it
+        // the last handles to the store, the audit writer and the
+        // endpoint; what is left is quinn's connection drivers draining.
+        tokio::time::timeout(RELEASE_TIMEOUT, released.all())
+            .await
+            .map_err(|_| NodeError::NotReleased)
     }
 }
 
@@ -1018,7 +1103,13 @@ async fn serve(
         }
     };
     if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
-        warn!("some connection tasks did not stop in time");
+        // Whatever they hold (the store, the audit log) must still be let
+        // go of before the node counts as stopped.
+        warn!(
+            count = tasks.len(),
+            "some connection tasks did not stop in time; aborting them"
+        );
+        tasks.shutdown().await;
     }
 }
 

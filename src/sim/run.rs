@@ -628,6 +628,7 @@ struct SimNode {
     control: NodeControl,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), NodeError>>,
+    released: node::Released,
 }
 
 /// A node is never left running by a run that stops early (an error in
@@ -648,8 +649,9 @@ struct Nodes {
     settings: NodeSettings,
     addresses: BTreeMap<Nation, SocketAddr>,
     running: BTreeMap<Nation, SimNode>,
-    /// The real sockets of crashed nodes, kept for their restart.
-    crashed: BTreeMap<Nation, Arc<dyn quinn::AsyncUdpSocket>>,
+    /// The real sockets of crashed nodes, kept for their restart, and
+    /// what says the crashed node has let go of its data folder.
+    crashed: BTreeMap<Nation, (Arc<dyn quinn::AsyncUdpSocket>, node::Released)>,
     world: World,
 }
 
@@ -714,6 +716,7 @@ impl Nodes {
         let endpoint = node::endpoint_on(&config, socket.clone())?;
         let node = node::Node::start(config, endpoint)?;
         let control = node.control();
+        let released = node.released();
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(node.run(async move {
             let _ = stopped.changed().await;
@@ -723,6 +726,7 @@ impl Nodes {
             control,
             stop,
             task,
+            released,
         })
     }
 
@@ -808,28 +812,31 @@ impl Nodes {
                 node.socket.crash();
                 self.wan.set_node_up(*nation, false);
                 node.task.abort();
-                self.crashed.insert(*nation, node.socket.inner());
+                self.crashed
+                    .insert(*nation, (node.socket.inner(), node.released.clone()));
                 self.world.down_nodes.insert(*nation);
                 Ok(format!(
                     "{nation}'s node stopped at once, without closing anything"
                 ))
             }
             Action::NodeRestart { nation } => {
-                let Some(socket) = self.crashed.remove(nation) else {
+                let Some((socket, released)) = self.crashed.remove(nation) else {
                     return Err(format!("{nation}'s node has not crashed"));
                 };
                 // The crashed node's tasks are aborted, but let go of its
-                // custody store (a file lock) only as they unwind, on
-                // other threads: a real process restart has the OS do it.
-                let mut spawned = self.spawn(*nation, socket.clone());
-                for _ in 0..100 {
-                    if !matches!(spawned, Err(SimError::Node(NodeError::Store(_)))) {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    spawned = self.spawn(*nation, socket.clone());
+                // custody store (a file lock) and audit log only as they
+                // unwind, on other threads: a real process restart has the
+                // OS do it.
+                if tokio::time::timeout(Duration::from_secs(10), released.clone().data())
+                    .await
+                    .is_err()
+                {
+                    self.crashed.insert(*nation, (socket, released));
+                    return Err(format!(
+                        "{nation}'s crashed node did not let go of its data folder"
+                    ));
                 }
-                match spawned {
+                match self.spawn(*nation, socket.clone()) {
                     Ok(node) => {
                         self.running.insert(*nation, node);
                         self.wan.set_node_up(*nation, true);
@@ -837,7 +844,7 @@ impl Nodes {
                         Ok(format!("{nation}'s node started again from its data directory"))
                     }
                     Err(err) => {
-                        self.crashed.insert(*nation, socket);
+                        self.crashed.insert(*nation, (socket, released));
                         Err(format!("{nation}'s node would not restart: {err}"))
                     }
                 }

@@ -236,7 +236,7 @@ pub struct TestNetwork {
 
 fn spawn_node(
     mut config: NodeConfig,
-    endpoint: quinn::Endpoint,
+    endpoint: node::NodeEndpoint,
     addresses: &BTreeMap<Nation, SocketAddr>,
 ) -> RunningNode {
     config.peer_addresses = addresses.clone();
@@ -356,19 +356,8 @@ impl TestNetwork {
             &self.settings,
             nation,
         );
-        // quinn's endpoint driver lets go of the socket a moment after
-        // the node's task ends, on another worker thread.
-        let mut attempts = 0;
-        let endpoint = loop {
-            match node::bind(&config, self.addresses[&nation]) {
-                Ok(endpoint) => break endpoint,
-                Err(_) if attempts < 500 => {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err(err) => panic!("rebind the same address: {err}"),
-            }
-        };
+        // A stopped node has let go of its port and its data folder.
+        let endpoint = node::bind(&config, self.addresses[&nation]).expect("rebind the same address");
         self.nodes
             .insert(nation, spawn_node(config, endpoint, &self.addresses));
     }
@@ -659,7 +648,10 @@ impl TestNetwork {
         let links_before = self.audit_lines(at).iter().filter(|l| link_up(l)).count();
         self.stop(nation).await.expect("clean stop");
         let config = self.node_config(nation);
-        let endpoint = node::bind(&config, self.addr(nation)).expect("bind the hostile node");
+        let endpoint = node::bind(&config, self.addr(nation))
+            .expect("bind the hostile node")
+            .endpoint()
+            .clone();
         let task = tokio::spawn(entente::hostile::serve(endpoint.clone(), nation, hostility));
         self.wait_for_audit_count(at, links_before + 1, link_up).await;
         let announcer = entente::hostile::announce_interest(&config, &endpoint, at, self.addr(at), patterns)
