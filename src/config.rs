@@ -70,7 +70,7 @@ pub struct NetworkFile {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClassificationFile {
-    /// Lowest first. Empty means the default levels of DESIGN.md.
+    /// Lowest first. Empty means the default levels (`label::default_levels`).
     #[serde(default)]
     pub levels: Vec<LevelFile>,
     /// Every compartment a marking may name.

@@ -2,7 +2,8 @@
 //! it holds a genuine node certificate and key, greets the links real
 //! nodes dial to it, announces interest in their traffic (signed with its
 //! real key, so they forward to it), then stops reading or reads only a
-//! trickle. It plays what issue 8 says one compromised member can do, with
+//! trickle. It plays what one compromised member can do (ARCHITECTURE.md,
+//! "Threat model: a hostile member"), with
 //! real QUIC and TLS, so that what the real nodes do about it is measured
 //! and tested on the real code path.
 

@@ -1,7 +1,7 @@
 //! Security labels: nations, classification levels, releasability and
 //! compartments, and the marking text that all tools print and parse.
 //!
-//! The grammar (DESIGN.md):
+//! The grammar (ARCHITECTURE.md, "Vocabulary"):
 //! ```text
 //! marking = classification *( "//" block )
 //! block   = "REL TO " name *( ", " name )  |  compartment *( "/" compartment )
@@ -533,7 +533,7 @@ fn join<'a>(items: impl Iterator<Item = &'a String>, separator: &str) -> String 
     items.map(String::as_str).collect::<Vec<_>>().join(separator)
 }
 
-/// The default ordered levels of DESIGN.md, for networks that do not
+/// The default ordered levels (ARCHITECTURE.md, "Vocabulary"), for networks that do not
 /// declare their own.
 pub fn default_levels() -> Vec<LevelName> {
     [

@@ -24,7 +24,7 @@ use entente::store::Durability;
 
 /// mimalloc instead of glibc's malloc: the message path allocates and frees
 /// small buffers on several threads, and glibc's allocator took about 15 %
-/// of a 1-hop throughput run's CPU (BENCHMARKS.md, issue 12). Without
+/// of a 1-hop throughput run's CPU (BENCHMARKS.md). Without
 /// transparent huge pages (its `no_thp` feature): see ARCHITECTURE.md.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -426,7 +426,7 @@ fn bench_commands_print_json_with_the_documented_keys() {
     );
 }
 
-/// Finding 3 of issue 8: a payload with a newline printed a second line
+/// A payload with a newline once printed a second line
 /// that read as another delivery, with any marking, origin and publisher.
 /// `entente sub` runs as a real process against a real node; each message
 /// must print exactly one line, with nothing a terminal would act on.
@@ -476,7 +476,7 @@ fn has_terminal_controls(out: &str) -> bool {
 
 const FORGED: &str = "[TOP SECRET//REL TO GBR] sigint.ru from usa.general (USA) id 0123456789abcdef0123456789abcdef: strike at dawn";
 
-/// Finding 3 of issue 8: a payload with a newline printed a second line
+/// A payload with a newline once printed a second line
 /// that read as another delivery, with any marking, origin and publisher.
 /// `entente sub` runs as a real process against a real node; each message
 /// must print exactly one line, with nothing a terminal would act on.

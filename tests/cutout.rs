@@ -1,4 +1,4 @@
-//! Cutting a partner out of a running network (invariant 5, issue 9), over
+//! Cutting a partner out of a running network (invariant 5), over
 //! real nodes, real QUIC and real mutual TLS. Seven nations, USA linked to
 //! GBR and POL only, so FRA, DEU, FIN and EST reach it only through relays:
 //!
@@ -527,7 +527,7 @@ impl Allowed {
 
 // ----- 1. The cut under load -----
 
-/// Issue 9, done when: while GBR, FRA, POL, EST and USA stream, USA is cut
+/// While GBR, FRA, POL, EST and USA stream, USA is cut
 /// on every other node; USA's node gets nothing created after the cut
 /// returned, and every other subscriber gets what the policy allows,
 /// exactly once, before, during and after the cut.
@@ -843,7 +843,7 @@ fn is_tls_failure(err: &ConnectionError) -> bool {
             && String::from_utf8_lossy(&close.reason).contains("invalid peer certificate"))
 }
 
-/// Issue 9, done when: a cut node's reconnect is refused in the handshake
+/// A cut node's reconnect is refused in the handshake
 /// itself, even by a client config that completed a handshake before and
 /// would resume a TLS session if it held one; and the real USA node, still
 /// running and re-dialing, never gets a link back.
@@ -1019,7 +1019,7 @@ async fn next_payload(inbox: &Inbox, index: usize) -> String {
     String::from_utf8_lossy(&inbox.deliveries()[index].payload).into_owned()
 }
 
-/// Issue 9, done when: after the cut, a genuine member (FRA's node, with
+/// After the cut, a genuine member (FRA's node, with
 /// its own certificate) passes on envelopes with origin USA, signed with
 /// USA's real node key, sealed and unsealed, and an announcement of USA;
 /// GBR and DEU refuse each because USA is cut out, and no subscriber gets
@@ -1148,7 +1148,7 @@ async fn a_message_forged_with_origin_usa_after_the_cut_is_refused_everywhere() 
 
 // ----- 4. Restore -----
 
-/// Issue 9, done when: after a cut and a restore on every node, USA's
+/// After a cut and a restore on every node, USA's
 /// links come back and its subscriber gets new `REL TO NATO` messages,
 /// direct and through relays; what was published while it was cut out
 /// never reaches it.

@@ -85,7 +85,7 @@ fn test_id(tag: u8, n: u64) -> MessageId {
 }
 
 /// The id a node's counter gives after `id` (ids are a per-run prefix
-/// and a counter, DESIGN.md): what a member that saw one can predict.
+/// and a counter): what a member that saw one can predict.
 fn after(id: MessageId, steps: u64) -> MessageId {
     let mut bytes = id.0;
     let counter = u64::from_be_bytes(bytes[8..].try_into().unwrap());
@@ -864,7 +864,7 @@ fn tagged_with_a_bad_signature(gbr_keys: &TagKeys, message: Unsigned) -> Envelop
 }
 
 /// Relays check their own tag, not the signature, before they relay
-/// (issue 12), so an origin can get a message with a bad signature but
+/// (ARCHITECTURE.md, "Signatures on the critical path"), so an origin can get a message with a bad signature but
 /// good tags through: only it holds the keys, and its content is its own.
 /// Each node catches the signature right after, audits it, and from then
 /// on checks that origin's seals by signature before relaying: its next

@@ -249,7 +249,7 @@ async fn keep_refuses_a_folder_that_is_not_empty() {
 /// the outage, and every message arrives once, in publish order. The run
 /// goes on 10 s after the link returns, as QUIC's probes back off during
 /// the outage and the first one through may come seconds after it.
-/// (Longer outages need custody, issue 11.)
+/// (Longer outages are custody's part.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_outage_loses_nothing_and_keeps_publish_order() {
     let dir = tempfile::tempdir().unwrap();

@@ -39,8 +39,8 @@ const CHANNEL_CAPACITY: usize = 64 * 1024;
 /// The writer's pause between drains while records keep coming: a few
 /// large appends rather than many small ones. At 2 ms, the writer's wake-ups
 /// and ext4 appends cost the message path about 30 µs at p50 on a 2-core
-/// machine (issue 12: the same bench with the logs on tmpfs was that much
-/// faster). The channel holds far more than 10 ms of records at any rate
+/// machine (the same bench with the logs on tmpfs was that much faster;
+/// BENCHMARKS.md). The channel holds far more than 10 ms of records at any rate
 /// the node reaches.
 const BUSY_PAUSE: Duration = Duration::from_millis(10);
 /// The longest pause while the log is idle: it bounds how long a record
