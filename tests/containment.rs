@@ -1,5 +1,5 @@
 //! A hostile member, played with a genuine node certificate over real QUIC
-//! and TLS against real nodes (issue 8, findings 4, 5 and 7): many links
+//! and TLS against real nodes (ARCHITECTURE.md, "Threat model"): many links
 //! from one peer, a peer that stops reading, a peer that trickles, floods
 //! of sessions and connections, and a frame that never ends. Each test
 //! shows that the one peer or connection is cut or refused with a reason,
@@ -289,6 +289,35 @@ async fn a_trickling_peer_is_cut_rather_than_slowing_everyone() {
     one_hostile_peer_does_not_hold_up_the_healthy_ones(Hostility::Trickle).await;
 }
 
+/// A stuck peer, with the node's default settings and 64 KiB messages: the
+/// outbox's byte count stops just under its bound (the next frame would
+/// cross it), and the peer is still found stalled, cut and audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_peer_sent_large_messages_is_cut_with_the_default_settings() {
+    let mut net = TestNetwork::start().await;
+    let (gbr, fra) = (nation("GBR"), nation("FRA"));
+    let _hostile = net.hostile_peer(fra, gbr, Hostility::Stuck, &["shared.>"]).await;
+    let publisher = net.client("gbr.analyst").await;
+    let stalled = |l: &str| l.contains("\"reason\":\"peer-stalled\"") && l.contains("\"subject\":\"FRA\"");
+    let payload = vec![0x5a; 64 * 1024];
+    // Twice the default outbox's 64 MiB, at most: far more than it holds.
+    let mut sent = 0;
+    while !net.audit_lines(gbr).iter().any(|l| stalled(l)) {
+        assert!(sent < 2048, "{sent} messages of 64 KiB and FRA is still linked");
+        publisher
+            .publish_unawaited("shared.large", "SECRET//REL TO GBR, FRA", payload.clone())
+            .await
+            .unwrap();
+        sent += 1;
+        if sent % 64 == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let cut = net.wait_for_audit(gbr, stalled).await;
+    assert!(cut.contains("does not read fast enough"), "{cut}");
+    net.shutdown().await;
+}
+
 /// Finding 7: one principal may hold at most `max_sessions_per_principal`
 /// sessions; the next is refused with the reason and audited, and a slot
 /// comes back when a session ends. The old code had no cap.
@@ -379,7 +408,7 @@ async fn connections_past_the_total_cap_are_refused_before_tls() {
     net.shutdown().await;
 }
 
-/// Issue 8 review: connection attempts from addresses that never answer
+/// Connection attempts from addresses that never answer
 /// (spoofed UDP sources) take neither a handshake token nor a connection
 /// slot, because the node answers an unvalidated attempt with a stateless
 /// QUIC retry first. Each fake attempt here is a genuine client's first

@@ -733,6 +733,46 @@ async fn a_peer_that_stops_reading_is_cut_off_without_slowing_publishers() {
 /// refused as a bad signature, a missing one is audited when the link
 /// ends, and a peer that never sends seals is cut off before it can make
 /// the node hold unbounded state.
+/// A peer that acknowledges custody of entries it was never sent has its
+/// link closed, and the violation is on record as `protocol-violation`,
+/// naming it and what it claimed, not as a plain `link-down`.
+#[tokio::test]
+async fn a_lying_custody_ack_is_audited_as_a_protocol_violation() {
+    let mut net = TestNetwork::start().await;
+    let (gbr, fra) = (nation("GBR"), nation("FRA"));
+    net.stop(fra).await.unwrap();
+    let fake = node::bind(&net.node_config(fra), net.addr(fra))
+        .unwrap()
+        .endpoint()
+        .clone();
+    let liar = tokio::spawn(async move {
+        let connection = fake.accept().await.unwrap().await.unwrap();
+        let (mut send, mut recv) = connection.accept_bi().await.unwrap();
+        assert!(matches!(
+            entente::stream::read_frame(&mut recv).await,
+            Ok(Some(Frame::Hello { .. }))
+        ));
+        let welcome = wire::encode(&Frame::PeerWelcome { nation: fra }).unwrap();
+        send.write_all(&welcome).await.unwrap();
+        let lie = wire::encode(&Frame::Custody { through: 5 }).unwrap();
+        send.write_all(&lie).await.unwrap();
+        connection.closed().await
+    });
+    let violation = net
+        .wait_for_audit(gbr, |l| {
+            l.contains("\"reason\":\"protocol-violation\"") && l.contains("\"subject\":\"FRA\"")
+        })
+        .await;
+    assert!(violation.contains("acknowledged entry 5"), "{violation}");
+    let closed = liar.await.unwrap();
+    assert!(
+        matches!(closed, quinn::ConnectionError::ApplicationClosed(ref close)
+            if close.error_code == quinn::VarInt::from_u32(wire::close::PROTOCOL)),
+        "{closed:?}"
+    );
+    net.shutdown().await;
+}
+
 #[tokio::test]
 async fn seals_sent_after_their_envelopes_are_checked_and_missing_ones_audited() {
     let mut net = TestNetwork::start().await;

@@ -108,8 +108,7 @@ impl<M: AsRef<str>> Outgoing<M> {
         }
         // Listed in the same record, so a nation that is away adds no line
         // to every message; a line of its own per message measured as most
-        // of what a hostile peer cost the healthy ones (BENCHMARKS.md,
-        // issue 8).
+        // of what a hostile peer cost the healthy ones (BENCHMARKS.md).
         peers.extend(self.unreached.iter().map(|&(peer, reason)| PeerOutcome {
             peer,
             decision: Verdict::Deny,
@@ -424,9 +423,21 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
         }
     };
     acks.0.abort();
-    if let Ok(Err(err)) = (&mut acks.0).await {
-        warn!(cause = %err, "closing the link: its acknowledgements broke the protocol");
-    }
+    let cause = match (&mut acks.0).await {
+        // It closed the connection, which is what ended the loop above.
+        Ok(Err(violation)) => {
+            warn!(cause = %violation, "closed the link: its acknowledgements broke the protocol");
+            shared
+                .audit(
+                    Record::new(Event::Disconnect, Verdict::Deny, Reason::ProtocolViolation.code())
+                        .subject(peer)
+                        .detail(&violation),
+                )
+                .await;
+            violation
+        }
+        _ => cause,
+    };
     // The acks since the last forget written (they are written at most
     // every FORGET_EVERY) are forgotten in the store too.
     if let Some(through) = outbox.forgotten_through() {

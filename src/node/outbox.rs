@@ -78,6 +78,11 @@ struct State {
     /// When the current link last made progress: came up, or had entries
     /// acknowledged (microseconds since the epoch).
     progress_us: u64,
+    /// Whether a frame was refused for want of room since that progress.
+    /// With large frames the byte count stays just below the bound (a
+    /// frame is refused when it would cross it), so "full" is what was
+    /// refused, not what the count reached.
+    refused_since_progress: bool,
 }
 
 /// The most bytes, and the longest time, acknowledged entries are kept
@@ -104,6 +109,7 @@ impl Outbox {
                 recent_bytes: 0,
                 rerouted_through: 0,
                 progress_us: 0,
+                refused_since_progress: false,
             }),
             ready: Notify::new(),
         }
@@ -123,6 +129,7 @@ impl Outbox {
         let cost = charge(&frame);
         let full = state.entries.len() >= state.max_frames || state.bytes + cost > state.max_bytes;
         if bounded && !state.entries.is_empty() && full {
+            state.refused_since_progress = true;
             return Err(Full);
         }
         let seq = state.next_seq;
@@ -143,6 +150,7 @@ impl Outbox {
     pub(super) fn attach(&self, now_us: u64) {
         let mut state = self.state();
         state.progress_us = now_us;
+        state.refused_since_progress = false;
         state.cursor = state.entries.front().map_or(state.next_seq, |e| e.seq);
         state.written = None;
         drop(state);
@@ -195,6 +203,7 @@ impl Outbox {
         let mut forgotten = 0;
         if state.entries.front().is_some_and(|e| e.seq <= through) {
             state.progress_us = now_us;
+            state.refused_since_progress = false;
         }
         while state.entries.front().is_some_and(|e| e.seq <= through) {
             if let Some(mut entry) = state.entries.pop_front() {
@@ -260,13 +269,16 @@ impl Outbox {
         frames
     }
 
-    /// Whether the outbox is full and its link has made no progress (come
-    /// up, or had anything acknowledged) for `patience_us`: its peer does
-    /// not keep up. A link that came back to a backlog has that long to
-    /// start draining it before it counts as stalled.
+    /// Whether the outbox is full (at its bound, or it refused a frame)
+    /// and its link has made no progress (come up, or had anything
+    /// acknowledged) for `patience_us`: its peer does not keep up. A link
+    /// that came back to a backlog has that long to start draining it
+    /// before it counts as stalled.
     pub(super) fn stalled(&self, now_us: u64, patience_us: u64) -> bool {
         let state = self.state();
-        let full = state.entries.len() >= state.max_frames || state.bytes >= state.max_bytes;
+        let full = state.refused_since_progress
+            || state.entries.len() >= state.max_frames
+            || state.bytes >= state.max_bytes;
         full && now_us.saturating_sub(state.progress_us) > patience_us
     }
 
@@ -399,6 +411,24 @@ mod tests {
         few.take(&mut Vec::new(), 10);
         few.acknowledge(1, 2_500).unwrap();
         assert!(!few.stalled(3_000, 1_000), "not full any more");
+    }
+
+    /// With frames of 64 KiB, the byte count stops just below the bound
+    /// (the next frame would cross it): a refused frame still makes the
+    /// outbox full, so a peer that never acknowledges is found stalled.
+    #[test]
+    fn large_frames_that_no_longer_fit_make_the_outbox_full() {
+        let large = Outbox::new(1 << 20, 1_000_000, Vec::new());
+        large.attach(0);
+        while large.push(frame(0, 65_536), 0, true).is_ok() {}
+        let (_, bytes) = large.depth();
+        assert!(bytes < 1_000_000, "{bytes}");
+        assert!(large.stalled(2_001, 1_000));
+        // Progress clears it: the peer acknowledged, there is room again.
+        let mut written = Vec::new();
+        large.take(&mut written, 1);
+        large.acknowledge(1, 3_000).unwrap();
+        assert!(!large.stalled(4_500, 1_000));
     }
 
     #[test]
