@@ -22,6 +22,58 @@ const ANNOUNCEMENT_CONTEXT: &[u8] = b"entente announcement v1\0";
 /// each message against a huge list.
 pub const MAX_ANNOUNCED_PATTERNS: usize = 1024;
 
+/// How often a node announces itself at most, once its burst is spent:
+/// however fast its links and subscriptions change, the network hears of
+/// it four times a second.
+pub const OWN_PACE: Pace = Pace {
+    interval_us: 250_000,
+    burst: 8,
+};
+
+/// How fast a node takes in another nation's announcements: a little
+/// more than [`OWN_PACE`], so an honest node's, bunched a little on the
+/// way, always pass. Past it, they are held back (the newest replacing the
+/// one held) and applied at this pace, so a member that churns its
+/// interest costs every node five announcements a second, no more.
+pub const RECEIVED_PACE: Pace = Pace {
+    interval_us: 200_000,
+    burst: 16,
+};
+
+/// A rate: `burst` at once, then one every `interval_us`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    /// Microseconds between two, once the burst is spent.
+    pub interval_us: u64,
+    /// How many may come at once.
+    pub burst: u64,
+}
+
+/// Where one sender stands against a [`Pace`] (the generic cell rate
+/// algorithm: one number, no timer).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Paced {
+    /// When the sender would be back to a full burst.
+    full_at_us: u64,
+}
+
+impl Paced {
+    /// Whether one more may go at `now_us`; if so, it is counted.
+    pub fn take(&mut self, pace: Pace, now_us: u64) -> bool {
+        if self.next_us(pace) > now_us {
+            return false;
+        }
+        self.full_at_us = self.full_at_us.max(now_us).saturating_add(pace.interval_us);
+        true
+    }
+
+    /// The earliest time one more may go.
+    pub fn next_us(&self, pace: Pace) -> u64 {
+        self.full_at_us
+            .saturating_sub(pace.burst.saturating_sub(1).saturating_mul(pace.interval_us))
+    }
+}
+
 /// One node's view of itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Announcement {
@@ -127,6 +179,39 @@ impl SignedAnnouncement {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pace_allows_its_burst_then_one_an_interval() {
+        let pace = Pace {
+            interval_us: 100,
+            burst: 3,
+        };
+        let mut paced = Paced::default();
+        let now = 1_000_000;
+        let at_once = (0..10).take_while(|_| paced.take(pace, now)).count();
+        assert_eq!(at_once, 3);
+        assert_eq!(paced.next_us(pace), now + 100);
+        assert!(!paced.take(pace, now + 99));
+        assert!(paced.take(pace, now + 100));
+        assert!(!paced.take(pace, now + 150));
+        // Idle long enough, the whole burst is back, and no more.
+        let later = now + 10_000;
+        assert_eq!((0..10).take_while(|_| paced.take(pace, later)).count(), 3);
+    }
+
+    #[test]
+    fn an_honest_node_never_outruns_what_its_peers_take() {
+        // The fastest an honest node announces, received at once in bursts
+        // of its own pace, always fits the received pace.
+        let mut own = Paced::default();
+        let mut received = Paced::default();
+        let mut now = 0;
+        for _ in 0..1000 {
+            now = now.max(own.next_us(OWN_PACE));
+            assert!(own.take(OWN_PACE, now));
+            assert!(received.take(RECEIVED_PACE, now), "refused at {now}");
+        }
+    }
 
     fn signer() -> Signer {
         let der = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();

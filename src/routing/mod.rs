@@ -8,7 +8,7 @@
 //! the caller passes `now` in, so the node, the simulator and the tests
 //! drive the same code, each with its own clock.
 //!
-//! Delivery trees (DESIGN.md, "Federation"): for an envelope from origin
+//! Delivery trees (ARCHITECTURE.md, "Federation"): for an envelope from origin
 //! O with label L on topic T, the eligible nations E are O and those L may
 //! be forwarded to from O (invariant 2); the targets are the nations of E
 //! interested in T; the tree is the union of the shortest paths from O to
@@ -51,7 +51,7 @@ use crate::policy::{Decision, Policy, Principal};
 use crate::topic::{Pattern, Topic};
 use crate::wire;
 
-use announce::{Announcement, AnnouncementError, SignedAnnouncement, MAX_ANNOUNCED_PATTERNS};
+use announce::{Announcement, AnnouncementError, Paced, SignedAnnouncement, MAX_ANNOUNCED_PATTERNS};
 use seen::{SeenIds, Unseen};
 use tree::{Branch, Graph, NationSet, Nations, PathTree};
 
@@ -81,6 +81,34 @@ const TREE_CACHE: usize = 4096;
 /// What an `announcement` audit record lists for no links or no patterns:
 /// with its space, it can be neither a nation nor a pattern.
 pub const NOTHING: &str = "no entries";
+
+/// The longest pattern list an `announcement` record spells out. A longer
+/// one is recorded as its count and a digest, so that a record stays small
+/// whatever a member announces.
+pub const LISTED_INTEREST_MAX: usize = 256;
+
+/// What an `announcement` record says of one: `links: A, B; interest: p, q`,
+/// or for a long list `interest: (1024 patterns, digest sha256:…)`.
+fn announcement_detail(announcement: &Announcement) -> String {
+    let links: Vec<&str> = announcement.links.iter().map(Nation::as_str).collect();
+    let patterns: Vec<&str> = announcement.patterns.iter().map(Pattern::as_str).collect();
+    let listed = patterns.join(", ");
+    let interest = if patterns.is_empty() {
+        NOTHING.to_owned()
+    } else if listed.len() <= LISTED_INTEREST_MAX {
+        listed
+    } else {
+        let digest = ring::digest::digest(&ring::digest::SHA256, patterns.join("\n").as_bytes());
+        let hex: String = digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("({} patterns, digest sha256:{hex})", patterns.len())
+    };
+    let links = if links.is_empty() {
+        NOTHING.to_owned()
+    } else {
+        links.join(", ")
+    };
+    format!("links: {links}; interest: {interest}")
+}
 
 /// A stable reason code of the routing core, for audit records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -113,6 +141,8 @@ pub enum Reason {
     NoRoute,
     /// A nation's links or interest changed.
     Announcement,
+    /// A nation announced faster than its pace: held back.
+    AnnouncementRate,
     /// The origin is a nation cut out of the network.
     CutOut,
 }
@@ -134,6 +164,7 @@ impl Reason {
             Reason::Unreachable => "unreachable",
             Reason::NoRoute => "no-route",
             Reason::Announcement => "announcement",
+            Reason::AnnouncementRate => "announcement-rate",
             Reason::CutOut => "cut-out",
         }
     }
@@ -333,6 +364,16 @@ struct CachedTree {
     configured_reach: NationSet,
 }
 
+/// A verified announcement that came faster than its nation's pace.
+struct HeldBack {
+    /// The link it came on (not flooded back there).
+    from: Nation,
+    signed: SignedAnnouncement,
+    /// How many came (each replacing the one before) since the last one
+    /// applied.
+    count: u64,
+}
+
 /// The last label routed, with what it costs to work out: publishers and
 /// links mostly repeat one label.
 struct LabelMemo {
@@ -379,6 +420,16 @@ pub struct Routing {
     announced_us: Option<u64>,
     announce_due: bool,
     known: BTreeMap<Nation, Known>,
+    /// This node's own announcements against [`announce::OWN_PACE`].
+    own_pace: Paced,
+    /// Each other nation's against [`announce::RECEIVED_PACE`].
+    received_pace: BTreeMap<Nation, Paced>,
+    /// The newest announcement of each nation that came faster than
+    /// [`announce::RECEIVED_PACE`], to apply once its pace allows.
+    held_back: BTreeMap<Nation, HeldBack>,
+    /// Nations whose announcements were held back since one last passed
+    /// at once: their churn is recorded once a run, not once a hold.
+    churning: BTreeSet<Nation>,
     /// Announced patterns per nation index (this node's own excluded).
     interest: Vec<Vec<Pattern>>,
     trees: HashMap<(usize, NationSet), Arc<CachedTree>>,
@@ -422,6 +473,10 @@ impl Routing {
             announced_us: None,
             announce_due: true,
             known: BTreeMap::new(),
+            own_pace: Paced::default(),
+            received_pace: BTreeMap::new(),
+            held_back: BTreeMap::new(),
+            churning: BTreeSet::new(),
             trees: HashMap::new(),
             last_label: None,
             last_topic: None,
@@ -636,13 +691,16 @@ impl Routing {
             }
             self.rebuild_live(Some(now_us));
         }
+        self.apply_held_back(now_us);
         let since = self.announced_us.map(|at| now_us.saturating_sub(at));
         let due = match since {
             None => true,
             Some(since) => (self.announce_due && since >= ANNOUNCE_INTERVAL_US) || since >= REFRESH_US,
         };
-        if due {
+        if due && self.own_pace.take(announce::OWN_PACE, now_us) {
             self.announce_own(now_us);
+        } else if due {
+            self.announce_due = true;
         }
     }
 
@@ -654,11 +712,18 @@ impl Routing {
 
     /// When the next tick has work to do, at the latest.
     pub fn next_tick_us(&self) -> u64 {
-        match self.announced_us {
+        let own = match self.announced_us {
             Some(at) if self.announce_due => at + ANNOUNCE_INTERVAL_US,
             Some(at) => at + REFRESH_US,
             None => 0,
         }
+        .max(self.own_pace.next_us(announce::OWN_PACE));
+        let held_back = self.held_back.keys().map(|nation| {
+            self.received_pace
+                .get(nation)
+                .map_or(0, |pace| pace.next_us(announce::RECEIVED_PACE))
+        });
+        held_back.fold(own, u64::min)
     }
 
     /// An announcement arrived on the link from `from`. A newer one than
@@ -715,6 +780,82 @@ impl Routing {
             }
             return Ok(());
         }
+        let pace = self.received_pace.entry(nation).or_default();
+        if !self.held_back.contains_key(&nation) && pace.take(announce::RECEIVED_PACE, now_us) {
+            self.churning.remove(&nation);
+            self.apply_announcement(from, signed, 0, now_us);
+            return Ok(());
+        }
+        // Too fast: kept (only the newest) until the pace allows, so what
+        // the network ends up believing is still the nation's last word.
+        let count = self.held_back.remove(&nation).map_or(1, |held| held.count + 1);
+        if self.churning.insert(nation) {
+            let per_second = 1_000_000 / announce::RECEIVED_PACE.interval_us;
+            self.audit(
+                Record::at(
+                    now_us,
+                    Event::Refuse,
+                    Verdict::Deny,
+                    Reason::AnnouncementRate.code(),
+                )
+                .subject(nation)
+                .detail(format!(
+                    "{nation} announces faster than {per_second} times a second: until it slows \
+                         down, only its newest announcement is kept, and applied at that pace"
+                )),
+            );
+        }
+        self.held_back.insert(nation, HeldBack { from, signed, count });
+        Ok(())
+    }
+
+    /// Applies the announcements held back whose nation's pace now allows
+    /// one.
+    fn apply_held_back(&mut self, now_us: u64) {
+        let ready: Vec<Nation> = self
+            .held_back
+            .keys()
+            .copied()
+            .filter(|nation| {
+                self.received_pace
+                    .get(nation)
+                    .is_none_or(|pace| pace.next_us(announce::RECEIVED_PACE) <= now_us)
+            })
+            .collect();
+        for nation in ready {
+            let Some(held) = self.held_back.remove(&nation) else {
+                continue;
+            };
+            // A newer one may have been applied meanwhile (a cut forgets
+            // the nation's; expired ones are gone too).
+            if self.policy.is_suspended(nation)
+                || self
+                    .known
+                    .get(&nation)
+                    .is_some_and(|k| k.signed.announcement.seq >= held.signed.announcement.seq)
+            {
+                continue;
+            }
+            self.received_pace
+                .entry(nation)
+                .or_default()
+                .take(announce::RECEIVED_PACE, now_us);
+            self.apply_announcement(held.from, held.signed, held.count - 1, now_us);
+        }
+    }
+
+    /// Keeps a verified announcement of another nation, newer than the
+    /// one held, and passes it on to every other live link. `passed_over`:
+    /// how many of the nation's came before it and were never applied
+    /// (they came too fast).
+    fn apply_announcement(
+        &mut self,
+        from: Nation,
+        signed: SignedAnnouncement,
+        passed_over: u64,
+        now_us: u64,
+    ) {
+        let nation = signed.announcement.nation;
         let previous = self.known.get(&nation);
         let changed = previous.is_none_or(|k| {
             k.signed.announcement.links != signed.announcement.links
@@ -728,27 +869,20 @@ impl Routing {
                 received_us: now_us,
             },
         );
-        if changed {
-            let a = &signed.announcement;
-            let links: Vec<&str> = a.links.iter().map(Nation::as_str).collect();
-            let patterns: Vec<&str> = a.patterns.iter().map(Pattern::as_str).collect();
+        if changed || passed_over > 0 {
+            let mut detail = announcement_detail(&signed.announcement);
+            if passed_over > 0 {
+                detail.push_str(&format!(
+                    "; {passed_over} announcements before it came too fast and were passed over"
+                ));
+            }
             self.audit(
                 Record::at(now_us, Event::Admit, Verdict::Allow, Reason::Announcement.code())
                     .subject(nation)
-                    .detail(format!(
-                        "links: {}; interest: {}",
-                        if links.is_empty() {
-                            NOTHING.into()
-                        } else {
-                            links.join(", ")
-                        },
-                        if patterns.is_empty() {
-                            NOTHING.into()
-                        } else {
-                            patterns.join(", ")
-                        },
-                    )),
+                    .detail(detail),
             );
+        }
+        if changed {
             self.rebuild_live(Some(now_us));
         }
         let to: Vec<Nation> = self
@@ -763,7 +897,6 @@ impl Routing {
                 announcement: signed,
             });
         }
-        Ok(())
     }
 
     /// Rebuilds the live-link picture and every nation's interest from the

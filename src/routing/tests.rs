@@ -1424,3 +1424,80 @@ proptest! {
         }
     }
 }
+
+/// A member (with its genuine key) that changes its interest hundreds of
+/// times a second, each announcement with over 100 KB of patterns: every
+/// node it reaches applies, records and passes on at most its pace's
+/// worth, each record small, says so once, and still ends up with the
+/// member's last word.
+#[test]
+fn a_churning_member_is_paced_and_its_records_stay_small() {
+    let policy = chain_policy();
+    let mut mesh = Mesh::new(policy.clone(), &BTreeSet::new());
+    let (gbr, est) = (nation("GBR"), nation("EST"));
+    let gbr_signer = mesh.nodes[&gbr].signer.clone();
+    let links = mesh.nodes[&est].known[&gbr].signed.announcement.links.clone();
+    let patterns = |set: u64| -> BTreeSet<Pattern> {
+        (0..MAX_ANNOUNCED_PATTERNS)
+            .map(|n| Pattern::new(format!("{set}.{n:0>100}")).unwrap())
+            .collect()
+    };
+    let sets = [patterns(1), patterns(2)];
+    let start = mesh.now + 1_000_000;
+    let node = mesh.nodes.get_mut(&est).unwrap();
+    while node.poll().is_some() {}
+    let sent = 300u64;
+    for n in 0..sent {
+        let announcement = Announcement {
+            nation: gbr,
+            seq: start + n,
+            links: links.clone(),
+            patterns: sets[(n % 2) as usize].clone(),
+        };
+        // A thousand a second.
+        let now = start + n * 1_000;
+        node.receive_announcement(gbr, announcement.sign(&gbr_signer), now)
+            .unwrap();
+        node.tick(now);
+    }
+    let (mut applied, mut rate, mut passed_on) = (Vec::new(), 0, 0);
+    while let Some(action) = node.poll() {
+        match action {
+            Action::Audit(record) if record.reason == "announcement" => applied.push(record),
+            Action::Audit(record) if record.reason == "announcement-rate" => rate += 1,
+            Action::Announce { .. } => passed_on += 1,
+            _ => {}
+        }
+    }
+    // 0.3 s at five a second, after a burst of 16.
+    let most = announce::RECEIVED_PACE.burst + 2;
+    assert!(applied.len() as u64 <= most, "{} applied", applied.len());
+    assert!(passed_on <= most, "{passed_on} passed on");
+    assert_eq!(rate, 1, "the churn is recorded once");
+    for record in &applied {
+        let detail = record.detail.as_deref().unwrap_or_default();
+        assert!(detail.len() <= 512, "{} bytes: {detail}", detail.len());
+        assert!(detail.contains("(1024 patterns, digest sha256:"), "{detail}");
+    }
+    // Once it slows down, its last word is applied, with how many were
+    // passed over.
+    let later = start + sent * 1_000 + announce::RECEIVED_PACE.interval_us;
+    assert!(node.next_tick_us() <= later);
+    node.tick(later);
+    assert_eq!(node.known[&gbr].signed.announcement.seq, start + sent - 1);
+    let last: Vec<Record> = std::iter::from_fn(|| node.poll())
+        .filter_map(|action| match action {
+            Action::Audit(record) if record.reason == "announcement" => Some(record),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(last.len(), 1, "{last:?}");
+    assert!(
+        last[0]
+            .detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("passed over"),
+        "{last:?}"
+    );
+}
