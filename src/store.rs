@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -20,10 +21,18 @@ use crate::label::Nation;
 /// (peer, outbox sequence number) → when it was queued (8 bytes,
 /// big-endian, microseconds since the epoch), then the encoded frame.
 const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox");
-/// (the message's creation time, microseconds since the epoch; its origin's
-/// code, then the 16 id bytes) → nothing. Keyed by time first, so the ids
-/// past the replay window go in one range.
-const SEEN: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("seen");
+/// (origin, the message's creation time in microseconds since the epoch,
+/// the 16 id bytes) → nothing. Keyed by origin, then time, so an origin's
+/// oldest ids go in one range, whether past the replay window or past the
+/// bound ([`Store::open_bounded`]).
+const SEEN: TableDefinition<(&str, u64, &[u8]), ()> = TableDefinition::new("seen_by_origin");
+/// The layout before ids were bounded per origin: (time, origin and id).
+/// Moved into [`SEEN`] when a store is opened.
+const SEEN_BY_TIME: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("seen");
+/// Origin → the newest creation time of an id forgotten to keep the bound:
+/// anything from that origin not newer is refused as stale, so an id is
+/// either remembered or refused, across restarts too.
+const SEEN_FLOORS: TableDefinition<&str, u64> = TableDefinition::new("seen_floors");
 /// Nation → its newest signed announcement, as an encoded frame: what a
 /// restarted node knows of the others' links and interest before they
 /// announce again (checked again, signature and all, when loaded).
@@ -166,11 +175,24 @@ pub struct SeenId {
 /// A node's custody store.
 pub struct Store {
     db: Database,
+    /// Seen ids held per origin, as in the file.
+    seen_counts: Mutex<BTreeMap<Nation, u64>>,
+    seen_capacity: u64,
 }
 
 impl Store {
-    /// Opens `<data_dir>/store.redb`, creating it.
+    /// Opens `<data_dir>/store.redb`, creating it, with the replay
+    /// window's own bound on seen ids.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        Store::open_bounded(data_dir, crate::routing::seen::DEFAULT_CAPACITY)
+    }
+
+    /// Opens `<data_dir>/store.redb`, holding at most `seen_capacity` seen
+    /// ids. Past it, the origin holding the most forgets its oldest and its
+    /// floor rises (as in the replay window, `routing::seen`): the file
+    /// stays bounded whatever one member sends, and the flood costs only
+    /// the flooder.
+    pub fn open_bounded(data_dir: &Path, seen_capacity: usize) -> Result<Store, StoreError> {
         let path = data_dir.join("store.redb");
         let open_error = |cause: String| StoreError::Open {
             path: path.clone(),
@@ -178,10 +200,57 @@ impl Store {
         };
         std::fs::create_dir_all(data_dir).map_err(|err| open_error(err.to_string()))?;
         let db = Database::create(&path).map_err(|err| open_error(err.to_string()))?;
-        let store = Store { db };
+        let store = Store {
+            db,
+            seen_counts: Mutex::default(),
+            seen_capacity: u64::try_from(seen_capacity.max(1)).unwrap_or(u64::MAX),
+        };
+        store.move_seen_by_time()?;
         // Create the tables, so readers never meet a missing one.
         store.commit(&[], true)?;
+        let mut counts = BTreeMap::new();
+        {
+            let txn = store.db.begin_read().map_err(failed)?;
+            for entry in txn.open_table(SEEN).map_err(failed)?.iter().map_err(failed)? {
+                let (key, _) = entry.map_err(failed)?;
+                if let Some(origin) = Nation::parse(key.value().0) {
+                    *counts.entry(origin).or_insert(0) += 1;
+                }
+            }
+        }
+        *store.seen_counts() = counts;
         Ok(store)
+    }
+
+    fn seen_counts(&self) -> std::sync::MutexGuard<'_, BTreeMap<Nation, u64>> {
+        self.seen_counts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Moves the seen ids of the earlier layout (keyed by time) into
+    /// [`SEEN`], once.
+    fn move_seen_by_time(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(failed)?;
+        let old: Vec<(u64, Vec<u8>)> = match txn.open_table(SEEN_BY_TIME) {
+            Ok(table) => table
+                .iter()
+                .map_err(failed)?
+                .filter_map(Result::ok)
+                .map(|(key, _)| (key.value().0, key.value().1.to_vec()))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        {
+            let mut seen = txn.open_table(SEEN).or_fail()?;
+            for (created_us, key) in &old {
+                if let Some((origin, id)) = key.split_first_chunk::<3>() {
+                    if let Ok(origin) = std::str::from_utf8(origin) {
+                        seen.insert((origin, *created_us, id), ()).or_fail()?;
+                    }
+                }
+            }
+        }
+        txn.delete_table(SEEN_BY_TIME).or_fail()?;
+        txn.commit().map_err(failed)
     }
 
     /// Applies `changes` in one transaction. `durable` waits for the disk
@@ -198,6 +267,8 @@ impl Store {
         {
             let mut outbox = txn.open_table(OUTBOX).or_fail()?;
             let mut seen = txn.open_table(SEEN).or_fail()?;
+            let mut floors = txn.open_table(SEEN_FLOORS).or_fail()?;
+            let mut counts = self.seen_counts();
             let mut announcements = txn.open_table(ANNOUNCEMENTS).or_fail()?;
             let mut value = Vec::new();
             for change in changes {
@@ -231,17 +302,43 @@ impl Store {
                         id,
                         created_us,
                     } => {
-                        seen.insert((*created_us, seen_key(*origin, id).as_slice()), ())
-                            .or_fail()?;
+                        let key = (origin.as_str(), *created_us, id.0.as_slice());
+                        if seen.insert(key, ()).or_fail()?.is_none() {
+                            *counts.entry(*origin).or_insert(0) += 1;
+                        }
                     }
                     Change::ForgetSeenBefore(before_us) => {
-                        seen.retain_in((0, &[][..])..(*before_us, &[][..]), |_, _| false)
+                        for (origin, count) in counts.iter_mut() {
+                            let range = (origin.as_str(), 0, &[][..])..(origin.as_str(), *before_us, &[][..]);
+                            let mut gone = 0;
+                            seen.retain_in(range, |_, _| {
+                                gone += 1;
+                                false
+                            })
                             .or_fail()?;
+                            *count -= gone.min(*count);
+                        }
                     }
                 }
             }
+            keep_seen_bound(&mut seen, &mut floors, &mut counts, self.seen_capacity)?;
         }
         txn.commit().map_err(failed)
+    }
+
+    /// Each origin's floor: the newest creation time of its ids forgotten
+    /// to keep the bound.
+    pub fn seen_floors(&self) -> Result<BTreeMap<Nation, u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(failed)?;
+        let table = txn.open_table(SEEN_FLOORS).map_err(failed)?;
+        let mut floors = BTreeMap::new();
+        for entry in table.iter().map_err(failed)? {
+            let (origin, floor) = entry.map_err(failed)?;
+            if let Some(origin) = Nation::parse(origin.value()) {
+                floors.insert(origin, floor.value());
+            }
+        }
+        Ok(floors)
     }
 
     /// Every peer's outbox, each in order.
@@ -291,15 +388,9 @@ impl Store {
         let mut kept = Vec::new();
         for entry in seen.iter().map_err(failed)? {
             let (key, _) = entry.map_err(failed)?;
-            let (created_us, key) = key.value();
-            let parsed = key.split_first_chunk::<3>().and_then(|(origin, id)| {
-                Some((
-                    Nation::parse(std::str::from_utf8(origin).ok()?)?,
-                    <[u8; 16]>::try_from(id).ok()?,
-                ))
-            });
+            let (origin, created_us, id) = key.value();
             // Not something this code wrote: nothing to remember.
-            if let Some((origin, id)) = parsed {
+            if let (Some(origin), Ok(id)) = (Nation::parse(origin), <[u8; 16]>::try_from(id)) {
                 kept.push(SeenId {
                     origin,
                     id: MessageId(id),
@@ -311,12 +402,53 @@ impl Store {
     }
 }
 
-fn seen_key(origin: Nation, id: &MessageId) -> [u8; 19] {
-    let mut key = [0u8; 19];
-    let code = origin.as_str().as_bytes();
-    key[..code.len().min(3)].copy_from_slice(&code[..code.len().min(3)]);
-    key[3..].copy_from_slice(&id.0);
-    key
+/// Past `capacity` seen ids, the origin holding the most forgets its
+/// oldest, and its floor rises to the newest of them.
+fn keep_seen_bound(
+    seen: &mut redb::Table<(&str, u64, &[u8]), ()>,
+    floors: &mut redb::Table<&str, u64>,
+    counts: &mut BTreeMap<Nation, u64>,
+    capacity: u64,
+) -> Result<(), StoreError> {
+    loop {
+        let total: u64 = counts.values().sum();
+        let Some((&fullest, &held)) = counts.iter().max_by_key(|(_, &count)| count) else {
+            return Ok(());
+        };
+        if total <= capacity || held == 0 {
+            return Ok(());
+        }
+        // At most what the next origin would keep, so the fullest gives
+        // way only until it is level with it.
+        let next = counts
+            .iter()
+            .filter(|(&origin, _)| origin != fullest)
+            .map(|(_, &count)| count)
+            .max()
+            .unwrap_or(0);
+        let excess = (total - capacity).min(held - next.min(held - 1)).max(1);
+        let origin = fullest.as_str();
+        let mut oldest = Vec::new();
+        for entry in seen
+            .range((origin, 0, &[][..])..=(origin, u64::MAX, &[0xff; 16][..]))
+            .or_fail()?
+            .take(usize::try_from(excess).unwrap_or(usize::MAX))
+        {
+            let (key, _) = entry.or_fail()?;
+            let (_, created_us, id) = key.value();
+            oldest.push((created_us, id.to_vec()));
+        }
+        let Some(&(floor_us, _)) = oldest.last() else {
+            counts.insert(fullest, 0);
+            continue;
+        };
+        for (created_us, id) in &oldest {
+            seen.remove((origin, *created_us, id.as_slice())).or_fail()?;
+        }
+        let floor_us = floor_us.max(floors.get(origin).or_fail()?.map_or(0, |f| f.value()));
+        floors.insert(origin, floor_us).or_fail()?;
+        counts.insert(fullest, held - oldest.len() as u64);
+    }
 }
 
 fn decode(seq: u64, value: &[u8]) -> Result<Held, StoreError> {
@@ -473,6 +605,77 @@ mod tests {
             store.seen(0).unwrap().len(),
             1,
             "a running node forgets in one range"
+        );
+    }
+
+    /// One member sending fresh ids without end: the file holds at most
+    /// the bound, the flooder forgets its own oldest (its floor, kept
+    /// across a reopen, rises with them), and another origin keeps all.
+    #[test]
+    fn seen_ids_are_bounded_and_a_flood_forgets_only_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = |origin: &str, n: u32| Change::Seen {
+            origin: nation(origin),
+            id: MessageId(
+                [n.to_be_bytes(), [0; 4], [0; 4], [0; 4]]
+                    .concat()
+                    .try_into()
+                    .unwrap(),
+            ),
+            created_us: 1_000 + u64::from(n),
+        };
+        {
+            let store = Store::open_bounded(dir.path(), 100).unwrap();
+            store
+                .commit(&(0..10).map(|n| seen("GBR", n)).collect::<Vec<_>>(), true)
+                .unwrap();
+            for batch in 0..50 {
+                let flood: Vec<Change> = (0..64).map(|n| seen("USA", batch * 64 + n)).collect();
+                store.commit(&flood, false).unwrap();
+            }
+            store.commit(&[], true).unwrap();
+        }
+        let store = Store::open_bounded(dir.path(), 100).unwrap();
+        let ids = store.seen(0).unwrap();
+        assert_eq!(ids.len(), 100);
+        let gbr = ids.iter().filter(|id| id.origin == nation("GBR")).count();
+        assert_eq!(gbr, 10, "the honest origin keeps every id");
+        // USA's newest 90 are kept; its floor is the newest it forgot.
+        let oldest_usa = ids
+            .iter()
+            .filter(|id| id.origin == nation("USA"))
+            .map(|id| id.created_us)
+            .min()
+            .unwrap();
+        assert_eq!(oldest_usa, 1_000 + 50 * 64 - 90);
+        assert_eq!(
+            store.seen_floors().unwrap(),
+            BTreeMap::from([(nation("USA"), oldest_usa - 1)])
+        );
+    }
+
+    #[test]
+    fn seen_ids_of_the_earlier_layout_are_moved_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Database::create(dir.path().join("store.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut old = txn.open_table(SEEN_BY_TIME).unwrap();
+                let mut key = b"FRA".to_vec();
+                key.extend_from_slice(&[4; 16]);
+                old.insert((500, key.as_slice()), ()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.seen(0).unwrap(),
+            vec![SeenId {
+                origin: nation("FRA"),
+                id: MessageId([4; 16]),
+                created_us: 500
+            }]
         );
     }
 

@@ -4,7 +4,7 @@
 //! acknowledged (to a publisher, or to the peer that handed it over)
 //! before it is on disk.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -53,6 +53,9 @@ pub(super) struct CustodyHandle {
 pub(super) struct Loaded {
     pub(super) custody: Custody,
     pub(super) seen: Vec<SeenId>,
+    /// Per origin, the newest creation time of an id the store forgot to
+    /// keep its bound.
+    pub(super) seen_floors: BTreeMap<Nation, u64>,
     /// The newest announcement of each nation, as encoded frames.
     pub(super) announcements: Vec<Bytes>,
     /// Resolves once the store thread has ended and closed the store
@@ -81,12 +84,14 @@ impl Custody {
             return Ok(Loaded {
                 custody: custody(None),
                 seen: Vec::new(),
+                seen_floors: BTreeMap::new(),
                 announcements: Vec::new(),
                 store_released: None,
             });
         }
         let store = Store::open(data_dir)?;
         let seen = store.seen(seen_since_us)?;
+        let seen_floors = store.seen_floors()?;
         let announcements = store.announcements()?;
         let outboxes = store.outboxes()?;
         let (jobs, receiver) = mpsc::channel(STORE_QUEUE);
@@ -117,6 +122,7 @@ impl Custody {
         Ok(Loaded {
             custody: loaded,
             seen,
+            seen_floors,
             announcements,
             store_released: Some(store_released),
         })

@@ -879,6 +879,7 @@ impl Node {
         let custody::Loaded {
             custody,
             seen,
+            seen_floors,
             announcements,
             store_released,
         } = custody::Custody::open(
@@ -902,6 +903,9 @@ impl Node {
         );
         // A restarted node knows what it took before, so the resends that
         // follow are duplicates.
+        for (origin, floor_us) in seen_floors {
+            routing.remember_floor(origin, floor_us);
+        }
         for id in seen {
             routing.remember(id.origin, id.id, id.created_us, now);
         }

@@ -143,6 +143,8 @@ pub enum Reason {
     Announcement,
     /// A nation announced faster than its pace: held back.
     AnnouncementRate,
+    /// An origin's ids were forgotten to keep the replay window bounded.
+    SeenOverflow,
     /// The origin is a nation cut out of the network.
     CutOut,
 }
@@ -165,6 +167,7 @@ impl Reason {
             Reason::NoRoute => "no-route",
             Reason::Announcement => "announcement",
             Reason::AnnouncementRate => "announcement-rate",
+            Reason::SeenOverflow => "seen-overflow",
             Reason::CutOut => "cut-out",
         }
     }
@@ -675,6 +678,17 @@ impl Routing {
     /// announce this node when it changed or its refresh is due.
     pub fn tick(&mut self, now_us: u64) {
         self.seen.expire(now_us);
+        for (origin, count, floor_us) in self.seen.take_overflow() {
+            self.audit(
+                Record::at(now_us, Event::Drop, Verdict::Deny, Reason::SeenOverflow.code())
+                    .subject(origin)
+                    .detail(format!(
+                        "{origin} sent more fresh ids than the replay window holds: its {count} oldest \
+                         were forgotten, and anything from it created at or before {floor_us} µs is \
+                         now refused as stale"
+                    )),
+            );
+        }
         let expired: Vec<Nation> = self
             .known
             .iter()
@@ -1002,6 +1016,12 @@ impl Routing {
     /// ignored, as is one already held; ingress would refuse those anyway.
     pub fn remember(&mut self, origin: Nation, id: MessageId, created_us: u64, now_us: u64) {
         let _ = self.seen.take(origin, id, created_us, now_us);
+    }
+
+    /// What a restarted node's store forgot of `origin`'s ids to keep its
+    /// bound: anything not newer than `floor_us` is refused as stale.
+    pub fn remember_floor(&mut self, origin: Nation, floor_us: u64) {
+        self.seen.raise_floor(origin, floor_us);
     }
 
     /// Whether this origin and id were seen already: lets the caller skip

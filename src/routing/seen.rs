@@ -65,6 +65,9 @@ pub struct SeenIds {
     windows: HashMap<Nation, Window>,
     len: usize,
     capacity: usize,
+    /// Ids forgotten to keep the bound, per origin, since last taken
+    /// ([`SeenIds::take_overflow`]).
+    overflow: HashMap<Nation, u64>,
 }
 
 impl SeenIds {
@@ -74,7 +77,27 @@ impl SeenIds {
             windows: HashMap::new(),
             len: 0,
             capacity: capacity.max(1),
+            overflow: HashMap::new(),
         }
+    }
+
+    /// Refuses as stale anything from `origin` not newer than `floor_us`
+    /// (a restarted node's store forgot its ids up to there).
+    pub fn raise_floor(&mut self, origin: Nation, floor_us: u64) {
+        let window = self.windows.entry(origin).or_default();
+        window.floor_us = window.floor_us.max(floor_us);
+    }
+
+    /// Each origin that had ids forgotten to keep the bound since the last
+    /// call: how many, and its floor now.
+    pub fn take_overflow(&mut self) -> Vec<(Nation, u64, u64)> {
+        let mut overflow: Vec<(Nation, u64, u64)> = self
+            .overflow
+            .drain()
+            .map(|(origin, count)| (origin, count, self.windows.get(&origin).map_or(0, |w| w.floor_us)))
+            .collect();
+        overflow.sort_unstable();
+        overflow
     }
 
     /// Whether a message with this origin, id and time could be taken now.
@@ -122,12 +145,13 @@ impl SeenIds {
         self.len += 1;
         while self.len > self.capacity {
             // The origin holding the most gives way: a flood forgets its own.
-            let Some(fullest) = self.windows.values_mut().max_by_key(|w| w.order.len()) else {
+            let Some((&fullest, window)) = self.windows.iter_mut().max_by_key(|(_, w)| w.order.len()) else {
                 break;
             };
-            if !fullest.forget_oldest() {
+            if !window.forget_oldest() {
                 break;
             }
+            *self.overflow.entry(fullest).or_insert(0) += 1;
             self.len -= 1;
         }
         Ok(())
@@ -174,6 +198,21 @@ mod tests {
         assert_eq!(seen.take(gbr, id(1), NOW, NOW), Err(Unseen::Duplicate));
         // Another origin using the same id does not suppress GBR's.
         assert_eq!(seen.take(fra, id(1), NOW, NOW), Ok(()));
+    }
+
+    #[test]
+    fn what_is_forgotten_for_room_is_reported_and_a_loaded_floor_holds() {
+        let (gbr, usa) = (Nation::parse("GBR").unwrap(), Nation::parse("USA").unwrap());
+        let mut seen = SeenIds::new(4);
+        for n in 0..10 {
+            seen.take(usa, id(n), NOW - 100 + u64::from(n), NOW).unwrap();
+        }
+        assert_eq!(seen.take_overflow(), vec![(usa, 6, NOW - 100 + 5)]);
+        assert!(seen.take_overflow().is_empty(), "reported once");
+        // A restarted node's store forgot GBR's up to a floor.
+        seen.raise_floor(gbr, NOW - 50);
+        assert_eq!(seen.take(gbr, id(1), NOW - 50, NOW), Err(Unseen::Stale));
+        assert_eq!(seen.take(gbr, id(1), NOW - 49, NOW), Ok(()));
     }
 
     #[test]
