@@ -15,6 +15,7 @@ use crate::identity::Identity;
 use crate::label::Nation;
 use crate::pki::PkiLayout;
 use crate::policy::Policy;
+use crate::resolution::{Action, Resolution, ResolutionId, SignedResolution};
 
 /// What an admin principal asks its node to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +29,12 @@ pub enum AdminCommand {
     Cut(Nation),
     /// Undo a cut.
     Restore(Nation),
+    /// List the coalition's resolutions this node holds, and the number a
+    /// new one would take.
+    Resolutions,
+    /// Add a resolution, or signatures of one, to the node's log (flooded
+    /// to the coalition once taken).
+    Submit(SignedResolution),
 }
 
 impl std::fmt::Display for AdminCommand {
@@ -37,6 +44,8 @@ impl std::fmt::Display for AdminCommand {
             AdminCommand::Reload => f.write_str("reload"),
             AdminCommand::Cut(nation) => write!(f, "cut {nation}"),
             AdminCommand::Restore(nation) => write!(f, "restore {nation}"),
+            AdminCommand::Resolutions => f.write_str("resolutions"),
+            AdminCommand::Submit(signed) => write!(f, "submit {}", signed.resolution),
         }
     }
 }
@@ -48,6 +57,55 @@ pub enum AdminReply {
     Status(NodeStatus),
     /// The answer to `Reload`, `Cut` and `Restore`: applied.
     Applied(Applied),
+    /// The answer to `Resolutions`.
+    Resolutions(ResolutionsHeld),
+    /// The answer to `Submit`: where the resolution stands now.
+    Resolution(ResolutionStatus),
+}
+
+/// The resolutions one node holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolutionsHeld {
+    /// The number a resolution proposed now would take.
+    pub next_seq: u64,
+    /// Each resolution held, in force or gathering signatures.
+    pub held: Vec<ResolutionStatus>,
+}
+
+/// One resolution, as a node holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolutionStatus {
+    /// The resolution and its valid signatures.
+    pub signed: SignedResolution,
+    /// Signatures it needs to be in force.
+    pub needed: u64,
+    /// Whether it is in force.
+    pub in_force: bool,
+}
+
+impl ResolutionStatus {
+    /// One line for people: `cut USA (resolution …, number …): signed by
+    /// GBR, FRA (2 of 8 needed)`.
+    pub fn to_text(&self) -> String {
+        let signers: Vec<String> = self
+            .signed
+            .signatures
+            .iter()
+            .map(|s| s.nation.to_string())
+            .collect();
+        format!(
+            "{}: signed by {} ({} of {} needed){}",
+            self.signed.resolution,
+            if signers.is_empty() {
+                "nobody".to_owned()
+            } else {
+                signers.join(", ")
+            },
+            signers.len(),
+            self.needed,
+            if self.in_force { ", in force" } else { "" }
+        )
+    }
 }
 
 /// What a reload, cut or restore changed on one node.
@@ -213,6 +271,117 @@ pub enum AdminError {
     /// The node did not answer in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The admin's own credentials cannot sign.
+    #[error("the admin's certificate or key cannot sign a resolution: {0}")]
+    Credentials(String),
+    /// The node answered something else than asked.
+    #[error("the node answered {0}, not what was asked")]
+    Unexpected(String),
+    /// The node holds no resolution with this id.
+    #[error("the node holds no resolution {0}; `entente admin resolutions` lists those it holds")]
+    NoSuchResolution(ResolutionId),
+}
+
+/// Signs `resolution` as the admin of `options` (its certificate and
+/// key), now.
+fn sign_as(
+    options: &ClientOptions,
+    resolution: &Resolution,
+) -> Result<crate::resolution::Signature, AdminError> {
+    let leaf = options
+        .cert_chain
+        .first()
+        .ok_or_else(|| AdminError::Credentials("no certificate".into()))?;
+    let nation = match crate::identity::claimed_identity(leaf) {
+        Ok(Identity::Principal { nation, .. }) => nation,
+        Ok(other) => return Err(AdminError::Credentials(format!("the certificate is {other}'s"))),
+        Err(err) => return Err(AdminError::Credentials(err.to_string())),
+    };
+    let key = crate::envelope::Signer::from_pkcs8(options.key.secret_der())
+        .map_err(|err| AdminError::Credentials(err.to_string()))?;
+    let chain = options.cert_chain.iter().map(|c| c.as_ref().to_vec()).collect();
+    Ok(resolution.sign(nation, crate::audit::now_us(), chain, &key))
+}
+
+async fn ask(
+    options: ClientOptions,
+    command: AdminCommand,
+    timeout: Duration,
+) -> Result<AdminReply, AdminError> {
+    let asked = async {
+        let client = Client::connect(options).await?;
+        let reply = client.admin(command).await;
+        client.close().await;
+        Ok::<_, AdminError>(reply?)
+    };
+    tokio::time::timeout(timeout, asked)
+        .await
+        .map_err(|_| AdminError::Timeout(timeout))?
+}
+
+/// The resolutions the node of `options` (its admin's) holds.
+pub async fn resolutions(options: ClientOptions, timeout: Duration) -> Result<ResolutionsHeld, AdminError> {
+    match ask(options, AdminCommand::Resolutions, timeout).await? {
+        AdminReply::Resolutions(held) => Ok(held),
+        other => Err(AdminError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+async fn submit(
+    options: ClientOptions,
+    signed: SignedResolution,
+    timeout: Duration,
+) -> Result<ResolutionStatus, AdminError> {
+    match ask(options, AdminCommand::Submit(signed), timeout).await? {
+        AdminReply::Resolution(status) => Ok(status),
+        other => Err(AdminError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+/// Proposes `action` on `nation` as the admin of `options`: takes the
+/// next number from its node, signs, and submits. The node floods it; it
+/// takes effect once a quorum of nations' admins have signed it.
+pub async fn propose(
+    options: ClientOptions,
+    action: Action,
+    nation: Nation,
+    timeout: Duration,
+) -> Result<ResolutionStatus, AdminError> {
+    let held = resolutions(options.clone(), timeout).await?;
+    let resolution = Resolution {
+        seq: held.next_seq,
+        action,
+        nation,
+        created_us: crate::audit::now_us(),
+    };
+    let signature = sign_as(&options, &resolution)?;
+    let signed = SignedResolution {
+        resolution,
+        signatures: vec![signature],
+    };
+    submit(options, signed, timeout).await
+}
+
+/// Adds the signature of the admin of `options` to resolution `id`, as its
+/// node holds it.
+pub async fn sign(
+    options: ClientOptions,
+    id: ResolutionId,
+    timeout: Duration,
+) -> Result<ResolutionStatus, AdminError> {
+    let held = resolutions(options.clone(), timeout).await?;
+    let status = held
+        .held
+        .into_iter()
+        .find(|status| status.signed.resolution.id() == id)
+        .ok_or(AdminError::NoSuchResolution(id))?;
+    let resolution = status.signed.resolution;
+    let signature = sign_as(&options, &resolution)?;
+    let signed = SignedResolution {
+        resolution,
+        signatures: vec![signature],
+    };
+    submit(options, signed, timeout).await
 }
 
 /// A node to ask, and as whom.

@@ -117,6 +117,18 @@ pub struct Overrides {
     pub ca: Option<PathBuf>,
 }
 
+impl Clone for ClientOptions {
+    fn clone(&self) -> Self {
+        ClientOptions {
+            node: self.node,
+            server_name: self.server_name.clone(),
+            cert_chain: self.cert_chain.clone(),
+            key: self.key.clone_key(),
+            ca: self.ca.clone(),
+        }
+    }
+}
+
 impl ClientOptions {
     /// Finds the node, certificate, key and CA of `principal`: from the
     /// overrides where given, else from the network file and certs folder.

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::label::{default_levels, Level, LevelName, MarkingScheme, Nation};
 use crate::policy::{NationPolicy, Policy, Principal};
+use crate::resolution::Quorum;
 use crate::topic::Pattern;
 
 /// The file `entente` reads when `--network` is not given.
@@ -64,6 +65,30 @@ pub struct NetworkFile {
     /// as clients.
     #[serde(default)]
     pub principals: Vec<PrincipalFile>,
+    /// The coalition's rules for cut and restore resolutions.
+    #[serde(default)]
+    pub resolutions: ResolutionsFile,
+}
+
+/// The `[resolutions]` table.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolutionsFile {
+    /// How many nations' admins must sign a resolution: a number, or
+    /// `"majority"` (more than half of the nations it does not name), the
+    /// default.
+    #[serde(default)]
+    pub quorum: Option<QuorumFile>,
+}
+
+/// A quorum as written: a number or a word.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum QuorumFile {
+    /// That many nations.
+    Count(i64),
+    /// `"majority"`.
+    Word(String),
 }
 
 /// The `[classification]` table.
@@ -373,7 +398,28 @@ impl NetworkFile {
             principals.insert(principal.name.clone(), principal);
         }
 
-        Ok(Policy::new(scheme, nation_policies, principals, file_digest))
+        let quorum = match &self.resolutions.quorum {
+            None => Quorum::Majority,
+            Some(QuorumFile::Word(word)) if word == "majority" => Quorum::Majority,
+            Some(QuorumFile::Count(count)) if *count >= 1 && (*count as usize) < nations.len() => {
+                Quorum::Count(*count as usize)
+            }
+            Some(other) => return Err(check.invalid(
+                "resolutions.quorum",
+                format!("{other:?} is not a quorum"),
+                format!(
+                    "write \"majority\" or a number from 1 to {} (the nations that may vote on a resolution)",
+                    nations.len().saturating_sub(1)
+                ),
+            )),
+        };
+        Ok(Policy::new(
+            scheme,
+            nation_policies,
+            principals,
+            quorum,
+            file_digest,
+        ))
     }
 
     fn validate_levels(&self, check: &Checker) -> Result<Vec<LevelName>, ConfigError> {

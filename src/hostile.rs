@@ -85,11 +85,11 @@ async fn misbehave(incoming: quinn::Incoming, nation: Nation, hostility: Hostili
     if !matches!(stream::read_frame(&mut recv).await, Ok(Some(Frame::Hello { .. }))) {
         return;
     }
-    if stream::write_frame(&mut send, &Frame::PeerWelcome { nation })
-        .await
-        .is_err()
-    {
-        return;
+    // It greets, sends an empty resolution log, and reads nothing more.
+    for frame in [Frame::PeerWelcome { nation }, Frame::ResolutionsSent] {
+        if stream::write_frame(&mut send, &frame).await.is_err() {
+            return;
+        }
     }
     match hostility {
         Hostility::Stuck => {
@@ -141,10 +141,16 @@ pub async fn announce_interest(
         },
     )
     .await?;
+    stream::write_frame(&mut send, &Frame::ResolutionsSent).await?;
     match stream::read_frame(&mut recv).await? {
         Some(Frame::PeerWelcome { nation }) if nation == to => {}
         other => return Err(HostileError::Welcome(format!("{other:?}"))),
     }
+    // The node's resolution log comes next; nothing here needs it.
+    while !matches!(
+        stream::read_frame(&mut recv).await?,
+        Some(Frame::ResolutionsSent) | None
+    ) {}
     let patterns = patterns
         .iter()
         .map(|p| Pattern::new(*p))

@@ -20,6 +20,26 @@ use crate::label::Nation;
 /// How every identity URI in a certificate's SAN starts.
 pub const URI_PREFIX: &str = "entente://";
 
+/// The SAN URI that marks a principal's certificate as its nation's
+/// admin's: its nation's CA vouches for the role, so a node of another
+/// nation can take an admin's signature without that nation's roster. Not
+/// under [`URI_PREFIX`], so it is never read as a second identity.
+pub const ADMIN_ROLE_URI: &str = "entente-role:admin";
+
+/// Whether a leaf certificate carries [`ADMIN_ROLE_URI`] (its chain is
+/// checked apart).
+pub fn has_admin_role(leaf: &CertificateDer<'_>) -> Result<bool, IdentityError> {
+    let (_, cert) =
+        X509Certificate::from_der(leaf.as_ref()).map_err(|err| IdentityError::Unparsable(err.to_string()))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|err| IdentityError::Unparsable(err.to_string()))?;
+    Ok(san
+        .iter()
+        .flat_map(|ext| ext.value.general_names.iter())
+        .any(|name| matches!(name, GeneralName::URI(uri) if *uri == ADMIN_ROLE_URI)))
+}
+
 /// Who a certificate speaks for: a nation's node or one of its principals.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Identity {

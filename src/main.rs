@@ -445,6 +445,42 @@ enum AdminCli {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Propose a coalition resolution, signed as your nation's admin: it
+    /// takes effect on every node once the admins of a quorum of nations
+    /// (the network file's `[resolutions] quorum`) have signed it. Prints
+    /// its id, for the others' `entente admin sign`.
+    #[command(after_help = "Examples:
+  entente admin propose cut USA --as gbr.admin
+  entente admin sign 3f2a9c0e11d4b7a8 --as fra.admin")]
+    Propose {
+        /// `cut` or `restore`.
+        #[arg(value_parser = ["cut", "restore"])]
+        action: String,
+        /// The nation it names, such as USA.
+        nation: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Add your nation's admin's signature to a resolution your node
+    /// holds (its id, as `propose` or `resolutions` prints it).
+    #[command(after_help = "Example:
+  entente admin sign 3f2a9c0e11d4b7a8 --as fra.admin")]
+    Sign {
+        /// The resolution's id: 16 hex digits.
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the coalition resolutions each node holds: in force, or
+    /// gathering signatures.
+    #[command(after_help = "Examples:
+  entente admin resolutions --nation GBR")]
+    Resolutions {
+        #[command(flatten)]
+        nodes: AdminNodes,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 /// Which nodes a status or reload goes to.
@@ -806,6 +842,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Admin(AdminCli::Restore { nation, admin }) => {
             cmd_admin(admin, None, AdminCommand::Restore(parse_nation(&nation)?))
+        }
+        Command::Admin(AdminCli::Resolutions { nodes, admin }) => {
+            cmd_admin(admin, Some(nodes), AdminCommand::Resolutions)
+        }
+        Command::Admin(AdminCli::Propose {
+            action,
+            nation,
+            admin,
+        }) => {
+            let action = if action == "cut" {
+                entente::resolution::Action::Cut
+            } else {
+                entente::resolution::Action::Restore
+            };
+            cmd_resolution(admin, ResolutionCall::Propose(action, parse_nation(&nation)?))
+        }
+        Command::Admin(AdminCli::Sign { id, admin }) => {
+            let id = id.parse().map_err(|err: String| anyhow::anyhow!(err))?;
+            cmd_resolution(admin, ResolutionCall::Sign(id))
         }
         Command::Certs(CertsCommand::Revoke {
             nation,
@@ -1202,6 +1257,56 @@ fn parse_nation(text: &str) -> anyhow::Result<Nation> {
         .with_context(|| format!("`{text}` is not a nation code such as USA (three upper-case letters)"))
 }
 
+enum ResolutionCall {
+    Propose(entente::resolution::Action, Nation),
+    Sign(entente::resolution::ResolutionId),
+}
+
+/// Proposes or signs a resolution as one admin, on its own node, and
+/// prints where it stands.
+fn cmd_resolution(args: AdminArgs, call: ResolutionCall) -> anyhow::Result<ExitCode> {
+    let Some(principal) = args.principal.as_deref() else {
+        bail!("say as which admin: --as gbr.admin (a resolution is signed by one nation's admin, on its own node)");
+    };
+    let policy = load_network(&args.network)?;
+    let layout = PkiLayout::new(&args.certs);
+    let targets = admin::admin_targets(&policy, &layout, Some(principal), None)?;
+    let Some((_, options)) = admin::connect_options(&policy, &layout, &targets)?
+        .into_iter()
+        .next()
+    else {
+        bail!("no node to ask for {principal}");
+    };
+    if let ResolutionCall::Propose(_, nation) = &call {
+        if policy.nation(*nation).is_none() {
+            bail!("{nation} is not a nation of {}", args.network.display());
+        }
+    }
+    let status = runtime()?.block_on(async {
+        match call {
+            ResolutionCall::Propose(action, nation) => {
+                admin::propose(options, action, nation, args.timeout).await
+            }
+            ResolutionCall::Sign(id) => admin::sign(options, id, args.timeout).await,
+        }
+    })?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).context("encoding JSON")?
+        );
+    } else {
+        println!("{}", escape_text(&status.to_text()));
+        if !status.in_force {
+            println!(
+                "other nations' admins sign it with: entente admin sign {} --as <their admin>",
+                status.signed.resolution.id()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs `command` on the nodes asked for, in parallel, and prints each
 /// answer; fails naming every node that did not answer or refused.
 fn cmd_admin(args: AdminArgs, nodes: Option<AdminNodes>, command: AdminCommand) -> anyhow::Result<ExitCode> {
@@ -1246,6 +1351,12 @@ fn cmd_admin(args: AdminArgs, nodes: Option<AdminNodes>, command: AdminCommand) 
                     }
                     Ok(AdminReply::Applied(applied)) => {
                         value["applied"] = serde_json::to_value(applied).unwrap_or_default()
+                    }
+                    Ok(AdminReply::Resolutions(held)) => {
+                        value["resolutions"] = serde_json::to_value(held).unwrap_or_default()
+                    }
+                    Ok(AdminReply::Resolution(status)) => {
+                        value["resolution"] = serde_json::to_value(status).unwrap_or_default()
                     }
                     Err(err) => value["error"] = err.to_string().into(),
                 }
@@ -1303,10 +1414,22 @@ fn print_admin_answers(command: &AdminCommand, answers: &[admin::NodeAnswer], to
                     applied.policy_digest,
                 );
             }
+            Ok(AdminReply::Resolutions(held)) => {
+                println!("node {}   next number {}", answer.nation, held.next_seq);
+                if held.held.is_empty() {
+                    println!("  no resolutions");
+                }
+                for status in &held.held {
+                    println!("  {}", escape_text(&status.to_text()));
+                }
+            }
+            Ok(AdminReply::Resolution(status)) => {
+                println!("  {}  {}", answer.nation, escape_text(&status.to_text()))
+            }
             Err(err) => println!("  {}  FAILED: {}", answer.nation, escape_text(&err.to_string())),
         }
     }
-    if !matches!(command, AdminCommand::Status) {
+    if !matches!(command, AdminCommand::Status | AdminCommand::Resolutions) {
         println!(
             "{command}: {} node(s) acknowledged; {} from start to the last acknowledgement",
             answers.iter().filter(|a| a.reply.is_ok()).count(),

@@ -278,6 +278,19 @@ impl NationalCa {
     /// certificates that invariant 4 must reject. `hosts` are DNS names or
     /// IP addresses the certificate is also valid for (a node's address).
     pub fn issue(&self, identity: &Identity, hosts: &[String]) -> Result<Issued, PkiError> {
+        self.issue_with_role(identity, hosts, false)
+    }
+
+    /// As [`NationalCa::issue`]; `admin` also marks the certificate as an
+    /// admin's of its nation (`identity::ADMIN_ROLE_URI`), which is what
+    /// lets other nations' nodes take its signature on a resolution
+    /// without knowing this nation's roster.
+    pub fn issue_with_role(
+        &self,
+        identity: &Identity,
+        hosts: &[String],
+        admin: bool,
+    ) -> Result<Issued, PkiError> {
         let what = identity.to_string();
         let key = KeyPair::generate_for(&PKCS_ED25519).map_err(generation_error(&what))?;
         let mut params = CertificateParams::default();
@@ -293,6 +306,13 @@ impl NationalCa {
         params.distinguished_name = name;
         let uri = identity.uri().try_into().map_err(generation_error(&what))?;
         params.subject_alt_names.push(SanType::URI(uri));
+        if admin {
+            let role = crate::identity::ADMIN_ROLE_URI
+                .to_owned()
+                .try_into()
+                .map_err(generation_error(&what))?;
+            params.subject_alt_names.push(SanType::URI(role));
+        }
         for host in hosts {
             let san = match host.parse::<IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
@@ -358,7 +378,7 @@ pub fn generate(policy: &Policy, layout: &PkiLayout, force: bool) -> Result<Gene
                 nation,
                 name: principal.name.clone(),
             };
-            let issued = ca.issue(&identity, &[])?;
+            let issued = ca.issue_with_role(&identity, &[], principal.is_admin())?;
             push_pair(&mut files, layout, &identity, issued);
             summary.principals += 1;
         }
@@ -400,22 +420,25 @@ pub fn issue_missing(policy: &Policy, layout: &PkiLayout) -> Result<Vec<Identity
         if !layout.ca_cert(nation).exists() || !layout.ca_key(nation).exists() {
             continue;
         }
-        let missing: Vec<Identity> = policy
+        let missing: Vec<(Identity, bool)> = policy
             .principals()
             .filter(|p| p.nation == nation)
-            .map(|p| Identity::Principal {
-                nation,
-                name: p.name.clone(),
+            .map(|p| {
+                let identity = Identity::Principal {
+                    nation,
+                    name: p.name.clone(),
+                };
+                (identity, p.is_admin())
             })
-            .filter(|identity| !layout.cert_and_key(identity).0.exists())
+            .filter(|(identity, _)| !layout.cert_and_key(identity).0.exists())
             .collect();
         if missing.is_empty() {
             continue;
         }
         let ca = NationalCa::load(layout, nation)?;
-        for identity in missing {
+        for (identity, admin) in missing {
             let (cert, key) = layout.cert_and_key(&identity);
-            let pair = ca.issue(&identity, &[])?;
+            let pair = ca.issue_with_role(&identity, &[], admin)?;
             write_file(&key, &pair.key_pem, true)?;
             write_file(&cert, &pair.cert_pem, false)?;
             issued.push(identity);

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::identity::Identity;
 use crate::label::{Label, Level, MarkingScheme, Nation};
+use crate::resolution::Quorum;
 use crate::topic::{Pattern, Topic};
 
 /// One nation's table of the network file.
@@ -76,6 +77,8 @@ pub struct Policy {
     scheme: MarkingScheme,
     nations: BTreeMap<Nation, NationPolicy>,
     principals: BTreeMap<String, Principal>,
+    /// How many nations' admins must sign a resolution.
+    quorum: Quorum,
     /// SHA-256 of the network file's text, so that nodes running
     /// different files stand out in `admin status`.
     file_digest: [u8; 32],
@@ -211,14 +214,21 @@ impl Policy {
         scheme: MarkingScheme,
         nations: BTreeMap<Nation, NationPolicy>,
         principals: BTreeMap<String, Principal>,
+        quorum: Quorum,
         file_digest: [u8; 32],
     ) -> Policy {
         Policy {
             scheme,
             nations,
             principals,
+            quorum,
             file_digest,
         }
+    }
+
+    /// How many nations' admins must sign a resolution.
+    pub fn quorum(&self) -> Quorum {
+        self.quorum
     }
 
     /// This policy with `suspended` cut out of the network: released

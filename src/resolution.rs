@@ -83,7 +83,8 @@ impl fmt::Display for ResolutionId {
 impl std::str::FromStr for ResolutionId {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("`{text}` is not a resolution id: 16 hex digits, as `entente admin propose` prints");
+        let bad =
+            || format!("`{text}` is not a resolution id: 16 hex digits, as `entente admin propose` prints");
         if text.len() != 16 || !text.is_ascii() {
             return Err(bad());
         }
@@ -140,7 +141,14 @@ impl Resolution {
 
 impl fmt::Display for Resolution {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} (resolution {}, number {})", self.action, self.nation, self.id(), self.seq)
+        write!(
+            f,
+            "{} {} (resolution {}, number {})",
+            self.action,
+            self.nation,
+            self.id(),
+            self.seq
+        )
     }
 }
 
@@ -417,7 +425,10 @@ impl ResolutionLog {
         let chain: Vec<Vec<u8>> = signature.chain.iter().map(|c| c.to_vec()).collect();
         let key = check.admin_key(nation, &chain).map_err(bad)?;
         UnparsedPublicKey::new(&ED25519, &key)
-            .verify(&resolution.signed_bytes(nation, signature.signed_us), &signature.signature)
+            .verify(
+                &resolution.signed_bytes(nation, signature.signed_us),
+                &signature.signature,
+            )
             .map_err(|_| bad("it does not verify with the admin certificate's key".into()))
     }
 

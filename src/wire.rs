@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::admin::{AdminCommand, AdminReply};
 use crate::envelope::{Envelope, MessageId, SealBatch};
 use crate::label::Nation;
+use crate::resolution::SignedResolution;
 use crate::routing::announce::SignedAnnouncement;
 
 /// The TLS ALPN protocol: a client or peer speaking anything else fails
@@ -203,6 +204,11 @@ pub enum Frame {
         /// The last outbox sequence number acknowledged.
         through: u64,
     },
+    /// A coalition resolution with the signatures the sender holds: part
+    /// of the log each end sends when a link opens, or flooded when new.
+    Resolution(SignedResolution),
+    /// The end of the log a link opens with: after it, envelopes.
+    ResolutionsSent,
 }
 
 fn config() -> impl bincode::config::Config {

@@ -663,8 +663,9 @@ async fn a_peer_that_stops_reading_is_cut_off_without_slowing_publishers() {
             entente::stream::read_frame(&mut recv).await,
             Ok(Some(Frame::Hello { .. }))
         ));
-        let welcome = wire::encode(&Frame::PeerWelcome { nation: fra }).unwrap();
-        send.write_all(&welcome).await.unwrap();
+        for frame in [Frame::PeerWelcome { nation: fra }, Frame::ResolutionsSent] {
+            send.write_all(&wire::encode(&frame).unwrap()).await.unwrap();
+        }
         // Hold the connection open, unread, until the node closes it.
         connection.closed().await
     });
@@ -752,8 +753,9 @@ async fn a_lying_custody_ack_is_audited_as_a_protocol_violation() {
             entente::stream::read_frame(&mut recv).await,
             Ok(Some(Frame::Hello { .. }))
         ));
-        let welcome = wire::encode(&Frame::PeerWelcome { nation: fra }).unwrap();
-        send.write_all(&welcome).await.unwrap();
+        for frame in [Frame::PeerWelcome { nation: fra }, Frame::ResolutionsSent] {
+            send.write_all(&wire::encode(&frame).unwrap()).await.unwrap();
+        }
         let lie = wire::encode(&Frame::Custody { through: 5 }).unwrap();
         send.write_all(&lie).await.unwrap();
         connection.closed().await

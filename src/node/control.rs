@@ -6,7 +6,7 @@
 //! queued for a cut nation. [`NodeControl`] is the library call the
 //! simulator and tests use; admin sessions go through the same code.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, Weak};
 use std::time::Instant;
@@ -17,7 +17,8 @@ use tracing::{info, warn};
 
 use super::{custody, load_node_keys, outbound, tls, NodeError, Reason, Rules, Shared};
 use crate::admin::{
-    AdminCommand, AdminReply, Applied, NodeStatus, PeerStatus, SessionStatus, StatusCounters,
+    AdminCommand, AdminReply, Applied, NodeStatus, PeerStatus, ResolutionStatus, ResolutionsHeld,
+    SessionStatus, StatusCounters,
 };
 use crate::audit::{Event, Record, Verdict};
 use crate::config::{load_network, ConfigError};
@@ -25,6 +26,7 @@ use crate::identity::Identity;
 use crate::label::Nation;
 use crate::pki::{self, PkiError};
 use crate::policy::{Policy, Principal};
+use crate::resolution::{ResolutionId, ResolutionLog, SignedResolution};
 use crate::store::Change;
 
 /// The file in a node's data directory that records the nations cut out,
@@ -63,6 +65,17 @@ pub enum ControlError {
     /// The node has stopped.
     #[error("the node has stopped")]
     Stopped,
+    /// A resolution, or a signature of it, was refused.
+    #[error("{0}")]
+    Resolution(String),
+    /// A local restore of a nation the coalition cut out.
+    #[error("{nation} is cut out by coalition resolution {id}; only a restore resolution brings it back: `entente admin propose restore {nation}`")]
+    CoalitionCut {
+        /// The nation.
+        nation: Nation,
+        /// The resolution in force.
+        id: String,
+    },
 }
 
 impl From<NodeError> for ControlError {
@@ -83,6 +96,8 @@ impl ControlError {
             ControlError::OwnNation(_) => "own-nation",
             ControlError::CutOutFile { .. } => "cut-out-file",
             ControlError::Stopped => "stopped",
+            ControlError::CoalitionCut { .. } => "coalition-cut",
+            ControlError::Resolution(_) => "bad-resolution",
         }
     }
 }
@@ -92,15 +107,43 @@ impl ControlError {
 struct CutOutFile {
     /// The nations cut out, as ISO codes.
     cut_out: Vec<String>,
+    /// Nations this node restored, with when (microseconds since the
+    /// epoch): what they created before then is refused.
+    #[serde(default)]
+    restored: BTreeMap<String, u64>,
 }
 
-/// The nations the data directory records as cut out, among those of
-/// `policy` (a nation the network file no longer has is ignored).
-pub(super) fn read_suspended(data_dir: &Path, policy: &Policy) -> Result<BTreeSet<Nation>, ControlError> {
+/// The nations cut out, and those restored with when: this node's own
+/// (sovereign) cuts, the coalition's resolutions, or both together.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Cuts {
+    pub(super) suspended: BTreeSet<Nation>,
+    pub(super) restored: BTreeMap<Nation, u64>,
+}
+
+impl Cuts {
+    /// Both together: cut by either, and restored by both at the later
+    /// time.
+    pub(super) fn and(&self, other: &Cuts) -> Cuts {
+        let suspended: BTreeSet<Nation> = self.suspended.union(&other.suspended).copied().collect();
+        let mut restored = self.restored.clone();
+        for (&nation, &at) in &other.restored {
+            let entry = restored.entry(nation).or_insert(at);
+            *entry = (*entry).max(at);
+        }
+        restored.retain(|nation, _| !suspended.contains(nation));
+        Cuts { suspended, restored }
+    }
+}
+
+/// This node's own cuts, as its data directory records them, among the
+/// nations of `policy` (a nation the network file no longer has is
+/// ignored).
+pub(super) fn read_local_cuts(data_dir: &Path, policy: &Policy) -> Result<Cuts, ControlError> {
     let path = data_dir.join(CUT_OUT_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Cuts::default()),
         Err(err) => {
             return Err(ControlError::CutOutFile {
                 path,
@@ -114,30 +157,34 @@ pub(super) fn read_suspended(data_dir: &Path, policy: &Policy) -> Result<BTreeSe
             "{err}; it should read {{\"cut_out\": [\"USA\"]}}, or be deleted to restore every nation"
         ),
     })?;
-    let mut suspended = BTreeSet::new();
-    for code in &file.cut_out {
-        match Nation::parse(code).filter(|n| policy.nation(*n).is_some()) {
-            Some(nation) => {
-                suspended.insert(nation);
-            }
-            None => {
-                warn!(path = %path.display(), nation = %code, "a nation recorded as cut out is not in the network file; ignored")
-            }
+    let known = |code: &String| {
+        let nation = Nation::parse(code).filter(|n| policy.nation(*n).is_some());
+        if nation.is_none() {
+            warn!(path = %path.display(), nation = %code, "a nation recorded as cut out or restored is not in the network file; ignored");
         }
-    }
-    Ok(suspended)
+        nation
+    };
+    Ok(Cuts {
+        suspended: file.cut_out.iter().filter_map(known).collect(),
+        restored: file
+            .restored
+            .iter()
+            .filter_map(|(code, &at)| Some((known(code)?, at)))
+            .collect(),
+    })
 }
 
-/// Records the nations cut out, replacing the file whole (written aside,
+/// Records this node's own cuts, replacing the file whole (written aside,
 /// then renamed), so a crash leaves the old record or the new one.
-fn write_suspended(data_dir: &Path, suspended: &BTreeSet<Nation>) -> Result<(), ControlError> {
+fn write_local_cuts(data_dir: &Path, cuts: &Cuts) -> Result<(), ControlError> {
     let path = data_dir.join(CUT_OUT_FILE);
     let error = |cause: std::io::Error| ControlError::CutOutFile {
         path: path.clone(),
         cause: cause.to_string(),
     };
     let file = CutOutFile {
-        cut_out: suspended.iter().map(Nation::to_string).collect(),
+        cut_out: cuts.suspended.iter().map(Nation::to_string).collect(),
+        restored: cuts.restored.iter().map(|(n, &at)| (n.to_string(), at)).collect(),
     };
     let text = serde_json::to_string_pretty(&file).map_err(|err| error(err.into()))?;
     std::fs::create_dir_all(data_dir).map_err(error)?;
@@ -196,6 +243,46 @@ pub(super) async fn run(shared: &Arc<Shared>, command: &AdminCommand) -> Result<
         AdminCommand::Reload => AdminReply::Applied(reload(shared).await?),
         AdminCommand::Cut(nation) => AdminReply::Applied(set_cut(shared, *nation, true).await?),
         AdminCommand::Restore(nation) => AdminReply::Applied(set_cut(shared, *nation, false).await?),
+        AdminCommand::Resolutions => AdminReply::Resolutions(resolutions_held(shared)),
+        AdminCommand::Submit(signed) => AdminReply::Resolution(submit(shared, signed.clone()).await?),
+    })
+}
+
+fn resolution_status(log: &ResolutionLog, id: &ResolutionId) -> Option<ResolutionStatus> {
+    let signed = log.get(id)?;
+    Some(ResolutionStatus {
+        needed: log.needed(&signed.resolution) as u64,
+        in_force: log.is_in_force(id),
+        signed,
+    })
+}
+
+fn resolutions_held(shared: &Shared) -> ResolutionsHeld {
+    let log = shared.resolutions.lock().unwrap_or_else(PoisonError::into_inner);
+    let held = log
+        .all()
+        .iter()
+        .filter_map(|signed| resolution_status(&log, &signed.resolution.id()))
+        .collect();
+    ResolutionsHeld {
+        next_seq: log.next_seq(crate::audit::now_us()),
+        held,
+    }
+}
+
+/// Takes a resolution (or signatures of one) from this node's admin; each
+/// signature must check out, or the whole is refused with the reason.
+async fn submit(shared: &Arc<Shared>, signed: SignedResolution) -> Result<ResolutionStatus, ControlError> {
+    let id = signed.resolution.id();
+    let taken = super::resolutions::take(shared, None, vec![signed]).await;
+    if let Some(refusal) = taken.refused {
+        return Err(ControlError::Resolution(refusal));
+    }
+    let log = shared.resolutions.lock().unwrap_or_else(PoisonError::into_inner);
+    resolution_status(&log, &id).ok_or_else(|| {
+        ControlError::Resolution(format!(
+            "resolution {id} carries no signature this node could take"
+        ))
     })
 }
 
@@ -296,14 +383,8 @@ async fn try_reload(shared: &Arc<Shared>) -> Result<Applied, ControlError> {
         &material.trust_store(&BTreeSet::new()).map_err(NodeError::from)?,
         &shared.layout,
     )?;
-    let suspended: BTreeSet<Nation> = current
-        .policy
-        .suspended()
-        .iter()
-        .copied()
-        .filter(|&nation| loaded.nation(nation).is_some())
-        .collect();
-    let rules = Rules::new(loaded, material, Arc::new(node_keys), &suspended, &shared.signer)?;
+    let cuts = current_cuts(shared, &loaded)?;
+    let rules = Rules::new(loaded, material, Arc::new(node_keys), &cuts, &shared.signer)?;
     apply(shared, rules, AdminCommand::Reload, start).await
 }
 
@@ -317,25 +398,77 @@ async fn try_set_cut(shared: &Arc<Shared>, nation: Nation, cut: bool) -> Result<
     if nation == shared.nation {
         return Err(ControlError::OwnNation(nation));
     }
-    let mut suspended = current.policy.suspended().clone();
+    let mut local = read_local_cuts(&shared.data_dir, &current.loaded)?;
     let command = if cut {
-        suspended.insert(nation);
+        local.suspended.insert(nation);
+        local.restored.remove(&nation);
         AdminCommand::Cut(nation)
     } else {
-        suspended.remove(&nation);
+        if let Some(id) = super::resolutions::cut_by_coalition(shared, nation) {
+            return Err(ControlError::CoalitionCut { nation, id });
+        }
+        if local.suspended.remove(&nation) {
+            local.restored.insert(nation, crate::audit::now_us());
+        }
         AdminCommand::Restore(nation)
     };
+    let cuts = local.and(&coalition(shared));
     let rules = Rules::new(
         current.loaded.clone(),
         current.material.clone(),
         current.all_node_keys.clone(),
-        &suspended,
+        &cuts,
         &shared.signer,
     )?;
     // Recorded before it applies: a cut acknowledged is a cut that
     // survives a restart.
-    write_suspended(&shared.data_dir, &suspended)?;
+    write_local_cuts(&shared.data_dir, &local)?;
     apply(shared, rules, command, start).await
+}
+
+/// The coalition's cuts and restores in force on this node.
+fn coalition(shared: &Shared) -> Cuts {
+    super::resolutions::coalition_cuts(&shared.resolutions.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+/// This node's own cuts and the coalition's, among the nations of `loaded`.
+fn current_cuts(shared: &Shared, loaded: &Policy) -> Result<Cuts, ControlError> {
+    let mut cuts = read_local_cuts(&shared.data_dir, loaded)?.and(&coalition(shared));
+    cuts.suspended.retain(|&nation| loaded.nation(nation).is_some());
+    cuts.restored.retain(|&nation, _| loaded.nation(nation).is_some());
+    Ok(cuts)
+}
+
+/// Applies the cuts and restores now in force (the coalition's log
+/// changed), as `what` says.
+pub(super) async fn apply_cuts(shared: &Arc<Shared>, what: &str) -> Result<Applied, ControlError> {
+    let _one_at_a_time = shared.admin_changes.lock().await;
+    let start = Instant::now();
+    let current = shared.rules();
+    let cuts = current_cuts(shared, &current.loaded)?;
+    if &cuts.suspended == current.policy.suspended() && cuts.restored == current.restored {
+        return Ok(applied_nothing(shared, &current, what));
+    }
+    let rules = Rules::new(
+        current.loaded.clone(),
+        current.material.clone(),
+        current.all_node_keys.clone(),
+        &cuts,
+        &shared.signer,
+    )?;
+    apply(shared, rules, AdminCommand::Resolutions, start).await
+}
+
+fn applied_nothing(shared: &Shared, rules: &Rules, what: &str) -> Applied {
+    Applied {
+        node: shared.nation.to_string(),
+        command: what.to_owned(),
+        apply_us: 0,
+        policy_digest: rules.digest.clone(),
+        closed: Vec::new(),
+        purged: 0,
+        suspended: rules.policy.suspended().iter().map(Nation::to_string).collect(),
+    }
 }
 
 /// Applies `rules` as one step. Everything that can fail was built before
@@ -362,6 +495,7 @@ async fn apply(
     let (_, mut actions) = shared.router.core(|core, _| {
         core.set_node_keys(rules.node_keys.clone());
         core.set_policy(rules.policy.clone());
+        core.set_restored(rules.restored.clone());
     });
     // Seals proven under a key these rules may have replaced vouch for
     // nothing more: the next batch of each origin is checked again.
@@ -504,15 +638,38 @@ mod tests {
     fn the_cut_out_record_round_trips_and_a_broken_one_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let policy = load_network(Path::new(crate::config::DEFAULT_NETWORK_FILE)).unwrap();
-        let usa = Nation::parse("USA").unwrap();
-        assert!(read_suspended(dir.path(), &policy).unwrap().is_empty());
-        write_suspended(dir.path(), &BTreeSet::from([usa])).unwrap();
+        let (usa, fra) = (Nation::parse("USA").unwrap(), Nation::parse("FRA").unwrap());
+        assert_eq!(read_local_cuts(dir.path(), &policy).unwrap(), Cuts::default());
+        let cuts = Cuts {
+            suspended: BTreeSet::from([usa]),
+            restored: BTreeMap::from([(fra, 42)]),
+        };
+        write_local_cuts(dir.path(), &cuts).unwrap();
+        assert_eq!(read_local_cuts(dir.path(), &policy).unwrap(), cuts);
+        // A record from before restore times were kept still reads.
+        std::fs::write(dir.path().join(CUT_OUT_FILE), "{\"cut_out\": [\"USA\"]}").unwrap();
         assert_eq!(
-            read_suspended(dir.path(), &policy).unwrap(),
+            read_local_cuts(dir.path(), &policy).unwrap().suspended,
             BTreeSet::from([usa])
         );
         std::fs::write(dir.path().join(CUT_OUT_FILE), "{\"cut_out\": [\"USA\"").unwrap();
-        let err = read_suspended(dir.path(), &policy).unwrap_err().to_string();
+        let err = read_local_cuts(dir.path(), &policy).unwrap_err().to_string();
         assert!(err.contains(CUT_OUT_FILE) && err.contains("cut_out"), "{err}");
+    }
+
+    #[test]
+    fn cuts_combine_by_union_and_the_later_restore() {
+        let n = |code| Nation::parse(code).unwrap();
+        let local = Cuts {
+            suspended: BTreeSet::from([n("USA")]),
+            restored: BTreeMap::from([(n("FRA"), 10), (n("DEU"), 5)]),
+        };
+        let coalition = Cuts {
+            suspended: BTreeSet::from([n("DEU")]),
+            restored: BTreeMap::from([(n("FRA"), 20)]),
+        };
+        let both = local.and(&coalition);
+        assert_eq!(both.suspended, BTreeSet::from([n("USA"), n("DEU")]));
+        assert_eq!(both.restored, BTreeMap::from([(n("FRA"), 20)]));
     }
 }

@@ -18,6 +18,7 @@ use tracing::warn;
 use super::connection::{accept_hello, close_after, next_batch, write_frame, AbortOnDrop, StreamError};
 use super::custody::{self, Committed};
 use super::outbound::{self, Outgoing};
+use super::resolutions;
 use super::{let_writers_send, offer_cpu, Reason, Rules, Shared};
 use crate::audit::{Event, Record, Verdict};
 use crate::envelope::{Authentic, Envelope, EnvelopeError, MessageId, Verifier};
@@ -42,6 +43,22 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
     .await
     {
         return close_after(&shared, &connection, subject, &err).await;
+    }
+    // Each end's resolutions, before anything else (see `resolutions`).
+    let mut recv = recv;
+    let exchanged = async {
+        resolutions::send_log(&shared, &mut send).await?;
+        resolutions::receive_log(&shared, peer, &mut recv).await
+    };
+    if let Err(err) = exchanged.await {
+        return close_after(&shared, &connection, subject, &err).await;
+    }
+    if !shared.rules().links_to(shared.nation, peer) {
+        connection.close(
+            VarInt::from_u32(close::NO_LONGER_ADMITTED),
+            b"cut out by a coalition resolution",
+        );
+        return;
     }
     if let Some(cause) = shared.audit_failure() {
         // Before the link is registered: the peer's dial fails, so it
@@ -390,7 +407,7 @@ struct ToVerify {
 /// anything it sends here. The seal matters to whoever relays or stores a
 /// message, which happens only after this check.
 async fn ingress(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     peer: Nation,
     frames: &mut Vec<Frame>,
     unsealed: &mut Unsealed,
@@ -409,6 +426,16 @@ async fn ingress(
     let mut rerouted = Vec::new();
     let mut to_verify = Vec::new();
     let mut delivered_any = false;
+    // Resolutions first: a cut that came with envelopes of the nation it
+    // cuts applies before they are looked at.
+    let offered: Vec<_> = frames
+        .extract_if(.., |frame| matches!(frame, Frame::Resolution(_)))
+        .filter_map(|frame| match frame {
+            Frame::Resolution(signed) => Some(signed),
+            _ => None,
+        })
+        .collect();
+    resolutions::take(shared, Some(peer), offered).await;
     let messages = frames.len();
     let mut result = Ok(());
     for frame in frames.drain(..) {

@@ -13,6 +13,7 @@ mod outbox;
 mod queue;
 mod reason;
 mod release;
+mod resolutions;
 mod router;
 mod sealer;
 mod session;
@@ -391,7 +392,7 @@ impl NodeEndpoint {
 }
 
 fn server_config(config: &NodeConfig) -> Result<quinn::ServerConfig, NodeError> {
-    let suspended = control::read_suspended(&config.data_dir, &config.policy)?;
+    let suspended = control::read_local_cuts(&config.data_dir, &config.policy)?.suspended;
     let trust = config.trust.trust_store(&suspended)?;
     Ok(tls::server_config(
         &trust,
@@ -422,6 +423,8 @@ struct Rules {
     /// What `admin status` shows: the policy's digest with the CAs and
     /// CRLs, so a node that has not applied a revocation stands out too.
     digest: String,
+    /// Each restored nation, with when its restore took effect.
+    restored: BTreeMap<Nation, u64>,
 }
 
 impl Rules {
@@ -429,9 +432,10 @@ impl Rules {
         loaded: Arc<Policy>,
         material: TrustMaterial,
         all_node_keys: Arc<HashMap<Nation, Vec<u8>>>,
-        suspended: &BTreeSet<Nation>,
+        cuts: &control::Cuts,
         signer: &Signer,
     ) -> Result<Rules, NodeError> {
+        let suspended = &cuts.suspended;
         let trust = material.trust_store(suspended)?;
         let node_keys: HashMap<Nation, Vec<u8>> = all_node_keys
             .iter()
@@ -458,6 +462,7 @@ impl Rules {
             all_node_keys,
             node_keys: Arc::new(node_keys),
             tag_keys,
+            restored: cuts.restored.clone(),
         })
     }
 
@@ -507,6 +512,9 @@ struct Shared {
     router: Router,
     /// Every peer's outbox, and the store behind them.
     custody: custody::Custody,
+    /// The coalition's resolutions; locked for one call, never across an
+    /// `.await`.
+    resolutions: Mutex<crate::resolution::ResolutionLog>,
     /// Sessions held per principal, for `max_sessions_per_principal`.
     principal_sessions: Arc<dashmap::DashMap<String, usize>>,
     endpoint: Endpoint,
@@ -856,14 +864,29 @@ impl Node {
     /// Sets the node up on `endpoint`: its audit log, its routing core, and
     /// the nations its data directory records as cut out.
     pub fn start(config: NodeConfig, endpoint: NodeEndpoint) -> Result<Node, NodeError> {
-        let suspended = control::read_suspended(&config.data_dir, &config.policy)?;
+        // This node's own cuts, and the coalition's resolutions it kept
+        // (their signers checked under every CA but those it cut).
+        let local = control::read_local_cuts(&config.data_dir, &config.policy)?;
+        let resolutions = resolutions::load(
+            &config.data_dir,
+            &config.policy,
+            &config.trust.trust_store(&local.suspended)?,
+        )?;
+        let cuts = local.and(&resolutions::coalition_cuts(&resolutions));
         let rules = Rules::new(
             config.policy.clone(),
             config.trust,
             Arc::new(config.node_keys),
-            &suspended,
+            &cuts,
             &config.signer,
         )?;
+        // The endpoint was bound with this node's own cuts only.
+        endpoint.endpoint.set_server_config(Some(tls::server_config(
+            &rules.trust,
+            config.cert_chain.clone(),
+            config.key.clone_key(),
+            config.token_key.clone(),
+        )?));
         let audit = Audit::open(&config.data_dir, config.nation)?;
         let (stop, stopped) = watch::channel(false);
         let (sealer, to_seal) = mpsc::channel(SEALER_QUEUE);
@@ -901,6 +924,7 @@ impl Node {
                 ..RoutingSettings::default()
             },
         );
+        routing.set_restored(rules.restored.clone());
         // A restarted node knows what it took before, so the resends that
         // follow are duplicates.
         for (origin, floor_us) in seen_floors {
@@ -958,6 +982,7 @@ impl Node {
             audit,
             audit_failing: AtomicBool::new(false),
             custody,
+            resolutions: Mutex::new(resolutions),
             principal_sessions: Arc::default(),
             endpoint: endpoint.endpoint,
             shutdown: stopped,

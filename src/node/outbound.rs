@@ -16,6 +16,7 @@ use tracing::{debug, error, info, warn};
 use super::connection::{read_frame, write_frame, AbortOnDrop, StreamError};
 use super::custody::{self, CustodyHandle};
 use super::outbox::Outbox;
+use super::resolutions;
 use super::sealer::ToSeal;
 use super::{queue, resolve, Reason, Shared};
 use crate::audit::{now_us, Event, PeerOutcome, Record, Verdict};
@@ -353,7 +354,11 @@ enum LinkEnd {
 
 /// One link's life: dial, greet, then write queued frames until the
 /// connection ends. Returns `Ok` if the link was up at some point.
-async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -> Result<LinkEnd, LinkError> {
+async fn run_link(
+    shared: &Arc<Shared>,
+    peer: Nation,
+    config: &quinn::ClientConfig,
+) -> Result<LinkEnd, LinkError> {
     let (addr, server_name) = peer_address(shared, peer)?;
     let connection = shared
         .endpoint
@@ -364,6 +369,7 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
         version: wire::PROTOCOL_VERSION,
     };
     write_frame(&mut send, &hello).await?;
+    resolutions::send_log(shared, &mut send).await?;
     let welcome = tokio::time::timeout(shared.settings.first_frame_timeout, read_frame(&mut recv))
         .await
         .map_err(|_| StreamError::Timeout("PeerWelcome"))??;
@@ -373,6 +379,16 @@ async fn run_link(shared: &Shared, peer: Nation, config: &quinn::ClientConfig) -
             connection.close(wire::close::PROTOCOL.into(), b"unexpected welcome");
             return Err(LinkError::WrongWelcome(format!("{other:?}")));
         }
+    }
+    // The peer's resolutions, before anything else: a cut this node
+    // missed while it was down applies before it sends a single envelope.
+    resolutions::receive_log(shared, peer, &mut recv).await?;
+    if !shared.rules().links_to(shared.nation, peer) {
+        connection.close(
+            wire::close::NO_LONGER_ADMITTED.into(),
+            b"cut out by a coalition resolution",
+        );
+        return Ok(LinkEnd::NoLongerAdmitted);
     }
 
     // Announcements go on a queue of their own: they are not held in

@@ -54,6 +54,10 @@ pub enum Reason {
     LinkReplaced,
     /// A message queued for a nation that was cut out: purged, never sent.
     Cut,
+    /// A coalition resolution, or signatures of one, taken.
+    Resolution,
+    /// A resolution, or a signature of one, refused.
+    BadResolution,
     /// A message queued for a peer the rules no longer admit (revoked, or
     /// gone from the network file): purged, never sent.
     NoLongerAdmitted,
@@ -98,6 +102,8 @@ impl Reason {
     pub fn code(self) -> &'static str {
         match self {
             Reason::HandshakeFailed => "handshake-failed",
+            Reason::Resolution => "resolution",
+            Reason::BadResolution => "bad-resolution",
             Reason::NoIdentity => "no-identity",
             Reason::OwnPrincipal => "own-principal",
             Reason::ConfiguredPeer => "configured-peer",

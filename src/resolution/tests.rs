@@ -22,7 +22,8 @@ impl Admins {
         let keys = nations
             .iter()
             .map(|&n| {
-                let der = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+                let der = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+                    .unwrap();
                 (n, Signer::from_pkcs8(der.as_ref()).unwrap())
             })
             .collect();
@@ -30,7 +31,12 @@ impl Admins {
     }
 
     fn sign(&self, resolution: &Resolution, nation: Nation, signed_us: u64) -> Signature {
-        resolution.sign(nation, signed_us, vec![nation.as_str().as_bytes().to_vec()], &self.keys[&nation])
+        resolution.sign(
+            nation,
+            signed_us,
+            vec![nation.as_str().as_bytes().to_vec()],
+            &self.keys[&nation],
+        )
     }
 }
 
@@ -79,17 +85,18 @@ fn a_resolution_takes_effect_with_a_majority_of_the_other_nations() {
     let cut = resolution(Action::Cut, "USA", NOW);
     // Four nations may vote on USA: three are a majority.
     assert_eq!(log.needed(&cut), 3);
-    let first = log.offer(signed(&admins, &cut, &["GBR", "FRA"]), &admins, NOW).unwrap();
+    let first = log
+        .offer(signed(&admins, &cut, &["GBR", "FRA"]), &admins, NOW)
+        .unwrap();
     assert_eq!(first.added, [nation("GBR"), nation("FRA")]);
     assert!(!first.took_effect && log.cut_out().is_empty());
-    let third = log.offer(signed(&admins, &cut, &["GBR", "DEU"]), &admins, NOW).unwrap();
+    let third = log
+        .offer(signed(&admins, &cut, &["GBR", "DEU"]), &admins, NOW)
+        .unwrap();
     assert_eq!(third.added, [nation("DEU")], "GBR's is known already");
     assert!(third.took_effect);
     assert_eq!(log.cut_out(), BTreeSet::from([nation("USA")]));
-    assert_eq!(
-        log.standing(nation("USA")).unwrap().effective_us,
-        NOW + 10
-    );
+    assert_eq!(log.standing(nation("USA")).unwrap().effective_us, NOW + 10);
     // A count in the coalition file means that many.
     assert_eq!(Quorum::Count(2).needed(4), 2);
 }
@@ -115,7 +122,10 @@ fn signatures_that_do_not_count_are_refused_one_by_one() {
     assert_eq!(outcome.added, [nation("GBR")]);
     let refused: Vec<String> = outcome.refused.iter().map(ToString::to_string).collect();
     assert_eq!(refused.len(), 3, "{refused:?}");
-    assert!(refused[0].contains("USA may not sign it (a nation does not vote on itself)"), "{refused:?}");
+    assert!(
+        refused[0].contains("USA may not sign it (a nation does not vote on itself)"),
+        "{refused:?}"
+    );
     assert!(refused[1].contains("not FRA's admin certificate"), "{refused:?}");
     assert!(refused[2].contains("does not verify"), "{refused:?}");
     assert!(log.cut_out().is_empty());
@@ -145,11 +155,15 @@ fn an_older_resolution_replayed_after_a_newer_one_changes_nothing() {
     let cut = resolution(Action::Cut, "USA", NOW);
     let restore = resolution(Action::Restore, "USA", NOW + 1_000);
     let voters = ["GBR", "FRA", "DEU"];
-    log.offer(signed(&admins, &cut, &voters), &admins, NOW + 2_000).unwrap();
-    log.offer(signed(&admins, &restore, &voters), &admins, NOW + 2_000).unwrap();
+    log.offer(signed(&admins, &cut, &voters), &admins, NOW + 2_000)
+        .unwrap();
+    log.offer(signed(&admins, &restore, &voters), &admins, NOW + 2_000)
+        .unwrap();
     assert!(log.cut_out().is_empty());
     assert_eq!(log.restored(), BTreeMap::from([(nation("USA"), NOW + 1_010)]));
-    let replayed = log.offer(signed(&admins, &cut, &voters), &admins, NOW + 3_000).unwrap();
+    let replayed = log
+        .offer(signed(&admins, &cut, &voters), &admins, NOW + 3_000)
+        .unwrap();
     assert!(replayed.superseded, "{replayed:?}");
     assert!(log.cut_out().is_empty());
     // The superseded cut is not kept: only what decides is.
@@ -162,7 +176,8 @@ fn pending_resolutions_are_bounded_per_nation() {
     let mut log = log();
     for n in 0..(PENDING_PER_NATION as u64 + 5) {
         let pending = resolution(Action::Cut, "FRA", NOW + n);
-        log.offer(signed(&admins, &pending, &["USA"]), &admins, NOW + 100).unwrap();
+        log.offer(signed(&admins, &pending, &["USA"]), &admins, NOW + 100)
+            .unwrap();
     }
     assert_eq!(log.all().len(), PENDING_PER_NATION);
     assert!(log.next_seq(0) > NOW + PENDING_PER_NATION as u64);
@@ -172,7 +187,10 @@ fn pending_resolutions_are_bounded_per_nation() {
 fn ids_print_and_parse() {
     let id = resolution(Action::Cut, "USA", NOW).id();
     assert_eq!(id.to_string().parse::<ResolutionId>(), Ok(id));
-    assert!("xyz".parse::<ResolutionId>().unwrap_err().contains("16 hex digits"));
+    assert!("xyz"
+        .parse::<ResolutionId>()
+        .unwrap_err()
+        .contains("16 hex digits"));
 }
 
 proptest! {

@@ -430,6 +430,9 @@ pub struct Routing {
     /// The newest announcement of each nation that came faster than
     /// [`announce::RECEIVED_PACE`], to apply once its pace allows.
     held_back: BTreeMap<Nation, HeldBack>,
+    /// Each restored nation, with when its restore took effect: what it
+    /// created before then was created during its cut, and is refused.
+    restored: BTreeMap<Nation, u64>,
     /// Nations whose announcements were held back since one last passed
     /// at once: their churn is recorded once a run, not once a hold.
     churning: BTreeSet<Nation>,
@@ -480,6 +483,7 @@ impl Routing {
             received_pace: BTreeMap::new(),
             held_back: BTreeMap::new(),
             churning: BTreeSet::new(),
+            restored: BTreeMap::new(),
             trees: HashMap::new(),
             last_label: None,
             last_topic: None,
@@ -981,6 +985,12 @@ impl Routing {
         self.node_keys = node_keys;
     }
 
+    /// Each restored nation, with when its restore took effect (see
+    /// [`Routing::precheck`]).
+    pub fn set_restored(&mut self, restored: BTreeMap<Nation, u64>) {
+        self.restored = restored;
+    }
+
     /// A new network policy: everything derived from it is recomputed.
     pub fn set_policy(&mut self, policy: Arc<Policy>) {
         // A cut nation's interest and links leave with it.
@@ -1154,6 +1164,22 @@ impl Routing {
                 format!("{from} sent a message from {origin}, which is cut out of the network"),
                 now_us,
             ));
+        }
+        if let Some(&restored_us) = self.restored.get(&origin) {
+            if envelope.created_us <= restored_us {
+                let marking = self.label_memo(origin, &envelope.label).marking.clone();
+                return Err(self.refuse(
+                    envelope,
+                    &marking,
+                    from,
+                    Reason::CutOut.code(),
+                    format!(
+                        "{from} sent a message {origin} created while it was cut out (before its restore \
+                         took effect, at {restored_us} µs): what a nation publishes while cut out is never released"
+                    ),
+                    now_us,
+                ));
+            }
         }
         if self.nations.index(origin).is_none() {
             let marking = self.label_memo(origin, &envelope.label).marking.clone();

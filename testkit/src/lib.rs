@@ -590,15 +590,27 @@ impl RawConnection {
         let _ = self.send.write_all(bytes).await;
     }
 
+    /// Says `Hello` and returns the node's answer. As a node, it then
+    /// exchanges resolution logs as a link opens: it sends none, and reads
+    /// the node's up to its `ResolutionsSent`.
     pub async fn hello(&mut self) -> Frame {
         self.send_frame(&Frame::Hello {
             version: wire::PROTOCOL_VERSION,
         })
         .await;
+        let answer = self.next_frame().await;
+        if matches!(answer, Frame::PeerWelcome { .. }) {
+            self.send_frame(&Frame::ResolutionsSent).await;
+            while !matches!(self.next_frame().await, Frame::ResolutionsSent) {}
+        }
+        answer
+    }
+
+    async fn next_frame(&mut self) -> Frame {
         entente::stream::read_frame(&mut self.recv)
             .await
-            .expect("a reply to Hello")
-            .expect("a frame")
+            .expect("a frame from the node")
+            .expect("a frame, not the end of the stream")
     }
 
     /// The reason the node gave when it closed the connection.

@@ -1,0 +1,305 @@
+//! The coalition's resolutions on this node: the log, kept in
+//! `<data dir>/resolutions.json`; signatures checked against the trust
+//! store (an admin's certificate under its own nation's CA); what is in
+//! force applied as the node's cuts and restores; what is new flooded to
+//! every link; and the exchange of logs that opens every link, before any
+//! envelope (invariant 5).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError};
+
+use bytes::Bytes;
+use quinn::{RecvStream, SendStream};
+use rustls_pki_types::{CertificateDer, UnixTime};
+use tracing::{info, warn};
+
+use super::connection::{read_frame, write_frame, StreamError};
+use super::control::{self, ControlError, Cuts};
+use super::{Reason, Shared};
+use crate::audit::{now_us, Event, Record, Verdict};
+use crate::identity::{ed25519_public_key, has_admin_role, Identity, TrustStore, ADMIN_ROLE_URI};
+use crate::label::Nation;
+use crate::policy::Policy;
+use crate::resolution::{Action, ResolutionLog, SignedResolution, SignerCheck};
+use crate::wire::{self, Frame};
+
+/// The file in a node's data directory that holds its resolution log.
+pub(super) const LOG_FILE: &str = "resolutions.json";
+
+/// Resolution frames one link's opening exchange may carry, at most: a
+/// log holds at most a few per nation.
+const EXCHANGE_MAX: usize = 4096;
+
+/// An admin's certificate checked against the trust store: it chains to
+/// its nation's own CA (not revoked), names a principal of that nation,
+/// and carries the admin role.
+pub(super) struct AdminCheck<'a> {
+    pub(super) trust: &'a TrustStore,
+}
+
+impl SignerCheck for AdminCheck<'_> {
+    fn admin_key(&self, nation: Nation, chain: &[Vec<u8>]) -> Result<Vec<u8>, String> {
+        let chain: Vec<CertificateDer<'static>> =
+            chain.iter().map(|c| CertificateDer::from(c.clone())).collect();
+        let leaf = chain.first().ok_or("it carries no certificate")?;
+        let identity = self
+            .trust
+            .identify_client(&chain, UnixTime::now())
+            .map_err(|err| err.to_string())?;
+        match &identity {
+            Identity::Principal { nation: of, .. } if *of == nation => {}
+            other => {
+                return Err(format!(
+                    "the certificate is {other}'s, not one of {nation}'s admins'"
+                ))
+            }
+        }
+        if !has_admin_role(leaf).map_err(|err| err.to_string())? {
+            return Err(format!(
+                "{identity} is not an admin: its certificate does not carry {ADMIN_ROLE_URI}"
+            ));
+        }
+        ed25519_public_key(leaf).map_err(|err| err.to_string())
+    }
+}
+
+/// The cuts and restores in force by `log`.
+pub(super) fn coalition_cuts(log: &ResolutionLog) -> Cuts {
+    Cuts {
+        suspended: log.cut_out(),
+        restored: log.restored(),
+    }
+}
+
+/// Reads the log a node kept, each resolution checked again as if it had
+/// just come (a CRL may have revoked a signer since). An empty log if
+/// there is no file.
+pub(super) fn load(
+    data_dir: &Path,
+    policy: &Policy,
+    trust: &TrustStore,
+) -> Result<ResolutionLog, ControlError> {
+    let mut log = ResolutionLog::new(policy.nations().keys().copied().collect(), policy.quorum());
+    let path = data_dir.join(LOG_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(log),
+        Err(err) => return Err(file_error(path, err.to_string())),
+    };
+    let held: Vec<SignedResolution> = serde_json::from_str(&text).map_err(|err| {
+        file_error(
+            path.clone(),
+            format!("{err}; it is this node's copy of the coalition's resolutions, which its peers send again when it links"),
+        )
+    })?;
+    let now = now_us();
+    for signed in held {
+        if let Err(err) = log.offer(signed, &AdminCheck { trust }, now) {
+            warn!(cause = %err, "a stored resolution no longer checks out; dropped");
+        }
+    }
+    Ok(log)
+}
+
+fn file_error(path: PathBuf, cause: String) -> ControlError {
+    ControlError::CutOutFile { path, cause }
+}
+
+/// Writes the log whole (aside, then renamed).
+fn save(data_dir: &Path, log: &ResolutionLog) -> Result<(), ControlError> {
+    let path = data_dir.join(LOG_FILE);
+    let error = |cause: std::io::Error| file_error(path.clone(), cause.to_string());
+    let text = serde_json::to_string(&log.all()).map_err(|err| error(err.into()))?;
+    std::fs::create_dir_all(data_dir).map_err(error)?;
+    let staging = data_dir.join(format!("{LOG_FILE}.new"));
+    std::fs::write(&staging, text).map_err(error)?;
+    std::fs::rename(&staging, &path).map_err(error)
+}
+
+/// What taking resolutions changed.
+#[derive(Debug, Default)]
+pub(super) struct Taken {
+    /// Whether any signature was new here.
+    pub(super) added: bool,
+    /// The first refusal, as a sentence (every one is audited).
+    pub(super) refused: Option<String>,
+}
+
+/// Takes `offered` (from the link of `from`, or this node's admin): keeps
+/// every valid signature, audits each refusal, writes the log, passes
+/// what is new on to every other link, and applies the cuts and restores
+/// now in force. Returns once they are applied.
+pub(super) async fn take(
+    shared: &Arc<Shared>,
+    from: Option<Nation>,
+    offered: Vec<SignedResolution>,
+) -> Taken {
+    if offered.is_empty() {
+        return Taken::default();
+    }
+    let rules = shared.rules();
+    let check = AdminCheck { trust: &rules.trust };
+    let now = now_us();
+    let mut records = Vec::new();
+    let mut new = Vec::new();
+    let mut taken = Taken::default();
+    let (before, after) = {
+        let mut log = shared.resolutions.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = coalition_cuts(&log);
+        for signed in offered {
+            let id = signed.resolution.id();
+            let text = signed.resolution.to_string();
+            match log.offer(signed, &check, now) {
+                Ok(outcome) => {
+                    for refusal in &outcome.refused {
+                        taken.refused.get_or_insert_with(|| refusal.to_string());
+                        records.push(refused(from, refusal.to_string()));
+                    }
+                    if outcome.added.is_empty() {
+                        continue;
+                    }
+                    taken.added = true;
+                    let signers: Vec<String> = outcome.added.iter().map(Nation::to_string).collect();
+                    let needed = log.get(&id).map_or(0, |held| log.needed(&held.resolution));
+                    let mut detail = format!(
+                        "{text}: signed by {} ({} of the {needed} needed)",
+                        signers.join(", "),
+                        log.signatures(&id),
+                    );
+                    if outcome.took_effect {
+                        detail.push_str("; in force");
+                    }
+                    if outcome.superseded {
+                        detail.push_str(
+                            "; a newer resolution about the same nation is in force, so it changes nothing",
+                        );
+                    }
+                    let mut record =
+                        Record::new(Event::Admit, Verdict::Allow, Reason::Resolution.code()).detail(detail);
+                    if let Some(from) = from {
+                        record = record.subject(from);
+                    }
+                    records.push(record);
+                    if let Some(held) = log.get(&id) {
+                        new.push(held);
+                    }
+                }
+                Err(err) => {
+                    taken.refused.get_or_insert_with(|| err.to_string());
+                    records.push(refused(from, err.to_string()));
+                }
+            }
+        }
+        if taken.added {
+            if let Err(err) = save(&shared.data_dir, &log) {
+                warn!(cause = %err, "the resolution log could not be written; peers send it again at the next link");
+            }
+        }
+        (before, coalition_cuts(&log))
+    };
+    for record in records {
+        shared.audit(record).await;
+    }
+    flood(shared, from, &new);
+    if before != after {
+        if let Err(err) = control::apply_cuts(shared, "coalition resolution").await {
+            warn!(cause = %err, "the coalition's cuts could not be applied");
+        }
+    }
+    taken
+}
+
+fn refused(from: Option<Nation>, why: String) -> Record {
+    let record = Record::new(Event::Refuse, Verdict::Deny, Reason::BadResolution.code()).detail(why);
+    match from {
+        Some(from) => record.subject(from),
+        None => record,
+    }
+}
+
+/// Offers what is new to every link but the one it came on (never
+/// awaited, like announcements: a link that misses it gets the whole log
+/// when it next comes up).
+fn flood(shared: &Shared, from: Option<Nation>, new: &[SignedResolution]) {
+    if new.is_empty() {
+        return;
+    }
+    let peers: Vec<Nation> = shared
+        .rules()
+        .loaded
+        .nation(shared.nation)
+        .map(|table| table.peers.iter().copied().filter(|&p| Some(p) != from).collect())
+        .unwrap_or_default();
+    for signed in new {
+        let Ok(frame) = wire::encode(&Frame::Resolution(signed.clone())) else {
+            warn!(resolution = %signed.resolution, "a resolution too large to send");
+            continue;
+        };
+        let frame = Bytes::from(frame);
+        for target in shared.router.targets(&peers) {
+            if target.queue.offer(frame.clone()).is_err() {
+                warn!(to = %target.nation, "link queue full: a resolution was not sent; it goes with the next link");
+            }
+        }
+    }
+}
+
+/// Sends this node's whole log, then `ResolutionsSent`: what opens every
+/// link, from both ends.
+pub(super) async fn send_log(shared: &Shared, send: &mut SendStream) -> Result<(), StreamError> {
+    let all = shared
+        .resolutions
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .all();
+    for signed in all {
+        write_frame(send, &Frame::Resolution(signed)).await?;
+    }
+    write_frame(send, &Frame::ResolutionsSent).await
+}
+
+/// Reads the peer's log, up to its `ResolutionsSent`, within the
+/// first-frame timeout, and takes it: a node that was down when a cut was
+/// made applies it here, before it sends or accepts any envelope.
+pub(super) async fn receive_log(
+    shared: &Arc<Shared>,
+    peer: Nation,
+    recv: &mut RecvStream,
+) -> Result<(), StreamError> {
+    let read = async {
+        let mut offered = Vec::new();
+        loop {
+            match read_frame(recv).await? {
+                Some(Frame::Resolution(signed)) if offered.len() < EXCHANGE_MAX => offered.push(signed),
+                Some(Frame::ResolutionsSent) => return Ok(offered),
+                Some(Frame::Resolution(_)) => {
+                    return Err(StreamError::Unexpected("Resolution past the log's bound"))
+                }
+                Some(_) => {
+                    return Err(StreamError::Unexpected(
+                        "frame before the peer's resolution log ended",
+                    ))
+                }
+                None => return Err(StreamError::Timeout("ResolutionsSent")),
+            }
+        }
+    };
+    let offered = tokio::time::timeout(shared.settings.first_frame_timeout, read)
+        .await
+        .map_err(|_| StreamError::Timeout("ResolutionsSent"))??;
+    let count = offered.len();
+    let taken = take(shared, Some(peer), offered).await;
+    if taken.added {
+        info!(%peer, count, "took resolutions from a link's opening exchange");
+    }
+    Ok(())
+}
+
+/// Whether `nation` is cut out by a resolution in force (so only another
+/// resolution restores it).
+pub(super) fn cut_by_coalition(shared: &Shared, nation: Nation) -> Option<String> {
+    let log = shared.resolutions.lock().unwrap_or_else(PoisonError::into_inner);
+    log.standing(nation)
+        .filter(|standing| standing.action == Action::Cut)
+        .map(|standing| standing.id.to_string())
+}
