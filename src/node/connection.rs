@@ -22,6 +22,8 @@ pub(super) enum StreamError {
     Timeout(&'static str),
     #[error("unexpected {0} frame")]
     Unexpected(&'static str),
+    #[error("the coalition's resolutions could not be applied: {0}")]
+    Resolutions(String),
     #[error("{0} messages are waiting for seals that have not come; a peer sends the seals of each batch right after it")]
     Unsealed(usize),
     #[error("protocol version {0} is not supported; this node speaks version {v}", v = wire::PROTOCOL_VERSION)]

@@ -125,6 +125,14 @@ pub(super) struct Taken {
     pub(super) refused: Option<String>,
 }
 
+/// Why a resolution in force changes nothing.
+fn superseded_by(log: &ResolutionLog, nation: Nation) -> String {
+    let newer = log
+        .standing(nation)
+        .map_or_else(String::new, |s| format!(" ({} {nation}, resolution {})", s.action, s.id));
+    format!("a newer resolution about {nation} is in force{newer}, so it changes nothing")
+}
+
 /// Takes `offered` (from the link of `from`, or this node's admin): keeps
 /// every valid signature, audits each refusal, writes the log, passes
 /// what is new on to every other link, and applies the cuts and restores
@@ -149,6 +157,7 @@ pub(super) async fn take(
         for signed in offered {
             let id = signed.resolution.id();
             let text = signed.resolution.to_string();
+            let signed_nation = signed.resolution.nation;
             match log.offer(signed, &check, now) {
                 Ok(outcome) => {
                     for refusal in &outcome.refused {
@@ -170,9 +179,9 @@ pub(super) async fn take(
                         detail.push_str("; in force");
                     }
                     if outcome.superseded {
-                        detail.push_str(
-                            "; a newer resolution about the same nation is in force, so it changes nothing",
-                        );
+                        let why = superseded_by(&log, signed_nation);
+                        detail.push_str(&format!("; {why}"));
+                        taken.refused.get_or_insert_with(|| format!("resolution {id}: {why}"));
                     }
                     let mut record =
                         Record::new(Event::Admit, Verdict::Allow, Reason::Resolution.code()).detail(detail);
@@ -292,6 +301,12 @@ pub(super) async fn receive_log(
     if taken.added {
         info!(%peer, count, "took resolutions from a link's opening exchange");
     }
+    // Another link's exchange may have brought the same resolutions a
+    // moment before and be applying them still: this link waits for that
+    // too (nothing to do if the rules already match the log).
+    control::apply_cuts(shared, "coalition resolution")
+        .await
+        .map_err(|err| StreamError::Resolutions(err.to_string()))?;
     Ok(())
 }
 

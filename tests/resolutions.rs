@@ -1,0 +1,329 @@
+//! Cut and restore as signed coalition resolutions (invariant 5), over real
+//! nodes, real QUIC, mutual TLS and admin certificates from a PKI made in a
+//! temporary folder: a quorum cut reaches a node that was down while it was
+//! made before that node links to anyone; the cut nation's backlog is
+//! refused after the restore; and resolutions or signatures that do not
+//! count are refused with a reason and an audit record, changing nothing.
+
+use std::time::Duration;
+
+use entente::admin::{self, AdminCommand, AdminReply, ResolutionStatus};
+use entente::audit::now_us;
+use entente::client::ClientOptions;
+use entente::label::Nation;
+use entente::node::NodeSettings;
+use entente::resolution::{Action, Resolution, ResolutionId, SignedResolution};
+use entente_testkit::{nation, TestNetwork};
+
+/// Five nations; USA links to GBR alone, POL to GBR and FRA. Four nations
+/// vote on a resolution about a fifth: three are a majority.
+const COALITION: &str = r#"
+[nations.GBR]
+address = "127.0.0.1:1"
+peers = ["FRA", "DEU", "POL", "USA"]
+default_ceiling = "SECRET"
+
+[nations.FRA]
+address = "127.0.0.1:2"
+peers = ["GBR", "POL"]
+default_ceiling = "SECRET"
+
+[nations.DEU]
+address = "127.0.0.1:3"
+peers = ["GBR"]
+default_ceiling = "SECRET"
+
+[nations.POL]
+address = "127.0.0.1:4"
+peers = ["GBR", "FRA"]
+default_ceiling = "SECRET"
+
+[nations.USA]
+address = "127.0.0.1:5"
+peers = ["GBR"]
+default_ceiling = "SECRET"
+
+[[principals]]
+name = "gbr.analyst"
+nation = "GBR"
+clearance = "SECRET"
+publish = [">"]
+subscribe = [">"]
+
+[[principals]]
+name = "usa.analyst"
+nation = "USA"
+clearance = "SECRET"
+publish = [">"]
+subscribe = [">"]
+
+[[principals]]
+name = "gbr.admin"
+nation = "GBR"
+clearance = "UNCLASSIFIED"
+roles = ["admin"]
+
+[[principals]]
+name = "fra.admin"
+nation = "FRA"
+clearance = "UNCLASSIFIED"
+roles = ["admin"]
+
+[[principals]]
+name = "deu.admin"
+nation = "DEU"
+clearance = "UNCLASSIFIED"
+roles = ["admin"]
+
+[[principals]]
+name = "pol.admin"
+nation = "POL"
+clearance = "UNCLASSIFIED"
+roles = ["admin"]
+
+[[principals]]
+name = "usa.admin"
+nation = "USA"
+clearance = "UNCLASSIFIED"
+roles = ["admin"]
+"#;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn start() -> TestNetwork {
+    TestNetwork::start_from(
+        COALITION,
+        NodeSettings {
+            max_redial_backoff: Duration::from_millis(100),
+            ..NodeSettings::default()
+        },
+    )
+    .await
+}
+
+fn records(net: &TestNetwork, at: Nation) -> Vec<serde_json::Value> {
+    net.audit_lines(at)
+        .iter()
+        .map(|line| serde_json::from_str(line).expect("each audit line is JSON"))
+        .collect()
+}
+
+/// Waits (polling, with a generous limit) until `ready` holds.
+async fn until(what: &str, mut ready: impl FnMut() -> bool) {
+    for _ in 0..1500 {
+        if ready() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what} never happened");
+}
+
+async fn suspended_on(net: &TestNetwork, at: Nation, expected: &[&str]) {
+    until(&format!("{at} applying {expected:?}"), || {
+        net.control(at).status().is_ok_and(|s| s.suspended == expected)
+    })
+    .await;
+}
+
+/// Signs `id` as `admin`, once its node holds it (the proposal floods).
+async fn sign(net: &TestNetwork, admin: &str, id: ResolutionId) -> ResolutionStatus {
+    for _ in 0..500 {
+        match admin::sign(net.options(admin), id, TIMEOUT).await {
+            Err(admin::AdminError::NoSuchResolution(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => return other.unwrap_or_else(|err| panic!("{admin} signs {id}: {err}")),
+        }
+    }
+    panic!("{admin}'s node never got resolution {id}");
+}
+
+/// `action` on `of`, proposed by GBR's admin and signed by FRA's and
+/// DEU's: a quorum of three.
+async fn resolve(net: &TestNetwork, action: Action, of: &str) -> ResolutionId {
+    let proposed = admin::propose(net.options("gbr.admin"), action, nation(of), TIMEOUT)
+        .await
+        .expect("GBR's admin proposes");
+    assert!(!proposed.in_force, "{proposed:?}");
+    assert_eq!(proposed.needed, 3);
+    let id = proposed.signed.resolution.id();
+    assert!(!sign(net, "fra.admin", id).await.in_force);
+    assert!(sign(net, "deu.admin", id).await.in_force);
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_cut_reaches_a_node_that_was_down_before_it_links_to_anyone() {
+    let mut net = start().await;
+    let (gbr, fra, deu, pol) = (nation("GBR"), nation("FRA"), nation("DEU"), nation("POL"));
+    net.stop(pol).await.unwrap();
+    resolve(&net, Action::Cut, "USA").await;
+    for at in [gbr, fra, deu] {
+        suspended_on(&net, at, &["USA"]).await;
+    }
+
+    let skip = net.audit_lines(pol).len();
+    net.start_again(pol).await;
+    suspended_on(&net, pol, &["USA"]).await;
+    until("POL linking again", || {
+        records(&net, pol)
+            .iter()
+            .skip(skip)
+            .any(|r| r["reason"] == "link-up")
+    })
+    .await;
+    let after: Vec<serde_json::Value> = records(&net, pol).into_iter().skip(skip).collect();
+    let applied = after
+        .iter()
+        .position(|r| {
+            r["reason"] == "policy-changed" && r["detail"].as_str().is_some_and(|d| d.contains("cut out: USA"))
+        })
+        .unwrap_or_else(|| panic!("POL never applied the cut: {after:#?}"));
+    let first_link = after.iter().position(|r| r["reason"] == "link-up").unwrap();
+    let first_message = after
+        .iter()
+        .position(|r| ["deliver", "forward"].contains(&r["event"].as_str().unwrap_or_default()));
+    assert!(applied < first_link, "a link came up before the cut applied: {after:#?}");
+    assert!(
+        first_message.is_none_or(|m| applied < m),
+        "a message moved before the cut applied: {after:#?}"
+    );
+    // It kept the log: another restart has the cut from its own folder.
+    net.restart(pol).await;
+    assert_eq!(net.control(pol).status().unwrap().suspended, ["USA"]);
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_cut_nation_published_while_cut_is_refused_after_the_restore() {
+    let net = start().await;
+    let (gbr, usa) = (nation("GBR"), nation("USA"));
+    let subscriber = net.client("gbr.analyst").await;
+    subscriber.subscribe("news.>").await.unwrap();
+    net.wait_for_interest(usa, gbr, "news.>").await;
+
+    resolve(&net, Action::Cut, "USA").await;
+    suspended_on(&net, gbr, &["USA"]).await;
+    // USA's node is cut off; what its analyst publishes now is its backlog.
+    let usa_analyst = net.client("usa.analyst").await;
+    const DURING: usize = 5;
+    for i in 0..DURING {
+        usa_analyst
+            .publish("news.usa", "SECRET//REL TO GBR, USA", format!("during {i}").into_bytes())
+            .await
+            .unwrap();
+    }
+    resolve(&net, Action::Restore, "USA").await;
+    suspended_on(&net, gbr, &[]).await;
+    // The links return and USA sends what it held: GBR refuses it all.
+    until("GBR refusing USA's backlog", || {
+        let refused: u64 = records(&net, gbr)
+            .iter()
+            .filter(|r| {
+                r["reason"] == "cut-out"
+                    && r["detail"].as_str().is_some_and(|d| d.contains("created while it was cut out"))
+            })
+            .map(|r| r["summary"]["count"].as_u64().unwrap_or(1))
+            .sum();
+        refused >= DURING as u64
+    })
+    .await;
+    usa_analyst
+        .publish("news.usa", "SECRET//REL TO GBR, USA", b"after".to_vec())
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(30), subscriber.next_delivery())
+        .await
+        .expect("USA's new message arrives")
+        .unwrap();
+    assert_eq!(delivery.payload, b"after", "the backlog was released");
+    net.shutdown().await;
+}
+
+/// A resolution signed by one admin, in the name of `nation`, with the
+/// certificate and key of `as_principal`.
+fn signed_by(net: &TestNetwork, resolution: &Resolution, nation: Nation, as_principal: &str) -> SignedResolution {
+    let options: ClientOptions = net.options(as_principal);
+    let key = entente::envelope::Signer::from_pkcs8(options.key.secret_der()).unwrap();
+    let chain = options.cert_chain.iter().map(|c| c.as_ref().to_vec()).collect();
+    SignedResolution {
+        resolution: resolution.clone(),
+        signatures: vec![resolution.sign(nation, now_us(), chain, &key)],
+    }
+}
+
+async fn submit(net: &TestNetwork, signed: SignedResolution) -> Result<ResolutionStatus, String> {
+    let client = net.client("gbr.admin").await;
+    let reply = client.admin(AdminCommand::Submit(signed)).await;
+    client.close().await;
+    match reply {
+        Ok(AdminReply::Resolution(status)) => Ok(status),
+        Ok(other) => panic!("{other:?}"),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolutions_that_do_not_count_are_refused_and_change_nothing() {
+    let net = start().await;
+    let (gbr, fra, deu, usa) = (nation("GBR"), nation("FRA"), nation("DEU"), nation("USA"));
+    let cut = |of: Nation| Resolution {
+        seq: now_us(),
+        action: Action::Cut,
+        nation: of,
+        created_us: now_us(),
+    };
+    let bad_records = |net: &TestNetwork| {
+        records(net, gbr)
+            .iter()
+            .filter(|r| r["reason"] == "bad-resolution")
+            .count()
+    };
+
+    // Signed by an analyst: not an admin.
+    let by_analyst = submit(&net, signed_by(&net, &cut(usa), gbr, "gbr.analyst")).await;
+    let err = by_analyst.unwrap_err();
+    assert!(err.contains("is not an admin"), "{err}");
+    // FRA's admin signing in DEU's name.
+    let impostor = submit(&net, signed_by(&net, &cut(usa), deu, "fra.admin")).await;
+    let err = impostor.unwrap_err();
+    assert!(err.contains("not one of DEU's admins'"), "{err}");
+    // The cut nation voting on itself.
+    let itself = submit(&net, signed_by(&net, &cut(usa), usa, "usa.admin")).await;
+    assert!(itself.unwrap_err().contains("does not vote on itself"));
+    // An unknown nation.
+    let unknown = submit(&net, signed_by(&net, &cut(Nation::parse("CHN").unwrap()), gbr, "gbr.admin")).await;
+    assert!(unknown.unwrap_err().contains("not a nation of the coalition"));
+    // A forged signature.
+    let mut forged = signed_by(&net, &cut(usa), fra, "fra.admin");
+    forged.signatures[0].signature[7] ^= 0x40;
+    assert!(submit(&net, forged).await.unwrap_err().contains("does not verify"));
+    assert_eq!(bad_records(&net), 5, "each refusal is audited");
+
+    // Too few signatures: taken, but not in force.
+    let pending = submit(&net, signed_by(&net, &cut(usa), gbr, "gbr.admin")).await.unwrap();
+    assert!(!pending.in_force && pending.needed == 3, "{pending:?}");
+    assert!(net.control(gbr).status().unwrap().suspended.is_empty());
+
+    // A cut, then a restore; the cut replayed after it changes nothing.
+    let cut_id = resolve(&net, Action::Cut, "USA").await;
+    suspended_on(&net, gbr, &["USA"]).await;
+    let in_force = admin::resolutions(net.options("gbr.admin"), TIMEOUT).await.unwrap();
+    let old_cut = in_force
+        .held
+        .into_iter()
+        .find(|s| s.signed.resolution.id() == cut_id)
+        .expect("GBR holds the cut")
+        .signed;
+    assert_eq!(old_cut.signatures.len(), 3);
+    resolve(&net, Action::Restore, "USA").await;
+    suspended_on(&net, gbr, &[]).await;
+    let replayed = submit(&net, old_cut).await.unwrap_err();
+    assert!(replayed.contains("a newer resolution about USA is in force"), "{replayed}");
+    let held = admin::resolutions(net.options("gbr.admin"), TIMEOUT).await.unwrap();
+    assert!(
+        held.held.iter().all(|s| s.signed.resolution.id() != cut_id),
+        "the superseded cut is not kept: {held:#?}"
+    );
+    assert!(net.control(gbr).status().unwrap().suspended.is_empty());
+    net.shutdown().await;
+}
