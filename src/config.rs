@@ -404,14 +404,16 @@ impl NetworkFile {
             Some(QuorumFile::Count(count)) if *count >= 1 && (*count as usize) < nations.len() => {
                 Quorum::Count(*count as usize)
             }
-            Some(other) => return Err(check.invalid(
-                "resolutions.quorum",
-                format!("{other:?} is not a quorum"),
-                format!(
+            Some(other) => {
+                return Err(check.invalid(
+                    "resolutions.quorum",
+                    format!("{other:?} is not a quorum"),
+                    format!(
                     "write \"majority\" or a number from 1 to {} (the nations that may vote on a resolution)",
                     nations.len().saturating_sub(1)
                 ),
-            )),
+                ))
+            }
         };
         Ok(Policy::new(
             scheme,

@@ -130,7 +130,9 @@ async fn suspended_on(net: &TestNetwork, at: Nation, expected: &[&str]) {
 async fn sign(net: &TestNetwork, admin: &str, id: ResolutionId) -> ResolutionStatus {
     for _ in 0..500 {
         match admin::sign(net.options(admin), id, TIMEOUT).await {
-            Err(admin::AdminError::NoSuchResolution(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(admin::AdminError::NoSuchResolution(_)) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
             other => return other.unwrap_or_else(|err| panic!("{admin} signs {id}: {err}")),
         }
     }
@@ -175,14 +177,18 @@ async fn a_quorum_cut_reaches_a_node_that_was_down_before_it_links_to_anyone() {
     let applied = after
         .iter()
         .position(|r| {
-            r["reason"] == "policy-changed" && r["detail"].as_str().is_some_and(|d| d.contains("cut out: USA"))
+            r["reason"] == "policy-changed"
+                && r["detail"].as_str().is_some_and(|d| d.contains("cut out: USA"))
         })
         .unwrap_or_else(|| panic!("POL never applied the cut: {after:#?}"));
     let first_link = after.iter().position(|r| r["reason"] == "link-up").unwrap();
     let first_message = after
         .iter()
         .position(|r| ["deliver", "forward"].contains(&r["event"].as_str().unwrap_or_default()));
-    assert!(applied < first_link, "a link came up before the cut applied: {after:#?}");
+    assert!(
+        applied < first_link,
+        "a link came up before the cut applied: {after:#?}"
+    );
     assert!(
         first_message.is_none_or(|m| applied < m),
         "a message moved before the cut applied: {after:#?}"
@@ -193,8 +199,11 @@ async fn a_quorum_cut_reaches_a_node_that_was_down_before_it_links_to_anyone() {
     net.shutdown().await;
 }
 
+/// The cut nation's own node learns it was cut, holds nothing for its
+/// partners while cut, and after the restore only what it publishes from
+/// then on reaches them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_a_cut_nation_published_while_cut_is_refused_after_the_restore() {
+async fn a_cut_nation_learns_it_was_cut_and_its_cut_period_is_never_released() {
     let net = start().await;
     let (gbr, usa) = (nation("GBR"), nation("USA"));
     let subscriber = net.client("gbr.analyst").await;
@@ -203,45 +212,136 @@ async fn what_a_cut_nation_published_while_cut_is_refused_after_the_restore() {
 
     resolve(&net, Action::Cut, "USA").await;
     suspended_on(&net, gbr, &["USA"]).await;
-    // USA's node is cut off; what its analyst publishes now is its backlog.
+    until("USA learning that GBR cut it", || {
+        records(&net, usa)
+            .iter()
+            .any(|r| r["reason"] == "cut-by" && r["subject"] == "GBR" && r["event"] == "disconnect")
+    })
+    .await;
     let usa_analyst = net.client("usa.analyst").await;
     const DURING: usize = 5;
     for i in 0..DURING {
         usa_analyst
-            .publish("news.usa", "SECRET//REL TO GBR, USA", format!("during {i}").into_bytes())
+            .publish(
+                "news.usa",
+                "SECRET//REL TO GBR, USA",
+                format!("during {i}").into_bytes(),
+            )
             .await
             .unwrap();
     }
+    // Nothing of it is held for GBR: each message's forward record says
+    // why.
+    let to_gbr = |reason: &str| {
+        records(&net, usa)
+            .iter()
+            .filter(|r| r["event"] == "forward")
+            .flat_map(|r| r["peers"].as_array().cloned().unwrap_or_default())
+            .filter(|p| p["peer"] == "GBR" && p["reason"] == reason)
+            .count()
+    };
+    until("USA recording each message as not held for GBR", || {
+        to_gbr("cut-by") == DURING
+    })
+    .await;
+    assert_eq!(to_gbr("held") + to_gbr("policy-allows"), 0);
+
     resolve(&net, Action::Restore, "USA").await;
     suspended_on(&net, gbr, &[]).await;
-    // The links return and USA sends what it held: GBR refuses it all.
-    until("GBR refusing USA's backlog", || {
+    for payload in ["after", "after again"] {
+        usa_analyst
+            .publish("news.usa", "SECRET//REL TO GBR, USA", payload.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    for expected in ["after", "after again"] {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), subscriber.next_delivery())
+            .await
+            .expect("USA's new messages arrive")
+            .unwrap();
+        assert_eq!(
+            delivery.payload,
+            expected.as_bytes(),
+            "the cut period was released"
+        );
+    }
+    net.shutdown().await;
+}
+
+/// A cut nation that holds its cut-period messages anyway (a hostile node
+/// with its genuine key), or backdates new ones, sends them after the
+/// restore: every one is refused as `cut-out`, counted in the audit, and
+/// what it creates after the restore still passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_held_or_backdated_by_the_cut_nation_is_refused_after_the_restore() {
+    let mut net = start().await;
+    let (gbr, usa) = (nation("GBR"), nation("USA"));
+    let subscriber = net.client("gbr.analyst").await;
+    subscriber.subscribe("news.>").await.unwrap();
+    resolve(&net, Action::Cut, "USA").await;
+    suspended_on(&net, gbr, &["USA"]).await;
+    let during_cut = now_us();
+    resolve(&net, Action::Restore, "USA").await;
+    suspended_on(&net, gbr, &[]).await;
+
+    let (_, key) = net.identity_files(&entente::identity::Identity::Node(usa));
+    let signer =
+        entente::envelope::Signer::from_pkcs8(entente::pki::read_key(&key).unwrap().secret_der()).unwrap();
+    let mut link = net.play_node(usa, gbr).await;
+    let label = net.policy.scheme().parse("SECRET//REL TO GBR, USA").unwrap();
+    let envelope = |n: u8, created_us: u64, payload: &str| {
+        signer.seal(entente::envelope::Unsigned {
+            id: entente::envelope::MessageId([n; 16]),
+            origin: usa,
+            publisher: "usa.analyst".into(),
+            topic: entente::topic::Topic::new("news.usa").unwrap(),
+            label: label.clone(),
+            created_us,
+            payload: payload.as_bytes().to_vec(),
+        })
+    };
+    const BACKLOG: u8 = 6;
+    link.send_frame(&entente::wire::Frame::Resume { next: 1 }).await;
+    for n in 0..BACKLOG {
+        link.send_frame(&entente::wire::Frame::Forward(envelope(
+            n,
+            during_cut + u64::from(n),
+            "backlog",
+        )))
+        .await;
+    }
+    link.send_frame(&entente::wire::Frame::Forward(envelope(100, now_us(), "new")))
+        .await;
+    let delivery = tokio::time::timeout(Duration::from_secs(30), subscriber.next_delivery())
+        .await
+        .expect("the new message arrives")
+        .unwrap();
+    assert_eq!(delivery.payload, b"new", "the backlog was released");
+    until("GBR counting the refused backlog", || {
         let refused: u64 = records(&net, gbr)
             .iter()
             .filter(|r| {
                 r["reason"] == "cut-out"
-                    && r["detail"].as_str().is_some_and(|d| d.contains("created while it was cut out"))
+                    && r["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.contains("created while it was cut out"))
             })
             .map(|r| r["summary"]["count"].as_u64().unwrap_or(1))
             .sum();
-        refused >= DURING as u64
+        refused == u64::from(BACKLOG)
     })
     .await;
-    usa_analyst
-        .publish("news.usa", "SECRET//REL TO GBR, USA", b"after".to_vec())
-        .await
-        .unwrap();
-    let delivery = tokio::time::timeout(Duration::from_secs(30), subscriber.next_delivery())
-        .await
-        .expect("USA's new message arrives")
-        .unwrap();
-    assert_eq!(delivery.payload, b"after", "the backlog was released");
     net.shutdown().await;
 }
 
 /// A resolution signed by one admin, in the name of `nation`, with the
 /// certificate and key of `as_principal`.
-fn signed_by(net: &TestNetwork, resolution: &Resolution, nation: Nation, as_principal: &str) -> SignedResolution {
+fn signed_by(
+    net: &TestNetwork,
+    resolution: &Resolution,
+    nation: Nation,
+    as_principal: &str,
+) -> SignedResolution {
     let options: ClientOptions = net.options(as_principal);
     let key = entente::envelope::Signer::from_pkcs8(options.key.secret_der()).unwrap();
     let chain = options.cert_chain.iter().map(|c| c.as_ref().to_vec()).collect();
@@ -291,23 +391,34 @@ async fn resolutions_that_do_not_count_are_refused_and_change_nothing() {
     let itself = submit(&net, signed_by(&net, &cut(usa), usa, "usa.admin")).await;
     assert!(itself.unwrap_err().contains("does not vote on itself"));
     // An unknown nation.
-    let unknown = submit(&net, signed_by(&net, &cut(Nation::parse("CHN").unwrap()), gbr, "gbr.admin")).await;
+    let unknown = submit(
+        &net,
+        signed_by(&net, &cut(Nation::parse("CHN").unwrap()), gbr, "gbr.admin"),
+    )
+    .await;
     assert!(unknown.unwrap_err().contains("not a nation of the coalition"));
     // A forged signature.
     let mut forged = signed_by(&net, &cut(usa), fra, "fra.admin");
     forged.signatures[0].signature[7] ^= 0x40;
-    assert!(submit(&net, forged).await.unwrap_err().contains("does not verify"));
+    assert!(submit(&net, forged)
+        .await
+        .unwrap_err()
+        .contains("does not verify"));
     assert_eq!(bad_records(&net), 5, "each refusal is audited");
 
     // Too few signatures: taken, but not in force.
-    let pending = submit(&net, signed_by(&net, &cut(usa), gbr, "gbr.admin")).await.unwrap();
+    let pending = submit(&net, signed_by(&net, &cut(usa), gbr, "gbr.admin"))
+        .await
+        .unwrap();
     assert!(!pending.in_force && pending.needed == 3, "{pending:?}");
     assert!(net.control(gbr).status().unwrap().suspended.is_empty());
 
     // A cut, then a restore; the cut replayed after it changes nothing.
     let cut_id = resolve(&net, Action::Cut, "USA").await;
     suspended_on(&net, gbr, &["USA"]).await;
-    let in_force = admin::resolutions(net.options("gbr.admin"), TIMEOUT).await.unwrap();
+    let in_force = admin::resolutions(net.options("gbr.admin"), TIMEOUT)
+        .await
+        .unwrap();
     let old_cut = in_force
         .held
         .into_iter()
@@ -318,8 +429,13 @@ async fn resolutions_that_do_not_count_are_refused_and_change_nothing() {
     resolve(&net, Action::Restore, "USA").await;
     suspended_on(&net, gbr, &[]).await;
     let replayed = submit(&net, old_cut).await.unwrap_err();
-    assert!(replayed.contains("a newer resolution about USA is in force"), "{replayed}");
-    let held = admin::resolutions(net.options("gbr.admin"), TIMEOUT).await.unwrap();
+    assert!(
+        replayed.contains("a newer resolution about USA is in force"),
+        "{replayed}"
+    );
+    let held = admin::resolutions(net.options("gbr.admin"), TIMEOUT)
+        .await
+        .unwrap();
     assert!(
         held.held.iter().all(|s| s.signed.resolution.id() != cut_id),
         "the superseded cut is not kept: {held:#?}"

@@ -428,7 +428,10 @@ async fn try_set_cut(shared: &Arc<Shared>, nation: Nation, cut: bool) -> Result<
 
 /// The coalition's cuts and restores in force on this node.
 fn coalition(shared: &Shared) -> Cuts {
-    super::resolutions::coalition_cuts(&shared.resolutions.lock().unwrap_or_else(PoisonError::into_inner))
+    super::resolutions::enforced_cuts(
+        &shared.resolutions.lock().unwrap_or_else(PoisonError::into_inner),
+        shared.nation,
+    )
 }
 
 /// This node's own cuts and the coalition's, among the nations of `loaded`.
@@ -578,15 +581,27 @@ async fn apply(
 /// as purged (`cut` when its nation is cut out), forgets them, and returns
 /// how many there were. Seals carry no message and go unrecorded.
 async fn purge(shared: &Shared, rules: &Rules, peer: Nation) -> u64 {
+    let code = if rules.policy.is_suspended(peer) {
+        Reason::Cut
+    } else {
+        Reason::NoLongerAdmitted
+    };
+    purge_for(shared, rules, peer, code).await
+}
+
+/// As [`purge`], each message audited with `code`: `cut-by` when it is
+/// the peer that cut this nation out.
+pub(super) async fn purge_for(shared: &Shared, rules: &Rules, peer: Nation, code: Reason) -> u64 {
     let (held, recent) = shared.custody.outbox(peer).take_all();
     if held.is_empty() && recent.is_empty() {
         return 0;
     }
-    let code = if rules.policy.is_suspended(peer) {
-        Reason::Cut.code()
+    let why = if code == Reason::CutBy {
+        "which cut this nation out"
     } else {
-        Reason::NoLongerAdmitted.code()
+        "which this node no longer admits"
     };
+    let code = code.code();
     let mut purged = 0;
     for envelope in custody::envelopes(held.iter().map(|entry| entry.frame.clone())) {
         purged += 1;
@@ -596,9 +611,7 @@ async fn purge(shared: &Shared, rules: &Rules, peer: Nation) -> u64 {
                 Record::new(Event::Drop, Verdict::Deny, code)
                     .message(&envelope, &marking)
                     .subject(peer)
-                    .detail(format!(
-                        "it was held for {peer}, which this node no longer admits; purged, never sent"
-                    )),
+                    .detail(format!("it was held for {peer}, {why}; purged, never sent")),
             )
             .await;
     }

@@ -60,6 +60,7 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
         );
         return;
     }
+    shared.linked_again(peer);
     if let Some(cause) = shared.audit_failure() {
         // Before the link is registered: the peer's dial fails, so it
         // keeps what it would send (and audits it, on a log that works)
@@ -163,6 +164,9 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
                     )),
             )
             .await;
+    }
+    if outbound::closed_as_no_longer_admitted(&connection) {
+        shared.cut_out_by(peer, "it closed its link to this node").await;
     }
     if let Err(err) = result {
         close_after(&shared, &connection, subject, &err).await;

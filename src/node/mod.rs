@@ -512,6 +512,10 @@ struct Shared {
     router: Router,
     /// Every peer's outbox, and the store behind them.
     custody: custody::Custody,
+    /// Peers that cut this nation out (they closed its link as no longer
+    /// admitted, refused its certificate, or a resolution in force cuts
+    /// it): nothing is held for them until a link to them comes up again.
+    cut_by: RwLock<BTreeSet<Nation>>,
     /// The coalition's resolutions; locked for one call, never across an
     /// `.await`.
     resolutions: Mutex<crate::resolution::ResolutionLog>,
@@ -581,6 +585,9 @@ impl Shared {
         bounded: bool,
         changes: &mut Vec<Change>,
     ) -> Result<Reason, Reason> {
+        if self.is_cut_by(peer) {
+            return Err(Reason::CutBy);
+        }
         let linked = self.router.has_link(peer);
         match self.custody.hand_over(peer, frame, queued_us, bounded, changes) {
             Ok(()) if linked => Ok(Reason::PolicyAllows),
@@ -588,6 +595,52 @@ impl Shared {
             // The ticker cuts a live link whose outbox stays full (see
             // `cut_stalled_links`).
             Err(outbox::Full) => Err(Reason::OutboxFull),
+        }
+    }
+
+    /// Whether `peer` cut this nation out (see `cut_by`).
+    fn is_cut_by(&self, peer: Nation) -> bool {
+        self.cut_by
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&peer)
+    }
+
+    /// `peer` cut this nation out, as `how` says: what is held for it is
+    /// purged (audited `cut-by`) and nothing more is held for it, so
+    /// nothing published meanwhile goes to it when it takes this nation
+    /// back. Its dialer keeps trying.
+    async fn cut_out_by(&self, peer: Nation, how: &str) {
+        if !self
+            .cut_by
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(peer)
+        {
+            return;
+        }
+        warn!(%peer, how, "the peer cut this nation out; nothing more is held for it");
+        let purged = control::purge_for(self, &self.rules(), peer, Reason::CutBy).await;
+        self.audit(
+            Record::new(Event::Disconnect, Verdict::Deny, Reason::CutBy.code())
+                .subject(peer)
+                .detail(format!(
+                    "{peer} cut this nation out ({how}); {purged} message(s) held for it were purged, \
+                     and nothing more is held for it until it links again"
+                )),
+        )
+        .await;
+    }
+
+    /// A link with `peer` came up: it takes this nation again.
+    fn linked_again(&self, peer: Nation) {
+        if self
+            .cut_by
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&peer)
+        {
+            info!(%peer, "the peer takes this nation again");
         }
     }
 
@@ -872,7 +925,18 @@ impl Node {
             &config.policy,
             &config.trust.trust_store(&local.suspended)?,
         )?;
-        let cuts = local.and(&resolutions::coalition_cuts(&resolutions));
+        let cuts = local.and(&resolutions::enforced_cuts(&resolutions, config.nation));
+        // A node whose nation the coalition cut holds nothing for anyone,
+        // across a restart too, until its links return.
+        let cut_by: BTreeSet<Nation> = if resolutions.cut_out().contains(&config.nation) {
+            config
+                .policy
+                .nation(config.nation)
+                .map(|table| table.peers.iter().copied().collect())
+                .unwrap_or_default()
+        } else {
+            BTreeSet::new()
+        };
         let rules = Rules::new(
             config.policy.clone(),
             config.trust,
@@ -983,6 +1047,7 @@ impl Node {
             audit_failing: AtomicBool::new(false),
             custody,
             resolutions: Mutex::new(resolutions),
+            cut_by: RwLock::new(cut_by),
             principal_sessions: Arc::default(),
             endpoint: endpoint.endpoint,
             shutdown: stopped,

@@ -338,6 +338,16 @@ fn peer_address(shared: &Shared, peer: Nation) -> Result<(SocketAddr, String), L
     Ok((addr, address_host(&address).to_owned()))
 }
 
+/// Whether the peer closed `connection` because it no longer admits this
+/// node (it cut this nation out).
+pub(super) fn closed_as_no_longer_admitted(connection: &quinn::Connection) -> bool {
+    matches!(
+        connection.close_reason(),
+        Some(quinn::ConnectionError::ApplicationClosed(close))
+            if close.error_code == VarInt::from_u32(wire::close::NO_LONGER_ADMITTED)
+    )
+}
+
 /// How a link that was up ended.
 enum LinkEnd {
     /// It went down: the peer left, the network failed, or shutdown.
@@ -390,6 +400,7 @@ async fn run_link(
         );
         return Ok(LinkEnd::NoLongerAdmitted);
     }
+    shared.linked_again(peer);
 
     // Announcements go on a queue of their own: they are not held in
     // custody (a link that comes up gets every one the node holds).
@@ -464,6 +475,9 @@ async fn run_link(
         Some(quinn::ConnectionError::ApplicationClosed(close))
             if close.error_code == VarInt::from_u32(wire::close::REPLACED)
     );
+    if closed_as_no_longer_admitted(&connection) {
+        shared.cut_out_by(peer, "it closed this node's link to it").await;
+    }
     // What waits for the peer goes on by the tree without it (and to the
     // peer too, when it returns); not for a peer that another dialer
     // took the link from, or at shutdown.

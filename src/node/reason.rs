@@ -54,6 +54,9 @@ pub enum Reason {
     LinkReplaced,
     /// A message queued for a nation that was cut out: purged, never sent.
     Cut,
+    /// A peer that cut this nation out: nothing is held for it until it
+    /// links again.
+    CutBy,
     /// A coalition resolution, or signatures of one, taken.
     Resolution,
     /// A resolution, or a signature of one, refused.
@@ -103,6 +106,7 @@ impl Reason {
         match self {
             Reason::HandshakeFailed => "handshake-failed",
             Reason::Resolution => "resolution",
+            Reason::CutBy => "cut-by",
             Reason::BadResolution => "bad-resolution",
             Reason::NoIdentity => "no-identity",
             Reason::OwnPrincipal => "own-principal",

@@ -71,6 +71,17 @@ pub(super) fn coalition_cuts(log: &ResolutionLog) -> Cuts {
     }
 }
 
+/// What `own`'s node enforces of them: never a cut of its own nation,
+/// which would stop it dialing, so that it would never hear of its
+/// restore. Cut, it is refused by every partner, and holds nothing for
+/// them (`Shared::cut_out_by`).
+pub(super) fn enforced_cuts(log: &ResolutionLog, own: Nation) -> Cuts {
+    let mut cuts = coalition_cuts(log);
+    cuts.suspended.remove(&own);
+    cuts.restored.remove(&own);
+    cuts
+}
+
 /// Reads the log a node kept, each resolution checked again as if it had
 /// just come (a CRL may have revoked a signer since). An empty log if
 /// there is no file.
@@ -127,9 +138,9 @@ pub(super) struct Taken {
 
 /// Why a resolution in force changes nothing.
 fn superseded_by(log: &ResolutionLog, nation: Nation) -> String {
-    let newer = log
-        .standing(nation)
-        .map_or_else(String::new, |s| format!(" ({} {nation}, resolution {})", s.action, s.id));
+    let newer = log.standing(nation).map_or_else(String::new, |s| {
+        format!(" ({} {nation}, resolution {})", s.action, s.id)
+    });
     format!("a newer resolution about {nation} is in force{newer}, so it changes nothing")
 }
 
@@ -181,7 +192,9 @@ pub(super) async fn take(
                     if outcome.superseded {
                         let why = superseded_by(&log, signed_nation);
                         detail.push_str(&format!("; {why}"));
-                        taken.refused.get_or_insert_with(|| format!("resolution {id}: {why}"));
+                        taken
+                            .refused
+                            .get_or_insert_with(|| format!("resolution {id}: {why}"));
                     }
                     let mut record =
                         Record::new(Event::Admit, Verdict::Allow, Reason::Resolution.code()).detail(detail);
@@ -213,6 +226,20 @@ pub(super) async fn take(
     if before != after {
         if let Err(err) = control::apply_cuts(shared, "coalition resolution").await {
             warn!(cause = %err, "the coalition's cuts could not be applied");
+        }
+        if after.suspended.contains(&shared.nation) && !before.suspended.contains(&shared.nation) {
+            // This nation is the one cut: every partner has cut it.
+            let peers: Vec<Nation> = shared
+                .rules()
+                .loaded
+                .nation(shared.nation)
+                .map(|table| table.peers.iter().copied().collect())
+                .unwrap_or_default();
+            for peer in peers {
+                shared
+                    .cut_out_by(peer, "a coalition resolution in force cuts this nation out")
+                    .await;
+            }
         }
     }
     taken
