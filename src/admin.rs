@@ -288,8 +288,17 @@ fn sign_as(
     options: &ClientOptions,
     resolution: &Resolution,
 ) -> Result<crate::resolution::Signature, AdminError> {
-    let leaf = options
-        .cert_chain
+    signature(resolution, &options.cert_chain, &options.key)
+}
+
+/// Signs `resolution`, now, as the admin whose certificate chain (leaf
+/// first) and private key these are.
+pub fn signature(
+    resolution: &Resolution,
+    cert_chain: &[rustls_pki_types::CertificateDer<'static>],
+    key: &rustls_pki_types::PrivateKeyDer<'static>,
+) -> Result<crate::resolution::Signature, AdminError> {
+    let leaf = cert_chain
         .first()
         .ok_or_else(|| AdminError::Credentials("no certificate".into()))?;
     let nation = match crate::identity::claimed_identity(leaf) {
@@ -297,9 +306,9 @@ fn sign_as(
         Ok(other) => return Err(AdminError::Credentials(format!("the certificate is {other}'s"))),
         Err(err) => return Err(AdminError::Credentials(err.to_string())),
     };
-    let key = crate::envelope::Signer::from_pkcs8(options.key.secret_der())
+    let key = crate::envelope::Signer::from_pkcs8(key.secret_der())
         .map_err(|err| AdminError::Credentials(err.to_string()))?;
-    let chain = options.cert_chain.iter().map(|c| c.as_ref().to_vec()).collect();
+    let chain = cert_chain.iter().map(|c| c.as_ref().to_vec()).collect();
     Ok(resolution.sign(nation, crate::audit::now_us(), chain, &key))
 }
 

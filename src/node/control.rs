@@ -235,6 +235,17 @@ impl NodeControl {
     pub async fn restore(&self, nation: Nation) -> Result<Applied, ControlError> {
         set_cut(&self.shared()?, nation, false).await
     }
+
+    /// Adds a resolution, or signatures of it, as this node's admin
+    /// would; returns once what it put in force is applied here.
+    pub async fn submit(&self, signed: SignedResolution) -> Result<ResolutionStatus, ControlError> {
+        submit(&self.shared()?, signed).await
+    }
+
+    /// The resolutions this node holds.
+    pub fn resolutions(&self) -> Result<ResolutionsHeld, ControlError> {
+        Ok(resolutions_held(&*self.shared()?))
+    }
 }
 
 pub(super) async fn run(shared: &Arc<Shared>, command: &AdminCommand) -> Result<AdminReply, ControlError> {

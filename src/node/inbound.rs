@@ -30,7 +30,7 @@ use crate::wire::{close, Frame};
 
 pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nation) {
     let subject = peer.to_string();
-    let (mut send, recv) = match accept_hello(&shared, &connection).await {
+    let (mut send, mut recv) = match accept_hello(&shared, &connection).await {
         Ok(streams) => streams,
         Err(err) => return close_after(&shared, &connection, subject, &err).await,
     };
@@ -44,8 +44,13 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
     {
         return close_after(&shared, &connection, subject, &err).await;
     }
+    if let Some(cause) = shared.audit_failure() {
+        // Before the link is registered: the peer's dial fails, so it
+        // keeps what it would send (and audits it, on a log that works)
+        // and dials again with its backoff.
+        return refuse_unaudited(&shared, &connection, peer, cause).await;
+    }
     // Each end's resolutions, before anything else (see `resolutions`).
-    let mut recv = recv;
     let exchanged = async {
         resolutions::send_log(&shared, &mut send).await?;
         resolutions::receive_log(&shared, peer, &mut recv).await
@@ -61,12 +66,6 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
         return;
     }
     shared.linked_again(peer);
-    if let Some(cause) = shared.audit_failure() {
-        // Before the link is registered: the peer's dial fails, so it
-        // keeps what it would send (and audits it, on a log that works)
-        // and dials again with its backoff.
-        return refuse_unaudited(&shared, &connection, peer, cause).await;
-    }
     // One inbound link per peer: the newest wins, so a peer that opens
     // many links gets one budget of envelopes waiting for seals, not one
     // per link. The old link's reader fails at once on the close, and its

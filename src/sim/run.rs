@@ -46,6 +46,10 @@ pub enum SimError {
     /// A socket could not be bound.
     #[error("cannot bind a UDP socket on 127.0.0.1: {0}")]
     Bind(std::io::Error),
+    /// The events do not fit the run (such as one past its end, with
+    /// `--duration`).
+    #[error("the scenario's events: {0}")]
+    Events(String),
     /// A client could not connect or subscribe during set-up.
     #[error("{principal} could not start: {cause}")]
     Client {
@@ -123,7 +127,7 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> Result<Report
         scenario.duration = duration;
     }
     let scenario = scenario;
-    let events = scenario.events();
+    let events = scenario.events().map_err(SimError::Events)?;
     let progress = Reporter::new(options.progress.clone(), scenario.duration);
     progress.stage("starting");
 
@@ -748,6 +752,89 @@ impl Nodes {
             .collect()
     }
 
+    /// A coalition resolution cutting or restoring `nation`, as the
+    /// admins would make it: proposed by the first running nation with an
+    /// admin, signed by the next until the quorum, each on its own node.
+    /// Returns once every running node but `nation`'s has applied it, with
+    /// how long that took after the last signature.
+    async fn resolve(&self, cut: bool, nation: Nation) -> Result<String, String> {
+        use crate::resolution::Action as Resolved;
+        let action = if cut { Resolved::Cut } else { Resolved::Restore };
+        let voters: Vec<(Nation, &str)> = self
+            .running
+            .keys()
+            .filter(|&&n| n != nation)
+            .filter_map(|&n| {
+                let admin = self.policy.principals().find(|p| p.nation == n && p.is_admin())?;
+                Some((n, admin.name.as_str()))
+            })
+            .collect();
+        let members = self.policy.nations().len();
+        let needed = self.policy.quorum().needed(members.saturating_sub(1));
+        if voters.len() < needed {
+            return Err(format!(
+                "{action} {nation} needs {needed} nations' admins to sign, and only {} nodes with an admin are running",
+                voters.len()
+            ));
+        }
+        let first = &self.running[&voters[0].0].control;
+        let next_seq = first.resolutions().map_err(|err| err.to_string())?.next_seq;
+        let resolution = crate::resolution::Resolution {
+            seq: next_seq,
+            action,
+            nation,
+            created_us: crate::audit::now_us(),
+        };
+        for &(voter, admin) in voters.iter().take(needed) {
+            let identity = Identity::Principal {
+                nation: voter,
+                name: admin.to_owned(),
+            };
+            let (cert, key) = self.layout.cert_and_key(&identity);
+            let chain = vec![pki::read_cert(&cert).map_err(|err| err.to_string())?];
+            let key = pki::read_key(&key).map_err(|err| err.to_string())?;
+            let signature =
+                crate::admin::signature(&resolution, &chain, &key).map_err(|err| err.to_string())?;
+            let signed = crate::resolution::SignedResolution {
+                resolution: resolution.clone(),
+                signatures: vec![signature],
+            };
+            self.running[&voter]
+                .control
+                .submit(signed)
+                .await
+                .map_err(|err| format!("{voter}'s admin signing: {err}"))?;
+        }
+        let last_signature = std::time::Instant::now();
+        let others = self.controls(Some(nation));
+        let applied = |control: &NodeControl| {
+            control
+                .status()
+                .is_ok_and(|status| status.suspended.iter().any(|n| n == nation.as_str()) == cut)
+        };
+        while !others.iter().all(|(_, control)| applied(control)) {
+            if last_signature.elapsed() > Duration::from_secs(10) {
+                let behind: Vec<String> = others
+                    .iter()
+                    .filter(|(_, control)| !applied(control))
+                    .map(|(n, _)| n.to_string())
+                    .collect();
+                return Err(format!(
+                    "resolution {} in force, but not applied on {} after 10 s",
+                    resolution.id(),
+                    behind.join(", ")
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(format!(
+            "resolution {} signed by {needed} nations' admins; applied by all {} running nodes {:.1} ms after the last signature",
+            resolution.id(),
+            others.len(),
+            last_signature.elapsed().as_secs_f64() * 1000.0
+        ))
+    }
+
     /// Applies one event; reports when it started and took effect.
     async fn apply(&mut self, event: &EventSpec, clock: &Clock) -> EventReport {
         let started_us = clock.now_us();
@@ -772,24 +859,13 @@ impl Nodes {
         match action {
             Action::Cut { nation } | Action::Restore { nation } => {
                 let cut = matches!(action, Action::Cut { .. });
-                let calls = self.controls(Some(*nation)).into_iter().map(|(n, control)| {
-                    let nation = *nation;
-                    async move {
-                        let result = if cut {
-                            control.cut(nation).await
-                        } else {
-                            control.restore(nation).await
-                        };
-                        (n, result)
-                    }
-                });
-                let results = futures_join_all(calls).await;
+                let outcome = self.resolve(cut, *nation).await;
                 if cut {
                     self.world.cut.insert(*nation);
                 } else {
                     self.world.cut.remove(nation);
                 }
-                summarise(results, |applied| applied.purged)
+                outcome
             }
             Action::LinkDown { between: [a, b] } | Action::LinkUp { between: [a, b] } => {
                 let up = matches!(action, Action::LinkUp { .. });

@@ -317,12 +317,22 @@ impl Scenario {
         let mut publishers = Vec::new();
         for p in &file.publishers {
             let nation = principal_nation(&p.principal, "publisher")?;
-            Topic::new(p.topic.as_str())
+            let topic = Topic::new(p.topic.as_str())
                 .map_err(|err| invalid(format!("publisher {}: {err}", p.principal)))?;
-            policy
+            let label = policy
                 .scheme()
                 .parse(&p.marking)
                 .map_err(|err| invalid(format!("publisher {}: {err}", p.principal)))?;
+            if let Some(principal) = policy.principal(&p.principal) {
+                if let crate::policy::Decision::Deny { message, .. } =
+                    policy.may_publish(principal, &topic, &label)
+                {
+                    return Err(invalid(format!(
+                        "publisher {}: every publish would be refused: {message}",
+                        p.principal
+                    )));
+                }
+            }
             if !(p.rate > 0.0 && p.rate <= 10_000.0) {
                 return Err(invalid(format!(
                     "publisher {}: rate {} is not between 0 and 10000 messages per second",
@@ -347,8 +357,15 @@ impl Scenario {
         let mut subscribers = Vec::new();
         for s in &file.subscribers {
             let nation = principal_nation(&s.principal, "subscriber")?;
-            Pattern::new(s.pattern.as_str())
+            let pattern = Pattern::new(s.pattern.as_str())
                 .map_err(|err| invalid(format!("subscriber {}: {err}", s.principal)))?;
+            if let Some(principal) = policy.principal(&s.principal) {
+                if let crate::policy::Decision::Deny { message, .. } =
+                    policy.may_subscribe(principal, &pattern)
+                {
+                    return Err(invalid(format!("subscriber {}: {message}", s.principal)));
+                }
+            }
             subscribers.push(SubscriberSpec {
                 principal: s.principal.clone(),
                 nation,
@@ -371,7 +388,7 @@ impl Scenario {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "scenario".into());
-        Ok(Scenario {
+        let scenario = Scenario {
             name,
             description: file.description.unwrap_or_default(),
             network_file,
@@ -381,12 +398,15 @@ impl Scenario {
             publishers,
             subscribers,
             events,
-        })
+        };
+        scenario.events().map_err(|err| invalid(format!("event {err}")))?;
+        Ok(scenario)
     }
 
-    /// The events in time order, placed within `duration`. Events past the
-    /// end are left out.
-    pub fn events(&self) -> Vec<EventSpec> {
+    /// The events in time order, placed within `duration`. An event past
+    /// the end, a restart of a node that is not down, or a crash of one
+    /// that is, is an error that names it.
+    pub fn events(&self) -> Result<Vec<EventSpec>, String> {
         let mut events: Vec<EventSpec> = self
             .events
             .iter()
@@ -397,10 +417,34 @@ impl Scenario {
                 },
                 action: action.clone(),
             })
-            .filter(|event| event.at < self.duration)
             .collect();
         events.sort_by_key(|event| event.at);
-        events
+        let mut down = BTreeSet::new();
+        for event in &events {
+            let at = event.at;
+            if at >= self.duration {
+                return Err(format!(
+                    "`{}` at {at:?} is past the end of the run ({:?}): move it earlier, or run longer",
+                    event.action, self.duration
+                ));
+            }
+            match &event.action {
+                Action::NodeCrash { nation } if !down.insert(*nation) => {
+                    return Err(format!(
+                        "`{}` at {at:?}: {nation}'s node is already down",
+                        event.action
+                    ));
+                }
+                Action::NodeRestart { nation } if !down.remove(nation) => {
+                    return Err(format!(
+                        "`{}` at {at:?}: {nation}'s node is not down (a restart follows a `node-crash {nation}`)",
+                        event.action
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(events)
     }
 
     /// The link between `a` and `b`, if the network file configures one.
@@ -681,7 +725,7 @@ pattern = ">"
             let scenario = Scenario::load(&path).unwrap_or_else(|err| panic!("{err}"));
             assert_eq!(scenario.name, name);
             assert!(!scenario.network_file.to_string_lossy().contains(".."));
-            assert!(!scenario.events().is_empty());
+            assert!(!scenario.events().unwrap().is_empty());
         }
     }
 
@@ -706,19 +750,68 @@ pattern = ">"
     }
 
     #[test]
-    fn events_at_a_share_move_with_the_duration_and_late_ones_are_dropped() {
+    fn events_at_a_share_move_with_the_duration_and_late_ones_are_refused() {
         let mut scenario = parse(&format!(
             "{TRAFFIC}\n[[events]]\nat = \"50%\"\nevent = \"cut USA\"\n[[events]]\nat = \"8s\"\nevent = \"restore USA\"\n"
         ))
         .unwrap();
-        let events = scenario.events();
+        let events = scenario.events().unwrap();
         assert_eq!(events[0].at, Duration::from_secs(5));
         assert_eq!(events[1].at, Duration::from_secs(8));
         scenario.duration = Duration::from_secs(4);
-        let events = scenario.events();
-        assert_eq!(events.len(), 1);
-        assert_eq!(events[0].at, Duration::from_secs(2));
-        assert_eq!(events[0].action.to_string(), "cut USA");
+        let err = scenario.events().unwrap_err();
+        assert!(
+            err.contains("`restore USA` at 8s is past the end of the run (4s)"),
+            "{err}"
+        );
+        // In the file itself, too.
+        let err = error(&format!(
+            "{TRAFFIC}\n[[events]]\nat = \"11s\"\nevent = \"cut USA\"\n"
+        ));
+        assert!(err.contains("past the end of the run"), "{err}");
+    }
+
+    /// What the run would refuse at set-up, or every time, is refused
+    /// when the scenario loads, saying why.
+    #[test]
+    fn publishers_and_subscribers_the_policy_refuses_are_refused_at_load() {
+        let subscriber = error(
+            "[[publishers]]\nprincipal = \"gbr.analyst\"\ntopic = \"a.b\"\nmarking = \"SECRET//REL TO NATO\"\nrate = 10\n\
+             [[subscribers]]\nprincipal = \"gbr.sigint\"\npattern = \"a.>\"\n",
+        );
+        assert!(
+            subscriber.contains("subscriber gbr.sigint") && subscriber.contains("a.>"),
+            "{subscriber}"
+        );
+        let no_rights = error(
+            "[[publishers]]\nprincipal = \"gbr.clerk\"\ntopic = \"a.b\"\nmarking = \"RESTRICTED//REL TO NATO\"\nrate = 10\n\
+             [[subscribers]]\nprincipal = \"gbr.analyst\"\npattern = \">\"\n",
+        );
+        assert!(
+            no_rights.contains("every publish would be refused"),
+            "{no_rights}"
+        );
+        let above = error(
+            "[[publishers]]\nprincipal = \"gbr.clerk\"\ntopic = \"admin.x\"\nmarking = \"SECRET//REL TO NATO\"\nrate = 10\n\
+             [[subscribers]]\nprincipal = \"gbr.analyst\"\npattern = \">\"\n",
+        );
+        assert!(above.contains("every publish would be refused"), "{above}");
+    }
+
+    #[test]
+    fn restarts_need_a_crash_and_crashes_a_running_node() {
+        let restart = error(&format!(
+            "{TRAFFIC}\n[[events]]\nat = \"1s\"\nevent = \"node-restart POL\"\n"
+        ));
+        assert!(restart.contains("POL's node is not down"), "{restart}");
+        let twice = error(&format!(
+            "{TRAFFIC}\n[[events]]\nat = \"1s\"\nevent = \"node-crash POL\"\n[[events]]\nat = \"2s\"\nevent = \"node-crash POL\"\n"
+        ));
+        assert!(twice.contains("already down"), "{twice}");
+        let both = format!(
+            "{TRAFFIC}\n[[events]]\nat = \"1s\"\nevent = \"node-crash POL\"\n[[events]]\nat = \"2s\"\nevent = \"node-restart POL\"\n"
+        );
+        assert_eq!(parse(&both).unwrap().events().unwrap().len(), 2);
     }
 
     #[test]
