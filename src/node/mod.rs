@@ -177,6 +177,22 @@ pub struct NodeSettings {
     /// fail-closed paths can be tested without breaking a file system.
     #[cfg(feature = "fault-injection")]
     pub audit_failure: Option<Arc<Mutex<Option<String>>>>,
+    /// Test only: breaks invariant 5 on purpose, so a test can show the
+    /// simulator's oracle catches it.
+    #[cfg(feature = "fault-injection")]
+    pub cut_faults: CutFaults,
+}
+
+/// Test only: ways to break invariant 5 on purpose.
+#[cfg(feature = "fault-injection")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CutFaults {
+    /// The node neither keeps nor takes coalition resolutions: restarted,
+    /// it has forgotten every cut.
+    pub forget_resolutions: bool,
+    /// A restored nation's messages from its cut are accepted, and a cut
+    /// node keeps holding messages for the partners that cut it.
+    pub release_backlog: bool,
 }
 
 /// Sessions one principal may hold at once, unless configured otherwise.
@@ -205,6 +221,8 @@ impl Default for NodeSettings {
             leak_once: None,
             #[cfg(feature = "fault-injection")]
             audit_failure: None,
+            #[cfg(feature = "fault-injection")]
+            cut_faults: CutFaults::default(),
         }
     }
 }
@@ -491,6 +509,10 @@ struct Shared {
     started: std::time::Instant,
     /// The nations a dialer task runs for.
     dialers: Mutex<BTreeSet<Nation>>,
+    /// Wakes a peer's dialer from its backoff: the peer just dialed this
+    /// node, so it is up, and its link from here need not wait (what this
+    /// node floods, resolutions first, goes on that link).
+    dialer_wake: dashmap::DashMap<Nation, Arc<tokio::sync::Notify>>,
     /// Woken when a reload may have added peers: the accept loop starts
     /// their dialers among its own tasks, so they are joined and their
     /// panics reported like the rest.
@@ -600,10 +622,22 @@ impl Shared {
 
     /// Whether `peer` cut this nation out (see `cut_by`).
     fn is_cut_by(&self, peer: Nation) -> bool {
+        #[cfg(feature = "fault-injection")]
+        if self.settings.cut_faults.release_backlog {
+            return false;
+        }
         self.cut_by
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .contains(&peer)
+    }
+
+    /// Test only: whether this node forgets coalition resolutions.
+    fn forgets_resolutions(&self) -> bool {
+        #[cfg(feature = "fault-injection")]
+        return self.settings.cut_faults.forget_resolutions;
+        #[cfg(not(feature = "fault-injection"))]
+        false
     }
 
     /// `peer` cut this nation out, as `how` says: what is held for it is
@@ -630,6 +664,11 @@ impl Shared {
                 )),
         )
         .await;
+    }
+
+    /// What wakes `peer`'s dialer.
+    fn dialer_wake(&self, peer: Nation) -> Arc<tokio::sync::Notify> {
+        self.dialer_wake.entry(peer).or_default().clone()
     }
 
     /// A link with `peer` came up: it takes this nation again.
@@ -920,11 +959,22 @@ impl Node {
         // This node's own cuts, and the coalition's resolutions it kept
         // (their signers checked under every CA but those it cut).
         let local = control::read_local_cuts(&config.data_dir, &config.policy)?;
-        let resolutions = resolutions::load(
-            &config.data_dir,
-            &config.policy,
-            &config.trust.trust_store(&local.suspended)?,
-        )?;
+        #[cfg(feature = "fault-injection")]
+        let forget = config.settings.cut_faults.forget_resolutions;
+        #[cfg(not(feature = "fault-injection"))]
+        let forget = false;
+        let resolutions = if forget {
+            crate::resolution::ResolutionLog::new(
+                config.policy.nations().keys().copied().collect(),
+                config.policy.quorum(),
+            )
+        } else {
+            resolutions::load(
+                &config.data_dir,
+                &config.policy,
+                &config.trust.trust_store(&local.suspended)?,
+            )?
+        };
         let cuts = local.and(&resolutions::enforced_cuts(&resolutions, config.nation));
         // A node whose nation the coalition cut holds nothing for anyone,
         // across a restart too, until its links return.
@@ -985,6 +1035,8 @@ impl Node {
                 max_subscriptions: config.settings.max_subscriptions,
                 #[cfg(feature = "fault-injection")]
                 leak_once: config.settings.leak_once.clone(),
+                #[cfg(feature = "fault-injection")]
+                release_cut_backlog: config.settings.cut_faults.release_backlog,
                 ..RoutingSettings::default()
             },
         );
@@ -1033,6 +1085,7 @@ impl Node {
             data_dir: config.data_dir,
             started: std::time::Instant::now(),
             dialers: Mutex::default(),
+            dialer_wake: dashmap::DashMap::new(),
             peers_added: tokio::sync::Notify::new(),
             cert_chain: config.cert_chain,
             key: config.key,

@@ -241,6 +241,7 @@ pub(super) async fn dial_forever(shared: Arc<Shared>, peer: Nation) {
     let mut shutdown = shared.shutdown.clone();
     let mut rules_changed = shared.rules_changed.subscribe();
     let mut backoff = FIRST_BACKOFF;
+    let wake = shared.dialer_wake(peer);
     while !*shutdown.borrow() {
         // Marked seen before the rules are read, so a change that lands
         // in between still wakes the wait below.
@@ -304,6 +305,8 @@ pub(super) async fn dial_forever(shared: Arc<Shared>, peer: Nation) {
         }
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
+            // The peer dialed this node: it is up.
+            () = wake.notified() => backoff = FIRST_BACKOFF,
             _ = shutdown.changed() => return,
         }
         backoff = (backoff * 2).min(shared.settings.max_redial_backoff);

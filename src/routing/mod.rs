@@ -328,6 +328,9 @@ pub struct RoutingSettings {
     /// simulator's oracle catches a leak. Never compiled into a release.
     #[cfg(feature = "fault-injection")]
     pub leak_once: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Test only: a restored nation's messages from its cut are accepted.
+    #[cfg(feature = "fault-injection")]
+    pub release_cut_backlog: bool,
 }
 
 impl Default for RoutingSettings {
@@ -338,6 +341,8 @@ impl Default for RoutingSettings {
             hold_us: DEFAULT_HOLD_US,
             #[cfg(feature = "fault-injection")]
             leak_once: None,
+            #[cfg(feature = "fault-injection")]
+            release_cut_backlog: false,
         }
     }
 }
@@ -1042,6 +1047,22 @@ impl Routing {
 
     /// The canonical marking and the eligible nations of a label from
     /// `origin`: the origin and every nation `may_forward` allows.
+    /// [`Routing::eligibility`] for one envelope: without the nations
+    /// that were cut out when it was created (restored since), so a copy
+    /// routed after a restore (held for a peer that was down, routed
+    /// again) never reaches a nation that may not have had it then.
+    fn eligibility_of(&mut self, envelope: &Envelope) -> (NationSet, Arc<str>) {
+        let (mut eligible, marking) = self.eligibility(envelope.origin, &envelope.label);
+        for (&nation, &restored_us) in &self.restored {
+            if envelope.created_us <= restored_us && nation != envelope.origin {
+                if let Some(index) = self.nations.index(nation) {
+                    eligible.remove(index);
+                }
+            }
+        }
+        (eligible, marking)
+    }
+
     fn eligibility(&mut self, origin: Nation, label: &Label) -> (NationSet, Arc<str>) {
         let memo = self.label_memo(origin, label);
         (memo.eligible, memo.marking.clone())
@@ -1165,7 +1186,13 @@ impl Routing {
                 now_us,
             ));
         }
-        if let Some(&restored_us) = self.restored.get(&origin) {
+        #[cfg(feature = "fault-injection")]
+        let restored = (!self.settings.release_cut_backlog)
+            .then(|| self.restored.get(&origin).copied())
+            .flatten();
+        #[cfg(not(feature = "fault-injection"))]
+        let restored = self.restored.get(&origin).copied();
+        if let Some(restored_us) = restored {
             if envelope.created_us <= restored_us {
                 let marking = self.label_memo(origin, &envelope.label).marking.clone();
                 return Err(self.refuse(
@@ -1211,7 +1238,7 @@ impl Routing {
         now_us: u64,
     ) -> Result<Route, Refused> {
         let origin = envelope.origin;
-        let (eligible, marking) = self.eligibility(origin, &envelope.label);
+        let (eligible, marking) = self.eligibility_of(envelope);
         match source {
             Source::Local => {
                 self.counters.published += 1;
@@ -1347,7 +1374,7 @@ impl Routing {
     /// origin) and whose seal has now verified: a route with nobody to
     /// deliver to (that was done on arrival).
     pub fn relay(&mut self, envelope: &Envelope, from: Nation, now_us: u64) -> Route {
-        let (eligible, marking) = self.eligibility(envelope.origin, &envelope.label);
+        let (eligible, marking) = self.eligibility_of(envelope);
         let children = self.children(envelope, eligible, Some(from), now_us);
         Route {
             deliver: Vec::new(),

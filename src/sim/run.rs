@@ -77,6 +77,13 @@ pub struct SimOptions {
     /// can show the oracle catches it.
     #[cfg(feature = "fault-injection")]
     pub leak_once: bool,
+    /// Test only: a node restarted after a crash forgets every coalition
+    /// resolution, so a test can show the oracle catches the leak.
+    #[cfg(feature = "fault-injection")]
+    pub forget_cuts_on_restart: bool,
+    /// Test only: a restore releases the cut nation's backlog.
+    #[cfg(feature = "fault-injection")]
+    pub release_cut_backlog: bool,
 }
 
 /// What the simulation is doing, for a progress bar.
@@ -306,16 +313,25 @@ fn check_audit_logs(data_root: &std::path::Path, scenario: &Scenario) -> Vec<sup
 /// once traffic starts, so a probe cannot use it up).
 fn node_settings(options: &SimOptions) -> (NodeSettings, Option<Arc<std::sync::atomic::AtomicBool>>) {
     #[cfg(feature = "fault-injection")]
-    if options.leak_once {
-        let leak = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let leak = options
+            .leak_once
+            .then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
         let settings = NodeSettings {
-            leak_once: Some(leak.clone()),
+            leak_once: leak.clone(),
+            cut_faults: crate::node::CutFaults {
+                release_backlog: options.release_cut_backlog,
+                forget_resolutions: options.forget_cuts_on_restart,
+            },
             ..NodeSettings::default()
         };
-        return (settings, Some(leak));
+        (settings, leak)
     }
-    let _ = options;
-    (NodeSettings::default(), None)
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        let _ = options;
+        (NodeSettings::default(), None)
+    }
 }
 
 /// Microseconds since traffic started; before that, 0.
@@ -700,13 +716,19 @@ impl Nodes {
             world: World::default(),
         };
         for (nation, socket) in sockets {
-            let node = nodes.spawn(nation, socket)?;
+            let node = nodes.spawn(nation, socket, false)?;
             nodes.running.insert(nation, node);
         }
         Ok(nodes)
     }
 
-    fn spawn(&self, nation: Nation, socket: Arc<dyn quinn::AsyncUdpSocket>) -> Result<SimNode, SimError> {
+    /// Starts `nation`'s node on `socket`; `restarted` after a crash.
+    fn spawn(
+        &self,
+        nation: Nation,
+        socket: Arc<dyn quinn::AsyncUdpSocket>,
+        restarted: bool,
+    ) -> Result<SimNode, SimError> {
         let mut config = NodeConfig::load(
             nation,
             self.policy.clone(),
@@ -716,6 +738,14 @@ impl Nodes {
         config.network_file = Some(self.network_file.clone());
         config.peer_addresses = self.addresses.clone();
         config.settings = self.settings.clone();
+        // The run's settings ask for forgetting on restart (see
+        // `node_settings`); a node started with the run forgets nothing.
+        #[cfg(feature = "fault-injection")]
+        {
+            config.settings.cut_faults.forget_resolutions &= restarted;
+        }
+        #[cfg(not(feature = "fault-injection"))]
+        let _ = restarted;
         let socket = self.wan.socket(nation, socket);
         let endpoint = node::endpoint_on(&config, socket.clone())?;
         let node = node::Node::start(config, endpoint)?;
@@ -806,19 +836,27 @@ impl Nodes {
                 .map_err(|err| format!("{voter}'s admin signing: {err}"))?;
         }
         let last_signature = std::time::Instant::now();
-        let others = self.controls(Some(nation));
         let applied = |control: &NodeControl| {
             control
                 .status()
                 .is_ok_and(|status| status.suspended.iter().any(|n| n == nation.as_str()) == cut)
         };
-        while !others.iter().all(|(_, control)| applied(control)) {
+        let mut waiting = self.controls(Some(nation));
+        let nodes = waiting.len();
+        let mut slowest = None;
+        while !waiting.is_empty() {
+            waiting.retain(|(n, control)| {
+                let done = applied(control);
+                if done {
+                    slowest = Some((*n, last_signature.elapsed()));
+                }
+                !done
+            });
+            if waiting.is_empty() {
+                break;
+            }
             if last_signature.elapsed() > Duration::from_secs(10) {
-                let behind: Vec<String> = others
-                    .iter()
-                    .filter(|(_, control)| !applied(control))
-                    .map(|(n, _)| n.to_string())
-                    .collect();
+                let behind: Vec<String> = waiting.iter().map(|(n, _)| n.to_string()).collect();
                 return Err(format!(
                     "resolution {} in force, but not applied on {} after 10 s",
                     resolution.id(),
@@ -827,11 +865,11 @@ impl Nodes {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        let (last, took) = slowest.unwrap_or((nation, Duration::ZERO));
         Ok(format!(
-            "resolution {} signed by {needed} nations' admins; applied by all {} running nodes {:.1} ms after the last signature",
+            "resolution {} signed by {needed} nations' admins; applied by all {nodes} running nodes {:.1} ms after the last signature (the last: {last})",
             resolution.id(),
-            others.len(),
-            last_signature.elapsed().as_secs_f64() * 1000.0
+            took.as_secs_f64() * 1000.0
         ))
     }
 
@@ -912,7 +950,7 @@ impl Nodes {
                         "{nation}'s crashed node did not let go of its data folder"
                     ));
                 }
-                match self.spawn(*nation, socket.clone()) {
+                match self.spawn(*nation, socket.clone(), true) {
                     Ok(node) => {
                         self.running.insert(*nation, node);
                         self.wan.set_node_up(*nation, true);

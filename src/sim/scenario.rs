@@ -720,7 +720,11 @@ pattern = ">"
 
     #[test]
     fn the_shipped_scenarios_load() {
-        for name in ["europe-cut-usa", "nordic-air-command"] {
+        for name in [
+            "europe-cut-usa",
+            "nordic-air-command",
+            "europe-cut-deu-relay-crash",
+        ] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("config/scenarios/{name}.toml"));
             let scenario = Scenario::load(&path).unwrap_or_else(|err| panic!("{err}"));
             assert_eq!(scenario.name, name);
