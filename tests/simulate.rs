@@ -298,3 +298,94 @@ event = "link-up FIN SWE"
         .unwrap();
     assert!(link.dropped > 0, "{link:?}");
 }
+
+/// The shipped scenario: Germany cut by a coalition resolution, Poland's
+/// relay node crashed during the cut and restarted before the restore.
+fn cut_with_a_relay_crash() -> Scenario {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/scenarios/europe-cut-deu-relay-crash.toml");
+    Scenario::load(&path).expect("the shipped scenario loads")
+}
+
+async fn run_with(scenario: &Scenario, options: SimOptions) -> Report {
+    simulate(
+        scenario,
+        SimOptions {
+            duration: Some(Duration::from_secs(16)),
+            ..options
+        },
+    )
+    .await
+    .expect("the simulation runs")
+}
+
+fn leaks_to(report: &Report, subscriber: &str) -> usize {
+    report
+        .verdict
+        .findings
+        .iter()
+        .filter(|f| f.kind == "leak" && f.subscriber == subscriber)
+        .count()
+}
+
+/// A relay that crashes during a cut and restarts before the restore
+/// applies the cut from its peers' logs before it links to anyone, and
+/// nothing the cut nation published while cut is released by the restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_restarted_during_a_cut_applies_it_and_the_restore_releases_nothing() {
+    let report = run_with(&cut_with_a_relay_crash(), SimOptions::default()).await;
+    let v = &report.verdict;
+    assert!(v.passed, "{}", report.summary());
+    assert_eq!((v.leaks, v.unexplained_losses), (0, 0));
+    assert_eq!(report.events.len(), 4);
+    for event in &report.events {
+        assert!(event.ok, "{event:?}");
+    }
+    assert!(
+        report.events[0].detail.contains("signed by 8 nations' admins"),
+        "{:?}",
+        report.events[0]
+    );
+    // DEU published throughout: what it published while cut reached no
+    // one (no leak above), and what it published before and after did.
+    assert!(delivered(&report, "DEU", "GBR", 0) > 0);
+    let last = report.phases.len() - 1;
+    assert!(delivered(&report, "DEU", "GBR", last) > 0, "{}", report.summary());
+}
+
+/// The oracle fails a run in which the restarted relay forgets the cut:
+/// it links to the cut nation again and delivers to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oracle_fails_a_run_where_a_restarted_node_forgets_a_cut() {
+    let report = run_with(
+        &cut_with_a_relay_crash(),
+        SimOptions {
+            forget_cuts_on_restart: true,
+            ..SimOptions::default()
+        },
+    )
+    .await;
+    assert!(!report.verdict.passed, "{}", report.summary());
+    assert!(leaks_to(&report, "deu.analyst") > 0, "{}", report.summary());
+}
+
+/// The oracle fails a run in which the restore releases what the cut
+/// nation published while it was cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oracle_fails_a_run_where_the_restore_releases_the_backlog() {
+    let report = run_with(
+        &cut_with_a_relay_crash(),
+        SimOptions {
+            release_cut_backlog: true,
+            ..SimOptions::default()
+        },
+    )
+    .await;
+    assert!(!report.verdict.passed, "{}", report.summary());
+    let from_deu = report
+        .verdict
+        .findings
+        .iter()
+        .filter(|f| f.kind == "leak" && f.publisher == "deu.analyst")
+        .count();
+    assert!(from_deu > 0, "{}", report.summary());
+}
