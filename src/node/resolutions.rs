@@ -56,7 +56,7 @@ impl SignerCheck for AdminCheck<'_> {
         }
         if !has_admin_role(leaf).map_err(|err| err.to_string())? {
             return Err(format!(
-                "{identity} is not an admin: its certificate does not carry {ADMIN_ROLE_URI}"
+                "{identity} is not an admin: its certificate does not carry {ADMIN_ROLE_URI} (an admin's certificate issued before roles were marked needs issuing again)"
             ));
         }
         ed25519_public_key(leaf).map_err(|err| err.to_string())

@@ -1501,3 +1501,41 @@ fn a_churning_member_is_paced_and_its_records_stay_small() {
         "{last:?}"
     );
 }
+
+/// After a restore, what the restored nation created up to the restore is
+/// refused wherever it arrives, and nothing created up to then is routed
+/// to it (a copy held, or routed again, after the restore); what is
+/// created after goes both ways (invariant 5).
+#[test]
+fn the_cut_period_is_never_released_after_a_restore() {
+    let policy = chain_policy();
+    let mut mesh = Mesh::new(policy.clone(), &BTreeSet::new());
+    let usa = policy.principal("usa.analyst").unwrap().clone();
+    let lva = policy.principal("lva.analyst").unwrap().clone();
+    mesh.subscribe(&usa, "sigint.>").unwrap();
+    mesh.subscribe(&lva, "sigint.>").unwrap();
+    mesh.settle();
+    let restored_us = mesh.now;
+    for node in mesh.nodes.values_mut() {
+        node.set_restored(BTreeMap::from([(nation("USA"), restored_us)]));
+    }
+    let label = policy.scheme().parse("SECRET//REL TO EVERYONE").unwrap();
+    let topic = Topic::new("sigint.ru").unwrap();
+    // Created at the restore, so during the cut: USA gets nothing of it.
+    let old = mesh.envelope(nation("EST"), label.clone(), &topic);
+    let outcome = mesh.publish(&old);
+    assert!(!outcome.received.contains_key(&nation("USA")), "{outcome:?}");
+    assert_eq!(outcome.received.get(&nation("LVA")), Some(&1), "{outcome:?}");
+    // USA's backlog, sent to GBR: refused as cut-out.
+    let backlog = mesh.envelope(nation("USA"), label.clone(), &topic);
+    let now = mesh.now;
+    let gbr = mesh.nodes.get_mut(&nation("GBR")).unwrap();
+    let refused = gbr.route(&backlog, Source::Peer(nation("USA")), SealState::Verified, now);
+    assert_eq!(refused.err().map(|r| r.reason), Some("cut-out"));
+    // Created after the restore: it flows both ways.
+    mesh.now += 1;
+    let new = mesh.envelope(nation("EST"), label.clone(), &topic);
+    assert_eq!(mesh.publish(&new).received.get(&nation("USA")), Some(&1));
+    let from_usa = mesh.envelope(nation("USA"), label, &topic);
+    assert_eq!(mesh.publish(&from_usa).received.get(&nation("LVA")), Some(&1));
+}
