@@ -144,6 +144,10 @@ pub struct NodeStatus {
     pub sessions: Vec<SessionStatus>,
     /// The nations cut out.
     pub suspended: Vec<String>,
+    /// Each nation whose CRL is past its next update, with when: its
+    /// certificates are refused until its CA re-signs the CRL.
+    #[serde(default)]
+    pub expired_crls: BTreeMap<String, String>,
     /// What it has decided since it started.
     pub counters: StatusCounters,
 }
@@ -228,6 +232,12 @@ impl NodeStatus {
             .collect();
         let _ = writeln!(out, "  sessions:  {}", none_or(sessions));
         let _ = writeln!(out, "  cut out:   {}", none_or(self.suspended.clone()));
+        for (nation, at) in &self.expired_crls {
+            let _ = writeln!(
+                out,
+                "  WARNING:   {nation}'s CRL expired at {at}: {nation}'s certificates are refused until its CA re-signs it (entente certs renew-crl --nation {nation}, then a bundle or a copy of ca.crl to every node)"
+            );
+        }
         let c = &self.counters;
         let _ = writeln!(
             out,

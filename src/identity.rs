@@ -210,11 +210,19 @@ impl TrustStore {
             let client = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
                 .with_crls(crls.iter().cloned())
                 .allow_unknown_revocation_status()
+                // A CRL past its next update no longer vouches for
+                // anything: that nation's certificates are refused until
+                // its CA re-signs it.
+                .enforce_revocation_expiration()
                 .build()
                 .map_err(|err| error(err.to_string()))?;
             let server = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
                 .with_crls(crls.iter().cloned())
                 .allow_unknown_revocation_status()
+                // A CRL past its next update no longer vouches for
+                // anything: that nation's certificates are refused until
+                // its CA re-signs it.
+                .enforce_revocation_expiration()
                 .build()
                 .map_err(|err| error(err.to_string()))?;
             nations.insert(nation, NationTrust { client, server });

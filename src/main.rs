@@ -576,10 +576,13 @@ const DEFAULT_SCENARIO: &str = "config/scenarios/europe-cut-usa.toml";
 
 #[derive(Subcommand)]
 enum CertsCommand {
-    /// Create a CA per nation, a node certificate per nation and a client
-    /// certificate per principal.
-    #[command(after_help = "Example:
-  entente certs init --out /tmp/pki
+    /// Create a CA, a node certificate and the principals' certificates:
+    /// for one nation with --nation (what a nation's operator runs: no
+    /// other nation's key is made), or for every nation (the whole
+    /// coalition on one machine, for `up`, `simulate` and the tests).
+    #[command(after_help = "Examples:
+  entente certs init --nation GBR --out /etc/entente/certs
+  entente certs init --out /tmp/pki          # every nation: a demo coalition on one machine
   openssl verify -CAfile /tmp/pki/GBR/ca.crt /tmp/pki/GBR/node.crt")]
     Init {
         #[arg(long, default_value = DEFAULT_NETWORK_FILE)]
@@ -587,9 +590,70 @@ enum CertsCommand {
         /// Folder to write the PKI into.
         #[arg(long, default_value = DEFAULT_CERTS_DIR)]
         out: PathBuf,
+        /// Only this nation's CA, node and principals.
+        #[arg(long)]
+        nation: Option<String>,
         /// Overwrite existing keys.
         #[arg(long)]
         force: bool,
+    },
+    /// Write the member bundle a nation gives its partners: its CA
+    /// certificate, its node's certificate and address, and its CRL.
+    /// Nothing in it is secret.
+    #[command(after_help = "Example:
+  entente certs export --nation GBR --out gbr.bundle.toml")]
+    Export {
+        /// The nation whose bundle to write, such as GBR.
+        #[arg(long)]
+        nation: String,
+        #[arg(long, default_value = DEFAULT_NETWORK_FILE)]
+        network: PathBuf,
+        #[arg(long, default_value = DEFAULT_CERTS_DIR)]
+        certs: PathBuf,
+        /// The bundle file [default: standard output].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Add a partner's member bundle to the certs folder. Refused if its
+    /// CA did not issue its node certificate, if that certificate is
+    /// expired or claims another identity, or if its CRL is not its CA's.
+    #[command(after_help = "Example:
+  entente certs import fra.bundle.toml")]
+    Import {
+        /// The bundle file, as `certs export` wrote it.
+        bundle: PathBuf,
+        #[arg(long, default_value = DEFAULT_NETWORK_FILE)]
+        network: PathBuf,
+        #[arg(long, default_value = DEFAULT_CERTS_DIR)]
+        certs: PathBuf,
+    },
+    /// Issue, or renew, one principal's certificate and key under its
+    /// nation's CA, touching nothing else. The principal must be in the
+    /// network file.
+    #[command(after_help = "Example:
+  entente certs issue gbr.analyst")]
+    Issue {
+        /// The principal, such as gbr.analyst.
+        principal: String,
+        #[arg(long, default_value = DEFAULT_NETWORK_FILE)]
+        network: PathBuf,
+        #[arg(long, default_value = DEFAULT_CERTS_DIR)]
+        certs: PathBuf,
+    },
+    /// Re-sign a nation's CRL with its CA, every revocation kept, valid
+    /// for another 30 days: nodes refuse a nation's certificates once its
+    /// CRL is past its next update.
+    #[command(
+        name = "renew-crl",
+        after_help = "Example:
+  entente certs renew-crl --nation GBR"
+    )]
+    RenewCrl {
+        /// The nation, such as GBR.
+        #[arg(long)]
+        nation: String,
+        #[arg(long, default_value = DEFAULT_CERTS_DIR)]
+        certs: PathBuf,
     },
     /// Revoke one node or principal certificate: add it to its nation's
     /// CRL (<certs>/<NATION>/ca.crl), signed by the nation's CA.
@@ -823,7 +887,63 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             durability,
         }) => cmd_bench_throughput(hops, size, duration, subscribers, hostile, json, durability),
-        Command::Certs(CertsCommand::Init { network, out, force }) => cmd_certs_init(network, out, force),
+        Command::Certs(CertsCommand::Init {
+            network,
+            out,
+            nation,
+            force,
+        }) => cmd_certs_init(network, out, nation, force),
+        Command::Certs(CertsCommand::Export {
+            nation,
+            network,
+            certs,
+            out,
+        }) => {
+            let policy = load_network(&network)?;
+            let bundle = pki::export_bundle(&policy, &PkiLayout::new(&certs), parse_nation(&nation)?)?;
+            let text = toml::to_string(&bundle).context("encoding the bundle")?;
+            match out {
+                Some(out) => {
+                    pki::write_file(&out, &text, false)?;
+                    eprintln!("wrote {nation}'s member bundle to {}", out.display());
+                }
+                None => print!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Certs(CertsCommand::Import {
+            bundle,
+            network,
+            certs,
+        }) => {
+            let policy = load_network(&network)?;
+            let nation = pki::import_bundle(&policy, &PkiLayout::new(&certs), &bundle)?;
+            println!(
+                "imported {nation}'s CA, node certificate and CRL into {}; running nodes take them on reload",
+                certs.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Certs(CertsCommand::Issue {
+            principal,
+            network,
+            certs,
+        }) => {
+            let policy = load_network(&network)?;
+            let layout = PkiLayout::new(&certs);
+            let identity = pki::issue_principal(&policy, &layout, &principal)?;
+            let (cert, key) = layout.cert_and_key(&identity);
+            println!("issued {identity}: {} and {}", cert.display(), key.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Certs(CertsCommand::RenewCrl { nation, certs }) => {
+            let (path, listed) = pki::renew_crl(&PkiLayout::new(&certs), parse_nation(&nation)?)?;
+            println!(
+                "re-signed {}: {listed} certificate(s) listed, valid for 30 days; give it to every node (a new bundle, or the file) and reload them",
+                path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Simulate {
             scenario,
             out,
@@ -1165,9 +1285,18 @@ fn cmd_bench_throughput(
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_certs_init(network: PathBuf, out: PathBuf, force: bool) -> anyhow::Result<ExitCode> {
+fn cmd_certs_init(
+    network: PathBuf,
+    out: PathBuf,
+    nation: Option<String>,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
     let policy = load_network(&network)?;
-    let summary = pki::generate(&policy, &PkiLayout::new(&out), force)?;
+    let layout = PkiLayout::new(&out);
+    let summary = match nation {
+        Some(nation) => pki::generate_nation(&policy, &layout, parse_nation(&nation)?, force)?,
+        None => pki::generate(&policy, &layout, force)?,
+    };
     println!(
         "wrote {} national CAs, {} node certificates and {} principal certificates to {}",
         summary.nations,

@@ -22,7 +22,8 @@ use rcgen::{
     RevokedCertParams, SanType, SerialNumber, PKCS_ED25519,
 };
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::revocation_list::CertificateRevocationList;
@@ -44,6 +45,28 @@ const CRL_VALIDITY_DAYS: i64 = 30;
 /// Why a PKI could not be generated, written or loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
+    /// The nation is not in the network file.
+    #[error("{0} is not a nation of the network file")]
+    UnknownNation(Nation),
+    /// The principal is not in the network file.
+    #[error("`{0}` is not a principal of the network file; add it under [[principals]] first")]
+    UnknownPrincipal(String),
+    /// The CA key needed is another nation's, and not here.
+    #[error("{path} is not here: only {nation}, which holds its CA key, issues {nation}'s certificates")]
+    NotOurCa {
+        /// Whose CA.
+        nation: Nation,
+        /// Where its key would be.
+        path: PathBuf,
+    },
+    /// A member bundle that cannot be taken.
+    #[error("the member bundle {path} is refused: {cause}")]
+    Bundle {
+        /// The bundle file.
+        path: PathBuf,
+        /// What is wrong with it.
+        cause: String,
+    },
     /// Generating would overwrite this existing file, and `--force` was not given.
     #[error("{0} already exists; pass --force to replace the existing PKI (this overwrites its keys)")]
     Exists(PathBuf),
@@ -361,9 +384,36 @@ pub struct GeneratedPki {
 /// Creates the whole PKI of a network under `layout`. Without `force`, it
 /// refuses to touch anything if any key it would write already exists.
 pub fn generate(policy: &Policy, layout: &PkiLayout, force: bool) -> Result<GeneratedPki, PkiError> {
+    let nations: Vec<Nation> = policy.nations().keys().copied().collect();
+    generate_for(policy, layout, &nations, force)
+}
+
+/// Creates one nation's PKI under `layout`: its CA, its node's
+/// certificate and its principals' certificates, and nothing of any other
+/// nation's, so its CA key is written nowhere but its own folder. What a
+/// nation's operator runs (`entente certs init --nation`); its partners
+/// get its public part as a bundle ([`export_bundle`]).
+pub fn generate_nation(
+    policy: &Policy,
+    layout: &PkiLayout,
+    nation: Nation,
+    force: bool,
+) -> Result<GeneratedPki, PkiError> {
+    generate_for(policy, layout, &[nation], force)
+}
+
+fn generate_for(
+    policy: &Policy,
+    layout: &PkiLayout,
+    nations: &[Nation],
+    force: bool,
+) -> Result<GeneratedPki, PkiError> {
     let mut files: Vec<(PathBuf, String, bool)> = Vec::new();
     let mut summary = GeneratedPki::default();
-    for (&nation, nation_policy) in policy.nations() {
+    for &nation in nations {
+        let Some(nation_policy) = policy.nation(nation) else {
+            return Err(PkiError::UnknownNation(nation));
+        };
         let ca = NationalCa::generate(nation)?;
         let ca_files = ca.issued();
         files.push((layout.ca_cert(nation), ca_files.cert_pem, false));
@@ -395,7 +445,7 @@ pub fn generate(policy: &Policy, layout: &PkiLayout, force: bool) -> Result<Gene
     // old key: rustls would match it to the new CA, fail its signature and
     // refuse every identity of the nation. Its serials are of replaced
     // certificates, so dropping it revokes nothing still in use.
-    for &nation in policy.nations().keys() {
+    for &nation in nations {
         let crl = layout.crl(nation);
         match std::fs::remove_file(&crl) {
             Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
@@ -408,6 +458,152 @@ pub fn generate(policy: &Policy, layout: &PkiLayout, force: bool) -> Result<Gene
         }
     }
     Ok(summary)
+}
+
+/// What a nation gives its partners: its CA certificate, its node's
+/// certificate and address, and its current CRL. Nothing secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberBundle {
+    /// The nation, such as GBR.
+    pub nation: String,
+    /// Where its node listens (`host:port`).
+    pub address: String,
+    /// Its CA certificate, PEM.
+    pub ca: String,
+    /// Its node's certificate, PEM, issued by that CA.
+    pub node: String,
+    /// Its CRL, PEM, signed by that CA (absent if it has none yet).
+    #[serde(default)]
+    pub crl: Option<String>,
+}
+
+/// The member bundle of `nation`, from `layout` (its own PKI).
+pub fn export_bundle(policy: &Policy, layout: &PkiLayout, nation: Nation) -> Result<MemberBundle, PkiError> {
+    let table = policy.nation(nation).ok_or(PkiError::UnknownNation(nation))?;
+    let ca = read_text(&layout.ca_cert(nation))?;
+    let (node, _) = layout.cert_and_key(&Identity::Node(nation));
+    let node = read_text(&node)?;
+    let crl = match std::fs::read_to_string(layout.crl(nation)) {
+        Ok(text) => Some(text),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+        Err(err) => return Err(read_error(&layout.crl(nation), err)),
+    };
+    Ok(MemberBundle {
+        nation: nation.to_string(),
+        address: table.address.clone(),
+        ca,
+        node,
+        crl,
+    })
+}
+
+/// Takes a partner's member bundle into `layout`: its CA certificate, its
+/// node's certificate and its CRL. Refused, with the reason, if it names a
+/// nation outside the network file, this PKI's own nation (whose CA key is
+/// here), a node certificate its CA did not issue, that claims another
+/// identity or is expired, or a CRL its CA did not sign. Returns the
+/// nation.
+pub fn import_bundle(policy: &Policy, layout: &PkiLayout, path: &Path) -> Result<Nation, PkiError> {
+    let refused = |cause: String| PkiError::Bundle {
+        path: path.to_owned(),
+        cause,
+    };
+    let text = read_text(path)?;
+    let bundle: MemberBundle = toml::from_str(&text).map_err(|err| refused(err.to_string()))?;
+    let nation = Nation::parse(&bundle.nation)
+        .filter(|n| n.as_str() == bundle.nation && policy.nation(*n).is_some())
+        .ok_or_else(|| refused(format!("`{}` is not a nation of the network file", bundle.nation)))?;
+    if layout.ca_key(nation).exists() {
+        return Err(refused(format!(
+            "{nation}'s CA key is in {}: this is {nation}'s own PKI, not a partner's",
+            layout.root().display()
+        )));
+    }
+    let ca = CertificateDer::from_pem_slice(bundle.ca.as_bytes())
+        .map_err(|err| refused(format!("its CA certificate: {err}")))?;
+    let node = CertificateDer::from_pem_slice(bundle.node.as_bytes())
+        .map_err(|err| refused(format!("its node certificate: {err}")))?;
+    // The node certificate must check out under that CA alone, as every
+    // node will check it (invariant 4): issued by it, valid now, and
+    // claiming that nation's node.
+    let trust = TrustStore::new(&BTreeMap::from([(nation, ca.clone())]), &[])
+        .map_err(|err| refused(err.to_string()))?;
+    let host = address_host(&bundle.address).to_owned();
+    let server_name = rustls_pki_types::ServerName::try_from(host.clone())
+        .map_err(|err| refused(format!("its address {host}: {err}")))?;
+    match trust.identify_server(std::slice::from_ref(&node), &server_name, UnixTime::now()) {
+        Ok(Identity::Node(of)) if of == nation => {}
+        Ok(other) => {
+            return Err(refused(format!(
+                "its node certificate is {other}'s, not {nation}'s node's"
+            )))
+        }
+        Err(err) => {
+            return Err(refused(format!(
+                "its node certificate does not check out under its CA: {err}"
+            )))
+        }
+    }
+    if let Some(crl) = &bundle.crl {
+        let der = CertificateRevocationListDer::from_pem_slice(crl.as_bytes())
+            .map_err(|err| refused(format!("its CRL: {err}")))?;
+        let (_, parsed) = CertificateRevocationList::from_der(der.as_ref())
+            .map_err(|err| refused(format!("its CRL: {err}")))?;
+        let (_, ca_parsed) = X509Certificate::from_der(ca.as_ref())
+            .map_err(|err| refused(format!("its CA certificate: {err}")))?;
+        parsed
+            .verify_signature(ca_parsed.public_key())
+            .map_err(|err| refused(format!("its CRL is not signed by its CA ({err})")))?;
+    }
+    write_file(&layout.ca_cert(nation), &bundle.ca, false)?;
+    write_file(
+        &layout.cert_and_key(&Identity::Node(nation)).0,
+        &bundle.node,
+        false,
+    )?;
+    match &bundle.crl {
+        Some(crl) => write_atomically(&layout.crl(nation), crl)?,
+        None => match std::fs::remove_file(layout.crl(nation)) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(PkiError::Write {
+                    path: layout.crl(nation),
+                    cause: err,
+                })
+            }
+            _ => {}
+        },
+    }
+    Ok(nation)
+}
+
+/// Issues (or renews) one principal's certificate and key under its
+/// nation's CA, as the network file describes it (an admin's carries the
+/// admin role), touching nothing else. The CA's key must be in `layout`:
+/// only the principal's own nation can do this.
+pub fn issue_principal(policy: &Policy, layout: &PkiLayout, name: &str) -> Result<Identity, PkiError> {
+    let principal = policy
+        .principal(name)
+        .ok_or_else(|| PkiError::UnknownPrincipal(name.to_owned()))?;
+    let identity = Identity::Principal {
+        nation: principal.nation,
+        name: principal.name.clone(),
+    };
+    if Identity::from_uri(&identity.uri()).as_ref() != Some(&identity) {
+        return Err(PkiError::InvalidName(name.to_owned()));
+    }
+    if !layout.ca_key(principal.nation).exists() {
+        return Err(PkiError::NotOurCa {
+            nation: principal.nation,
+            path: layout.ca_key(principal.nation),
+        });
+    }
+    let ca = NationalCa::load(layout, principal.nation)?;
+    let (cert, key) = layout.cert_and_key(&identity);
+    let pair = ca.issue_with_role(&identity, &[], principal.is_admin())?;
+    write_file(&key, &pair.key_pem, true)?;
+    write_file(&cert, &pair.cert_pem, false)?;
+    Ok(identity)
 }
 
 /// Issues a certificate for each principal of `policy` that has none yet
@@ -536,6 +732,10 @@ pub struct TrustMaterial {
     pub cas: BTreeMap<Nation, CertificateDer<'static>>,
     /// The CRL of each nation that has one, each verified against its CA.
     pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// Each nation whose CRL is past its next update, with when it
+    /// expired (RFC 3339): its certificates are refused in handshakes
+    /// until its CA re-signs the CRL (`entente certs renew-crl`).
+    pub expired_crls: BTreeMap<Nation, String>,
 }
 
 impl TrustMaterial {
@@ -558,12 +758,24 @@ impl TrustMaterial {
 pub fn read_trust_material(policy: &Policy, layout: &PkiLayout) -> Result<TrustMaterial, PkiError> {
     let cas = read_cas(policy, layout)?;
     let mut crls = Vec::new();
+    let mut expired_crls = BTreeMap::new();
+    let now = OffsetDateTime::now_utc();
     for (&nation, ca) in &cas {
         if let Some(crl) = read_crl(layout, nation, ca)? {
+            if let Some(next_update) = crl.next_update.filter(|&at| at < now) {
+                let at = next_update
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_else(|_| next_update.to_string());
+                expired_crls.insert(nation, at);
+            }
             crls.push(crl.der);
         }
     }
-    Ok(TrustMaterial { cas, crls })
+    Ok(TrustMaterial {
+        cas,
+        crls,
+        expired_crls,
+    })
 }
 
 /// A nation's CRL as read from disk, with what [`revoke`] carries over.
@@ -571,6 +783,7 @@ struct ExistingCrl {
     der: CertificateRevocationListDer<'static>,
     number: u64,
     revoked: Vec<RevokedCertParams>,
+    next_update: Option<OffsetDateTime>,
 }
 
 /// A nation's CRL, `None` if it has none; checked to be a CRL that `ca`
@@ -614,7 +827,13 @@ fn read_crl(
             invalidity_date: entry.invalidity_date().map(|(_, date)| date.to_datetime()),
         })
         .collect();
-    Ok(Some(ExistingCrl { der, number, revoked }))
+    let next_update = crl.next_update().map(|at| at.to_datetime());
+    Ok(Some(ExistingCrl {
+        der,
+        number,
+        revoked,
+        next_update,
+    }))
 }
 
 fn be_u64(bytes: &[u8]) -> Option<u64> {
@@ -713,24 +932,42 @@ pub fn revoke(layout: &PkiLayout, identity: &Identity) -> Result<Revocation, Pki
     let already_revoked = revoked
         .iter()
         .any(|entry| entry.serial_number.as_ref() == serial.as_slice());
-    let now = OffsetDateTime::now_utc();
     if !already_revoked {
         revoked.push(RevokedCertParams {
             serial_number: SerialNumber::from_slice(&serial),
-            revocation_time: now,
+            revocation_time: OffsetDateTime::now_utc(),
             // The command does not ask why; rcgen omits an unspecified
             // reason, as RFC 5280 asks.
             reason_code: Some(RevocationReason::Unspecified),
             invalidity_date: None,
         });
     }
+    let listed = revoked.len();
+    let crl_path = sign_crl(layout, &ca, number, revoked)?;
+    Ok(Revocation {
+        crl: crl_path,
+        serial: serial.iter().map(|b| format!("{b:02x}")).collect(),
+        listed,
+        already_revoked,
+    })
+}
+
+/// Signs and writes `nation`'s CRL listing `revoked`, numbered one above
+/// `number`, valid from now for [`CRL_VALIDITY_DAYS`]. Returns its path.
+fn sign_crl(
+    layout: &PkiLayout,
+    ca: &NationalCa,
+    number: u64,
+    revoked: Vec<RevokedCertParams>,
+) -> Result<PathBuf, PkiError> {
+    let nation = ca.nation;
     let crl_path = layout.crl(nation);
     let what = format!("the {nation} CRL");
     let next_number = number.checked_add(1).ok_or_else(|| PkiError::Crl {
         path: crl_path.clone(),
         cause: "its CRL number cannot grow any further".to_owned(),
     })?;
-    let listed = revoked.len();
+    let now = OffsetDateTime::now_utc();
     let params = CertificateRevocationListParams {
         this_update: now,
         next_update: now + Duration::days(CRL_VALIDITY_DAYS),
@@ -744,12 +981,22 @@ pub fn revoke(layout: &PkiLayout, identity: &Identity) -> Result<Revocation, Pki
         .map_err(generation_error(&what))?;
     let pem = crl.pem().map_err(generation_error(&what))?;
     write_atomically(&crl_path, &pem)?;
-    Ok(Revocation {
-        crl: crl_path,
-        serial: serial.iter().map(|b| format!("{b:02x}")).collect(),
-        listed,
-        already_revoked,
-    })
+    Ok(crl_path)
+}
+
+/// Re-signs `nation`'s CRL with its CA, every revocation kept, valid from
+/// now for [`CRL_VALIDITY_DAYS`] (a node refuses a nation's certificates
+/// once its CRL is past its next update). Writes an empty one if there is
+/// none. Returns its path and how many certificates it lists.
+pub fn renew_crl(layout: &PkiLayout, nation: Nation) -> Result<(PathBuf, usize), PkiError> {
+    let ca = NationalCa::load(layout, nation)?;
+    let ca_der = read_cert(&layout.ca_cert(nation))?;
+    let (number, revoked) = match read_crl(layout, nation, &ca_der)? {
+        Some(crl) => (crl.number, crl.revoked),
+        None => (0, Vec::new()),
+    };
+    let listed = revoked.len();
+    Ok((sign_crl(layout, &ca, number, revoked)?, listed))
 }
 
 /// Replaces a public (0644) file so that a reader sees the old contents or
@@ -1004,6 +1251,185 @@ name = "fra.analyst"
 nation = "FRA"
 clearance = "SECRET"
 "#;
+
+    fn policy() -> Policy {
+        crate::config::parse_network(TWO_NATIONS, Path::new("net.toml")).unwrap()
+    }
+
+    /// Every file under `root`, relative, sorted.
+    fn files(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for nation in std::fs::read_dir(root).unwrap() {
+            let nation = nation.unwrap();
+            if !nation.path().is_dir() {
+                continue;
+            }
+            for file in std::fs::read_dir(nation.path()).unwrap() {
+                out.push(format!(
+                    "{}/{}",
+                    nation.file_name().to_string_lossy(),
+                    file.unwrap().file_name().to_string_lossy()
+                ));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Each nation makes its own PKI in its own folder; no folder holds
+    /// another nation's private key, and a partner's bundle brings only
+    /// public files, checked on the way in.
+    #[test]
+    fn a_national_pki_never_leaves_its_nation_and_bundles_carry_only_public_parts() {
+        let policy = policy();
+        let (gbr_dir, fra_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (gbr, fra) = (PkiLayout::new(gbr_dir.path()), PkiLayout::new(fra_dir.path()));
+        generate_nation(&policy, &gbr, nation("GBR"), false).unwrap();
+        generate_nation(&policy, &fra, nation("FRA"), false).unwrap();
+        assert_eq!(
+            files(gbr_dir.path()),
+            [
+                "GBR/ca.crt",
+                "GBR/ca.key",
+                "GBR/gbr.analyst.crt",
+                "GBR/gbr.analyst.key",
+                "GBR/gbr.sigint.crt",
+                "GBR/gbr.sigint.key",
+                "GBR/node.crt",
+                "GBR/node.key"
+            ]
+        );
+        // FRA revokes its analyst, then gives GBR its bundle.
+        revoke(&fra, &principal("FRA", "fra.analyst")).unwrap();
+        let bundle = export_bundle(&policy, &fra, nation("FRA")).unwrap();
+        assert!(!toml::to_string(&bundle).unwrap().contains("PRIVATE KEY"));
+        let path = gbr_dir.path().join("fra.toml");
+        std::fs::write(&path, toml::to_string(&bundle).unwrap()).unwrap();
+        assert_eq!(import_bundle(&policy, &gbr, &path).unwrap(), nation("FRA"));
+        let keys: Vec<String> = files(gbr_dir.path())
+            .into_iter()
+            .filter(|f| f.ends_with(".key"))
+            .collect();
+        assert!(keys.iter().all(|k| k.starts_with("GBR/")), "{keys:?}");
+        // GBR's node now knows FRA's CA, node and revocations.
+        let material = read_trust_material(&policy, &gbr).unwrap();
+        assert_eq!(material.cas.len(), 2);
+        assert_eq!(material.crls.len(), 1);
+        assert!(material.expired_crls.is_empty());
+        // Its own bundle is not a partner's; one whose CA did not issue its
+        // node certificate, or whose CRL another CA signed, is refused.
+        let own = fra_dir.path().join("own.toml");
+        std::fs::write(&own, toml::to_string(&bundle).unwrap()).unwrap();
+        assert!(import_bundle(&policy, &fra, &own)
+            .unwrap_err()
+            .to_string()
+            .contains("own PKI"));
+        let gbr_bundle = export_bundle(&policy, &gbr, nation("GBR")).unwrap();
+        let forged_ca = MemberBundle {
+            ca: gbr_bundle.ca.clone(),
+            ..bundle.clone()
+        };
+        let forged_crl = MemberBundle {
+            crl: Some(renewed_crl_of(&gbr)),
+            ..bundle.clone()
+        };
+        for (forged, why) in [
+            (forged_ca, "does not check out under its CA"),
+            (forged_crl, "not signed by its CA"),
+        ] {
+            let path = gbr_dir.path().join("forged.toml");
+            std::fs::write(&path, toml::to_string(&forged).unwrap()).unwrap();
+            let err = import_bundle(&policy, &gbr, &path).unwrap_err().to_string();
+            assert!(err.contains(why), "{err}");
+        }
+        let broken = gbr_dir.path().join("broken.toml");
+        std::fs::write(&broken, "nation = \"FRA\"\ncolour = 1\n").unwrap();
+        assert!(import_bundle(&policy, &gbr, &broken)
+            .unwrap_err()
+            .to_string()
+            .contains("refused"));
+    }
+
+    fn renewed_crl_of(layout: &PkiLayout) -> String {
+        let (path, _) = renew_crl(layout, nation("GBR")).unwrap();
+        std::fs::read_to_string(path).unwrap()
+    }
+
+    /// One principal's certificate is issued again without touching
+    /// anything else; only the nation holding the CA key can do it.
+    #[test]
+    fn issuing_one_principal_touches_nothing_else() {
+        let policy = policy();
+        let dir = tempfile::tempdir().unwrap();
+        let layout = PkiLayout::new(dir.path());
+        generate_nation(&policy, &layout, nation("GBR"), false).unwrap();
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+        let (analyst, _) = layout.cert_and_key(&principal("GBR", "gbr.analyst"));
+        let (sigint, _) = layout.cert_and_key(&principal("GBR", "gbr.sigint"));
+        let (before, other) = (read(&analyst), read(&sigint));
+        issue_principal(&policy, &layout, "gbr.analyst").unwrap();
+        assert_ne!(read(&analyst), before);
+        assert_eq!(read(&sigint), other);
+        let foreign = issue_principal(&policy, &layout, "fra.analyst")
+            .unwrap_err()
+            .to_string();
+        assert!(foreign.contains("only FRA, which holds its CA key"), "{foreign}");
+        assert!(issue_principal(&policy, &layout, "nobody")
+            .unwrap_err()
+            .to_string()
+            .contains("not a principal"));
+    }
+
+    /// A CRL past its next update is named, so the node can say so and
+    /// refuse that nation's certificates; renewing it keeps every
+    /// revocation and clears it.
+    #[test]
+    fn an_expired_crl_is_named_and_renewing_it_keeps_its_revocations() {
+        let (_dir, policy, layout) = on_disk();
+        revoke(&layout, &principal("GBR", "gbr.analyst")).unwrap();
+        let ca = NationalCa::load(&layout, nation("GBR")).unwrap();
+        let long_ago = OffsetDateTime::now_utc() - Duration::days(60);
+        let stale = CertificateRevocationListParams {
+            this_update: long_ago,
+            next_update: long_ago + Duration::days(30),
+            crl_number: SerialNumber::from(99u64),
+            issuing_distribution_point: None,
+            revoked_certs: read_crl(
+                &layout,
+                nation("GBR"),
+                &read_cert(&layout.ca_cert(nation("GBR"))).unwrap(),
+            )
+            .unwrap()
+            .unwrap()
+            .revoked,
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&ca.cert, &ca.key)
+        .unwrap();
+        std::fs::write(layout.crl(nation("GBR")), stale.pem().unwrap()).unwrap();
+        let material = read_trust_material(&policy, &layout).unwrap();
+        assert_eq!(
+            material.expired_crls.keys().copied().collect::<Vec<_>>(),
+            [nation("GBR")]
+        );
+        // The trust store refuses GBR's certificates while it is expired.
+        let store = material.trust_store(&BTreeSet::new()).unwrap();
+        let err = store
+            .identify_client(&chain(&layout, &principal("GBR", "gbr.sigint")), UnixTime::now())
+            .unwrap_err();
+        assert!(err.to_string().to_lowercase().contains("expired"), "{err}");
+        let (_, listed) = renew_crl(&layout, nation("GBR")).unwrap();
+        assert_eq!(listed, 1);
+        let renewed = read_trust_material(&policy, &layout).unwrap();
+        assert!(renewed.expired_crls.is_empty());
+        let store = renewed.trust_store(&BTreeSet::new()).unwrap();
+        assert!(store
+            .identify_client(&chain(&layout, &principal("GBR", "gbr.sigint")), UnixTime::now())
+            .is_ok());
+        assert!(store
+            .identify_client(&chain(&layout, &principal("GBR", "gbr.analyst")), UnixTime::now())
+            .is_err());
+    }
 
     /// A GBR + FRA PKI generated on disk, as `entente certs init` writes it.
     fn on_disk() -> (tempfile::TempDir, Policy, PkiLayout) {

@@ -337,6 +337,12 @@ fn status(shared: &Shared) -> NodeStatus {
         peers,
         sessions,
         suspended: rules.policy.suspended().iter().map(Nation::to_string).collect(),
+        expired_crls: rules
+            .material
+            .expired_crls
+            .iter()
+            .map(|(nation, at)| (nation.to_string(), at.clone()))
+            .collect(),
         counters: StatusCounters {
             published: counters.published,
             delivered: counters.delivered,
@@ -564,6 +570,7 @@ async fn apply(
             purged += purge(shared, &rules, peer).await;
         }
     }
+    audit_expired_crls(shared, &rules).await;
     let apply_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
     let suspended: Vec<String> = rules.policy.suspended().iter().map(Nation::to_string).collect();
     let digest = rules.digest.clone();
@@ -586,6 +593,25 @@ async fn apply(
         purged,
         suspended,
     })
+}
+
+/// Records each CRL of `rules` that is past its next update: that
+/// nation's certificates are refused in every handshake until its CA
+/// re-signs it.
+pub(super) async fn audit_expired_crls(shared: &Shared, rules: &Rules) {
+    for (nation, at) in &rules.material.expired_crls {
+        warn!(%nation, expired = %at, "a CRL is past its next update: the nation's certificates are refused");
+        shared
+            .audit(
+                Record::new(Event::Refuse, Verdict::Deny, Reason::CrlExpired.code())
+                    .subject(nation.to_string())
+                    .detail(format!(
+                        "{nation}'s CRL expired at {at}: every {nation} certificate is refused until its CA \
+                         re-signs it (entente certs renew-crl --nation {nation}) and this node has the new one"
+                    )),
+            )
+            .await;
+    }
 }
 
 /// Audits each message held for `peer`, which the rules no longer admit,

@@ -70,19 +70,13 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
     // many links gets one budget of envelopes waiting for seals, not one
     // per link. The old link's reader fails at once on the close, and its
     // unsealed envelopes are audited and dropped with it.
-    let inbound = InboundLink::register(&shared, peer, &connection).await;
+    let _inbound = InboundLink::register(&shared, peer, &connection).await;
     // The peer is up: this node's link to it need not wait for its
-    // backoff. And a peer that dials again while its old link still
-    // stood has lost that connection (a restart, a network change): this
-    // node's link to it is most likely dead too, and would stay so until
-    // QUIC's idle timeout, carrying nothing, resolutions included.
-    if inbound.replaced {
-        shared
-            .router
-            .close_link(peer, "the peer dialed again, so its end of this link is gone");
-    }
-    if inbound.replaced || !shared.router.has_link(peer) {
-        shared.dialer_wake(peer).notify_one();
+    // backoff. Only a dialer waiting now is woken (no permit is kept): a
+    // wake kept for later would cut short a backoff it was never meant
+    // for, such as the long one after a link was replaced.
+    if !shared.router.has_link(peer) {
+        shared.dialer_wake(peer).notify_waiters();
     }
     let mut reader = FrameReader::with_frame_timeout(recv, shared.settings.frame_timeout);
     let mut frames = Vec::new();
@@ -274,8 +268,6 @@ struct InboundLink<'a> {
     shared: &'a Shared,
     peer: Nation,
     generation: u64,
-    /// Whether it replaced an older inbound link of the peer's.
-    replaced: bool,
 }
 
 impl<'a> InboundLink<'a> {
@@ -283,7 +275,6 @@ impl<'a> InboundLink<'a> {
     /// one it replaces.
     async fn register(shared: &'a Shared, peer: Nation, connection: &Connection) -> InboundLink<'a> {
         let (generation, replaced) = shared.router.replace_inbound(peer, connection.clone());
-        let was_replaced = replaced.is_some();
         if let Some(old) = replaced {
             let reason = format!("replaced by a newer link from {peer}");
             warn!(%reason, "closing the older inbound link");
@@ -302,7 +293,6 @@ impl<'a> InboundLink<'a> {
             shared,
             peer,
             generation,
-            replaced: was_replaced,
         }
     }
 }

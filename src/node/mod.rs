@@ -1157,6 +1157,7 @@ async fn serve(
 ) {
     let endpoint = shared.endpoint.clone();
     info!(nation = %shared.nation, addr = ?endpoint.local_addr().ok(), "node running");
+    control::audit_expired_crls(&shared, &shared.rules()).await;
     let mut tasks = JoinSet::new();
     tasks.spawn(sealer::seal_forever(shared.clone(), to_seal));
     if !reseal.is_empty() {

@@ -57,6 +57,8 @@ pub enum Reason {
     /// A peer that cut this nation out: nothing is held for it until it
     /// links again.
     CutBy,
+    /// A nation's CRL is past its next update.
+    CrlExpired,
     /// A coalition resolution, or signatures of one, taken.
     Resolution,
     /// A resolution, or a signature of one, refused.
@@ -106,6 +108,7 @@ impl Reason {
         match self {
             Reason::HandshakeFailed => "handshake-failed",
             Reason::Resolution => "resolution",
+            Reason::CrlExpired => "crl-expired",
             Reason::CutBy => "cut-by",
             Reason::BadResolution => "bad-resolution",
             Reason::NoIdentity => "no-identity",

@@ -369,16 +369,6 @@ impl Router {
         self.links.contains_key(&peer)
     }
 
-    /// Closes the link this node dialed to `peer`, if one is up, saying
-    /// why; its dialer dials again.
-    pub(super) fn close_link(&self, peer: Nation, why: &str) {
-        if let Some(entry) = self.links.get(&peer) {
-            entry
-                .connection
-                .close(VarInt::from_u32(close::NORMAL), why.as_bytes());
-        }
-    }
-
     /// Whether `peer`'s own link to this node is up.
     pub(super) fn has_inbound(&self, peer: Nation) -> bool {
         self.inbound.contains_key(&peer)
