@@ -429,14 +429,7 @@ async fn try_set_cut(shared: &Arc<Shared>, nation: Nation, cut: bool) -> Result<
         }
         AdminCommand::Restore(nation)
     };
-    let cuts = local.and(&coalition(shared));
-    let rules = Rules::new(
-        current.loaded.clone(),
-        current.material.clone(),
-        current.all_node_keys.clone(),
-        &cuts,
-        &shared.signer,
-    )?;
+    let rules = with_cuts(shared, &current, &local.and(&coalition(shared)))?;
     // Recorded before it applies: a cut acknowledged is a cut that
     // survives a restart.
     write_local_cuts(&shared.data_dir, &local)?;
@@ -469,14 +462,19 @@ pub(super) async fn apply_cuts(shared: &Arc<Shared>, what: &str) -> Result<Appli
     if &cuts.suspended == current.policy.suspended() && cuts.restored == current.restored {
         return Ok(applied_nothing(shared, &current, what));
     }
-    let rules = Rules::new(
+    let rules = with_cuts(shared, &current, &cuts)?;
+    apply(shared, rules, AdminCommand::Resolutions, start).await
+}
+
+/// The rules in force, with `cuts` instead of theirs.
+fn with_cuts(shared: &Shared, current: &Rules, cuts: &Cuts) -> Result<Rules, ControlError> {
+    Ok(Rules::new(
         current.loaded.clone(),
         current.material.clone(),
         current.all_node_keys.clone(),
-        &cuts,
+        cuts,
         &shared.signer,
-    )?;
-    apply(shared, rules, AdminCommand::Resolutions, start).await
+    )?)
 }
 
 fn applied_nothing(shared: &Shared, rules: &Rules, what: &str) -> Applied {

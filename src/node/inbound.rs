@@ -72,11 +72,10 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
     // unsealed envelopes are audited and dropped with it.
     let _inbound = InboundLink::register(&shared, peer, &connection).await;
     // The peer is up: this node's link to it need not wait for its
-    // backoff. Only a dialer waiting now is woken (no permit is kept): a
-    // wake kept for later would cut short a backoff it was never meant
-    // for, such as the long one after a link was replaced.
+    // backoff (the dialer keeps the wake if it is dialing now, and
+    // ignores it after a cut or a replaced link).
     if !shared.router.has_link(peer) {
-        shared.dialer_wake(peer).notify_waiters();
+        shared.dialer_wake(peer).notify_one();
     }
     let mut reader = FrameReader::with_frame_timeout(recv, shared.settings.frame_timeout);
     let mut frames = Vec::new();

@@ -272,6 +272,9 @@ pub(super) async fn dial_forever(shared: Arc<Shared>, peer: Nation) {
             Err(err) => return error!(cause = %err, "cannot configure the link"),
         };
         let dialed = tokio::time::Instant::now();
+        // Whether the peer dialing this node may cut the wait short: not
+        // after a cut or a replaced link, whose long waits are the point.
+        let mut wakeable = true;
         match run_link(&shared, peer, &config).await {
             // A link that stayed up a while went down for a reason of its
             // own: re-dial at once. One that drops as soon as it is up is
@@ -285,6 +288,7 @@ pub(super) async fn dial_forever(shared: Arc<Shared>, peer: Nation) {
             // and a refill (queued for nobody) every few seconds, not ten
             // times a second.
             Ok(LinkEnd::Cut) => {
+                wakeable = false;
                 backoff = backoff.max(CUT_BACKOFF).min(shared.settings.max_redial_backoff);
                 debug!(?backoff, "link cut; re-dialing later");
             }
@@ -292,6 +296,7 @@ pub(super) async fn dial_forever(shared: Arc<Shared>, peer: Nation) {
             // take the link from each other ten times a second, a
             // handshake each time: this one waits the longest backoff.
             Ok(LinkEnd::Replaced) => {
+                wakeable = false;
                 backoff = shared.settings.max_redial_backoff;
                 warn!(
                     ?backoff,
@@ -305,8 +310,9 @@ pub(super) async fn dial_forever(shared: Arc<Shared>, peer: Nation) {
         }
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
-            // The peer dialed this node: it is up.
-            () = wake.notified() => backoff = FIRST_BACKOFF,
+            // The peer dialed this node (now, or since this dial began):
+            // it is up.
+            () = wake.notified(), if wakeable => backoff = FIRST_BACKOFF,
             _ = shutdown.changed() => return,
         }
         backoff = (backoff * 2).min(shared.settings.max_redial_backoff);
