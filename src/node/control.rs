@@ -242,6 +242,11 @@ impl NodeControl {
         submit(&self.shared()?, signed).await
     }
 
+    /// Whether this node has `nation` cut out now (cheap: for polling).
+    pub fn suspends(&self, nation: Nation) -> Result<bool, ControlError> {
+        Ok(self.shared()?.rules().policy.is_suspended(nation))
+    }
+
     /// The resolutions this node holds.
     pub fn resolutions(&self) -> Result<ResolutionsHeld, ControlError> {
         Ok(resolutions_held(&*self.shared()?))

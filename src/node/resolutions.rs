@@ -213,6 +213,9 @@ pub(super) async fn take(
                 }
             }
         }
+        // Passed on first: every hop's delay adds up to the time a cut
+        // takes to reach the far side of the coalition.
+        flood(shared, from, &new);
         if taken.added {
             if let Err(err) = save(&shared.data_dir, &log) {
                 warn!(cause = %err, "the resolution log could not be written; peers send it again at the next link");
@@ -223,7 +226,6 @@ pub(super) async fn take(
     for record in records {
         shared.audit(record).await;
     }
-    flood(shared, from, &new);
     if before != after {
         if let Err(err) = control::apply_cuts(shared, "coalition resolution").await {
             warn!(cause = %err, "the coalition's cuts could not be applied");

@@ -836,11 +836,8 @@ impl Nodes {
                 .map_err(|err| format!("{voter}'s admin signing: {err}"))?;
         }
         let last_signature = std::time::Instant::now();
-        let applied = |control: &NodeControl| {
-            control
-                .status()
-                .is_ok_and(|status| status.suspended.iter().any(|n| n == nation.as_str()) == cut)
-        };
+        let applied =
+            |control: &NodeControl| control.suspends(nation).is_ok_and(|suspended| suspended == cut);
         let mut waiting = self.controls(Some(nation));
         let nodes = waiting.len();
         let mut slowest = None;
