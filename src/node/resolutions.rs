@@ -27,8 +27,8 @@ use crate::wire::{self, Frame};
 pub(super) const LOG_FILE: &str = "resolutions.json";
 
 /// Resolution frames one link's opening exchange may carry, at most: a
-/// log holds at most a few per nation.
-const EXCHANGE_MAX: usize = 4096;
+/// log holds at most `PENDING_PER_NATION` + 1 per nation.
+const EXCHANGE_MAX: usize = (crate::resolution::PENDING_PER_NATION + 1) * crate::routing::MAX_NATIONS;
 
 /// An admin's certificate checked against the trust store: it chains to
 /// its nation's own CA (not revoked), names a principal of that nation,
@@ -305,12 +305,17 @@ pub(super) async fn receive_log(
     peer: Nation,
     recv: &mut RecvStream,
 ) -> Result<(), StreamError> {
+    // Each resolution is taken as it comes: what the peer sends is held
+    // one frame at a time, however many it sends.
     let read = async {
-        let mut offered = Vec::new();
+        let (mut count, mut added) = (0usize, false);
         loop {
             match read_frame(recv).await? {
-                Some(Frame::Resolution(signed)) if offered.len() < EXCHANGE_MAX => offered.push(signed),
-                Some(Frame::ResolutionsSent) => return Ok(offered),
+                Some(Frame::Resolution(signed)) if count < EXCHANGE_MAX => {
+                    count += 1;
+                    added |= take(shared, Some(peer), vec![signed]).await.added;
+                }
+                Some(Frame::ResolutionsSent) => return Ok((count, added)),
                 Some(Frame::Resolution(_)) => {
                     return Err(StreamError::Unexpected("Resolution past the log's bound"))
                 }
@@ -323,12 +328,10 @@ pub(super) async fn receive_log(
             }
         }
     };
-    let offered = tokio::time::timeout(shared.settings.first_frame_timeout, read)
+    let (count, added) = tokio::time::timeout(shared.settings.first_frame_timeout, read)
         .await
         .map_err(|_| StreamError::Timeout("ResolutionsSent"))??;
-    let count = offered.len();
-    let taken = take(shared, Some(peer), offered).await;
-    if taken.added {
+    if added {
         info!(%peer, count, "took resolutions from a link's opening exchange");
     }
     // Another link's exchange may have brought the same resolutions a
