@@ -47,6 +47,7 @@ fn envelopes(c: &mut Criterion) {
         publisher: "gbr.analyst".to_owned(),
         topic: Topic::new("sigint.ru.launch").unwrap(),
         label: policy.scheme().parse("SECRET//REL TO GBR, FRA").unwrap(),
+        released_to: [Nation::parse("FRA").unwrap()].into(),
         created_us: 1,
         payload: vec![0x5a; PAYLOAD],
     };
@@ -233,6 +234,7 @@ fn routing(c: &mut Criterion) {
             origin: gbr,
             publisher: "gbr.analyst".to_owned(),
             topic: Topic::new("sigint.ru.launch").unwrap(),
+            released_to: policy.release_set(gbr, &scheme.parse(marking).unwrap()),
             label: scheme.parse(marking).unwrap(),
             created_us: now,
             payload: vec![0x5a; PAYLOAD],

@@ -148,6 +148,14 @@ pub struct NodeStatus {
     /// certificates are refused until its CA re-signs the CRL.
     #[serde(default)]
     pub expired_crls: BTreeMap<String, String>,
+    /// Each nation whose CA is not the one the coalition file pins, with
+    /// the fingerprint it has: none of its identities is trusted.
+    #[serde(default)]
+    pub mismatched_cas: BTreeMap<String, String>,
+    /// Each nation none of whose bundle is imported yet: none of its
+    /// identities is trusted.
+    #[serde(default)]
+    pub missing_cas: Vec<String>,
     /// What it has decided since it started.
     pub counters: StatusCounters,
 }
@@ -236,6 +244,19 @@ impl NodeStatus {
             let _ = writeln!(
                 out,
                 "  WARNING:   {nation}'s CRL expired at {at}: {nation}'s certificates are refused until its CA re-signs it (entente certs renew-crl --nation {nation}, then a bundle or a copy of ca.crl to every node)"
+            );
+        }
+        for (nation, found) in &self.mismatched_cas {
+            let _ = writeln!(
+                out,
+                "  WARNING:   {nation}'s CA (fingerprint {found}) is not the one the coalition file pins: nothing of {nation} is trusted until its genuine bundle is imported"
+            );
+        }
+        if !self.missing_cas.is_empty() {
+            let _ = writeln!(
+                out,
+                "  no bundle: {} (nothing of theirs is trusted until it is imported: entente certs import)",
+                self.missing_cas.join(", ")
             );
         }
         let c = &self.counters;

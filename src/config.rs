@@ -1,5 +1,7 @@
-//! The network file (`config/network.toml`): its serde types, and strict
-//! validation into a [`Policy`]. Every error names the file, the item and
+//! The configuration files and their strict validation into a [`Policy`]:
+//! the whole network in one file (`config/network.toml`, a demo coalition
+//! on one machine), or a coalition file every member shares beside one
+//! nation's own national file. Every error names the file, the item and
 //! the fix.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -71,7 +73,7 @@ pub struct NetworkFile {
 }
 
 /// The `[resolutions]` table.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResolutionsFile {
     /// How many nations' admins must sign a resolution: a number, or
@@ -82,7 +84,7 @@ pub struct ResolutionsFile {
 }
 
 /// A quorum as written: a number or a word.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum QuorumFile {
     /// That many nations.
@@ -92,7 +94,7 @@ pub enum QuorumFile {
 }
 
 /// The `[classification]` table.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClassificationFile {
     /// Lowest first. Empty means the default levels (`label::default_levels`).
@@ -104,7 +106,7 @@ pub struct ClassificationFile {
 }
 
 /// One classification level.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LevelFile {
     /// The full name, such as `SECRET`.
@@ -130,10 +132,14 @@ pub struct NationFile {
     /// The highest level released to each named partner nation.
     #[serde(default)]
     pub ceilings: BTreeMap<String, String>,
+    /// The SHA-256 fingerprint of the nation's CA certificate, as the
+    /// coalition agreed it: a CA that does not match is not trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_fingerprint: Option<String>,
 }
 
 /// One `[[principals]]` entry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrincipalFile {
     /// The principal's name, such as `gbr.analyst` (lower case).
@@ -143,35 +149,302 @@ pub struct PrincipalFile {
     /// The highest level the principal may see or publish.
     pub clearance: String,
     /// The compartments the principal holds.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub compartments: Vec<String>,
     /// The topic patterns the principal may publish to.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<String>,
     /// The topic patterns the principal may subscribe to.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subscribe: Vec<String>,
     /// Its roles: `admin` may run admin commands on its nation's node.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
 }
 
 /// Reads and validates a network file.
 pub fn load_network(path: &Path) -> Result<Policy, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
-        path: path.to_owned(),
-        cause,
-    })?;
-    parse_network(&text, path)
+    parse_network(&read(path)?, path)
 }
 
 /// Validates network-file text; `path` is used only in error messages.
 pub fn parse_network(text: &str, path: &Path) -> Result<Policy, ConfigError> {
-    let file: NetworkFile = toml::from_str(text).map_err(|err| ConfigError::Syntax {
+    parse::<NetworkFile>(text, path)?.validate(path)
+}
+
+/// The file `entente` reads when `--coalition` is not given but
+/// `--national` is: the sample coalition, split.
+pub const DEFAULT_COALITION_FILE: &str = "config/coalition.toml";
+
+/// The coalition file: what every member shares, the same at every node.
+/// It holds no principal and no release ceiling; those are each nation's
+/// own ([`NationalFile`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoalitionFile {
+    /// The classification levels and compartments.
+    #[serde(default)]
+    pub classification: ClassificationFile,
+    /// Communities: names for sets of nations, usable in `REL TO` lists.
+    #[serde(default)]
+    pub communities: BTreeMap<String, Vec<String>>,
+    /// The coalition's rules for cut and restore resolutions.
+    #[serde(default)]
+    pub resolutions: ResolutionsFile,
+    /// Each member's node: where it listens, its links, its CA.
+    #[serde(default)]
+    pub nations: BTreeMap<String, MemberFile>,
+}
+
+/// One member's `[nations.XXX]` table in the coalition file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberFile {
+    /// `host:port` where the nation's node listens.
+    pub address: String,
+    /// The nations its node links to; every link must be listed at both ends.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// The SHA-256 fingerprint of the nation's CA certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_fingerprint: Option<String>,
+}
+
+/// A national file: what one nation keeps to itself and never shares.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NationalFile {
+    /// The nation whose file this is, such as GBR.
+    pub nation: String,
+    /// The highest level it releases to a partner not named in `ceilings`;
+    /// absent means the lowest level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_ceiling: Option<String>,
+    /// The highest level it releases to each named partner.
+    #[serde(default)]
+    pub ceilings: BTreeMap<String, String>,
+    /// Its principals (its admins among them), each with `nation` its own.
+    #[serde(default)]
+    pub principals: Vec<PrincipalFile>,
+}
+
+/// Where a node's policy comes from, so that a reload reads the same files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// The whole network in one file.
+    Network(PathBuf),
+    /// The coalition's file and one nation's own.
+    Split {
+        /// The coalition file.
+        coalition: PathBuf,
+        /// The nation's national file.
+        national: PathBuf,
+    },
+}
+
+impl PolicySource {
+    /// Reads and validates the files.
+    pub fn load(&self) -> Result<Policy, ConfigError> {
+        match self {
+            PolicySource::Network(path) => load_network(path),
+            PolicySource::Split { coalition, national } => load_split(coalition, national),
+        }
+    }
+}
+
+impl PolicySource {
+    /// The nation a national file is for; `None` for a whole-network file.
+    pub fn own_nation(&self) -> Result<Option<Nation>, ConfigError> {
+        match self {
+            PolicySource::Network(_) => Ok(None),
+            PolicySource::Split { national, .. } => {
+                let file: NationalFile = parse(&read(national)?, national)?;
+                Nation::parse(&file.nation)
+                    .filter(|n| n.as_str() == file.nation)
+                    .map(Some)
+                    .ok_or_else(|| ConfigError::Invalid {
+                        path: national.clone(),
+                        item: "nation".to_owned(),
+                        problem: format!("`{}` is not a nation code", file.nation),
+                        fix: "write it like GBR".to_owned(),
+                    })
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for PolicySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PolicySource::Network(path) => write!(f, "{}", path.display()),
+            PolicySource::Split { coalition, national } => {
+                write!(f, "{} and {}", coalition.display(), national.display())
+            }
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+        path: path.to_owned(),
+        cause,
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|err| ConfigError::Syntax {
         path: path.to_owned(),
         message: err.to_string().trim_end().to_owned(),
-    })?;
-    file.validate(path)
+    })
+}
+
+/// Reads a coalition file and one nation's national file into that
+/// nation's [`Policy`]: every nation's node, but only this nation's
+/// principals and ceilings. A national file that names another nation's
+/// principal, or a nation outside the coalition, is refused.
+pub fn load_split(coalition: &Path, national: &Path) -> Result<Policy, ConfigError> {
+    let coalition_file: CoalitionFile = parse(&read(coalition)?, coalition)?;
+    let national_file: NationalFile = parse(&read(national)?, national)?;
+    // The coalition's own rules first, so that its errors name its file.
+    NetworkFile::from_split(coalition_file.clone(), None).validate(coalition)?;
+    let check = Checker { path: national };
+    let members: BTreeSet<Nation> = coalition_file
+        .nations
+        .keys()
+        .filter_map(|n| Nation::parse(n))
+        .collect();
+    let nation = Nation::parse(&national_file.nation)
+        .filter(|n| n.as_str() == national_file.nation && members.contains(n))
+        .ok_or_else(|| {
+            check.invalid(
+                "nation",
+                format!("`{}` is not a nation of the coalition file", national_file.nation),
+                format!("use one of {}", list(&members)),
+            )
+        })?;
+    for principal in &national_file.principals {
+        if principal.nation != nation.as_str() {
+            return Err(check.invalid(
+                format!("principal `{}`", principal.name),
+                format!(
+                    "it is a principal of {}: {nation}'s national file lists only {nation}'s own principals",
+                    principal.nation
+                ),
+                format!(
+                    "remove it; {} keeps its principals in its own national file",
+                    principal.nation
+                ),
+            ));
+        }
+    }
+    NetworkFile::from_split(coalition_file, Some(national_file)).validate(national)
+}
+
+/// Splits a whole-network file into the coalition file and each nation's
+/// national file: loading the coalition file with any nation's national
+/// file gives that nation's part of the same policy.
+pub fn split_network(network: &NetworkFile) -> (CoalitionFile, BTreeMap<String, NationalFile>) {
+    let coalition = CoalitionFile {
+        classification: network.classification.clone(),
+        communities: network.communities.clone(),
+        resolutions: network.resolutions.clone(),
+        nations: network
+            .nations
+            .iter()
+            .map(|(code, table)| {
+                (
+                    code.clone(),
+                    MemberFile {
+                        address: table.address.clone(),
+                        peers: table.peers.clone(),
+                        ca_fingerprint: table.ca_fingerprint.clone(),
+                    },
+                )
+            })
+            .collect(),
+    };
+    let nationals = network
+        .nations
+        .iter()
+        .map(|(code, table)| {
+            (
+                code.clone(),
+                NationalFile {
+                    nation: code.clone(),
+                    default_ceiling: table.default_ceiling.clone(),
+                    ceilings: table.ceilings.clone(),
+                    principals: network
+                        .principals
+                        .iter()
+                        .filter(|p| &p.nation == code)
+                        .cloned()
+                        .collect(),
+                },
+            )
+        })
+        .collect();
+    (coalition, nationals)
+}
+
+/// Reads a whole-network file as written, for [`split_network`].
+pub fn read_network_file(path: &Path) -> Result<NetworkFile, ConfigError> {
+    parse(&read(path)?, path)
+}
+
+impl NetworkFile {
+    /// The network as one nation sees it: the coalition's tables, and only
+    /// that nation's ceilings and principals.
+    fn from_split(coalition: CoalitionFile, national: Option<NationalFile>) -> NetworkFile {
+        let own = national.as_ref().map(|n| n.nation.clone());
+        let nations = coalition
+            .nations
+            .into_iter()
+            .map(|(code, member)| {
+                let mine = national
+                    .as_ref()
+                    .filter(|_| own.as_deref() == Some(code.as_str()));
+                let table = NationFile {
+                    address: member.address,
+                    peers: member.peers,
+                    default_ceiling: mine.and_then(|n| n.default_ceiling.clone()),
+                    ceilings: mine.map(|n| n.ceilings.clone()).unwrap_or_default(),
+                    ca_fingerprint: member.ca_fingerprint,
+                };
+                (code, table)
+            })
+            .collect();
+        NetworkFile {
+            classification: coalition.classification,
+            communities: coalition.communities,
+            nations,
+            principals: national.map(|n| n.principals).unwrap_or_default(),
+            resolutions: coalition.resolutions,
+        }
+    }
+}
+
+/// A SHA-256 fingerprint as 64 hex digits, colons between bytes allowed
+/// (as `openssl x509 -fingerprint -sha256` prints it).
+pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
+    let digits: String = text.chars().filter(|&c| c != ':').collect();
+    if digits.len() != 64 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// A fingerprint as [`parse_fingerprint`] reads it: bytes in upper-case
+/// hex, colon-separated.
+pub fn format_fingerprint(fingerprint: &[u8; 32]) -> String {
+    fingerprint
+        .iter()
+        .map(|byte| format!("{byte:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 struct Checker<'a> {
@@ -528,11 +801,24 @@ impl NationFile {
             }
             ceilings.insert(partner, check.level(&ceiling_item, level, scheme)?);
         }
+        let ca_fingerprint = match &self.ca_fingerprint {
+            Some(text) => Some(parse_fingerprint(text).ok_or_else(|| {
+                check.invalid(
+                    format!("{item}.ca_fingerprint"),
+                    format!("`{text}` is not a SHA-256 fingerprint"),
+                    format!(
+                        "write the 64 hex digits `entente certs export --nation {nation}` prints (colons allowed)"
+                    ),
+                )
+            })?),
+            None => None,
+        };
         Ok(NationPolicy {
             address: self.address.clone(),
             peers,
             default_ceiling,
             ceilings,
+            ca_fingerprint,
         })
     }
 }
@@ -545,13 +831,7 @@ impl PrincipalFile {
         scheme: &MarkingScheme,
     ) -> Result<Principal, ConfigError> {
         let item = format!("principal `{}`", self.name);
-        let valid_name = !self.name.is_empty()
-            && self.name.len() <= 64
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'));
-        if !valid_name {
+        if !crate::policy::is_principal_name(&self.name) {
             return Err(check.invalid(
                 &item,
                 "a principal name must be 1 to 64 lower-case letters, digits, `.`, `-` or `_`",
@@ -559,6 +839,18 @@ impl PrincipalFile {
             ));
         }
         let nation = check.nation(&format!("{item}.nation"), &self.nation, nations)?;
+        // A relay takes a publisher's name on the origin's seal; that the
+        // name is in the origin's namespace is what it can still check.
+        if !crate::policy::is_principal_name_of(&self.name, nation) {
+            return Err(check.invalid(
+                &item,
+                format!(
+                    "a principal of {nation} must be named {}.<name>",
+                    nation.lowercase()
+                ),
+                format!("rename it, for example {}.analyst", nation.lowercase()),
+            ));
+        }
         let clearance = check.level(&format!("{item}.clearance"), &self.clearance, scheme)?;
         let mut compartments = BTreeSet::new();
         for compartment in &self.compartments {
@@ -786,6 +1078,187 @@ subscribe = [">"]
             let marking = format!("SECRET//REL TO {community}");
             assert_eq!(scheme.format(&scheme.parse(&marking).unwrap()), marking);
         }
+    }
+
+    fn manifest(path: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+    }
+
+    /// The shipped coalition and national files are exactly the sample
+    /// network split, and each nation's two files give it the sample
+    /// network's policy as far as that nation's node needs it: every
+    /// node, link and rule, its own principals and ceilings, nobody else's.
+    #[test]
+    fn the_shipped_split_files_are_the_sample_network_split() {
+        let network_path = manifest(DEFAULT_NETWORK_FILE);
+        let (coalition, nationals) = split_network(&read_network_file(&network_path).unwrap());
+        let coalition_path = manifest(DEFAULT_COALITION_FILE);
+        let shipped: CoalitionFile = parse(&read(&coalition_path).unwrap(), &coalition_path).unwrap();
+        assert_eq!(
+            shipped, coalition,
+            "config/coalition.toml is stale: run entente config split --out config"
+        );
+        let whole = load_network(&network_path).unwrap();
+        assert_eq!(nationals.len(), whole.nations().len());
+        for (code, national) in &nationals {
+            let path = manifest(&format!("config/national/{code}.toml"));
+            let shipped: NationalFile = parse(&read(&path).unwrap(), &path).unwrap();
+            assert_eq!(&shipped, national, "{} is stale", path.display());
+            let own = Nation::parse(code).unwrap();
+            let policy = load_split(&coalition_path, &path).unwrap();
+            assert_eq!(policy.quorum(), whole.quorum());
+            assert_eq!(policy.scheme().communities(), whole.scheme().communities());
+            for (nation, table) in whole.nations() {
+                let split = policy.nation(*nation).unwrap();
+                assert_eq!((&split.address, &split.peers), (&table.address, &table.peers));
+                for partner in whole.nations().keys() {
+                    let expected = if *nation == own {
+                        whole.ceiling(*nation, *partner)
+                    } else if nation == partner {
+                        whole.scheme().highest_level()
+                    } else {
+                        // Another nation's ceilings are its own business.
+                        Level(0)
+                    };
+                    assert_eq!(
+                        policy.ceiling(*nation, *partner),
+                        expected,
+                        "{code}: {nation}→{partner}"
+                    );
+                }
+            }
+            let mine: Vec<_> = whole.principals().filter(|p| p.nation == own).collect();
+            assert!(!mine.is_empty());
+            assert_eq!(policy.principals().collect::<Vec<_>>(), mine, "{code}");
+        }
+    }
+
+    fn split_error(coalition: &str, national: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, n) = (dir.path().join("coalition.toml"), dir.path().join("GBR.toml"));
+        std::fs::write(&c, coalition).unwrap();
+        std::fs::write(&n, national).unwrap();
+        load_split(&c, &n).expect_err("must be refused").to_string()
+    }
+
+    const COALITION: &str = r#"
+[nations.GBR]
+address = "127.0.0.1:7401"
+peers = ["FRA"]
+
+[nations.FRA]
+address = "127.0.0.1:7402"
+peers = ["GBR"]
+"#;
+
+    const NATIONAL: &str = r#"
+nation = "GBR"
+default_ceiling = "SECRET"
+ceilings = { FRA = "TOP SECRET" }
+
+[[principals]]
+name = "gbr.analyst"
+nation = "GBR"
+clearance = "SECRET"
+"#;
+
+    #[test]
+    fn a_national_file_holds_only_its_own_nations_principals() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, n) = (dir.path().join("coalition.toml"), dir.path().join("GBR.toml"));
+        std::fs::write(&c, COALITION).unwrap();
+        std::fs::write(&n, NATIONAL).unwrap();
+        let policy = load_split(&c, &n).unwrap();
+        assert!(policy.principal("gbr.analyst").is_some());
+        let (gbr, fra) = (Nation::parse("GBR").unwrap(), Nation::parse("FRA").unwrap());
+        assert_eq!(policy.scheme().level_name(policy.ceiling(gbr, fra)), "TOP SECRET");
+
+        let foreign = format!(
+            "{NATIONAL}\n[[principals]]\nname = \"fra.analyst\"\nnation = \"FRA\"\nclearance = \"SECRET\"\n"
+        );
+        let err = split_error(COALITION, &foreign);
+        assert!(
+            err.contains("GBR.toml") && err.contains("fra.analyst") && err.contains("a principal of FRA"),
+            "{err}"
+        );
+        // Nor one of its own nation named into another's namespace.
+        let disguised = format!(
+            "{NATIONAL}\n[[principals]]\nname = \"fra.mole\"\nnation = \"GBR\"\nclearance = \"SECRET\"\n"
+        );
+        let err = split_error(COALITION, &disguised);
+        assert!(
+            err.contains("GBR.toml") && err.contains("must be named gbr.<name>"),
+            "{err}"
+        );
+        let err = split_error(
+            COALITION,
+            &NATIONAL.replace("nation = \"GBR\"\ndefault", "nation = \"DEU\"\ndefault"),
+        );
+        assert!(
+            err.contains("GBR.toml") && err.contains("`DEU` is not a nation of the coalition file"),
+            "{err}"
+        );
+        let err = split_error(COALITION, &NATIONAL.replace("FRA = ", "USA = "));
+        assert!(
+            err.contains("GBR.toml") && err.contains("unknown nation `USA`"),
+            "{err}"
+        );
+        // What belongs in the coalition file is refused in a national one.
+        let err = split_error(COALITION, &format!("peers = [\"FRA\"]\n{NATIONAL}"));
+        assert!(
+            err.contains("GBR.toml") && err.contains("unknown field `peers`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_coalition_file_holds_no_principals_or_ceilings_and_its_errors_name_it() {
+        let err = split_error(
+            &COALITION.replace(
+                "peers = [\"GBR\"]",
+                "peers = [\"GBR\"]\ndefault_ceiling = \"SECRET\"",
+            ),
+            NATIONAL,
+        );
+        assert!(
+            err.contains("coalition.toml") && err.contains("unknown field `default_ceiling`"),
+            "{err}"
+        );
+        let err = split_error(
+            &format!("{COALITION}\n[[principals]]\nname = \"gbr.analyst\"\n"),
+            NATIONAL,
+        );
+        assert!(
+            err.contains("coalition.toml") && err.contains("unknown field `principals`"),
+            "{err}"
+        );
+        let err = split_error(&COALITION.replace("peers = [\"GBR\"]", "peers = []"), NATIONAL);
+        assert!(
+            err.contains("coalition.toml") && err.contains("links must be symmetric"),
+            "{err}"
+        );
+        let err = split_error(
+            &COALITION.replace("peers = [\"GBR\"]", "peers = [\"GBR\"]\nca_fingerprint = \"abc\""),
+            NATIONAL,
+        );
+        assert!(
+            err.contains("coalition.toml") && err.contains("nations.FRA.ca_fingerprint"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn fingerprints_read_with_or_without_colons_and_print_with_them() {
+        let bytes: [u8; 32] = std::array::from_fn(|i| i as u8 * 7);
+        let printed = format_fingerprint(&bytes);
+        assert_eq!(printed.len(), 32 * 3 - 1);
+        assert_eq!(parse_fingerprint(&printed), Some(bytes));
+        assert_eq!(
+            parse_fingerprint(&printed.replace(':', "").to_lowercase()),
+            Some(bytes)
+        );
+        assert_eq!(parse_fingerprint(&printed[3..]), None);
+        assert_eq!(parse_fingerprint(&printed.replace('0', "g")), None);
     }
 
     #[test]

@@ -32,7 +32,7 @@
 
 use std::fmt;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use ring::digest::{self, SHA256};
@@ -186,6 +186,10 @@ pub struct Envelope {
     pub topic: Topic,
     /// The security label every hop enforces.
     pub label: Label,
+    /// The nations besides the origin that the origin released it to,
+    /// under the label and its own (private) release ceilings: the only
+    /// nations that may hold it. Sealed, so no relay can widen it.
+    pub released_to: BTreeSet<Nation>,
     /// Microseconds since the Unix epoch, by the origin node's clock.
     pub created_us: u64,
     #[serde(with = "serde_bytes")]
@@ -300,6 +304,9 @@ pub struct Unsigned {
     pub topic: Topic,
     /// The security label every hop enforces.
     pub label: Label,
+    /// The nations besides the origin it is released to
+    /// ([`crate::policy::Policy::release_set`]).
+    pub released_to: BTreeSet<Nation>,
     /// Microseconds since the Unix epoch, by the origin node's clock.
     pub created_us: u64,
     /// The message body, opaque to the broker.
@@ -335,6 +342,10 @@ fn signed_header(envelope: &Envelope) -> Vec<u8> {
     out.push(envelope.label.level.0);
     put_set(&mut out, envelope.label.compartments.iter());
     put_set(&mut out, envelope.label.rel_to.iter());
+    out.extend_from_slice(&(envelope.released_to.len() as u32).to_be_bytes());
+    for nation in &envelope.released_to {
+        out.extend_from_slice(nation.as_str().as_bytes());
+    }
     out.extend_from_slice(&envelope.created_us.to_be_bytes());
     out.extend_from_slice(&(envelope.payload.len() as u32).to_be_bytes());
     out
@@ -350,6 +361,7 @@ impl From<Unsigned> for Envelope {
             publisher: message.publisher,
             topic: message.topic,
             label: message.label,
+            released_to: message.released_to,
             created_us: message.created_us,
             payload: message.payload,
             seal: Seal::default(),
@@ -915,6 +927,7 @@ mod tests {
                 compartments: ["SIGINT".to_owned()].into(),
                 rel_to: ["FRA".to_owned(), "GBR".to_owned()].into(),
             },
+            released_to: [Nation::parse("FRA").unwrap()].into(),
             created_us: 1_764_000_000_000_000,
             payload: b"launch detected".to_vec(),
         }
@@ -994,6 +1007,13 @@ mod tests {
             6 => e.created_us ^= u64::from(bit) << (position % 64),
             7 => flip(&mut e.payload),
             8 => e.id.0[position % 16] ^= bit,
+            9 => {
+                // A relay widening or narrowing the origin's release.
+                let widened = Nation::parse("DEU").unwrap();
+                if !e.released_to.remove(&widened) {
+                    e.released_to.insert(widened);
+                }
+            }
             _ => flip(&mut e.seal.signature),
         }
         (e != *envelope).then_some(e)
@@ -1003,7 +1023,7 @@ mod tests {
         /// Invariant 3: changing any single byte of any signed field (or
         /// of the signature) makes verification fail.
         #[test]
-        fn any_single_byte_change_is_detected(field in 0usize..10, position in any::<usize>(), bit in 1u8..=255) {
+        fn any_single_byte_change_is_detected(field in 0usize..11, position in any::<usize>(), bit in 1u8..=255) {
             let signer = signer();
             let envelope = signer.seal(message());
             if let Some(tampered) = with_field_mutated(&envelope, field, position, bit) {
@@ -1016,7 +1036,7 @@ mod tests {
     fn each_field_is_covered() {
         let signer = signer();
         let envelope = signer.seal(message());
-        for field in 0..10 {
+        for field in 0..11 {
             let tampered = with_field_mutated(&envelope, field, 0, 0x01)
                 .or_else(|| with_field_mutated(&envelope, field, 1, 0x20))
                 .unwrap_or_else(|| panic!("field {field} could not be mutated"));

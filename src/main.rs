@@ -14,7 +14,7 @@ use entente::admin::{self, AdminCommand, AdminReply};
 use entente::audit;
 use entente::bench;
 use entente::client::{delivery_json, delivery_line, escape_text, Client, ClientOptions, Overrides};
-use entente::config::{load_network, DEFAULT_NETWORK_FILE};
+use entente::config::{load_network, PolicySource, DEFAULT_COALITION_FILE, DEFAULT_NETWORK_FILE};
 use entente::hostile::Hostility;
 use entente::label::Nation;
 use entente::node::{self, NodeConfig, NodeSettings};
@@ -66,13 +66,15 @@ enum Command {
     /// Run one nation's broker node until Ctrl-C.
     #[command(after_help = "Example:
   entente node --nation GBR
-  entente node --nation FRA --listen 0.0.0.0:7402 --data /var/lib/entente/FRA")]
+  entente node --nation FRA --listen 0.0.0.0:7402 --data /var/lib/entente/FRA
+  entente node --coalition config/coalition.toml --national config/national/GBR.toml --certs gbr-certs")]
     Node {
-        /// The nation whose node this is, such as GBR.
-        #[arg(long)]
-        nation: String,
-        #[arg(long, default_value = DEFAULT_NETWORK_FILE)]
-        network: PathBuf,
+        /// The nation whose node this is, such as GBR [default: the
+        /// national file's].
+        #[arg(long, required_unless_present = "national")]
+        nation: Option<String>,
+        #[command(flatten)]
+        network: NetworkArgs,
         #[arg(long, default_value = DEFAULT_CERTS_DIR)]
         certs: PathBuf,
         /// Address to listen on [default: the nation's address in the network file].
@@ -197,6 +199,9 @@ Examples:
   entente certs init --out /tmp/pki"
     )]
     Certs(CertsCommand),
+    /// Work with configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Check audit logs' hash chains, and search them.
     #[command(
         subcommand,
@@ -230,6 +235,25 @@ Examples:
         /// with --from; decision, reason and detail with --to).
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Split a whole-network file into the coalition file every member
+    /// shares (OUT/coalition.toml: levels, compartments, communities,
+    /// nodes, links, CA fingerprints, resolution rules) and one national
+    /// file per nation (OUT/national/<NATION>.toml: its principals,
+    /// admins and release ceilings), which that nation alone keeps.
+    #[command(after_help = "Example:
+  entente config split --network config/network.toml --out split
+  entente node --coalition split/coalition.toml --national split/national/GBR.toml")]
+    Split {
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_NETWORK_FILE)]
+        network: PathBuf,
+        /// The folder to write into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 
@@ -494,6 +518,42 @@ struct AdminNodes {
     all: bool,
 }
 
+/// Where the policy comes from: the whole network in one file, or the
+/// coalition's file with one nation's own.
+#[derive(Args, Clone)]
+struct NetworkArgs {
+    /// The whole network in one file (a demo coalition on one machine).
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_NETWORK_FILE)]
+    network: PathBuf,
+    /// The coalition file every member shares; with --national, instead
+    /// of --network [default: config/coalition.toml].
+    #[arg(long, value_name = "FILE", requires = "national", conflicts_with = "network")]
+    coalition: Option<PathBuf>,
+    /// Your nation's own file: its principals, admins and release
+    /// ceilings. Read with the coalition file, instead of --network.
+    #[arg(long, value_name = "FILE", conflicts_with = "network")]
+    national: Option<PathBuf>,
+}
+
+impl NetworkArgs {
+    fn source(&self) -> PolicySource {
+        match &self.national {
+            Some(national) => PolicySource::Split {
+                coalition: self
+                    .coalition
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_COALITION_FILE)),
+                national: national.clone(),
+            },
+            None => PolicySource::Network(self.network.clone()),
+        }
+    }
+
+    fn load(&self) -> anyhow::Result<entente::policy::Policy> {
+        Ok(self.source().load()?)
+    }
+}
+
 /// As whom, and how long to wait.
 #[derive(Args)]
 struct AdminArgs {
@@ -501,8 +561,8 @@ struct AdminArgs {
     /// [default: each nation's admin found in the certs folder, on its node].
     #[arg(long = "as", value_name = "PRINCIPAL")]
     principal: Option<String>,
-    #[arg(long, default_value = DEFAULT_NETWORK_FILE)]
-    network: PathBuf,
+    #[command(flatten)]
+    network: NetworkArgs,
     #[arg(long, default_value = DEFAULT_CERTS_DIR)]
     certs: PathBuf,
     /// How long each node has to answer, connecting included.
@@ -519,8 +579,8 @@ struct ConnectArgs {
     /// The principal to act as, such as gbr.analyst.
     #[arg(long = "as", value_name = "PRINCIPAL")]
     principal: String,
-    #[arg(long, default_value = DEFAULT_NETWORK_FILE)]
-    network: PathBuf,
+    #[command(flatten)]
+    network: NetworkArgs,
     #[arg(long, default_value = DEFAULT_CERTS_DIR)]
     certs: PathBuf,
     /// The node's host:port [default: from the network file].
@@ -556,7 +616,7 @@ impl ConnectArgs {
         let policy = if all_given {
             None
         } else {
-            Some(load_network(&self.network)?)
+            Some(self.network.load()?)
         };
         let options = ClientOptions::for_principal(
             &self.principal,
@@ -585,8 +645,8 @@ enum CertsCommand {
   entente certs init --out /tmp/pki          # every nation: a demo coalition on one machine
   openssl verify -CAfile /tmp/pki/GBR/ca.crt /tmp/pki/GBR/node.crt")]
     Init {
-        #[arg(long, default_value = DEFAULT_NETWORK_FILE)]
-        network: PathBuf,
+        #[command(flatten)]
+        network: NetworkArgs,
         /// Folder to write the PKI into.
         #[arg(long, default_value = DEFAULT_CERTS_DIR)]
         out: PathBuf,
@@ -606,8 +666,8 @@ enum CertsCommand {
         /// The nation whose bundle to write, such as GBR.
         #[arg(long)]
         nation: String,
-        #[arg(long, default_value = DEFAULT_NETWORK_FILE)]
-        network: PathBuf,
+        #[command(flatten)]
+        network: NetworkArgs,
         #[arg(long, default_value = DEFAULT_CERTS_DIR)]
         certs: PathBuf,
         /// The bundle file [default: standard output].
@@ -622,8 +682,8 @@ enum CertsCommand {
     Import {
         /// The bundle file, as `certs export` wrote it.
         bundle: PathBuf,
-        #[arg(long, default_value = DEFAULT_NETWORK_FILE)]
-        network: PathBuf,
+        #[command(flatten)]
+        network: NetworkArgs,
         #[arg(long, default_value = DEFAULT_CERTS_DIR)]
         certs: PathBuf,
     },
@@ -635,8 +695,8 @@ enum CertsCommand {
     Issue {
         /// The principal, such as gbr.analyst.
         principal: String,
-        #[arg(long, default_value = DEFAULT_NETWORK_FILE)]
-        network: PathBuf,
+        #[command(flatten)]
+        network: NetworkArgs,
         #[arg(long, default_value = DEFAULT_CERTS_DIR)]
         certs: PathBuf,
     },
@@ -899,7 +959,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             certs,
             out,
         }) => {
-            let policy = load_network(&network)?;
+            let policy = network.load()?;
             let bundle = pki::export_bundle(&policy, &PkiLayout::new(&certs), parse_nation(&nation)?)?;
             let text = toml::to_string(&bundle).context("encoding the bundle")?;
             match out {
@@ -909,6 +969,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => print!("{text}"),
             }
+            // On standard error, so the bundle alone goes to standard output.
+            eprintln!(
+                "{nation}'s CA fingerprint, for [nations.{nation}] ca_fingerprint in the coalition file: {}",
+                bundle.ca_fingerprint()?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Certs(CertsCommand::Import {
@@ -916,7 +981,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             network,
             certs,
         }) => {
-            let policy = load_network(&network)?;
+            let policy = network.load()?;
             let nation = pki::import_bundle(&policy, &PkiLayout::new(&certs), &bundle)?;
             println!(
                 "imported {nation}'s CA, node certificate and CRL into {}; running nodes take them on reload",
@@ -929,7 +994,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             network,
             certs,
         }) => {
-            let policy = load_network(&network)?;
+            let policy = network.load()?;
             let layout = PkiLayout::new(&certs);
             let identity = pki::issue_principal(&policy, &layout, &principal)?;
             let (cert, key) = layout.cert_and_key(&identity);
@@ -988,6 +1053,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             node: _,
             certs,
         }) => cmd_certs_revoke(&nation, principal, certs),
+        Command::Config(ConfigCommand::Split { network, out }) => cmd_config_split(network, out),
         Command::Explain {
             marking,
             to,
@@ -1135,20 +1201,32 @@ fn cmd_up(network: PathBuf, certs: PathBuf, data: PathBuf) -> anyhow::Result<Exi
 }
 
 fn cmd_node(
-    nation: String,
-    network: PathBuf,
+    nation: Option<String>,
+    network: NetworkArgs,
     certs: PathBuf,
     listen: Option<SocketAddr>,
     data: Option<PathBuf>,
     settings: NodeSettings,
 ) -> anyhow::Result<ExitCode> {
-    let nation =
-        Nation::parse(&nation).with_context(|| format!("`{nation}` is not a nation code such as GBR"))?;
-    let policy = Arc::new(load_network(&network)?);
+    let source = network.source();
+    let national = source.own_nation()?;
+    let nation = match (nation, national) {
+        (Some(text), national) => {
+            let nation =
+                Nation::parse(&text).with_context(|| format!("`{text}` is not a nation code such as GBR"))?;
+            if let Some(national) = national.filter(|&n| n != nation) {
+                bail!("--nation {nation}, but the national file is {national}'s: run each nation's node from its own national file");
+            }
+            nation
+        }
+        (None, Some(national)) => national,
+        (None, None) => bail!("say which nation's node this is: --nation GBR"),
+    };
+    let policy = Arc::new(source.load()?);
     let data = data.unwrap_or_else(|| PathBuf::from("data").join(nation.as_str()));
     let mut config = NodeConfig::load(nation, policy, &PkiLayout::new(&certs), data)?;
     config.settings = settings;
-    config.network_file = Some(network);
+    config.policy_source = Some(source);
     let addr = match listen {
         Some(addr) => addr,
         None => config.listen_address()?,
@@ -1286,15 +1364,27 @@ fn cmd_bench_throughput(
 }
 
 fn cmd_certs_init(
-    network: PathBuf,
+    network: NetworkArgs,
     out: PathBuf,
     nation: Option<String>,
     force: bool,
 ) -> anyhow::Result<ExitCode> {
-    let policy = load_network(&network)?;
+    let source = network.source();
+    let policy = source.load()?;
     let layout = PkiLayout::new(&out);
+    // With a national file, only that nation's PKI: its file names no
+    // other nation's principals, and no other nation's key belongs here.
+    let nation = match (
+        nation.as_deref().map(parse_nation).transpose()?,
+        source.own_nation()?,
+    ) {
+        (Some(nation), Some(own)) if nation != own => {
+            bail!("--nation {nation}, but the national file is {own}'s: a nation makes only its own PKI")
+        }
+        (nation, own) => nation.or(own),
+    };
     let summary = match nation {
-        Some(nation) => pki::generate_nation(&policy, &layout, parse_nation(&nation)?, force)?,
+        Some(nation) => pki::generate_nation(&policy, &layout, nation, force)?,
         None => pki::generate(&policy, &layout, force)?,
     };
     println!(
@@ -1303,6 +1393,47 @@ fn cmd_certs_init(
         summary.nodes,
         summary.principals,
         out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_config_split(network: PathBuf, out: PathBuf) -> anyhow::Result<ExitCode> {
+    // Refuse to split a file that would not load: the parts would not either.
+    load_network(&network)?;
+    let file = entente::config::read_network_file(&network)?;
+    let (coalition, nationals) = entente::config::split_network(&file);
+    let write = |path: PathBuf, header: String, body: String| -> anyhow::Result<()> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&path, format!("{header}\n{body}"))
+            .with_context(|| format!("writing {}", path.display()))
+    };
+    let coalition_path = out.join("coalition.toml");
+    write(
+        coalition_path.clone(),
+        format!(
+            "# The coalition file, split from {}: the same at every member's node.\n\
+             # Pin each nation's CA with ca_fingerprint = \"...\" (entente certs export prints it).\n",
+            network.display()
+        ),
+        toml::to_string(&coalition).context("encoding the coalition file")?,
+    )?;
+    for (nation, national) in &nationals {
+        write(
+            out.join("national").join(format!("{nation}.toml")),
+            format!(
+                "# {nation}'s national file, split from {}: {nation}'s own, shared with no one.\n",
+                network.display()
+            ),
+            toml::to_string(national).context("encoding a national file")?,
+        )?;
+    }
+    println!(
+        "wrote {} and {} national files in {}",
+        coalition_path.display(),
+        nationals.len(),
+        out.join("national").display()
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -1397,7 +1528,7 @@ fn cmd_resolution(args: AdminArgs, call: ResolutionCall) -> anyhow::Result<ExitC
     let Some(principal) = args.principal.as_deref() else {
         bail!("say as which admin: --as gbr.admin (a resolution is signed by one nation's admin, on its own node)");
     };
-    let policy = load_network(&args.network)?;
+    let policy = args.network.load()?;
     let layout = PkiLayout::new(&args.certs);
     let targets = admin::admin_targets(&policy, &layout, Some(principal), None)?;
     let Some((_, options)) = admin::connect_options(&policy, &layout, &targets)?
@@ -1408,7 +1539,7 @@ fn cmd_resolution(args: AdminArgs, call: ResolutionCall) -> anyhow::Result<ExitC
     };
     if let ResolutionCall::Propose(_, nation) = &call {
         if policy.nation(*nation).is_none() {
-            bail!("{nation} is not a nation of {}", args.network.display());
+            bail!("{nation} is not a nation of {}", args.network.source());
         }
     }
     let status = runtime()?.block_on(async {
@@ -1439,7 +1570,7 @@ fn cmd_resolution(args: AdminArgs, call: ResolutionCall) -> anyhow::Result<ExitC
 /// Runs `command` on the nodes asked for, in parallel, and prints each
 /// answer; fails naming every node that did not answer or refused.
 fn cmd_admin(args: AdminArgs, nodes: Option<AdminNodes>, command: AdminCommand) -> anyhow::Result<ExitCode> {
-    let policy = load_network(&args.network)?;
+    let policy = args.network.load()?;
     let layout = PkiLayout::new(&args.certs);
     let only: Option<Vec<Nation>> = match nodes.as_ref().and_then(|n| n.nation.as_deref()) {
         Some(nation) => Some(vec![parse_nation(nation)?]),
@@ -1447,7 +1578,7 @@ fn cmd_admin(args: AdminArgs, nodes: Option<AdminNodes>, command: AdminCommand) 
     };
     if let AdminCommand::Cut(nation) | AdminCommand::Restore(nation) = command {
         if policy.nation(nation).is_none() {
-            bail!("{nation} is not a nation of {}", args.network.display());
+            bail!("{nation} is not a nation of {}", args.network.source());
         }
     }
     let mut targets = admin::admin_targets(&policy, &layout, args.principal.as_deref(), only.as_deref())?;

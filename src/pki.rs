@@ -478,6 +478,17 @@ pub struct MemberBundle {
     pub crl: Option<String>,
 }
 
+impl MemberBundle {
+    /// Its CA certificate's fingerprint, as a coalition file pins it.
+    pub fn ca_fingerprint(&self) -> Result<String, PkiError> {
+        let ca = CertificateDer::from_pem_slice(self.ca.as_bytes()).map_err(|err| PkiError::Read {
+            path: PathBuf::from(format!("{}'s bundle", self.nation)),
+            cause: format!("its CA certificate: {err}"),
+        })?;
+        Ok(crate::config::format_fingerprint(&ca_fingerprint(&ca)))
+    }
+}
+
 /// The member bundle of `nation`, from `layout` (its own PKI).
 pub fn export_bundle(policy: &Policy, layout: &PkiLayout, nation: Nation) -> Result<MemberBundle, PkiError> {
     let table = policy.nation(nation).ok_or(PkiError::UnknownNation(nation))?;
@@ -522,6 +533,17 @@ pub fn import_bundle(policy: &Policy, layout: &PkiLayout, path: &Path) -> Result
     }
     let ca = CertificateDer::from_pem_slice(bundle.ca.as_bytes())
         .map_err(|err| refused(format!("its CA certificate: {err}")))?;
+    let found = ca_fingerprint(&ca);
+    if let Some(pinned) = policy.nation(nation).and_then(|table| table.ca_fingerprint) {
+        if pinned != found {
+            return Err(refused(format!(
+                "its CA certificate has the fingerprint {}, but the coalition file pins {} for {nation}: \
+                 it is not the CA the coalition agreed on",
+                crate::config::format_fingerprint(&found),
+                crate::config::format_fingerprint(&pinned)
+            )));
+        }
+    }
     let node = CertificateDer::from_pem_slice(bundle.node.as_bytes())
         .map_err(|err| refused(format!("its node certificate: {err}")))?;
     // The node certificate must check out under that CA alone, as every
@@ -704,16 +726,12 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, PkiError> {
     })
 }
 
-/// Every nation's CA certificate from `layout`.
-pub fn read_cas(
-    policy: &Policy,
-    layout: &PkiLayout,
-) -> Result<BTreeMap<Nation, CertificateDer<'static>>, PkiError> {
-    policy
-        .nations()
-        .keys()
-        .map(|&nation| Ok((nation, read_cert(&layout.ca_cert(nation))?)))
-        .collect()
+/// The SHA-256 of a CA certificate's DER: what a coalition file's
+/// `ca_fingerprint` pins.
+pub fn ca_fingerprint(ca: &CertificateDer<'_>) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, ca.as_ref()).as_ref());
+    out
 }
 
 /// The trust store of a network: every nation's CA, each trusted only for
@@ -736,6 +754,13 @@ pub struct TrustMaterial {
     /// expired (RFC 3339): its certificates are refused in handshakes
     /// until its CA re-signs the CRL (`entente certs renew-crl`).
     pub expired_crls: BTreeMap<Nation, String>,
+    /// Each nation whose CA certificate in the certs folder is not the one
+    /// the coalition file pins, with the fingerprint it has: that CA is
+    /// left out of `cas`, so none of its nation's identities is trusted.
+    pub mismatched_cas: BTreeMap<Nation, String>,
+    /// Each nation whose CA certificate is not in the certs folder yet
+    /// (its bundle not imported): none of its identities is trusted.
+    pub missing_cas: BTreeSet<Nation>,
 }
 
 impl TrustMaterial {
@@ -756,7 +781,27 @@ impl TrustMaterial {
 /// A CRL file that exists must parse and be signed by its nation's CA:
 /// rustls would otherwise refuse every identity of that nation.
 pub fn read_trust_material(policy: &Policy, layout: &PkiLayout) -> Result<TrustMaterial, PkiError> {
-    let cas = read_cas(policy, layout)?;
+    // A nation may start its node before every partner's bundle is in.
+    let mut missing_cas = BTreeSet::new();
+    let mut cas = BTreeMap::new();
+    for &nation in policy.nations().keys() {
+        let path = layout.ca_cert(nation);
+        if !path.exists() {
+            missing_cas.insert(nation);
+            continue;
+        }
+        cas.insert(nation, read_cert(&path)?);
+    }
+    let mut mismatched_cas = BTreeMap::new();
+    cas.retain(|&nation, ca| {
+        let found = ca_fingerprint(ca);
+        let pinned = policy.nation(nation).and_then(|table| table.ca_fingerprint);
+        if pinned.is_some_and(|pinned| pinned != found) {
+            mismatched_cas.insert(nation, crate::config::format_fingerprint(&found));
+            return false;
+        }
+        true
+    });
     let mut crls = Vec::new();
     let mut expired_crls = BTreeMap::new();
     let now = OffsetDateTime::now_utc();
@@ -775,6 +820,8 @@ pub fn read_trust_material(policy: &Policy, layout: &PkiLayout) -> Result<TrustM
         cas,
         crls,
         expired_crls,
+        mismatched_cas,
+        missing_cas,
     })
 }
 

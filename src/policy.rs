@@ -25,6 +25,8 @@ pub struct NationPolicy {
     pub default_ceiling: Level,
     /// The highest level it releases to each listed partner.
     pub ceilings: BTreeMap<Nation, Level>,
+    /// The SHA-256 of its CA certificate (DER), if the coalition pinned it.
+    pub ca_fingerprint: Option<[u8; 32]>,
 }
 
 /// A user or system account of one nation.
@@ -55,6 +57,27 @@ pub(crate) fn short_hex(digest: ring::digest::Digest) -> String {
         .take(8)
         .map(|byte| format!("{byte:02x}"))
         .collect()
+}
+
+/// Whether `name` has the form of a principal name: 1 to 64 lower-case
+/// letters, digits, `.`, `-` or `_`.
+pub fn is_principal_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'))
+}
+
+/// Whether `name` has the form of a principal name of `nation`: in its
+/// namespace, such as `gbr.analyst` for GBR.
+pub fn is_principal_name_of(name: &str, nation: Nation) -> bool {
+    // On every envelope from a peer: no allocation.
+    let (name_bytes, code) = (name.as_bytes(), nation.as_str().as_bytes());
+    is_principal_name(name)
+        && name_bytes.len() > code.len() + 1
+        && name_bytes[..code.len()].eq_ignore_ascii_case(code)
+        && name_bytes[code.len()] == b'.'
 }
 
 /// The role that may run admin commands (status, reload, cut, restore)
@@ -101,6 +124,9 @@ pub enum Reason {
     AboveCeiling,
     /// No path of nations that may see the message leads to the nation.
     Unreachable,
+    /// The origin did not release the message to the nation (its own
+    /// ceilings, or its cuts): the set it sealed does not name it.
+    NotReleasedByOrigin,
 }
 
 impl Reason {
@@ -113,6 +139,7 @@ impl Reason {
             Reason::TopicNotPermitted => "topic-not-permitted",
             Reason::AboveCeiling => "above-ceiling",
             Reason::Unreachable => "unreachable",
+            Reason::NotReleasedByOrigin => "not-released-by-origin",
         }
     }
 }
@@ -464,6 +491,17 @@ impl Policy {
             })
     }
 
+    /// The nations besides `origin` that a message with `label` is
+    /// released to: what the origin's node seals into the envelope, so
+    /// that relays, which never learn its ceilings, route by its decision.
+    pub fn release_set(&self, origin: Nation, label: &Label) -> BTreeSet<Nation> {
+        self.nations
+            .keys()
+            .copied()
+            .filter(|&nation| nation != origin && self.may_forward(label, origin, nation).is_allow())
+            .collect()
+    }
+
     /// Is `nation` named by the label's releasability (or the origin)?
     pub fn may_release_to_nation(&self, label: &Label, origin: Option<Nation>, nation: Nation) -> Decision {
         if self.scheme.releasable_to(label, origin, nation) {
@@ -583,13 +621,14 @@ pub(crate) mod tests {
                             peers,
                             default_ceiling: Some(LEVELS[*default].to_owned()),
                             ceilings,
+                            ca_fingerprint: None,
                         },
                     );
                 }
                 for (index, (nation, clearance, compartments, patterns)) in principals.into_iter().enumerate()
                 {
                     file.principals.push(PrincipalFile {
-                        name: format!("p{index}"),
+                        name: format!("{}.p{index}", CODES[nation].to_ascii_lowercase()),
                         nation: CODES[nation].to_owned(),
                         clearance: LEVELS[clearance].to_owned(),
                         compartments: compartments.iter().map(|c| c.to_string()).collect(),

@@ -422,6 +422,7 @@ mod tests {
             publisher: "gbr.analyst".into(),
             topic: Topic::new("a.b").unwrap(),
             label: Label::local(Level(3)),
+            released_to: [Nation::parse("FRA").unwrap()].into(),
             created_us: 5,
             payload: vec![9; 3],
             seal: crate::envelope::Seal {
@@ -441,6 +442,7 @@ mod tests {
             publisher: "fra.analyst".into(),
             topic: Topic::new("a.b").unwrap(),
             label: Label::local(Level(2)),
+            released_to: Default::default(),
             created_us: 99,
             payload: vec![5; 300],
             seal: crate::envelope::Seal {
@@ -557,6 +559,7 @@ mod tests {
             publisher: "p".into(),
             topic: Topic::new("abc").unwrap(),
             label: Label::local(Level(0)),
+            released_to: Default::default(),
             created_us: 0,
             payload: vec![],
             seal: Default::default(),

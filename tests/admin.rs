@@ -667,3 +667,65 @@ async fn a_reload_that_adds_a_link_brings_it_up() {
     }
     panic!("the FRA–DEU link never came up after the reload");
 }
+
+/// A coalition file that pins a CA other than the one in the certs folder
+/// (a forged bundle taken in, or a CA the coalition never agreed on): on
+/// reload, nothing of that nation is trusted, its link is closed, and it
+/// is audited and shown in status; every other peer is served as before.
+/// Pinning the genuine fingerprint trusts it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_the_coalition_file_does_not_pin_is_not_trusted() {
+    let net = TestNetwork::start().await;
+    let (gbr, fra, deu) = (nation("GBR"), nation("FRA"), nation("DEU"));
+    let pin = |fingerprint: &str| {
+        NETWORK.replace(
+            "[nations.FRA]\n",
+            &format!("[nations.FRA]\nca_fingerprint = \"{fingerprint}\"\n"),
+        )
+    };
+    std::fs::write(net.network_path(), pin(&format!("{}AB", "AB:".repeat(31)))).unwrap();
+    net.control(gbr).reload().await.expect("the file loads");
+    let status = net.control(gbr).status().unwrap();
+    assert_eq!(
+        status.mismatched_cas.keys().collect::<Vec<_>>(),
+        ["FRA"],
+        "{status:#?}"
+    );
+    let record = wait_for_record(&net, gbr, 0, |r| is(r, "refuse", "ca-mismatch", "FRA")).await;
+    assert!(
+        record["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not the one the coalition file pins"),
+        "{record}"
+    );
+    wait_for_record(&net, gbr, 0, |r| {
+        r["event"] == "disconnect" && r["reason"] == "certificate-rejected" && r["subject"] == "FRA"
+    })
+    .await;
+    // DEU is served as before: GBR still relays to it.
+    let deu_analyst = net.client("deu.analyst").await;
+    deu_analyst.subscribe("news.>").await.unwrap();
+    net.wait_for_interest(gbr, deu, "news.>").await;
+    let publisher = net.client("gbr.analyst").await;
+    publisher
+        .publish(
+            "news.gbr",
+            "CONFIDENTIAL//REL TO GBR, DEU",
+            b"still served".to_vec(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        deu_analyst.next_delivery().await.unwrap().payload,
+        b"still served"
+    );
+
+    let ca = pki::read_cert(&net.layout.ca_cert(fra)).unwrap();
+    let genuine = entente::config::format_fingerprint(&pki::ca_fingerprint(&ca));
+    std::fs::write(net.network_path(), pin(&genuine)).unwrap();
+    net.control(gbr).reload().await.expect("the file loads");
+    assert!(net.control(gbr).status().unwrap().mismatched_cas.is_empty());
+    gbr_to_fra_flows(&net, "trusted again").await;
+    net.shutdown().await;
+}

@@ -100,6 +100,9 @@ async fn a_peer_flooding_refused_envelopes_is_counted_with_a_sample_of_ids() {
             origin: nation("FRA"),
             publisher: "fra.analyst".into(),
             topic: Topic::new("sigint.ru").unwrap(),
+            released_to: net
+                .policy
+                .release_set(nation("FRA"), &scheme.parse("SECRET//REL TO FRA, GBR").unwrap()),
             label: scheme.parse("SECRET//REL TO FRA, GBR").unwrap(),
             created_us,
             payload: payload.to_vec(),
@@ -189,6 +192,10 @@ async fn while_the_audit_log_fails_nothing_is_taken_that_could_not_be_recorded()
         origin: nation("FRA"),
         publisher: "fra.analyst".into(),
         topic: Topic::new("sigint.ru").unwrap(),
+        released_to: net.policy.release_set(
+            nation("FRA"),
+            &net.policy.scheme().parse("SECRET//REL TO FRA, GBR").unwrap(),
+        ),
         label: net.policy.scheme().parse("SECRET//REL TO FRA, GBR").unwrap(),
         created_us: now_us(),
         payload: b"unrecordable".to_vec(),

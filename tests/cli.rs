@@ -76,6 +76,86 @@ fn a_broken_network_file_is_named() {
     );
 }
 
+/// A nation's node and PKI come from its own national file: asking for
+/// another nation with it, or for half of the pair, is refused with what
+/// to do, and `config split` writes the pair from a whole-network file.
+#[test]
+fn the_coalition_and_national_files_go_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = dir.path().join("split");
+    let output = entente(&["config", "split", "--out", split.to_str().unwrap()]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout(&output).contains("15 national files"));
+    let coalition = split.join("coalition.toml");
+    let gbr = split.join("national").join("GBR.toml");
+    let (coalition, gbr) = (coalition.to_str().unwrap(), gbr.to_str().unwrap());
+    let certs = dir.path().join("certs");
+
+    let output = entente(&[
+        "node",
+        "--nation",
+        "FRA",
+        "--coalition",
+        coalition,
+        "--national",
+        gbr,
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("the national file is GBR's"),
+        "{stderr}"
+    );
+    let output = entente(&["node", "--coalition", coalition]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("--national"),
+        "{stderr}"
+    );
+    let output = entente(&[
+        "certs",
+        "init",
+        "--nation",
+        "FRA",
+        "--coalition",
+        coalition,
+        "--national",
+        gbr,
+        "--out",
+        certs.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("the national file is GBR's"),
+        "{stderr}"
+    );
+    assert!(!certs.exists(), "a refused init writes nothing");
+    // Without --nation, the national file's nation, and only it.
+    let output = entente(&[
+        "certs",
+        "init",
+        "--coalition",
+        coalition,
+        "--national",
+        gbr,
+        "--out",
+        certs.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let made: Vec<String> = std::fs::read_dir(&certs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(made, ["GBR"]);
+}
+
 #[test]
 fn certs_init_writes_the_pki_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -534,6 +614,9 @@ async fn a_hostile_peer_cannot_forge_a_delivery_line_in_sub_output() {
             origin: fra,
             publisher: "fra.analyst".into(),
             topic: Topic::new("sigint.ru").unwrap(),
+            released_to: net
+                .policy
+                .release_set(fra, &scheme.parse("SECRET//REL TO FRA, GBR").unwrap()),
             label: scheme.parse("SECRET//REL TO FRA, GBR").unwrap(),
             created_us: now_us(),
             payload: payload.to_vec(),

@@ -37,6 +37,10 @@ fn from_fra(net: &TestNetwork, n: u8, payload: &str) -> Envelope {
         origin: nation("FRA"),
         publisher: "fra.analyst".into(),
         topic: Topic::new(TOPIC).unwrap(),
+        released_to: net.policy.release_set(
+            nation("FRA"),
+            &net.policy.scheme().parse("SECRET//REL TO FRA, GBR").unwrap(),
+        ),
         label: net.policy.scheme().parse("SECRET//REL TO FRA, GBR").unwrap(),
         created_us: now_us(),
         payload: payload.as_bytes().to_vec(),

@@ -1008,6 +1008,9 @@ fn message(net: &TestNetwork, n: u64, origin: Nation, payload: &str) -> Unsigned
         origin,
         publisher: analyst(origin),
         topic: Topic::new(TOPIC).unwrap(),
+        released_to: net
+            .policy
+            .release_set(origin, &net.policy.scheme().parse(MARKING).unwrap()),
         label: net.policy.scheme().parse(MARKING).unwrap(),
         created_us: now_us(),
         payload: payload.as_bytes().to_vec(),

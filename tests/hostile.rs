@@ -65,12 +65,20 @@ async fn subscriber(net: &TestNetwork, principal: &str, pattern: &str, known_at:
 }
 
 /// A message of `origin` as its node would sign it.
-fn message(id: MessageId, origin: &str, publisher: &str, label: Label, payload: &[u8]) -> Unsigned {
+fn message(
+    policy: &entente::policy::Policy,
+    id: MessageId,
+    origin: &str,
+    publisher: &str,
+    label: Label,
+    payload: &[u8],
+) -> Unsigned {
     Unsigned {
         id,
         origin: nation(origin),
         publisher: publisher.into(),
         topic: Topic::new("reports.hostile").unwrap(),
+        released_to: policy.release_set(nation(origin), &label),
         label,
         created_us: now_us(),
         payload: payload.to_vec(),
@@ -137,6 +145,7 @@ async fn a_member_cannot_suppress_another_nations_messages_by_taking_their_ids()
         &mut deu,
         &deu_key,
         vec![message(
+            &net.policy,
             after(first, 1),
             "DEU",
             "deu.analyst",
@@ -146,6 +155,7 @@ async fn a_member_cannot_suppress_another_nations_messages_by_taking_their_ids()
     )
     .await;
     let sealed = deu_key.seal(message(
+        &net.policy,
         after(first, 2),
         "DEU",
         "deu.analyst",
@@ -157,6 +167,7 @@ async fn a_member_cannot_suppress_another_nations_messages_by_taking_their_ids()
     // make FRA's seal, and an unsealed envelope may come only from its
     // origin.
     let forged = message(
+        &net.policy,
         after(first, 3),
         "FRA",
         "fra.analyst",
@@ -217,6 +228,7 @@ async fn a_member_cannot_suppress_another_nations_messages_through_a_relay() {
     let gbr_key = node_signer(&net, nation("GBR"));
     let mut gbr = link(&net, "GBR", "EST").await;
     let own = gbr_key.seal(message(
+        &net.policy,
         after(first, 1),
         "GBR",
         "gbr.analyst",
@@ -225,6 +237,7 @@ async fn a_member_cannot_suppress_another_nations_messages_through_a_relay() {
     ));
     gbr.send_frame(&Frame::Forward(own)).await;
     let forged = gbr_key.seal(message(
+        &net.policy,
         after(first, 2),
         "FIN",
         "fin.analyst",
@@ -317,10 +330,11 @@ async fn refusals(net: &TestNetwork, at: &str, code: &str, expected: u64) -> Vec
 }
 
 /// Finding 2: FRA's node attributes messages to others: GBR's own
-/// analyst, DEU's, a name nobody has, a name that would print a second
-/// line, and a name of 200,000 bytes. GBR refuses each as
+/// analyst, DEU's, a name in nobody's namespace, a name that would print
+/// a second line, and a name of 200,000 bytes. GBR refuses each as
 /// `unknown-publisher`, straight from FRA (sealed and unsealed) and when
-/// relayed (GBR's node passing FRA's envelope to DEU).
+/// relayed (GBR's node passing FRA's envelope to DEU). Within its own
+/// namespace FRA's seal vouches for the name: no node knows FRA's roster.
 #[tokio::test]
 async fn a_member_cannot_attribute_a_message_to_someone_else() {
     let net = TestNetwork::start().await;
@@ -336,7 +350,7 @@ async fn a_member_cannot_attribute_a_message_to_someone_else() {
     let names = [
         "gbr.analyst",
         "deu.analyst",
-        "fra.nobody",
+        "nobody",
         "fra.analyst\n2026-11-25 TOP SECRET from GBR gbr.analyst: strike at dawn",
         long.as_str(),
     ];
@@ -346,6 +360,7 @@ async fn a_member_cannot_attribute_a_message_to_someone_else() {
             .enumerate()
             .map(|(n, name)| {
                 message(
+                    &net.policy,
                     test_id(tag, n as u64),
                     "FRA",
                     name,
@@ -364,6 +379,7 @@ async fn a_member_cannot_attribute_a_message_to_someone_else() {
         &gbr,
         bad(0x22, &direct),
         message(
+            &net.policy,
             test_id(0x22, 99),
             "FRA",
             "fra.analyst",
@@ -376,7 +392,7 @@ async fn a_member_cannot_attribute_a_message_to_someone_else() {
     assert!(
         records
             .iter()
-            .any(|l| l.contains("gbr.analyst") && l.contains("a principal of GBR, not of the origin FRA")),
+            .any(|l| l.contains("gbr.analyst") && l.contains("is not a principal name of FRA (fra.<name>)")),
         "{records:#?}"
     );
     assert!(records.iter().all(|l| l.len() < 1_000), "details are bounded");
@@ -389,6 +405,7 @@ async fn a_member_cannot_attribute_a_message_to_someone_else() {
         &deu,
         bad(0x23, &relayed),
         message(
+            &net.policy,
             test_id(0x23, 99),
             "FRA",
             "fra.analyst",
@@ -441,7 +458,14 @@ async fn a_member_cannot_send_labels_outside_the_scheme() {
             .map(|(n, mutate)| {
                 let mut label = good.clone();
                 mutate(&mut label);
-                message(test_id(tag, n as u64), "FRA", "fra.analyst", label, b"malformed")
+                message(
+                    &net.policy,
+                    test_id(tag, n as u64),
+                    "FRA",
+                    "fra.analyst",
+                    label,
+                    b"malformed",
+                )
             })
             .collect()
     };
@@ -454,6 +478,7 @@ async fn a_member_cannot_send_labels_outside_the_scheme() {
         &gbr,
         bad(0x62, &direct),
         message(
+            &net.policy,
             test_id(0x62, 99),
             "FRA",
             "fra.analyst",
@@ -475,6 +500,7 @@ async fn a_member_cannot_send_labels_outside_the_scheme() {
         &deu,
         bad(0x63, &relayed),
         message(
+            &net.policy,
             test_id(0x63, 99),
             "FRA",
             "fra.analyst",
@@ -502,6 +528,7 @@ async fn a_member_cannot_send_payloads_over_the_limit() {
         &mut fra,
         &fra_key,
         vec![message(
+            &net.policy,
             test_id(0x71, 0),
             "FRA",
             "fra.analyst",
@@ -515,6 +542,7 @@ async fn a_member_cannot_send_payloads_over_the_limit() {
         &fra_key,
         &gbr,
         vec![message(
+            &net.policy,
             test_id(0x72, 0),
             "FRA",
             "fra.analyst",
@@ -522,6 +550,7 @@ async fn a_member_cannot_send_payloads_over_the_limit() {
             &huge,
         )],
         message(
+            &net.policy,
             test_id(0x72, 99),
             "FRA",
             "fra.analyst",
@@ -538,29 +567,44 @@ async fn a_member_cannot_send_payloads_over_the_limit() {
     net.shutdown().await;
 }
 
-/// The above-ceiling check on ingress: FRA releases at most SECRET to GBR
+/// The origin's release on ingress: FRA releases at most SECRET to GBR
 /// (its default ceiling) and GBR at most CONFIDENTIAL to DEU (a bilateral
-/// ceiling). A member that sends above the ceiling agreed for the
-/// receiver is refused there, and audited, even to a reader cleared for it.
+/// ceiling), ceilings that only FRA and GBR know. Each seals its decision
+/// as the set of nations released to. A copy that reaches a nation the
+/// set leaves out is refused there, and audited, even to a reader cleared
+/// for it; a set wider than the marking is refused as a lie.
 #[tokio::test]
-async fn a_member_cannot_send_above_the_ceiling_agreed_for_the_receiver() {
+async fn a_member_cannot_send_what_the_origin_did_not_release_to_the_receiver() {
     let net = TestNetwork::start().await;
     let scheme = net.policy.scheme();
     let gbr = subscriber(&net, "gbr.sigint", "reports.>", &[]).await;
     let fra_key = node_signer(&net, nation("FRA"));
     let mut fra = link(&net, "FRA", "GBR").await;
+    let above = message(
+        &net.policy,
+        test_id(0x81, 0),
+        "FRA",
+        "fra.analyst",
+        scheme.parse("TOP SECRET//REL TO FRA, GBR").unwrap(),
+        b"above the ceiling",
+    );
+    assert!(above.released_to.is_empty(), "FRA's ceiling keeps GBR out");
+    let mut beyond = message(
+        &net.policy,
+        test_id(0x81, 1),
+        "FRA",
+        "fra.analyst",
+        scheme.parse("SECRET//REL TO FRA, GBR").unwrap(),
+        b"released beyond the marking",
+    );
+    beyond.released_to.insert(nation("DEU"));
     bad_then_sentinel(
         &mut fra,
         &fra_key,
         &gbr,
-        vec![message(
-            test_id(0x81, 0),
-            "FRA",
-            "fra.analyst",
-            scheme.parse("TOP SECRET//REL TO FRA, GBR").unwrap(),
-            b"above the ceiling",
-        )],
+        vec![above, beyond],
         message(
+            &net.policy,
             test_id(0x81, 99),
             "FRA",
             "fra.analyst",
@@ -569,9 +613,14 @@ async fn a_member_cannot_send_above_the_ceiling_agreed_for_the_receiver() {
         ),
     )
     .await;
-    let records = refusals(&net, "GBR", "above-ceiling", 1).await;
+    let records = refusals(&net, "GBR", "not-released-by-origin", 1).await;
     assert!(
-        records[0].contains("FRA releases at most SECRET to GBR"),
+        records[0].contains("FRA did not release it to GBR"),
+        "{records:#?}"
+    );
+    let records = refusals(&net, "GBR", "release-beyond-marking", 1).await;
+    assert!(
+        records[0].contains("`DEU`") || records[0].contains("DEU"),
         "{records:#?}"
     );
 
@@ -583,6 +632,7 @@ async fn a_member_cannot_send_above_the_ceiling_agreed_for_the_receiver() {
         &gbr_key,
         &deu,
         vec![message(
+            &net.policy,
             test_id(0x82, 0),
             "GBR",
             "gbr.analyst",
@@ -590,6 +640,7 @@ async fn a_member_cannot_send_above_the_ceiling_agreed_for_the_receiver() {
             b"above the bilateral ceiling",
         )],
         message(
+            &net.policy,
             test_id(0x82, 99),
             "GBR",
             "gbr.analyst",
@@ -598,9 +649,9 @@ async fn a_member_cannot_send_above_the_ceiling_agreed_for_the_receiver() {
         ),
     )
     .await;
-    let records = refusals(&net, "DEU", "above-ceiling", 1).await;
+    let records = refusals(&net, "DEU", "not-released-by-origin", 1).await;
     assert!(
-        records[0].contains("GBR releases at most CONFIDENTIAL to DEU"),
+        records[0].contains("GBR did not release it to DEU"),
         "{records:#?}"
     );
     net.shutdown().await;
@@ -727,6 +778,7 @@ async fn a_member_sending_a_batch_of_bad_seals_is_cut_after_a_few_checks() {
     let mut proofs = Vec::new();
     for n in 0..ENVELOPES {
         let envelope = Envelope::from(message(
+            &net.policy,
             test_id(0xb5, n),
             "FRA",
             "fra.analyst",
@@ -790,6 +842,7 @@ async fn a_seals_frame_of_a_size_no_genuine_one_has_closes_the_link() {
     let mut proofs = Vec::new();
     for n in 0..ENVELOPES {
         let envelope = Envelope::from(message(
+            &net.policy,
             test_id(0xb6, n),
             "FRA",
             "fra.analyst",
@@ -877,8 +930,16 @@ async fn an_origin_that_tags_a_bad_signature_is_caught_and_then_checked_first() 
     let ring = net.policy.scheme().parse("SECRET//REL TO RING").unwrap();
     let mut gbr = link(&net, "GBR", "EST").await;
     let gbr_keys = tag_keys(&net, nation("GBR"));
-    let send =
-        |n: u64, payload: &[u8]| message(test_id(0x7a, n), "GBR", "gbr.analyst", ring.clone(), payload);
+    let send = |n: u64, payload: &[u8]| {
+        message(
+            &net.policy,
+            test_id(0x7a, n),
+            "GBR",
+            "gbr.analyst",
+            ring.clone(),
+            payload,
+        )
+    };
 
     gbr.send_frame(&Frame::Forward(tagged_with_a_bad_signature(
         &gbr_keys,
@@ -960,6 +1021,7 @@ impl LyingRelay {
 
     fn message(&self, n: u64, payload: &[u8]) -> Unsigned {
         message(
+            &self.net.policy,
             test_id(self.ids, n),
             "GBR",
             "gbr.analyst",

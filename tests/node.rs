@@ -341,6 +341,9 @@ async fn a_tampered_envelope_from_a_misbehaving_peer_is_refused_and_audited() {
             origin: nation("FRA"),
             publisher: "fra.analyst".into(),
             topic: Topic::new(TOPIC).unwrap(),
+            released_to: net
+                .policy
+                .release_set(nation("FRA"), &scheme.parse(marking).unwrap()),
             label: scheme.parse(marking).unwrap(),
             created_us,
             payload: payload.to_vec(),
@@ -364,8 +367,8 @@ async fn a_tampered_envelope_from_a_misbehaving_peer_is_refused_and_audited() {
     // on: it is checked against DEU's key and refused.
     let mut not_own = seal_at(now_us(), "SECRET//REL TO FRA, GBR", b"not own");
     not_own.origin = nation("DEU");
-    // A publisher of DEU's, or it would be refused before its seal is
-    // checked, as `unknown-publisher`.
+    // A publisher named as DEU's, or it would be refused before its seal
+    // is checked, as `unknown-publisher`.
     not_own.publisher = "deu.analyst".into();
     let sentinel = seal_at(now_us(), "SECRET//REL TO FRA, GBR", b"sentinel");
     for envelope in [
@@ -796,6 +799,9 @@ async fn seals_sent_after_their_envelopes_are_checked_and_missing_ones_audited()
             origin: nation("FRA"),
             publisher: "fra.analyst".into(),
             topic: Topic::new(TOPIC).unwrap(),
+            released_to: net
+                .policy
+                .release_set(nation("FRA"), &scheme.parse("SECRET//REL TO FRA, GBR").unwrap()),
             label: scheme.parse("SECRET//REL TO FRA, GBR").unwrap(),
             created_us: now_us(),
             payload: payload.as_bytes().to_vec(),

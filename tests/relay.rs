@@ -222,6 +222,10 @@ async fn two_paths_deliver_once_and_a_second_copy_is_a_duplicate() {
         origin: nation("GBR"),
         publisher: "gbr.analyst".into(),
         topic: Topic::new("sigint.ru").unwrap(),
+        released_to: net.policy.release_set(
+            nation("GBR"),
+            &net.policy.scheme().parse("SECRET//REL TO RING").unwrap(),
+        ),
         label: net.policy.scheme().parse("SECRET//REL TO RING").unwrap(),
         created_us: now_us(),
         payload: b"by two links".to_vec(),
@@ -361,6 +365,9 @@ async fn a_tampering_relay_is_caught_before_delivery() {
             origin: nation("GBR"),
             publisher: "gbr.analyst".into(),
             topic: Topic::new("sigint.ru").unwrap(),
+            released_to: net
+                .policy
+                .release_set(nation("GBR"), &scheme.parse(marking).unwrap()),
             label: scheme.parse(marking).unwrap(),
             created_us: now_us(),
             payload: payload.to_vec(),

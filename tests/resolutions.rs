@@ -295,6 +295,7 @@ async fn a_backlog_held_or_backdated_by_the_cut_nation_is_refused_after_the_rest
             origin: usa,
             publisher: "usa.analyst".into(),
             topic: entente::topic::Topic::new("news.usa").unwrap(),
+            released_to: net.policy.release_set(usa, &label.clone()),
             label: label.clone(),
             created_us,
             payload: payload.as_bytes().to_vec(),

@@ -352,24 +352,31 @@ async fn a_relay_restarted_during_a_cut_applies_it_and_the_restore_releases_noth
     assert!(delivered(&report, "DEU", "GBR", last) > 0, "{}", report.summary());
 }
 
-/// The shipped scenario's traffic, with the relay restarted well before
-/// the restore, so that a relay that forgot the cut has time to link to
-/// the cut nation again (its dialer's backoff is up to 5 s).
+/// The shipped scenario's traffic, with the relay publishing too and
+/// restarted well before the restore, so that a relay that forgot the cut
+/// has time to link to the cut nation again (its dialer's backoff is up
+/// to 5 s).
 fn cut_with_an_early_restart(dir: &Path) -> Scenario {
     let shipped = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("config/scenarios/europe-cut-deu-relay-crash.toml"),
     )
     .unwrap();
-    let traffic = &shipped[shipped.find("[[publishers]]").unwrap()..shipped.find("[[events]]").unwrap()];
+    let traffic = format!(
+        "{}[[publishers]]\nprincipal = \"pol.analyst\"\ntopic = \"intel.pol\"\n\
+         marking = \"SECRET//REL TO NATO\"\nrate = 10\npayload = 256\n\n",
+        &shipped[shipped.find("[[publishers]]").unwrap()..shipped.find("[[events]]").unwrap()]
+    );
     let events = "[[events]]\nat = \"20%\"\nevent = \"cut DEU\"\n\
                   [[events]]\nat = \"25%\"\nevent = \"node-crash POL\"\n\
                   [[events]]\nat = \"30%\"\nevent = \"node-restart POL\"\n\
                   [[events]]\nat = \"85%\"\nevent = \"restore DEU\"\n";
-    scenario(dir, traffic, events)
+    scenario(dir, &traffic, events)
 }
 
 /// The oracle fails a run in which the restarted relay forgets the cut:
-/// it links to the cut nation again and delivers to it.
+/// it links to the cut nation again and releases its own messages to it.
+/// What other nations publish does not leak even through it: each origin
+/// sealed a release set without the cut nation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_oracle_fails_a_run_where_a_restarted_node_forgets_a_cut() {
     let dir = tempfile::tempdir().unwrap();
@@ -383,6 +390,14 @@ async fn the_oracle_fails_a_run_where_a_restarted_node_forgets_a_cut() {
     .await;
     assert!(!report.verdict.passed, "{}", report.summary());
     assert!(leaks_to(&report, "deu.analyst") > 0, "{}", report.summary());
+    let leaked_from: std::collections::BTreeSet<&str> = report
+        .verdict
+        .findings
+        .iter()
+        .filter(|f| f.kind == "leak")
+        .map(|f| f.publisher.as_str())
+        .collect();
+    assert_eq!(leaked_from, ["pol.analyst"].into(), "{}", report.summary());
 }
 
 /// The oracle fails a run in which the restore releases what the cut

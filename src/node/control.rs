@@ -21,7 +21,7 @@ use crate::admin::{
     SessionStatus, StatusCounters,
 };
 use crate::audit::{Event, Record, Verdict};
-use crate::config::{load_network, ConfigError};
+use crate::config::ConfigError;
 use crate::identity::Identity;
 use crate::label::Nation;
 use crate::pki::{self, PkiError};
@@ -348,6 +348,13 @@ fn status(shared: &Shared) -> NodeStatus {
             .iter()
             .map(|(nation, at)| (nation.to_string(), at.clone()))
             .collect(),
+        mismatched_cas: rules
+            .material
+            .mismatched_cas
+            .iter()
+            .map(|(nation, found)| (nation.to_string(), found.clone()))
+            .collect(),
+        missing_cas: rules.material.missing_cas.iter().map(Nation::to_string).collect(),
         counters: StatusCounters {
             published: counters.published,
             delivered: counters.delivered,
@@ -391,20 +398,15 @@ async fn try_reload(shared: &Arc<Shared>) -> Result<Applied, ControlError> {
     let _one_at_a_time = shared.admin_changes.lock().await;
     let start = Instant::now();
     let current = shared.rules();
-    let loaded = match &shared.network_file {
-        Some(path) => Arc::new(load_network(path)?),
+    let loaded = match &shared.policy_source {
+        Some(source) => Arc::new(source.load()?),
         None => current.loaded.clone(),
     };
     if loaded.nation(shared.nation).is_none() {
         return Err(ControlError::LostNation(shared.nation));
     }
     let material = pki::read_trust_material(&loaded, &shared.layout)?;
-    let node_keys = load_node_keys(
-        shared.nation,
-        &loaded,
-        &material.trust_store(&BTreeSet::new()).map_err(NodeError::from)?,
-        &shared.layout,
-    )?;
+    let node_keys = load_node_keys(shared.nation, &loaded, &material, &shared.layout)?;
     let cuts = current_cuts(shared, &loaded)?;
     let rules = Rules::new(loaded, material, Arc::new(node_keys), &cuts, &shared.signer)?;
     apply(shared, rules, AdminCommand::Reload, start).await
@@ -573,7 +575,7 @@ async fn apply(
             purged += purge(shared, &rules, peer).await;
         }
     }
-    audit_expired_crls(shared, &rules).await;
+    audit_trust_problems(shared, &rules).await;
     let apply_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
     let suspended: Vec<String> = rules.policy.suspended().iter().map(Nation::to_string).collect();
     let digest = rules.digest.clone();
@@ -601,7 +603,22 @@ async fn apply(
 /// Records each CRL of `rules` that is past its next update: that
 /// nation's certificates are refused in every handshake until its CA
 /// re-signs it.
-pub(super) async fn audit_expired_crls(shared: &Shared, rules: &Rules) {
+pub(super) async fn audit_trust_problems(shared: &Shared, rules: &Rules) {
+    for (nation, found) in &rules.material.mismatched_cas {
+        warn!(%nation, %found, "a CA is not the one the coalition file pins: the nation is not trusted");
+        shared
+            .audit(
+                Record::new(Event::Refuse, Verdict::Deny, Reason::CaMismatch.code())
+                    .subject(nation.to_string())
+                    .detail(format!(
+                        "{}: {nation}'s CA has the fingerprint {found}, not the one the coalition file pins; \
+                         none of {nation}'s certificates or seals is trusted until {nation}'s genuine bundle is imported \
+                         (entente certs import) or the coalition file is corrected",
+                        shared.layout.ca_cert(*nation).display()
+                    )),
+            )
+            .await;
+    }
     for (nation, at) in &rules.material.expired_crls {
         warn!(%nation, expired = %at, "a CRL is past its next update: the nation's certificates are refused");
         shared
@@ -690,7 +707,7 @@ mod tests {
     #[test]
     fn the_cut_out_record_round_trips_and_a_broken_one_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        let policy = load_network(Path::new(crate::config::DEFAULT_NETWORK_FILE)).unwrap();
+        let policy = crate::config::load_network(Path::new(crate::config::DEFAULT_NETWORK_FILE)).unwrap();
         let (usa, fra) = (Nation::parse("USA").unwrap(), Nation::parse("FRA").unwrap());
         assert_eq!(read_local_cuts(dir.path(), &policy).unwrap(), Cuts::default());
         let cuts = Cuts {

@@ -39,6 +39,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::audit::{now_us, Audit, AuditError, Event, Record, Verdict};
 use crate::authenticator::TagKeys;
+use crate::config::PolicySource;
 use crate::envelope::{EnvelopeError, MessageIds, Signer, Verifier};
 use crate::identity::{ed25519_public_key, Identity, IdentityError, TrustStore};
 use crate::label::Nation;
@@ -234,10 +235,10 @@ pub struct NodeConfig {
     pub nation: Nation,
     /// The validated network file.
     pub policy: Arc<Policy>,
-    /// The network file it came from, which `reload` reads again; `None`
+    /// The file or files it came from, which `reload` reads again; `None`
     /// if the policy was built in memory (then reload re-reads only the
     /// CAs and CRLs).
-    pub network_file: Option<PathBuf>,
+    pub policy_source: Option<PolicySource>,
     /// The certs folder, which `reload` reads again (CAs, CRLs, node
     /// certificates).
     pub layout: PkiLayout,
@@ -276,7 +277,7 @@ impl NodeConfig {
             return Err(NodeError::UnknownNation(nation));
         }
         let trust = pki::read_trust_material(&policy, layout)?;
-        let node_keys = load_node_keys(nation, &policy, &trust.trust_store(&BTreeSet::new())?, layout)?;
+        let node_keys = load_node_keys(nation, &policy, &trust, layout)?;
         let (cert_path, key_path) = layout.cert_and_key(&Identity::Node(nation));
         let cert = pki::read_cert(&cert_path)?;
         let key = pki::read_key(&key_path)?;
@@ -294,7 +295,7 @@ impl NodeConfig {
         Ok(NodeConfig {
             nation,
             policy,
-            network_file: None,
+            policy_source: None,
             layout: layout.clone(),
             trust,
             cert_chain: vec![cert],
@@ -322,11 +323,38 @@ impl NodeConfig {
 fn load_node_keys(
     here: Nation,
     policy: &Policy,
-    trust: &TrustStore,
+    material: &TrustMaterial,
     layout: &PkiLayout,
 ) -> Result<HashMap<Nation, Vec<u8>>, NodeError> {
+    if material.missing_cas.contains(&here) {
+        return Err(NodeError::NodeCertificate {
+            nation: here,
+            cause: IdentityError::Unparsable(format!(
+                "{} is missing: make this nation's PKI with entente certs init --nation {here}",
+                layout.ca_cert(here).display()
+            )),
+        });
+    }
+    if let Some(found) = material.mismatched_cas.get(&here) {
+        return Err(NodeError::NodeCertificate {
+            nation: here,
+            cause: IdentityError::Unparsable(format!(
+                "{} has the fingerprint {found}, not the one the coalition file pins for {here}",
+                layout.ca_cert(here).display()
+            )),
+        });
+    }
+    let trust = material.trust_store(&BTreeSet::new())?;
     let mut node_keys = HashMap::new();
     for &other in policy.nations().keys() {
+        if material.mismatched_cas.contains_key(&other) {
+            warn!(nation = %other, "its CA is not the one the coalition file pins: its seals do not count");
+            continue;
+        }
+        if material.missing_cas.contains(&other) {
+            warn!(nation = %other, "no bundle of this nation is imported yet: nothing of it is trusted");
+            continue;
+        }
         let (cert_path, _) = layout.cert_and_key(&Identity::Node(other));
         let cert = pki::read_cert(&cert_path)?;
         let bad = |cause| NodeError::NodeCertificate { nation: other, cause };
@@ -503,7 +531,7 @@ struct Shared {
     /// One admin change at a time: a reload and a cut must not each
     /// apply to the rules the other replaced.
     admin_changes: tokio::sync::Mutex<()>,
-    network_file: Option<PathBuf>,
+    policy_source: Option<PolicySource>,
     layout: PkiLayout,
     data_dir: PathBuf,
     started: std::time::Instant,
@@ -1080,7 +1108,7 @@ impl Node {
             rules: RwLock::new(Arc::new(rules)),
             rules_changed: watch::channel(0).0,
             admin_changes: tokio::sync::Mutex::new(()),
-            network_file: config.network_file,
+            policy_source: config.policy_source,
             layout: config.layout,
             data_dir: config.data_dir,
             started: std::time::Instant::now(),
@@ -1157,7 +1185,7 @@ async fn serve(
 ) {
     let endpoint = shared.endpoint.clone();
     info!(nation = %shared.nation, addr = ?endpoint.local_addr().ok(), "node running");
-    control::audit_expired_crls(&shared, &shared.rules()).await;
+    control::audit_trust_problems(&shared, &shared.rules()).await;
     let mut tasks = JoinSet::new();
     tasks.spawn(sealer::seal_forever(shared.clone(), to_seal));
     if !reseal.is_empty() {
@@ -1303,7 +1331,7 @@ pub async fn run_network(
     let mut ready = Vec::new();
     for &nation in policy.nations().keys() {
         let mut config = NodeConfig::load(nation, policy.clone(), layout, data_root.join(nation.as_str()))?;
-        config.network_file = network_file.map(std::path::Path::to_owned);
+        config.policy_source = network_file.map(|path| PolicySource::Network(path.to_owned()));
         let addr = config.listen_address()?;
         let endpoint = bind(&config, addr)?;
         let node = Node::start(config, endpoint)?;

@@ -59,6 +59,8 @@ pub enum Reason {
     CutBy,
     /// A nation's CRL is past its next update.
     CrlExpired,
+    /// A nation's CA is not the one the coalition file pins.
+    CaMismatch,
     /// A coalition resolution, or signatures of one, taken.
     Resolution,
     /// A resolution, or a signature of one, refused.
@@ -109,6 +111,7 @@ impl Reason {
             Reason::HandshakeFailed => "handshake-failed",
             Reason::Resolution => "resolution",
             Reason::CrlExpired => "crl-expired",
+            Reason::CaMismatch => "ca-mismatch",
             Reason::CutBy => "cut-by",
             Reason::BadResolution => "bad-resolution",
             Reason::NoIdentity => "no-identity",

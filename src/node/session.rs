@@ -557,6 +557,7 @@ async fn authorize(
         origin: shared.nation,
         publisher: principal.name.clone(),
         topic,
+        released_to: rules.policy.release_set(shared.nation, &label),
         label,
         created_us: now_us(),
         payload,

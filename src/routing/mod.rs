@@ -126,7 +126,8 @@ pub enum Reason {
     UnsealedRelay,
     /// The link peer may not hold this message itself.
     IneligibleRelay,
-    /// The publisher is not a principal of the origin nation.
+    /// The publisher's name is not of the form of a principal of the
+    /// origin nation.
     UnknownPublisher,
     /// The label is not canonical under the network's marking scheme.
     MalformedLabel,
@@ -147,6 +148,8 @@ pub enum Reason {
     SeenOverflow,
     /// The origin is a nation cut out of the network.
     CutOut,
+    /// The origin's sealed release set names a nation its marking does not.
+    ReleaseBeyondMarking,
 }
 
 impl Reason {
@@ -169,6 +172,7 @@ impl Reason {
             Reason::AnnouncementRate => "announcement-rate",
             Reason::SeenOverflow => "seen-overflow",
             Reason::CutOut => "cut-out",
+            Reason::ReleaseBeyondMarking => "release-beyond-marking",
         }
     }
 }
@@ -387,7 +391,9 @@ struct HeldBack {
 struct LabelMemo {
     origin: Nation,
     label: Label,
-    eligible: NationSet,
+    /// The origin and every nation the marking names, as this node's
+    /// cuts leave it: what any release set from the origin is cut down to.
+    permitted: NationSet,
     marking: Arc<str>,
     malformed: Option<LabelError>,
 }
@@ -1045,14 +1051,21 @@ impl Routing {
         self.seen.contains(origin, id)
     }
 
-    /// The canonical marking and the eligible nations of a label from
-    /// `origin`: the origin and every nation `may_forward` allows.
-    /// [`Routing::eligibility`] for one envelope: without the nations
-    /// that were cut out when it was created (restored since), so a copy
-    /// routed after a restore (held for a peer that was down, routed
-    /// again) never reaches a nation that may not have had it then.
+    /// The nations that may hold an envelope, and its canonical marking:
+    /// its origin, and the nations the origin released it to that this
+    /// node's policy also allows (the marking, this node's cuts). Without
+    /// the nations that were cut out when it was created (restored since),
+    /// so a copy routed after a restore (held for a peer that was down,
+    /// routed again) never reaches a nation that may not have had it then.
     fn eligibility_of(&mut self, envelope: &Envelope) -> (NationSet, Arc<str>) {
-        let (mut eligible, marking) = self.eligibility(envelope.origin, &envelope.label);
+        let origin = envelope.origin;
+        let released = self.nations.set_of(envelope.released_to.iter().copied());
+        let memo = self.label_memo(origin, &envelope.label);
+        let (permitted, marking) = (memo.permitted, memo.marking.clone());
+        let mut eligible = permitted.and(released);
+        if let Some(index) = self.nations.index(origin) {
+            eligible.insert(index);
+        }
         for (&nation, &restored_us) in &self.restored {
             if envelope.created_us <= restored_us && nation != envelope.origin {
                 if let Some(index) = self.nations.index(nation) {
@@ -1063,24 +1076,37 @@ impl Routing {
         (eligible, marking)
     }
 
+    /// What this node would release a label from `origin` to: by its
+    /// own release set if it is the origin, by the marking otherwise.
     fn eligibility(&mut self, origin: Nation, label: &Label) -> (NationSet, Arc<str>) {
+        let own = (origin == self.nation).then(|| self.policy.release_set(origin, label));
         let memo = self.label_memo(origin, label);
-        (memo.eligible, memo.marking.clone())
+        let (permitted, marking) = (memo.permitted, memo.marking.clone());
+        match own {
+            Some(released) => {
+                let mut eligible = permitted.and(self.nations.set_of(released));
+                if let Some(index) = self.nations.index(origin) {
+                    eligible.insert(index);
+                }
+                (eligible, marking)
+            }
+            None => (permitted, marking),
+        }
     }
 
     /// What the core knows about a label, worked out once for a run of
     /// envelopes that carry it. A label that is not canonical is never
-    /// routed: it gets no eligible nations (so it is not worked through
-    /// `may_forward` name by name) and a marking cut short.
+    /// routed: it gets no permitted nations (so it is not worked through
+    /// the marking name by name) and a marking cut short.
     fn label_memo(&mut self, origin: Nation, label: &Label) -> &LabelMemo {
         let memo = match self.last_label.take() {
             Some(memo) if memo.origin == origin && memo.label == *label => memo,
             _ => {
                 let scheme = self.policy.scheme();
                 let malformed = scheme.check_canonical(label).err();
-                let (eligible, marking) = match malformed {
+                let (permitted, marking) = match malformed {
                     None => (
-                        eligible_nations(&self.policy, &self.nations, origin, label),
+                        permitted_nations(&self.policy, &self.nations, origin, label),
                         scheme.format(label),
                     ),
                     Some(_) => (NationSet::default(), malformed_marking(scheme.format(label))),
@@ -1088,7 +1114,7 @@ impl Routing {
                 LabelMemo {
                     origin,
                     label: label.clone(),
-                    eligible,
+                    permitted,
                     marking: marking.into(),
                     malformed,
                 }
@@ -1281,11 +1307,10 @@ impl Routing {
                     return Err(self.refuse(envelope, &marking, from, reason.code(), detail, now_us));
                 }
                 if !eligible.contains(self.me) {
-                    let (reason, message) =
-                        match self.policy.may_forward(&envelope.label, origin, self.nation) {
-                            Decision::Deny { reason, message } => (reason.code(), message),
-                            Decision::Allow => (Reason::IneligibleRelay.code(), String::new()),
-                        };
+                    let (reason, message) = match self.release_denial(envelope, self.nation) {
+                        Some(Decision::Deny { reason, message }) => (reason.code(), message),
+                        _ => (Reason::IneligibleRelay.code(), String::new()),
+                    };
                     return Err(self.refuse(
                         envelope,
                         &marking,
@@ -1349,25 +1374,52 @@ impl Routing {
         if let Some(err) = &self.label_memo(origin, &envelope.label).malformed {
             return Some((Reason::MalformedLabel, format!("a label from {origin}: {err}")));
         }
+        // The seal makes the origin's node accountable for the name; only
+        // its form is checked here: another nation's roster is not known.
         let publisher = &envelope.publisher;
-        match self.policy.principal(publisher) {
-            Some(principal) if principal.nation == origin => None,
-            Some(principal) => Some((
+        if !crate::policy::is_principal_name_of(publisher, origin) {
+            return Some((
                 Reason::UnknownPublisher,
                 format!(
-                    "publisher {} is a principal of {}, not of the origin {origin}",
+                    "publisher {} is not a principal name of {origin} ({}.<name>)",
                     quoted(publisher),
-                    principal.nation
+                    origin.lowercase()
                 ),
-            )),
-            None => Some((
-                Reason::UnknownPublisher,
-                format!(
-                    "publisher {} is not a principal of {origin} in the network file",
-                    quoted(publisher)
-                ),
-            )),
+            ));
         }
+        self.release_beyond_marking(envelope)
+    }
+
+    /// A release set that names the origin, a nation outside the network,
+    /// or one the marking does not name: the origin signed a release the
+    /// label does not allow. A nation this node has cut out is not held
+    /// against it: the origin may not have applied that cut yet.
+    fn release_beyond_marking(&self, envelope: &Envelope) -> Option<(Reason, String)> {
+        let origin = envelope.origin;
+        if envelope.released_to.len() >= MAX_NATIONS {
+            return Some((
+                Reason::ReleaseBeyondMarking,
+                format!(
+                    "{origin} released it to {} nations; a network has at most {MAX_NATIONS}",
+                    envelope.released_to.len()
+                ),
+            ));
+        }
+        let scheme = self.policy.scheme();
+        let beyond = envelope.released_to.iter().find(|&&nation| {
+            nation == origin
+                || self.nations.index(nation).is_none()
+                || !(self.policy.is_suspended(nation)
+                    || scheme.releasable_to(&envelope.label, Some(origin), nation))
+        })?;
+        Some((
+            Reason::ReleaseBeyondMarking,
+            format!(
+                "{origin} released {} to {}, which its marking does not name",
+                scheme.format(&envelope.label),
+                quoted(beyond.as_str())
+            ),
+        ))
     }
 
     /// Where to pass on an envelope that came unverified from `from` (its
@@ -1539,13 +1591,34 @@ impl Routing {
             .iter()
             .copied()
             .filter(|&p| self.nations.index(p).is_some_and(|i| denied.contains(i)))
-            .filter_map(
-                |peer| match self.policy.may_forward(&envelope.label, envelope.origin, peer) {
-                    Decision::Deny { reason, .. } => Some((peer, reason)),
-                    Decision::Allow => None,
-                },
-            )
+            .filter_map(|peer| match self.release_denial(envelope, peer) {
+                Some(Decision::Deny { reason, .. }) => Some((peer, reason)),
+                _ => None,
+            })
             .collect()
+    }
+
+    /// Why `nation` may not hold `envelope`: its marking does not name it,
+    /// or its origin did not release it there (this node's own ceilings
+    /// when it is the origin; the sealed release set otherwise). `None`
+    /// if neither keeps it out.
+    fn release_denial(&self, envelope: &Envelope, nation: Nation) -> Option<Decision> {
+        let origin = envelope.origin;
+        let marking = self
+            .policy
+            .may_release_to_nation(&envelope.label, Some(origin), nation);
+        if !marking.is_allow() {
+            return Some(marking);
+        }
+        if origin == self.nation {
+            return Some(self.policy.may_forward(&envelope.label, origin, nation)).filter(|d| !d.is_allow());
+        }
+        (!envelope.released_to.contains(&nation)).then(|| {
+            Decision::deny(
+                crate::policy::Reason::NotReleasedByOrigin,
+                format!("{origin} did not release it to {nation}"),
+            )
+        })
     }
 
     /// The path a message from `origin` with `label` takes to `to` over
@@ -1574,8 +1647,27 @@ fn malformed_marking(mut printed: String) -> String {
     printed
 }
 
+/// The origin and every nation the label's marking names, as `policy`'s
+/// cuts leave it: whatever the origin's ceilings, no other nation may
+/// hold it (invariant 2).
+fn permitted_nations(policy: &Policy, nations: &Nations, origin: Nation, label: &Label) -> NationSet {
+    let mut permitted = NationSet::default();
+    for index in 0..nations.len() {
+        let nation = nations.nation(index);
+        if nation == origin
+            || policy
+                .may_release_to_nation(label, Some(origin), nation)
+                .is_allow()
+        {
+            permitted.insert(index);
+        }
+    }
+    permitted
+}
+
 /// The origin and every nation a label from it may be forwarded to
-/// (invariant 2): the only nations its delivery tree may touch.
+/// (invariant 2) under the origin's ceilings, which `policy` must hold:
+/// the only nations its delivery tree may touch.
 fn eligible_nations(policy: &Policy, nations: &Nations, origin: Nation, label: &Label) -> NationSet {
     let mut eligible = NationSet::default();
     for index in 0..nations.len() {

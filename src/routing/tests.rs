@@ -214,6 +214,7 @@ impl Mesh {
                 .find(|p| p.nation == origin)
                 .map_or_else(|| format!("{}.nobody", origin.lowercase()), |p| p.name.clone()),
             topic: topic.clone(),
+            released_to: self.policy.release_set(origin, &label),
             label,
             created_us: self.now,
             payload: vec![1, 2, 3],
@@ -801,9 +802,23 @@ fn what_an_origin_may_not_sign_is_refused_at_ingress() {
             "unknown-publisher",
         ),
         (
-            "no principal",
-            |e| e.publisher = "est.nobody".into(),
+            "a name outside the origin's namespace",
+            |e| e.publisher = "analyst".into(),
             "unknown-publisher",
+        ),
+        (
+            "the origin in its own release",
+            |e| {
+                e.released_to.insert(nation("EST"));
+            },
+            "release-beyond-marking",
+        ),
+        (
+            "a stranger in the release",
+            |e| {
+                e.released_to.insert(nation("ZZZ"));
+            },
+            "release-beyond-marking",
         ),
         (
             "a forged line",
@@ -927,6 +942,7 @@ fn one_origin_cannot_make_anothers_message_a_duplicate() {
     let mut squatter = genuine.clone();
     squatter.origin = nation("EST");
     squatter.publisher = "est.analyst".into();
+    squatter.released_to = policy.release_set(nation("EST"), &squatter.label);
     let now = mesh.now;
     let node = mesh.nodes.get_mut(&nation("LVA")).unwrap();
     // EST's own, under the id GBR is about to use.
@@ -990,7 +1006,7 @@ proptest! {
         envelope.publisher = publisher.clone();
         let scheme = policy.scheme();
         let canonical = scheme.parse(&scheme.format(&envelope.label)).as_ref() == Ok(&envelope.label);
-        let attributed = policy.principal(&publisher).is_some_and(|p| p.nation == nation("EST"));
+        let attributed = crate::policy::is_principal_name_of(&publisher, nation("EST"));
         let now = mesh.now;
         let node = mesh.nodes.get_mut(&nation("LVA")).unwrap();
         let result = node.route(&envelope, Source::Peer(nation("EST")), SealState::Unverified, now);
@@ -1000,7 +1016,7 @@ proptest! {
             Err(Refused { reason }) => {
                 // Well-formed, but the policy keeps it from LVA.
                 prop_assert!(canonical && attributed, "{}", reason);
-                prop_assert!(reason == "not-releasable" || reason == "above-ceiling", "{}", reason);
+                prop_assert!(reason == "not-releasable" || reason == "not-released-by-origin", "{}", reason);
             }
             Ok(_) => prop_assert!(canonical && attributed),
         }
@@ -1538,4 +1554,60 @@ fn the_cut_period_is_never_released_after_a_restore() {
     assert_eq!(mesh.publish(&new).received.get(&nation("USA")), Some(&1));
     let from_usa = mesh.envelope(nation("USA"), label, &topic);
     assert_eq!(mesh.publish(&from_usa).received.get(&nation("LVA")), Some(&1));
+}
+
+/// Relays route by the release set the origin sealed, never by ceilings
+/// they do not know: a nation the set leaves out is refused the message
+/// even when the marking names it, a relay outside the set may not pass
+/// it on, and a set wider than the marking is refused as a lie.
+#[test]
+fn relays_route_by_the_origins_sealed_release() {
+    let policy = chain_policy();
+    let mut mesh = Mesh::new(policy.clone(), &BTreeSet::new());
+    let lva = policy.principal("lva.analyst").unwrap().clone();
+    mesh.subscribe(&lva, ">").unwrap();
+    mesh.settle();
+    let now = mesh.now;
+    let topic = Topic::new("a.b").unwrap();
+    let label = policy.scheme().parse("SECRET//REL TO EVERYONE").unwrap();
+    let good = mesh.envelope(nation("EST"), label, &topic);
+    assert!(good.released_to.contains(&nation("LVA")) && good.released_to.contains(&nation("LTU")));
+    let node = mesh.nodes.get_mut(&nation("LVA")).unwrap();
+
+    let mut not_to_lva = good.clone();
+    not_to_lva.released_to.remove(&nation("LVA"));
+    for (from, seal) in [
+        (nation("EST"), SealState::Unverified),
+        (nation("LTU"), SealState::Verified),
+    ] {
+        assert_eq!(
+            node.route(&not_to_lva, Source::Peer(from), seal, now),
+            Err(Refused {
+                reason: "not-released-by-origin"
+            }),
+            "from {from}"
+        );
+    }
+    let mut not_to_ltu = good.clone();
+    not_to_ltu.released_to.remove(&nation("LTU"));
+    assert_eq!(
+        node.route(&not_to_ltu, Source::Peer(nation("LTU")), SealState::Verified, now),
+        Err(Refused {
+            reason: "ineligible-relay"
+        })
+    );
+    let mut beyond = good.clone();
+    beyond.label = policy.scheme().parse("SECRET//REL TO EST, LVA").unwrap();
+    assert_eq!(
+        node.route(&beyond, Source::Peer(nation("EST")), SealState::Unverified, now),
+        Err(Refused {
+            reason: "release-beyond-marking"
+        })
+    );
+    while node.poll().is_some() {}
+    // None of it burned the id, and the honest envelope is delivered.
+    let route = node
+        .route(&good, Source::Peer(nation("EST")), SealState::Unverified, now)
+        .unwrap();
+    assert_eq!(route.deliver.len(), 1);
 }

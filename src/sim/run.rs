@@ -735,7 +735,7 @@ impl Nodes {
             &self.layout,
             self.data_root.join(nation.as_str()),
         )?;
-        config.network_file = Some(self.network_file.clone());
+        config.policy_source = Some(crate::config::PolicySource::Network(self.network_file.clone()));
         config.peer_addresses = self.addresses.clone();
         config.settings = self.settings.clone();
         // The run's settings ask for forgetting on restart (see

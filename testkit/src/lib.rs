@@ -500,7 +500,7 @@ fn node_config(
     let mut config =
         NodeConfig::load(nation, policy.clone(), layout, data_dir(root, nation)).expect("node config");
     config.settings = settings.clone();
-    config.network_file = Some(root.join("network.toml"));
+    config.policy_source = Some(entente::config::PolicySource::Network(root.join("network.toml")));
     config
 }
 
