@@ -314,6 +314,20 @@ impl NationalCa {
         hosts: &[String],
         admin: bool,
     ) -> Result<Issued, PkiError> {
+        let now = OffsetDateTime::now_utc();
+        // A day of slack for clocks that run slightly behind between nations.
+        let (not_before, not_after) = (now - Duration::days(1), now + Duration::days(LEAF_VALIDITY_DAYS));
+        self.issue_valid(identity, hosts, admin, not_before, not_after)
+    }
+
+    fn issue_valid(
+        &self,
+        identity: &Identity,
+        hosts: &[String],
+        admin: bool,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<Issued, PkiError> {
         let what = identity.to_string();
         let key = KeyPair::generate_for(&PKCS_ED25519).map_err(generation_error(&what))?;
         let mut params = CertificateParams::default();
@@ -353,7 +367,7 @@ impl NationalCa {
             Identity::Principal { .. } => vec![ExtendedKeyUsagePurpose::ClientAuth],
         };
         params.use_authority_key_identifier_extension = true;
-        validity(&mut params, LEAF_VALIDITY_DAYS);
+        (params.not_before, params.not_after) = (not_before, not_after);
         let cert = params
             .signed_by(&key, &self.cert, &self.key)
             .map_err(generation_error(&what))?;
@@ -577,6 +591,15 @@ pub fn import_bundle(policy: &Policy, layout: &PkiLayout, path: &Path) -> Result
         parsed
             .verify_signature(ca_parsed.public_key())
             .map_err(|err| refused(format!("its CRL is not signed by its CA ({err})")))?;
+        if let Some(next_update) = parsed
+            .next_update()
+            .filter(|at| at.to_datetime() < OffsetDateTime::now_utc())
+        {
+            return Err(refused(format!(
+                "its CRL expired at {}: ask {nation} for a bundle with a renewed one (entente certs renew-crl --nation {nation}, then certs export)",
+                next_update.to_datetime()
+            )));
+        }
     }
     write_file(&layout.ca_cert(nation), &bundle.ca, false)?;
     write_file(
@@ -1380,14 +1403,58 @@ clearance = "SECRET"
             crl: Some(renewed_crl_of(&gbr)),
             ..bundle.clone()
         };
+        // Genuinely FRA's, but expired: a node certificate past its end,
+        // or a CRL past its next update.
+        let fra_ca = NationalCa::load(&fra, nation("FRA")).unwrap();
+        let long_ago = OffsetDateTime::now_utc() - Duration::days(60);
+        let expired_node = MemberBundle {
+            node: fra_ca
+                .issue_valid(
+                    &Identity::Node(nation("FRA")),
+                    &["127.0.0.1".to_owned()],
+                    false,
+                    long_ago,
+                    long_ago + Duration::days(30),
+                )
+                .unwrap()
+                .cert_pem,
+            ..bundle.clone()
+        };
+        let stale_crl = CertificateRevocationListParams {
+            this_update: long_ago,
+            next_update: long_ago + Duration::days(30),
+            crl_number: SerialNumber::from(7u64),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&fra_ca.cert, &fra_ca.key)
+        .unwrap();
+        let expired_crl = MemberBundle {
+            crl: Some(stale_crl.pem().unwrap()),
+            ..bundle.clone()
+        };
+        let before = files(gbr_dir.path())
+            .into_iter()
+            .map(|f| (std::fs::read(gbr_dir.path().join(&f)).unwrap(), f))
+            .collect::<Vec<_>>();
         for (forged, why) in [
             (forged_ca, "does not check out under its CA"),
             (forged_crl, "not signed by its CA"),
+            (expired_node, "expired"),
+            (expired_crl, "its CRL expired at"),
         ] {
             let path = gbr_dir.path().join("forged.toml");
             std::fs::write(&path, toml::to_string(&forged).unwrap()).unwrap();
             let err = import_bundle(&policy, &gbr, &path).unwrap_err().to_string();
             assert!(err.contains(why), "{err}");
+            std::fs::remove_file(&path).unwrap();
+            // A refused bundle changes nothing.
+            let after = files(gbr_dir.path())
+                .into_iter()
+                .map(|f| (std::fs::read(gbr_dir.path().join(&f)).unwrap(), f))
+                .collect::<Vec<_>>();
+            assert_eq!(after, before, "{why}");
         }
         let broken = gbr_dir.path().join("broken.toml");
         std::fs::write(&broken, "nation = \"FRA\"\ncolour = 1\n").unwrap();

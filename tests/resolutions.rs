@@ -444,3 +444,54 @@ async fn resolutions_that_do_not_count_are_refused_and_change_nothing() {
     assert!(net.control(gbr).status().unwrap().suspended.is_empty());
     net.shutdown().await;
 }
+
+/// A member flooding resolutions whose signatures do not verify (each one
+/// a certificate path and a signature to check) costs a node a bounded
+/// number of checks: past its budget, what its link sends is not checked
+/// for a while, and that is audited once. Genuine resolutions still take
+/// effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_flooding_forged_signatures_costs_a_bounded_number_of_checks() {
+    let mut net = start().await;
+    let (gbr, fra, usa) = (nation("GBR"), nation("FRA"), nation("USA"));
+    let mut link = net.play_node(usa, gbr).await;
+    let refused = |net: &TestNetwork| {
+        let counters = net.control(gbr).status().unwrap().counters;
+        counters.refused.get("bad-resolution").copied().unwrap_or(0)
+    };
+    let before = refused(&net);
+    let start = std::time::Instant::now();
+    const FORGED: u64 = 1_000;
+    for n in 0..FORGED {
+        let resolution = Resolution {
+            seq: now_us() + n,
+            action: Action::Cut,
+            nation: nation("POL"),
+            created_us: now_us(),
+        };
+        let mut forged = signed_by(&net, &resolution, fra, "fra.admin");
+        forged.signatures[0].signature[7] ^= 0x40;
+        link.send_frame(&entente::wire::Frame::Resolution(forged)).await;
+    }
+    let rate_records = || {
+        records(&net, gbr)
+            .iter()
+            .filter(|r| r["reason"] == "resolution-rate" && r["subject"] == "USA")
+            .count()
+    };
+    until("the flood is paced", || rate_records() == 1).await;
+    // Genuine resolutions still take effect.
+    assert!(net.control(gbr).status().unwrap().suspended.is_empty());
+    resolve(&net, Action::Cut, "POL").await;
+    suspended_on(&net, gbr, &["POL"]).await;
+    // Every checked signature is one `bad-resolution` denial: the burst,
+    // then ten a second.
+    let checked = refused(&net) - before;
+    let bound = 64 + 10 * start.elapsed().as_secs() + 8;
+    assert!(
+        (64..=bound).contains(&checked) && checked < FORGED,
+        "{checked} of {FORGED} forged signatures were checked; at most {bound} may be"
+    );
+    assert_eq!(rate_records(), 1, "a flood is audited once");
+    net.shutdown().await;
+}

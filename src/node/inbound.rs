@@ -444,7 +444,7 @@ async fn ingress(
             _ => None,
         })
         .collect();
-    resolutions::take(shared, Some(peer), offered).await;
+    resolutions::take_flooded(shared, peer, offered).await;
     let messages = frames.len();
     let mut result = Ok(());
     for frame in frames.drain(..) {

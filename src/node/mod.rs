@@ -541,6 +541,8 @@ struct Shared {
     /// node, so it is up, and its link from here need not wait (what this
     /// node floods, resolutions first, goes on that link).
     dialer_wake: dashmap::DashMap<Nation, Arc<tokio::sync::Notify>>,
+    /// Each peer's budget of refused resolution signatures.
+    refused_resolutions: dashmap::DashMap<Nation, resolutions::RefusedBudget>,
     /// Woken when a reload may have added peers: the accept loop starts
     /// their dialers among its own tasks, so they are joined and their
     /// panics reported like the rest.
@@ -1114,6 +1116,7 @@ impl Node {
             started: std::time::Instant::now(),
             dialers: Mutex::default(),
             dialer_wake: dashmap::DashMap::new(),
+            refused_resolutions: dashmap::DashMap::new(),
             peers_added: tokio::sync::Notify::new(),
             cert_chain: config.cert_chain,
             key: config.key,

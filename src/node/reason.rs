@@ -65,6 +65,9 @@ pub enum Reason {
     Resolution,
     /// A resolution, or a signature of one, refused.
     BadResolution,
+    /// A peer's link sends refused resolution signatures faster than they
+    /// may be checked: what it sends is not checked for a while.
+    ResolutionRate,
     /// A message queued for a peer the rules no longer admit (revoked, or
     /// gone from the network file): purged, never sent.
     NoLongerAdmitted,
@@ -114,6 +117,7 @@ impl Reason {
             Reason::CaMismatch => "ca-mismatch",
             Reason::CutBy => "cut-by",
             Reason::BadResolution => "bad-resolution",
+            Reason::ResolutionRate => "resolution-rate",
             Reason::NoIdentity => "no-identity",
             Reason::OwnPrincipal => "own-principal",
             Reason::ConfiguredPeer => "configured-peer",

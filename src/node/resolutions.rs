@@ -21,6 +21,7 @@ use crate::identity::{ed25519_public_key, has_admin_role, Identity, TrustStore, 
 use crate::label::Nation;
 use crate::policy::Policy;
 use crate::resolution::{Action, ResolutionLog, SignedResolution, SignerCheck};
+use crate::routing::announce::{Pace, Paced};
 use crate::wire::{self, Frame};
 
 /// The file in a node's data directory that holds its resolution log.
@@ -134,6 +135,85 @@ pub(super) struct Taken {
     pub(super) added: bool,
     /// The first refusal, as a sentence (every one is audited).
     pub(super) refused: Option<String>,
+    /// How many signatures or resolutions were refused.
+    pub(super) refusals: u64,
+}
+
+/// How many refused signatures a link's flood may cost this node's checks
+/// (each one a certificate path and a signature): a burst, then ten a
+/// second. An honest peer passes on only what it verified itself, so it
+/// stays far below; past it, what the link sends is not checked until the
+/// budget refills (genuine signatures come again by other links and with
+/// the next link's opening exchange).
+pub(super) const REFUSED_PACE: Pace = Pace {
+    interval_us: 100_000,
+    burst: 64,
+};
+
+/// Where a peer's link stands against [`REFUSED_PACE`].
+#[derive(Debug, Default)]
+pub(super) struct RefusedBudget {
+    paced: Paced,
+    /// Whether its being over the pace has been audited, since it last had
+    /// its whole burst.
+    audited: bool,
+}
+
+/// Takes what a peer's link flooded, one resolution at a time, while the
+/// peer is within its budget of refused signatures; past it, audits that
+/// once and takes nothing more until the budget refills.
+pub(super) async fn take_flooded(shared: &Arc<Shared>, peer: Nation, offered: Vec<SignedResolution>) {
+    for signed in offered {
+        let now = now_us();
+        // `Some(audit_until)` once over the budget: when it refills, if
+        // this is the first time since it was last within it.
+        let over = {
+            let mut budget = shared.refused_resolutions.entry(peer).or_default();
+            let next_us = budget.paced.next_us(REFUSED_PACE);
+            if next_us <= now {
+                // Audited again only once the whole burst is back: one
+                // record for a flood, not one for each refill.
+                if budget.paced.next_us(Pace {
+                    burst: 1,
+                    ..REFUSED_PACE
+                }) <= now
+                {
+                    budget.audited = false;
+                }
+                None
+            } else {
+                let first = !std::mem::replace(&mut budget.audited, true);
+                Some(first.then_some(next_us))
+            }
+        };
+        match over {
+            Some(None) => return,
+            None => {
+                let taken = take(shared, Some(peer), vec![signed]).await;
+                let mut budget = shared.refused_resolutions.entry(peer).or_default();
+                for _ in 0..taken.refusals {
+                    budget.paced.take(REFUSED_PACE, now);
+                }
+            }
+            Some(Some(until_us)) => {
+                warn!(%peer, "a peer's link sends refused resolutions faster than they may be checked");
+                shared
+                    .audit(
+                        Record::new(Event::Refuse, Verdict::Deny, Reason::ResolutionRate.code())
+                            .subject(peer.to_string())
+                            .detail(format!(
+                                "{peer} sent more than {} refused resolution signatures at once, or more than {} a \
+                                 second: what its link sends is not checked for the next {} ms",
+                                REFUSED_PACE.burst,
+                                1_000_000 / REFUSED_PACE.interval_us,
+                                until_us.saturating_sub(now) / 1_000
+                            )),
+                    )
+                    .await;
+                return;
+            }
+        }
+    }
 }
 
 /// Why a resolution in force changes nothing.
@@ -173,6 +253,7 @@ pub(super) async fn take(
             match log.offer(signed, &check, now) {
                 Ok(outcome) => {
                     for refusal in &outcome.refused {
+                        taken.refusals += 1;
                         taken.refused.get_or_insert_with(|| refusal.to_string());
                         records.push(refused(from, refusal.to_string()));
                     }
@@ -208,6 +289,7 @@ pub(super) async fn take(
                     }
                 }
                 Err(err) => {
+                    taken.refusals += 1;
                     taken.refused.get_or_insert_with(|| err.to_string());
                     records.push(refused(from, err.to_string()));
                 }
