@@ -495,3 +495,37 @@ async fn a_member_flooding_forged_signatures_costs_a_bounded_number_of_checks() 
     assert_eq!(rate_records(), 1, "a flood is audited once");
     net.shutdown().await;
 }
+
+/// A node floods a resolution both ways on every pair of links: also back
+/// on the link a peer dialed, which carries no messages, so a signature
+/// never waits behind a batch of them. Here it is the only way to the
+/// peer: the test plays USA's node, whose own links are gone, and GBR has
+/// no link of its own to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolution_goes_back_on_the_link_a_peer_dialed() {
+    let mut net = start().await;
+    let (gbr, usa) = (nation("GBR"), nation("USA"));
+    let mut link = net.play_node(usa, gbr).await;
+    let id = resolve(&net, Action::Cut, "POL").await;
+    let signers = tokio::time::timeout(TIMEOUT, async {
+        let mut signers = std::collections::BTreeSet::new();
+        while signers.len() < 3 {
+            match entente::stream::read_frame(&mut link.recv).await {
+                Ok(Some(entente::wire::Frame::Resolution(signed))) if signed.resolution.id() == id => {
+                    signers.extend(signed.signatures.iter().map(|s| s.nation));
+                }
+                Ok(Some(_)) => {}
+                other => panic!("the link ended: {other:?}"),
+            }
+        }
+        signers
+    })
+    .await
+    .expect("GBR floods the resolution back to USA");
+    assert_eq!(
+        signers,
+        [nation("DEU"), nation("FRA"), gbr].into_iter().collect(),
+        "every signature, as GBR took it"
+    );
+    net.shutdown().await;
+}

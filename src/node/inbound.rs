@@ -18,6 +18,7 @@ use tracing::warn;
 use super::connection::{accept_hello, close_after, next_batch, write_frame, AbortOnDrop, StreamError};
 use super::custody::{self, Committed};
 use super::outbound::{self, Outgoing};
+use super::queue::{self, QueueReceiver, QueueSender};
 use super::resolutions;
 use super::{let_writers_send, offer_cpu, Reason, Rules, Shared};
 use crate::audit::{Event, Record, Verdict};
@@ -70,7 +71,8 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
     // many links gets one budget of envelopes waiting for seals, not one
     // per link. The old link's reader fails at once on the close, and its
     // unsealed envelopes are audited and dropped with it.
-    let _inbound = InboundLink::register(&shared, peer, &connection).await;
+    let (back, resolutions_back) = queue::bounded(RETURN_QUEUE, RETURN_QUEUE_BYTES);
+    let _inbound = InboundLink::register(&shared, peer, &connection, back).await;
     // The peer is up: this node's link to it need not wait for its
     // backoff (the dialer keeps the wake if it is dialing now, and
     // ignores it after a cut or a replaced link).
@@ -89,7 +91,12 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
     // its own: the reader goes on with the next batch meanwhile, so a
     // flush to disk delays acks, not deliveries or relays.
     let (to_ack, stored) = tokio::sync::mpsc::channel(STORED_QUEUE);
-    let mut acking = AbortOnDrop(tokio::spawn(ack_when_stored(send, stored, connection.clone())));
+    let mut acking = AbortOnDrop(tokio::spawn(ack_when_stored(
+        send,
+        stored,
+        resolutions_back,
+        connection.clone(),
+    )));
     let mut shutdown = shared.shutdown.clone();
     let result = loop {
         match next_batch(&mut reader, &mut frames, &mut shutdown).await {
@@ -184,7 +191,15 @@ const STORED_QUEUE: usize = 64;
 /// How long a link that ends has to write its last acks.
 const ACKS_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Writes each batch's `Custody` ack once the batch is stored, in order.
+/// The resolutions a link queues back to its peer at most (see
+/// `resolutions::flood`): past it, they wait for the next link's exchange.
+const RETURN_QUEUE: usize = 1024;
+const RETURN_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Writes each batch's `Custody` ack once the batch is stored, in order,
+/// and the resolutions flooded back to the peer ahead of them: this
+/// direction carries no messages, so a resolution does not wait behind
+/// any.
 /// A store that fails closes the link, so the sender keeps what it sent
 /// (and sends it again on its next link).
 ///
@@ -195,23 +210,30 @@ const ACKS_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 async fn ack_when_stored(
     mut send: quinn::SendStream,
     mut stored: tokio::sync::mpsc::Receiver<(Committed, Option<u64>)>,
+    mut resolutions: QueueReceiver,
     connection: Connection,
 ) -> Result<(), StreamError> {
     let mut unsent: Option<u64> = None;
     let mut next_write = Instant::now();
+    let mut flooded = Vec::new();
+    // Closed once the link is no longer the peer's registered one.
+    let mut flooding = true;
     loop {
         if let Some(through) = unsent.filter(|_| Instant::now() >= next_write) {
             write_frame(&mut send, &Frame::Custody { through }).await?;
             unsent = None;
             next_write = Instant::now() + ACK_EVERY;
         }
-        let item = match unsent {
-            Some(_) => tokio::select! {
-                biased;
-                item = stored.recv() => item,
-                () = tokio::time::sleep_until(next_write) => continue,
-            },
-            None => stored.recv().await,
+        let item = tokio::select! {
+            biased;
+            open = resolutions.recv_many(&mut flooded), if flooding => {
+                flooding = open;
+                crate::stream::write_all(&mut send, &mut flooded).await?;
+                flooded.clear();
+                continue;
+            }
+            item = stored.recv() => item,
+            () = tokio::time::sleep_until(next_write), if unsent.is_some() => continue,
         };
         let Some((committed, through)) = item else { break };
         if let Err(err) = committed.wait().await {
@@ -272,8 +294,13 @@ struct InboundLink<'a> {
 impl<'a> InboundLink<'a> {
     /// Makes `connection` `peer`'s inbound link, closing and auditing the
     /// one it replaces.
-    async fn register(shared: &'a Shared, peer: Nation, connection: &Connection) -> InboundLink<'a> {
-        let (generation, replaced) = shared.router.replace_inbound(peer, connection.clone());
+    async fn register(
+        shared: &'a Shared,
+        peer: Nation,
+        connection: &Connection,
+        back: QueueSender,
+    ) -> InboundLink<'a> {
+        let (generation, replaced) = shared.router.replace_inbound(peer, connection.clone(), back);
         if let Some(old) = replaced {
             let reason = format!("replaced by a newer link from {peer}");
             warn!(%reason, "closing the older inbound link");

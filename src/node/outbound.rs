@@ -423,6 +423,7 @@ async fn run_link(
         .await;
     shared.carry_out(actions).await;
     let mut acks = AbortOnDrop(tokio::spawn(read_acks(
+        shared.clone(),
         shared.custody.handle(),
         peer,
         outbox.clone(),
@@ -544,6 +545,7 @@ const FORGET_EVERY: Duration = Duration::from_millis(100);
 /// crash costs a resend). An ack of what this link never sent, or any
 /// other frame, closes the link as a protocol violation.
 async fn read_acks(
+    shared: Arc<Shared>,
     custody: CustodyHandle,
     peer: Nation,
     outbox: Arc<Outbox>,
@@ -565,7 +567,13 @@ async fn read_acks(
                 Ok(_) => continue,
                 Err(err) => err.to_string(),
             },
-            Ok(Some(_)) => "a frame other than Custody on a link's return stream".to_owned(),
+            // Flooded back on this link by the peer (see
+            // `resolutions::flood`), paced like any link's.
+            Ok(Some(Frame::Resolution(signed))) => {
+                resolutions::take_flooded(&shared, peer, vec![signed]).await;
+                continue;
+            }
+            Ok(Some(_)) => "a frame other than Custody or Resolution on a link's return stream".to_owned(),
             Err(err) if err.is_protocol_violation() => err.to_string(),
             // The link's end is seen by its writer.
             Ok(None) | Err(_) => return Ok(()),

@@ -338,9 +338,9 @@ fn refused(from: Option<Nation>, why: String) -> Record {
     }
 }
 
-/// Offers what is new to every link but the one it came on (never
-/// awaited, like announcements: a link that misses it gets the whole log
-/// when it next comes up).
+/// Offers what is new to every peer but the one it came from, on both
+/// links of each (never awaited, like announcements: a link that misses
+/// it gets the whole log when it next comes up).
 fn flood(shared: &Shared, from: Option<Nation>, new: &[SignedResolution]) {
     if new.is_empty() {
         return;
@@ -357,9 +357,18 @@ fn flood(shared: &Shared, from: Option<Nation>, new: &[SignedResolution]) {
             continue;
         };
         let frame = Bytes::from(frame);
-        for target in shared.router.targets(&peers) {
-            if target.queue.offer(frame.clone()).is_err() {
-                warn!(to = %target.nation, "link queue full: a resolution was not sent; it goes with the next link");
+        // Both ways on every pair of links: the way back on the link a
+        // peer dialed carries no messages, so a resolution there does not
+        // wait behind a batch of them; the first to arrive counts.
+        let back = shared.router.return_paths(&peers);
+        let forward = shared
+            .router
+            .targets(&peers)
+            .into_iter()
+            .map(|t| (t.nation, t.queue));
+        for (to, queue) in back.into_iter().chain(forward) {
+            if queue.offer(frame.clone()).is_err() {
+                warn!(%to, "link queue full: a resolution was not sent; it goes with the next link");
             }
         }
     }

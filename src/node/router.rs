@@ -89,8 +89,9 @@ pub(super) struct Router {
     sessions: DashMap<SessionId, SessionEntry>,
     /// The links this node dialed: the only ones it sends on.
     links: DashMap<Nation, LinkEntry>,
-    /// The one inbound link of each peer, with its generation.
-    inbound: DashMap<Nation, (u64, Connection)>,
+    /// The one inbound link of each peer, with its generation and the
+    /// queue of resolutions it carries back to the peer.
+    inbound: DashMap<Nation, (u64, Connection, QueueSender)>,
     next_id: AtomicU64,
     /// Actions produced where nothing can wait (such as a slow consumer
     /// dropped mid-delivery), for the ticker task to carry out. Bounded by
@@ -400,17 +401,34 @@ impl Router {
     /// Makes `connection` `peer`'s one inbound link; returns its
     /// generation, for [`Router::remove_inbound`], and the link it
     /// replaced, for the caller to close.
-    pub(super) fn replace_inbound(&self, peer: Nation, connection: Connection) -> (u64, Option<Connection>) {
+    pub(super) fn replace_inbound(
+        &self,
+        peer: Nation,
+        connection: Connection,
+        back: QueueSender,
+    ) -> (u64, Option<Connection>) {
         let generation = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let replaced = self.inbound.insert(peer, (generation, connection));
-        (generation, replaced.map(|(_, old)| old))
+        let replaced = self.inbound.insert(peer, (generation, connection, back));
+        (generation, replaced.map(|(_, old, _)| old))
+    }
+
+    /// The queues back to `peers` on the links they dialed.
+    pub(super) fn return_paths(&self, peers: &[Nation]) -> Vec<(Nation, QueueSender)> {
+        peers
+            .iter()
+            .filter_map(|&peer| {
+                self.inbound
+                    .get(&peer)
+                    .map(|entry| (peer, entry.value().2.clone()))
+            })
+            .collect()
     }
 
     /// Forgets `peer`'s inbound link of `generation`, unless a newer one
     /// has replaced it already.
     pub(super) fn remove_inbound(&self, peer: Nation, generation: u64) {
         self.inbound
-            .remove_if(&peer, |_, (current, _)| *current == generation);
+            .remove_if(&peer, |_, (current, _, _)| *current == generation);
     }
 
     /// The live links to `peers`, taken out of the table so that no
