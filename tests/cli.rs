@@ -76,6 +76,11 @@ fn a_broken_network_file_is_named() {
     );
 }
 
+fn fails_saying(output: &Output, words: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains(words), "{stderr}");
+}
+
 /// A nation's node and PKI come from its own national file: asking for
 /// another nation with it, or for half of the pair, is refused with what
 /// to do, and `config split` writes the pair from a whole-network file.
@@ -104,17 +109,9 @@ fn the_coalition_and_national_files_go_together() {
         "--national",
         gbr,
     ]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success() && stderr.contains("the national file is GBR's"),
-        "{stderr}"
-    );
+    fails_saying(&output, "the national file is GBR's");
     let output = entente(&["node", "--coalition", coalition]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success() && stderr.contains("--national"),
-        "{stderr}"
-    );
+    fails_saying(&output, "--national");
     let output = entente(&[
         "certs",
         "init",
@@ -127,11 +124,7 @@ fn the_coalition_and_national_files_go_together() {
         "--out",
         certs.to_str().unwrap(),
     ]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success() && stderr.contains("the national file is GBR's"),
-        "{stderr}"
-    );
+    fails_saying(&output, "the national file is GBR's");
     assert!(!certs.exists(), "a refused init writes nothing");
     // Without --nation, the national file's nation, and only it.
     let output = entente(&[

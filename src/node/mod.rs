@@ -45,6 +45,7 @@ use crate::identity::{ed25519_public_key, Identity, IdentityError, TrustStore};
 use crate::label::Nation;
 use crate::pki::{self, PkiError, PkiLayout, TrustMaterial};
 use crate::policy::Policy;
+use crate::resolution::SignedResolution;
 use crate::routing::{Action, Routing, RoutingSettings};
 use crate::store::{Change, Durability, StoreError};
 use crate::tls::{self, TlsError};
@@ -555,6 +556,9 @@ struct Shared {
     verifier: Mutex<Verifier>,
     /// Envelopes the links carried unsealed, for the sealer task.
     sealer: mpsc::Sender<sealer::ToSeal>,
+    /// Resolutions peers flooded back on this node's links, for
+    /// [`resolutions::take_returned`].
+    returned_resolutions: mpsc::Sender<(Nation, SignedResolution)>,
     peer_addresses: BTreeMap<Nation, SocketAddr>,
     settings: NodeSettings,
     audit: Audit,
@@ -951,6 +955,7 @@ pub struct Node {
     /// Envelopes a restarted node's outboxes hold without their seals (a
     /// crash came between them): sealed again once the sealer runs.
     reseal: Vec<sealer::ToSeal>,
+    returned: mpsc::Receiver<(Nation, SignedResolution)>,
     released: Released,
 }
 
@@ -1034,6 +1039,7 @@ impl Node {
         let audit = Audit::open(&config.data_dir, config.nation)?;
         let (stop, stopped) = watch::channel(false);
         let (sealer, to_seal) = mpsc::channel(SEALER_QUEUE);
+        let (returned_resolutions, returned) = mpsc::channel(resolutions::RETURNED_QUEUE);
         let mut prefix = [0u8; 8];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut prefix).map_err(|_| {
             NodeError::Envelope(EnvelopeError::BadKey(
@@ -1125,6 +1131,7 @@ impl Node {
             ids: MessageIds::new(prefix),
             verifier: Mutex::new(Verifier::new(VERIFIED_NODES)),
             sealer,
+            returned_resolutions,
             peer_addresses: config.peer_addresses,
             settings: config.settings,
             audit,
@@ -1142,6 +1149,7 @@ impl Node {
             stop,
             to_seal,
             reseal,
+            returned,
             released,
         })
     }
@@ -1167,9 +1175,10 @@ impl Node {
             stop,
             to_seal,
             reseal,
+            returned,
             released,
         } = self;
-        serve(shared, stop, to_seal, reseal, shutdown).await;
+        serve(shared, stop, to_seal, reseal, returned, shutdown).await;
         // Every task that held the shared state has ended, and with it
         // the last handles to the store, the audit writer and the
         // endpoint; what is left is quinn's connection drivers draining.
@@ -1184,6 +1193,7 @@ async fn serve(
     stop: watch::Sender<bool>,
     to_seal: mpsc::Receiver<sealer::ToSeal>,
     reseal: Vec<sealer::ToSeal>,
+    returned: mpsc::Receiver<(Nation, SignedResolution)>,
     shutdown: impl Future<Output = ()>,
 ) {
     let endpoint = shared.endpoint.clone();
@@ -1206,6 +1216,7 @@ async fn serve(
         });
     }
     tasks.spawn(tick_forever(shared.clone()));
+    tasks.spawn(resolutions::take_returned(shared.clone(), returned));
     shared.spawn_dialers(&mut tasks);
 
     let settings = &shared.settings;

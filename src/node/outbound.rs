@@ -568,9 +568,12 @@ async fn read_acks(
                 Err(err) => err.to_string(),
             },
             // Flooded back on this link by the peer (see
-            // `resolutions::flood`), paced like any link's.
+            // `resolutions::flood`): taken by the node's own task, paced
+            // like any link's; dropped if that one is behind.
             Ok(Some(Frame::Resolution(signed))) => {
-                resolutions::take_flooded(&shared, peer, vec![signed]).await;
+                if shared.returned_resolutions.try_send((peer, signed)).is_err() {
+                    debug!("the resolutions flooded back wait for too long: one is dropped");
+                }
                 continue;
             }
             Ok(Some(_)) => "a frame other than Custody or Resolution on a link's return stream".to_owned(),

@@ -11,6 +11,7 @@ use std::sync::{Arc, PoisonError};
 use bytes::Bytes;
 use quinn::{RecvStream, SendStream};
 use rustls_pki_types::{CertificateDer, UnixTime};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::connection::{read_frame, write_frame, StreamError};
@@ -212,6 +213,31 @@ pub(super) async fn take_flooded(shared: &Arc<Shared>, peer: Nation, offered: Ve
                     .await;
                 return;
             }
+        }
+    }
+}
+
+/// How many resolutions flooded back on this node's links may wait to be
+/// taken; past it, they are dropped (each comes again with the next
+/// link's exchange, and by the other link of each pair).
+pub(super) const RETURNED_QUEUE: usize = 1024;
+
+/// Takes what peers flooded back on this node's links, one at a time, in
+/// a task of the node's own: a link that ends mid-way does not cut short
+/// the cuts a resolution puts in force.
+pub(super) async fn take_returned(
+    shared: Arc<Shared>,
+    mut returned: mpsc::Receiver<(Nation, SignedResolution)>,
+) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            next = returned.recv() => match next {
+                Some((peer, signed)) => take_flooded(&shared, peer, vec![signed]).await,
+                None => return,
+            },
         }
     }
 }
