@@ -205,7 +205,7 @@ fn three_nations_with_their_own_keys_and_files_run_as_separate_nodes() {
     let certs_of = |nation: &str| dir.join(nation.to_lowercase()).join("certs");
     let mut attempts = 0;
     let mut fingerprints = Vec::new();
-    let _nodes = loop {
+    let nodes = loop {
         attempts += 1;
         assert!(attempts <= 5, "no free ports for three nodes");
         let held: Vec<std::net::UdpSocket> = (0..3)
@@ -353,4 +353,73 @@ fn three_nations_with_their_own_keys_and_files_run_as_separate_nodes() {
         received.contains("from gbr.analyst (GBR)") && received.ends_with("from London"),
         "{received}"
     );
+
+    // GBR's national file edited to name one of POL's principals: the
+    // reload (SIGHUP) is refused, audited with the file and the reason,
+    // and the node goes on under the files it had.
+    let national = national_path(dir, "GBR");
+    let genuine = std::fs::read_to_string(&national).unwrap();
+    std::fs::write(
+        &national,
+        format!(
+            "{genuine}\n[[principals]]\nname = \"pol.analyst\"\nnation = \"POL\"\nclearance = \"SECRET\"\n"
+        ),
+    )
+    .unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &nodes[0].0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let audit = dir.join("gbr").join("data").join("audit.jsonl");
+    let start = Instant::now();
+    let refusal = loop {
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.contains("reload") && l.contains("a principal of POL"))
+        {
+            break line.to_owned();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the refused reload was not audited"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        refusal.contains("\"decision\":\"deny\"")
+            && refusal.contains("GBR.toml")
+            && refusal.contains("pol.analyst"),
+        "{refusal}"
+    );
+    ok(entente(
+        &[
+            "pub",
+            "--as",
+            "gbr.analyst",
+            "--topic",
+            "news.gbr",
+            "--label",
+            "SECRET//REL TO GBR, POL, LTU",
+            "--certs",
+            gbr.to_str().unwrap(),
+            "still served",
+        ],
+        &two_files(&dir.join("coalition.toml"), &{
+            // The publisher's own copy of the genuine file.
+            let copy = dir.join("gbr-genuine.toml");
+            std::fs::write(&copy, &genuine).unwrap();
+            copy
+        }),
+    ));
+    // Past any later copy of the first publish loop's messages.
+    let start = Instant::now();
+    while !rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("GBR still serves")
+        .ends_with("still served")
+    {
+        assert!(start.elapsed() < Duration::from_secs(30), "GBR no longer serves");
+    }
 }
