@@ -390,6 +390,7 @@ async fn the_oracle_fails_a_run_where_a_restarted_node_forgets_a_cut() {
     )
     .await;
     assert!(!report.verdict.passed, "{}", report.summary());
+    assert!(leaks_to(&report, "deu.analyst") > 0, "{}", report.summary());
     // Among them, the forgetting relay's own messages to the cut nation.
     let own = report
         .verdict

@@ -1394,7 +1394,7 @@ impl Routing {
     /// or one the marking does not name: the origin signed a release the
     /// label does not allow. A nation this node has cut out is not held
     /// against it: the origin may not have applied that cut yet.
-    fn release_beyond_marking(&self, envelope: &Envelope) -> Option<(Reason, String)> {
+    fn release_beyond_marking(&mut self, envelope: &Envelope) -> Option<(Reason, String)> {
         let origin = envelope.origin;
         if envelope.released_to.len() >= MAX_NATIONS {
             return Some((
@@ -1405,13 +1405,17 @@ impl Routing {
                 ),
             ));
         }
-        let scheme = self.policy.scheme();
+        // What the marking names, worked out once per label (checked
+        // canonical before this is called).
+        let permitted = self.label_memo(origin, &envelope.label).permitted;
         let beyond = envelope.released_to.iter().find(|&&nation| {
             nation == origin
-                || self.nations.index(nation).is_none()
-                || !(self.policy.is_suspended(nation)
-                    || scheme.releasable_to(&envelope.label, Some(origin), nation))
+                || self
+                    .nations
+                    .index(nation)
+                    .is_none_or(|index| !permitted.contains(index) && !self.policy.is_suspended(nation))
         })?;
+        let scheme = self.policy.scheme();
         Some((
             Reason::ReleaseBeyondMarking,
             format!(
