@@ -15,7 +15,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::{custody, load_node_keys, outbound, tls, NodeError, Reason, Rules, Shared};
+use super::{custody, load_node_keys, outbound, tls, NodeError, PeerKeys, Reason, Rules, Shared};
 use crate::admin::{
     AdminCommand, AdminReply, Applied, NodeStatus, PeerStatus, ResolutionStatus, ResolutionsHeld,
     SessionStatus, StatusCounters,
@@ -408,7 +408,8 @@ async fn try_reload(shared: &Arc<Shared>) -> Result<Applied, ControlError> {
     let material = pki::read_trust_material(&loaded, &shared.layout)?;
     let node_keys = load_node_keys(shared.nation, &loaded, &material, &shared.layout)?;
     let cuts = current_cuts(shared, &loaded)?;
-    let rules = Rules::new(loaded, material, Arc::new(node_keys), &cuts, &shared.signer)?;
+    let peer_keys = PeerKeys::new(node_keys, &shared.signer);
+    let rules = Rules::new(loaded, material, Arc::new(peer_keys), &cuts)?;
     apply(shared, rules, AdminCommand::Reload, start).await
 }
 
@@ -436,7 +437,7 @@ async fn try_set_cut(shared: &Arc<Shared>, nation: Nation, cut: bool) -> Result<
         }
         AdminCommand::Restore(nation)
     };
-    let rules = with_cuts(shared, &current, &local.and(&coalition(shared)))?;
+    let rules = with_cuts(&current, &local.and(&coalition(shared)))?;
     // Recorded before it applies: a cut acknowledged is a cut that
     // survives a restart.
     write_local_cuts(&shared.data_dir, &local)?;
@@ -469,18 +470,17 @@ pub(super) async fn apply_cuts(shared: &Arc<Shared>, what: &str) -> Result<Appli
     if &cuts.suspended == current.policy.suspended() && cuts.restored == current.restored {
         return Ok(applied_nothing(shared, &current, what));
     }
-    let rules = with_cuts(shared, &current, &cuts)?;
+    let rules = with_cuts(&current, &cuts)?;
     apply(shared, rules, AdminCommand::Resolutions, start).await
 }
 
 /// The rules in force, with `cuts` instead of theirs.
-fn with_cuts(shared: &Shared, current: &Rules, cuts: &Cuts) -> Result<Rules, ControlError> {
+fn with_cuts(current: &Rules, cuts: &Cuts) -> Result<Rules, ControlError> {
     Ok(Rules::new(
         current.loaded.clone(),
         current.material.clone(),
         current.all_node_keys.clone(),
         cuts,
-        &shared.signer,
     )?)
 }
 
@@ -528,6 +528,10 @@ async fn apply(
 
     let here = shared.nation;
     let now = UnixTime::now();
+    // Only a reload reads CAs and CRLs again; a cut or restore keeps them,
+    // and its cut nation's identities fail `admit` already. A path check
+    // for every connection would double what applying a cut costs.
+    let certificates_changed = matches!(command, AdminCommand::Reload);
     let admits = |identity: &Identity,
                   chain: &[CertificateDer<'static>],
                   principal: Option<&Principal>|
@@ -546,6 +550,9 @@ async fn apply(
                     Reason::PrincipalChanged.code(),
                 ));
             }
+        }
+        if !certificates_changed {
+            return Ok(());
         }
         rules
             .trust

@@ -461,8 +461,8 @@ struct Rules {
     material: TrustMaterial,
     /// The CAs trusted now: none of a cut-out nation's.
     trust: TrustStore,
-    /// Every nation's node key, as read.
-    all_node_keys: Arc<HashMap<Nation, Vec<u8>>>,
+    /// Every nation's node key, as read, and its tag key.
+    all_node_keys: Arc<PeerKeys>,
     /// The node keys whose seals count now: none of a cut-out nation's.
     node_keys: Arc<HashMap<Nation, Vec<u8>>>,
     /// The tag keys this node shares with the nations of `node_keys`.
@@ -474,22 +474,43 @@ struct Rules {
     restored: BTreeMap<Nation, u64>,
 }
 
+/// Every nation's node key, as read, and the tag key this node shares
+/// with each: worked out once per key (a Diffie-Hellman each), not again
+/// at every cut and restore.
+struct PeerKeys {
+    node: HashMap<Nation, Vec<u8>>,
+    tags: TagKeys,
+}
+
+impl PeerKeys {
+    fn new(node: HashMap<Nation, Vec<u8>>, signer: &Signer) -> PeerKeys {
+        let tags = signer.tag_keys(&node);
+        PeerKeys { node, tags }
+    }
+}
+
 impl Rules {
     fn new(
         loaded: Arc<Policy>,
         material: TrustMaterial,
-        all_node_keys: Arc<HashMap<Nation, Vec<u8>>>,
+        all_node_keys: Arc<PeerKeys>,
         cuts: &control::Cuts,
-        signer: &Signer,
     ) -> Result<Rules, NodeError> {
         let suspended = &cuts.suspended;
         let trust = material.trust_store(suspended)?;
         let node_keys: HashMap<Nation, Vec<u8>> = all_node_keys
+            .node
             .iter()
             .filter(|(nation, _)| !suspended.contains(nation))
             .map(|(&nation, key)| (nation, key.clone()))
             .collect();
-        let tag_keys = Arc::new(signer.tag_keys(&node_keys));
+        let tag_keys: TagKeys = all_node_keys
+            .tags
+            .iter()
+            .filter(|(nation, _)| !suspended.contains(nation))
+            .map(|(&nation, key)| (nation, key.clone()))
+            .collect();
+        let tag_keys = Arc::new(tag_keys);
         let policy = Arc::new(loaded.with_suspended(suspended));
         let mut context = ring::digest::Context::new(&ring::digest::SHA256);
         context.update(policy.digest().as_bytes());
@@ -575,6 +596,9 @@ struct Shared {
     /// The coalition's resolutions; locked for one call, never across an
     /// `.await`.
     resolutions: Mutex<crate::resolution::ResolutionLog>,
+    /// Bumped on every change of the log, which
+    /// [`resolutions::write_forever`] then writes.
+    log_changed: watch::Sender<u64>,
     /// Sessions held per principal, for `max_sessions_per_principal`.
     principal_sessions: Arc<dashmap::DashMap<String, usize>>,
     endpoint: Endpoint,
@@ -1025,9 +1049,8 @@ impl Node {
         let rules = Rules::new(
             config.policy.clone(),
             config.trust,
-            Arc::new(config.node_keys),
+            Arc::new(PeerKeys::new(config.node_keys, &config.signer)),
             &cuts,
-            &config.signer,
         )?;
         // The endpoint was bound with this node's own cuts only.
         endpoint.endpoint.set_server_config(Some(tls::server_config(
@@ -1138,6 +1161,7 @@ impl Node {
             audit_failing: AtomicBool::new(false),
             custody,
             resolutions: Mutex::new(resolutions),
+            log_changed: watch::Sender::new(0),
             cut_by: RwLock::new(cut_by),
             principal_sessions: Arc::default(),
             endpoint: endpoint.endpoint,
@@ -1217,6 +1241,7 @@ async fn serve(
     }
     tasks.spawn(tick_forever(shared.clone()));
     tasks.spawn(resolutions::take_returned(shared.clone(), returned));
+    tasks.spawn(resolutions::write_forever(shared.clone()));
     shared.spawn_dialers(&mut tasks);
 
     let settings = &shared.settings;

@@ -119,14 +119,57 @@ fn file_error(path: PathBuf, cause: String) -> ControlError {
 }
 
 /// Writes the log whole (aside, then renamed).
-fn save(data_dir: &Path, log: &ResolutionLog) -> Result<(), ControlError> {
+fn save(data_dir: &Path, log: &[SignedResolution]) -> Result<(), ControlError> {
     let path = data_dir.join(LOG_FILE);
     let error = |cause: std::io::Error| file_error(path.clone(), cause.to_string());
-    let text = serde_json::to_string(&log.all()).map_err(|err| error(err.into()))?;
+    let text = serde_json::to_string(log).map_err(|err| error(err.into()))?;
     std::fs::create_dir_all(data_dir).map_err(error)?;
     let staging = data_dir.join(format!("{LOG_FILE}.new"));
     std::fs::write(&staging, text).map_err(error)?;
     std::fs::rename(&staging, &path).map_err(error)
+}
+
+/// Writes the log each time it changed, off the path of the flood: the
+/// file is written on a blocking thread, and changes made while it is
+/// written are taken together by the next write. Once more at shutdown,
+/// so a node that stops keeps everything it took. A crash may lose the
+/// last change a peer brought; its peers send it again when the node
+/// links.
+pub(super) async fn write_forever(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    let mut changed = shared.log_changed.subscribe();
+    loop {
+        let stopping = tokio::select! {
+            biased;
+            _ = shutdown.changed() => true,
+            _ = changed.changed() => false,
+        };
+        if stopping && !changed.has_changed().unwrap_or(false) {
+            return;
+        }
+        changed.mark_unchanged();
+        write_now(&shared).await;
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Writes the log as it is now, on a blocking thread.
+async fn write_now(shared: &Shared) {
+    let log = shared
+        .resolutions
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .all();
+    let data_dir = shared.data_dir.clone();
+    match tokio::task::spawn_blocking(move || save(&data_dir, &log)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            warn!(cause = %err, "the resolution log could not be written; peers send it again at the next link")
+        }
+        Err(err) => warn!(cause = %err, "writing the resolution log failed"),
+    }
 }
 
 /// What taking resolutions changed.
@@ -310,8 +353,17 @@ pub(super) async fn take(
                         record = record.subject(from);
                     }
                     records.push(record);
+                    // Only what was new here goes on: each signature
+                    // crosses each link once, not again with every later one.
                     if let Some(held) = log.get(&id) {
-                        new.push(held);
+                        new.push(SignedResolution {
+                            signatures: held
+                                .signatures
+                                .into_iter()
+                                .filter(|signature| outcome.added.contains(&signature.nation))
+                                .collect(),
+                            resolution: held.resolution,
+                        });
                     }
                 }
                 Err(err) => {
@@ -325,12 +377,15 @@ pub(super) async fn take(
         // takes to reach the far side of the coalition.
         flood(shared, from, &new);
         if taken.added {
-            if let Err(err) = save(&shared.data_dir, &log) {
-                warn!(cause = %err, "the resolution log could not be written; peers send it again at the next link");
-            }
+            shared.log_changed.send_modify(|version| *version += 1);
         }
         (before, coalition_cuts(&log))
     };
+    if taken.added && from.is_none() {
+        // An admin's own signature is on disk before the admin hears that
+        // it was taken.
+        write_now(shared).await;
+    }
     for record in records {
         shared.audit(record).await;
     }

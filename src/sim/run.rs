@@ -46,6 +46,9 @@ pub enum SimError {
     /// A socket could not be bound.
     #[error("cannot bind a UDP socket on 127.0.0.1: {0}")]
     Bind(std::io::Error),
+    /// The emulated WAN's thread could not start.
+    #[error("cannot start the emulated WAN's thread: {0}")]
+    Wan(std::io::Error),
     /// The events do not fit the run (such as one past its end, with
     /// `--duration`).
     #[error("the scenario's events: {0}")]
@@ -152,7 +155,7 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> Result<Report
     };
     let layout = PkiLayout::new(root.join("certs"));
     pki::generate(&scenario.policy, &layout, false)?;
-    let wan = Wan::new(&scenario.links);
+    let wan = Wan::new(&scenario.links).map_err(SimError::Wan)?;
     let (settings, leak) = node_settings(&options);
     let mut nodes = Nodes::start(&scenario, &layout, root.join("data"), wan.clone(), settings)?;
 
