@@ -53,12 +53,14 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
     }
     // Each end's resolutions, before anything else (see `resolutions`).
     let exchanged = async {
-        resolutions::send_log(&shared, &mut send).await?;
-        resolutions::receive_log(&shared, peer, &mut recv).await
+        let sent = resolutions::send_log(&shared, &mut send).await?;
+        resolutions::receive_log(&shared, peer, &mut recv).await?;
+        Ok::<_, StreamError>(sent)
     };
-    if let Err(err) = exchanged.await {
-        return close_after(&shared, &connection, subject, &err).await;
-    }
+    let log_sent = match exchanged.await {
+        Ok(sent) => sent,
+        Err(err) => return close_after(&shared, &connection, subject, &err).await,
+    };
     if !shared.rules().links_to(shared.nation, peer) {
         connection.close(
             VarInt::from_u32(close::NO_LONGER_ADMITTED),
@@ -72,7 +74,8 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, peer: Nat
     // per link. The old link's reader fails at once on the close, and its
     // unsealed envelopes are audited and dropped with it.
     let (back, resolutions_back) = queue::bounded(RETURN_QUEUE, RETURN_QUEUE_BYTES);
-    let _inbound = InboundLink::register(&shared, peer, &connection, back).await;
+    let _inbound = InboundLink::register(&shared, peer, &connection, back.clone()).await;
+    resolutions::send_missed(&shared, log_sent, &back);
     // The peer is up: this node's link to it need not wait for its
     // backoff (the dialer keeps the wake if it is dialing now, and
     // ignores it after a cut or a replaced link).

@@ -388,7 +388,7 @@ async fn run_link(
         version: wire::PROTOCOL_VERSION,
     };
     write_frame(&mut send, &hello).await?;
-    resolutions::send_log(shared, &mut send).await?;
+    let log_sent = resolutions::send_log(shared, &mut send).await?;
     let welcome = tokio::time::timeout(shared.settings.first_frame_timeout, read_frame(&mut recv))
         .await
         .map_err(|_| StreamError::Timeout("PeerWelcome"))??;
@@ -416,7 +416,8 @@ async fn run_link(
     let (queue, mut announcements) = queue::bounded(ANNOUNCEMENT_QUEUE, ANNOUNCEMENT_QUEUE_BYTES);
     let outbox = shared.custody.outbox(peer);
     outbox.attach(now_us());
-    let (link, fate, actions) = shared.router.add_link(peer, queue, connection.clone());
+    let (link, fate, actions) = shared.router.add_link(peer, queue.clone(), connection.clone());
+    resolutions::send_missed(shared, log_sent, &queue);
     info!("link up");
     shared
         .audit(Record::new(Event::Admit, Verdict::Allow, Reason::LinkUp.code()).subject(peer))

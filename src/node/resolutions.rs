@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use super::connection::{read_frame, write_frame, StreamError};
 use super::control::{self, ControlError, Cuts};
+use super::queue::QueueSender;
 use super::{Reason, Shared};
 use crate::audit::{now_us, Event, Record, Verdict};
 use crate::identity::{ed25519_public_key, has_admin_role, Identity, TrustStore, ADMIN_ROLE_URI};
@@ -456,8 +457,10 @@ fn flood(shared: &Shared, from: Option<Nation>, new: &[SignedResolution]) {
 }
 
 /// Sends this node's whole log, then `ResolutionsSent`: what opens every
-/// link, from both ends.
-pub(super) async fn send_log(shared: &Shared, send: &mut SendStream) -> Result<(), StreamError> {
+/// link, from both ends. Returns the version of the log it sent, for
+/// [`send_missed`].
+pub(super) async fn send_log(shared: &Shared, send: &mut SendStream) -> Result<u64, StreamError> {
+    let version = *shared.log_changed.borrow();
     let all = shared
         .resolutions
         .lock()
@@ -466,7 +469,32 @@ pub(super) async fn send_log(shared: &Shared, send: &mut SendStream) -> Result<(
     for signed in all {
         write_frame(send, &Frame::Resolution(signed)).await?;
     }
-    write_frame(send, &Frame::ResolutionsSent).await
+    write_frame(send, &Frame::ResolutionsSent).await?;
+    Ok(version)
+}
+
+/// Offers the whole log on a link registered just now, if the log changed
+/// since the link's opening exchange sent version `sent` of it: what was
+/// flooded in between went only to the links registered then. The peer
+/// takes each signature once and drops the rest.
+pub(super) fn send_missed(shared: &Shared, sent: u64, queue: &QueueSender) {
+    if *shared.log_changed.borrow() == sent {
+        return;
+    }
+    let all = shared
+        .resolutions
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .all();
+    for signed in all {
+        let Ok(frame) = wire::encode(&Frame::Resolution(signed)) else {
+            continue;
+        };
+        if queue.offer(Bytes::from(frame)).is_err() {
+            warn!("link queue full: a resolution was not sent; it goes with the next link");
+            return;
+        }
+    }
 }
 
 /// Reads the peer's log, up to its `ResolutionsSent`, within the
