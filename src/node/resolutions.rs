@@ -156,13 +156,18 @@ pub(super) async fn write_forever(shared: Arc<Shared>) {
     }
 }
 
-/// Writes the log as it is now, on a blocking thread.
-async fn write_now(shared: &Shared) {
-    let log = shared
+/// Every resolution the log holds now.
+fn held(shared: &Shared) -> Vec<SignedResolution> {
+    shared
         .resolutions
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .all();
+        .all()
+}
+
+/// Writes the log as it is now, on a blocking thread.
+async fn write_now(shared: &Shared) {
+    let log = held(shared);
     let data_dir = shared.data_dir.clone();
     match tokio::task::spawn_blocking(move || save(&data_dir, &log)).await {
         Ok(Ok(())) => {}
@@ -461,11 +466,7 @@ fn flood(shared: &Shared, from: Option<Nation>, new: &[SignedResolution]) {
 /// [`send_missed`].
 pub(super) async fn send_log(shared: &Shared, send: &mut SendStream) -> Result<u64, StreamError> {
     let version = *shared.log_changed.borrow();
-    let all = shared
-        .resolutions
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .all();
+    let all = held(shared);
     for signed in all {
         write_frame(send, &Frame::Resolution(signed)).await?;
     }
@@ -481,11 +482,7 @@ pub(super) fn send_missed(shared: &Shared, sent: u64, queue: &QueueSender) {
     if *shared.log_changed.borrow() == sent {
         return;
     }
-    let all = shared
-        .resolutions
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .all();
+    let all = held(shared);
     for signed in all {
         let Ok(frame) = wire::encode(&Frame::Resolution(signed)) else {
             continue;
