@@ -40,7 +40,7 @@ fn envelopes(c: &mut Criterion) {
     let rng = SystemRandom::new();
     let der = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
     let signer = Signer::from_pkcs8(der.as_ref()).unwrap();
-    let ids = MessageIds::new([1; 8]);
+    let ids = MessageIds::new([1; 32]);
     let message = Unsigned {
         id: ids.next_id(),
         origin: Nation::parse("GBR").unwrap(),
@@ -226,7 +226,7 @@ fn routing(c: &mut Criterion) {
             .unwrap();
     }
     while core.poll().is_some() {}
-    let ids = MessageIds::new([2; 8]);
+    let ids = MessageIds::new([2; 32]);
     let scheme = policy.scheme();
     let envelope = |marking: &str| {
         Envelope::from(Unsigned {

@@ -121,8 +121,9 @@ pub enum EnvelopeError {
     },
 }
 
-/// Unique message id: the origin node's random per-run prefix and a
-/// counter, so ids never repeat without a random draw per message.
+/// Unique message id: a keyed pseudo-random function of a counter (see
+/// [`MessageIds`]), so an id tells its holder nothing about the ids it was
+/// not sent.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct MessageId(pub [u8; 16]);
 
@@ -145,19 +146,30 @@ impl fmt::Debug for MessageId {
     }
 }
 
-/// Hands out message ids for one node run.
-#[derive(Debug)]
+/// Hands out message ids for one node run: HMAC-SHA-256 of a counter under
+/// a secret drawn per run, cut to 128 bits. A partner holding some of a
+/// node's ids can neither order them nor tell how many were withheld
+/// between them (as it could from a bare counter), and 128 bits make a
+/// repeat within one run as unlikely as a random draw repeating; the
+/// counter makes it impossible for a given key.
 pub struct MessageIds {
-    prefix: [u8; 8],
+    key: ring::hmac::Key,
     next: std::sync::atomic::AtomicU64,
 }
 
+impl fmt::Debug for MessageIds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key: it would make every id guessable.
+        f.debug_struct("MessageIds").finish_non_exhaustive()
+    }
+}
+
 impl MessageIds {
-    /// `prefix` must be random per run (the caller owns randomness, so this
-    /// module stays deterministic).
-    pub fn new(prefix: [u8; 8]) -> MessageIds {
+    /// `secret` must be random per run and never leave the node (the
+    /// caller owns randomness, so this module stays deterministic).
+    pub fn new(secret: [u8; 32]) -> MessageIds {
         MessageIds {
-            prefix,
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret),
             next: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -165,9 +177,9 @@ impl MessageIds {
     /// The next id of this run.
     pub fn next_id(&self) -> MessageId {
         let counter = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = ring::hmac::sign(&self.key, &counter.to_be_bytes());
         let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&self.prefix);
-        id[8..].copy_from_slice(&counter.to_be_bytes());
+        id.copy_from_slice(&tag.as_ref()[..16]);
         MessageId(id)
     }
 }
@@ -918,7 +930,7 @@ mod tests {
 
     fn message() -> Unsigned {
         Unsigned {
-            id: MessageIds::new([7; 8]).next_id(),
+            id: MessageIds::new([7; 32]).next_id(),
             origin: Nation::parse("GBR").unwrap(),
             publisher: "gbr.analyst".to_owned(),
             topic: Topic::new("sigint.ru.launch").unwrap(),
@@ -957,11 +969,11 @@ mod tests {
 
     #[test]
     fn ids_are_unique_per_run() {
-        let ids = MessageIds::new([1; 8]);
+        let ids = MessageIds::new([1; 32]);
         let a = ids.next_id();
         let b = ids.next_id();
         assert_ne!(a, b);
-        assert_ne!(a, MessageIds::new([2; 8]).next_id());
+        assert_ne!(a, MessageIds::new([2; 32]).next_id());
         assert_eq!(a.to_string().len(), 32);
     }
 
@@ -1060,7 +1072,7 @@ mod tests {
     }
 
     fn batch(signer: &Signer, n: usize) -> Vec<Envelope> {
-        let ids = MessageIds::new([3; 8]);
+        let ids = MessageIds::new([3; 32]);
         let mut envelopes: Vec<Envelope> = (0..n)
             .map(|i| {
                 let mut message = message();

@@ -401,7 +401,7 @@ mod tests {
 
     #[test]
     fn frames_round_trip() {
-        let id = MessageIds::new([3; 8]).next_id();
+        let id = MessageIds::new([3; 32]).next_id();
         round_trip(Frame::Hello {
             version: PROTOCOL_VERSION,
         });
@@ -437,7 +437,7 @@ mod tests {
     #[test]
     fn borrowed_encoders_match_the_owned_frames() {
         let envelope = Envelope {
-            id: MessageIds::new([4; 8]).next_id(),
+            id: MessageIds::new([4; 32]).next_id(),
             origin: Nation::parse("FRA").unwrap(),
             publisher: "fra.analyst".into(),
             topic: Topic::new("a.b").unwrap(),
@@ -498,7 +498,7 @@ mod tests {
                 mac: [5; crate::authenticator::TAG_LEN],
             }],
             proofs: vec![crate::envelope::Proof {
-                id: MessageIds::new([1; 8]).next_id(),
+                id: MessageIds::new([1; 32]).next_id(),
                 siblings: vec![[4; 32]],
                 left: 1,
             }],
@@ -554,7 +554,7 @@ mod tests {
     fn invalid_fields_inside_a_valid_encoding_are_refused() {
         // A Forward whose topic is not a valid topic must not decode.
         let mut frame = encode(&Frame::Forward(Envelope {
-            id: MessageIds::new([0; 8]).next_id(),
+            id: MessageIds::new([0; 32]).next_id(),
             origin: Nation::parse("GBR").unwrap(),
             publisher: "p".into(),
             topic: Topic::new("abc").unwrap(),

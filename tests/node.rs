@@ -941,3 +941,63 @@ async fn a_slow_consumers_queued_messages_are_delivered_or_audited_never_both() 
     assert_eq!(accounted, queued);
     net.shutdown().await;
 }
+
+/// A partner must learn nothing from the ids it is sent about the messages
+/// it was not: 100 messages, every third not releasable to FRA, and the
+/// ids FRA gets are neither ordered, nor close to one another, nor biased
+/// in their bits (a counter, or a prefix and a counter, fails all three).
+#[tokio::test]
+async fn ids_reveal_nothing_of_what_was_withheld() {
+    let net = TestNetwork::start().await;
+    let fra = net.client("fra.analyst").await;
+    fra.subscribe("sigint.>").await.unwrap();
+    net.wait_for_interest(nation("GBR"), nation("FRA"), "sigint.>")
+        .await;
+    let gbr = net.client("gbr.analyst").await;
+    let mut released = Vec::new();
+    for i in 0..100 {
+        let marking = if i % 3 == 0 {
+            "SECRET//REL TO GBR, DEU"
+        } else {
+            "SECRET//REL TO GBR, FRA"
+        };
+        let id = gbr.publish(TOPIC, marking, vec![0; 8]).await.unwrap();
+        if i % 3 != 0 {
+            released.push(id);
+        }
+    }
+    let mut received = Vec::new();
+    for _ in 0..released.len() {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), fra.next_delivery())
+            .await
+            .expect("a delivery within 30 s")
+            .unwrap();
+        received.push(delivery.id);
+    }
+    assert_eq!(received, released, "FRA gets what was released to it, in order");
+
+    let numbers: Vec<u128> = received.iter().map(|id| u128::from_be_bytes(id.0)).collect();
+    assert!(
+        !numbers.is_sorted() && !numbers.iter().rev().is_sorted(),
+        "ids in publish order are ordered: {received:?}"
+    );
+    for (i, a) in numbers.iter().enumerate() {
+        for b in &numbers[i + 1..] {
+            assert!(
+                a.abs_diff(*b) > 1 << 64,
+                "two ids differ by a small number: {a:x} {b:x}"
+            );
+        }
+    }
+    // Monobit frequency test: the share of set bits of random ids is a half,
+    // with a standard deviation of sqrt(bits) / 2. Five of those fail a
+    // random source once in two million runs.
+    let bits = 128.0 * numbers.len() as f64;
+    let ones: u32 = numbers.iter().map(|n| n.count_ones()).sum();
+    let deviation = (f64::from(ones) - bits / 2.0).abs() / (bits.sqrt() / 2.0);
+    assert!(
+        deviation < 5.0,
+        "{ones} of {bits} bits set: {deviation:.1} deviations off a half"
+    );
+    net.shutdown().await;
+}

@@ -1063,8 +1063,8 @@ impl Node {
         let (stop, stopped) = watch::channel(false);
         let (sealer, to_seal) = mpsc::channel(SEALER_QUEUE);
         let (returned_resolutions, returned) = mpsc::channel(resolutions::RETURNED_QUEUE);
-        let mut prefix = [0u8; 8];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut prefix).map_err(|_| {
+        let mut id_secret = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id_secret).map_err(|_| {
             NodeError::Envelope(EnvelopeError::BadKey(
                 "no system randomness for message ids".into(),
             ))
@@ -1151,7 +1151,7 @@ impl Node {
             key: config.key,
             token_key: config.token_key,
             signer,
-            ids: MessageIds::new(prefix),
+            ids: MessageIds::new(id_secret),
             verifier: Mutex::new(Verifier::new(VERIFIED_NODES)),
             sealer,
             returned_resolutions,

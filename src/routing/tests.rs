@@ -91,7 +91,7 @@ impl Mesh {
             nodes,
             sessions: BTreeMap::new(),
             now: START_US,
-            ids: MessageIds::new([9; 8]),
+            ids: MessageIds::new([9; 32]),
             next_session: 1,
             audit: Vec::new(),
         };
