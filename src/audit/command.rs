@@ -72,12 +72,12 @@ pub fn verify(files: &[PathBuf], start: Option<Hash>, out: &mut impl Write) -> i
 }
 
 /// Prints the records of `files` that match `filter`: each line as stored,
-/// or as a table. Returns how many matched.
+/// or as a table sorted by time (records of one time keep their order in
+/// the files, so several nodes' logs read as one story). Returns how many
+/// matched.
 pub fn query(files: &[PathBuf], filter: &Filter, table: bool, out: &mut impl Write) -> io::Result<u64> {
     let mut matched = 0;
-    if table {
-        writeln!(out, "{}", query::table_header())?;
-    }
+    let mut rows = Vec::new();
     for path in files {
         let file = std::fs::File::open(path)
             .map_err(|err| io::Error::new(err.kind(), format!("cannot read {}: {err}", path.display())))?;
@@ -99,12 +99,23 @@ pub fn query(files: &[PathBuf], filter: &Filter, table: bool, out: &mut impl Wri
             }
             matched += 1;
             if table {
-                writeln!(out, "{}", query::table_row(&record))?;
+                let time_us = record
+                    .get("time_us")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0);
+                rows.push((time_us, query::table_row(&record)));
             } else {
                 // As stored, byte for byte: it is JSON, so it escapes itself.
                 out.write_all(&line)?;
                 out.write_all(b"\n")?;
             }
+        }
+    }
+    if table {
+        rows.sort_by_key(|(time_us, _)| *time_us);
+        writeln!(out, "{}", query::table_header())?;
+        for (_, row) in rows {
+            writeln!(out, "{row}")?;
         }
     }
     Ok(matched)

@@ -460,6 +460,10 @@ async fn ingress(
         id: envelope.id,
         created_us: envelope.created_us,
     };
+    // Each message's `admit` is dated when it arrived, and written before
+    // what became of it, so the log reads in causal order.
+    let arrived_us = crate::audit::now_us();
+    let mut admitted = Vec::new();
     let mut records = Vec::new();
     let mut actions = Vec::new();
     let mut rerouted = Vec::new();
@@ -506,6 +510,16 @@ async fn ingress(
                 actions.extend(more);
                 match arrival {
                     Ok(Arrival::New(route)) => {
+                        admitted.push(
+                            Record::at(
+                                arrived_us,
+                                Event::Admit,
+                                Verdict::Allow,
+                                Reason::OriginLink.code(),
+                            )
+                            .message(&envelope, &route.marking)
+                            .subject(peer),
+                        );
                         shared
                             .router
                             .deliver(&envelope, &route.marking, &route.deliver, &mut records);
@@ -647,7 +661,7 @@ async fn ingress(
             }
         });
         actions.extend(more);
-        to_confirm.push((authentic, marking.clone()));
+        to_confirm.push((authentic, marking.clone(), !delivered));
         let Ok(route) = route else { continue };
         shared
             .router
@@ -667,7 +681,9 @@ async fn ingress(
             });
         }
     }
-    shared.carry_out(actions).await;
+    // The core's records (refusals, deliveries it denied) go after the
+    // admissions.
+    let refused = shared.announce(actions);
     let relayed_any = !relays.is_empty();
     relay(shared, relays, changes, &mut records);
     let unsealed = outbound::forward_batch(shared, rerouted, changes, &mut records);
@@ -678,13 +694,21 @@ async fn ingress(
         offer_cpu(messages);
     }
     outbound::seal_later(shared, unsealed).await;
-    if let Err(err) = confirm(shared, &rules, peer, to_confirm, &mut records).await {
+    let batch = ArrivedBatch { peer, arrived_us };
+    if let Err(err) = confirm(shared, &rules, batch, to_confirm, &mut admitted, &mut records).await {
         result = Err(err);
     }
-    for record in records {
+    for record in admitted.into_iter().chain(records).chain(refused) {
         shared.audit(record).await;
     }
     result
+}
+
+/// Where and when a batch arrived, for its `admit` records.
+#[derive(Clone, Copy)]
+struct ArrivedBatch {
+    peer: Nation,
+    arrived_us: u64,
 }
 
 /// Bad seals one batch from a peer may hold before the peer is cut. A
@@ -801,7 +825,10 @@ fn under_rules<T>(shared: &Shared, rules: &Arc<Rules>, check: impl FnOnce(&mut V
 /// Checks the signature of each seal [`authenticate`] proved by a tag,
 /// after what it passed was delivered and relayed, and records the
 /// outcome: mostly one signature check per batch, or none where the
-/// signature was what proved the seal. A failure is the origin's own doing
+/// signature was what proved the seal. A good seal's `admit` joins
+/// `admitted`, dated at arrival and written before its deliveries; a bad
+/// one's refusal goes after them, behind an `admit` for the tag that let
+/// it through when it came sealed in this batch (`came_sealed`). A failure is the origin's own doing
 /// (its tag for this node verified), so the verifier distrusts that
 /// origin's tags from then on, and it counts against the link only when
 /// the origin is the peer: past [`MAX_BAD_SEALS`] of those the rest are
@@ -809,12 +836,13 @@ fn under_rules<T>(shared: &Shared, rules: &Arc<Rules>, check: impl FnOnce(&mut V
 async fn confirm(
     shared: &Shared,
     rules: &Arc<Rules>,
-    peer: Nation,
-    authenticated: Vec<(Authentic, Arc<str>)>,
+    ArrivedBatch { peer, arrived_us }: ArrivedBatch,
+    authenticated: Vec<(Authentic, Arc<str>, bool)>,
+    admitted: &mut Vec<Record>,
     records: &mut Vec<Record>,
 ) -> Result<(), StreamError> {
     let mut bad = 0;
-    for (checked, (authentic, marking)) in authenticated.into_iter().enumerate() {
+    for (checked, (authentic, marking, came_sealed)) in authenticated.into_iter().enumerate() {
         let id = authentic.id();
         let origin = authentic.origin();
         if checked > 0 && checked % SEALS_PER_YIELD == 0 {
@@ -837,19 +865,39 @@ async fn confirm(
             }
             .map_err(|err| err.to_string())
         };
-        let record = match verdict {
-            Ok(()) => Record::new(Event::Admit, Verdict::Allow, Reason::Verified.code()),
+        match verdict {
+            Ok(()) => admitted.push(
+                Record::at(arrived_us, Event::Admit, Verdict::Allow, Reason::Verified.code())
+                    .about(id, &marking)
+                    .subject(peer),
+            ),
             Err(err) => {
                 if origin == peer {
                     bad += 1;
                 }
                 warn!(%id, cause = %err, "bad signature behind a good tag");
-                Record::new(Event::Refuse, Verdict::Deny, Reason::BadSignature.code()).detail(format!(
-                    "{err}; its tag for this node had verified, so it was delivered and relayed as its route allowed before this check"
-                ))
+                if came_sealed {
+                    admitted.push(
+                        Record::at(
+                            arrived_us,
+                            Event::Admit,
+                            Verdict::Allow,
+                            Reason::TagVerified.code(),
+                        )
+                        .about(id, &marking)
+                        .subject(peer),
+                    );
+                }
+                records.push(
+                    Record::new(Event::Refuse, Verdict::Deny, Reason::BadSignature.code())
+                        .detail(format!(
+                            "{err}; its tag for this node had verified, so it was delivered and relayed as its route allowed before this check"
+                        ))
+                        .about(id, &marking)
+                        .subject(peer),
+                );
             }
-        };
-        records.push(record.about(id, &marking).subject(peer));
+        }
     }
     if bad > MAX_BAD_SEALS {
         return Err(StreamError::BadSeals(bad));

@@ -782,9 +782,20 @@ impl Shared {
     /// Carries out what the routing core decided: audit records, and
     /// announcements queued on the links they go to.
     async fn carry_out(&self, actions: Vec<Action>) {
+        for record in self.announce(actions) {
+            self.audit(record).await;
+        }
+    }
+
+    /// Sends the core's announcements and hands back its records, for a
+    /// caller that must write them after the records of what caused them
+    /// (a message's `publish` or `admit` before the core's refusals to
+    /// deliver it).
+    fn announce(&self, actions: Vec<Action>) -> Vec<Record> {
+        let mut records = Vec::new();
         for action in actions {
             match action {
-                Action::Audit(record) => self.audit(record).await,
+                Action::Audit(record) => records.push(record),
                 Action::Announce { to, announcement } => {
                     let frame = match wire::encode(&Frame::Announce((*announcement).clone())) {
                         Ok(frame) => Bytes::from(frame),
@@ -807,6 +818,7 @@ impl Shared {
                 }
             }
         }
+        records
     }
 }
 

@@ -33,6 +33,12 @@ pub enum Reason {
     LinkDown,
     /// A seal that checked out.
     Verified,
+    /// An envelope taken on its origin's own link before its seal came:
+    /// the mutual-TLS connection proves who sent it.
+    OriginLink,
+    /// A sealed envelope taken on its tag for this node, before the
+    /// signature behind it was checked.
+    TagVerified,
     /// A seal that did not.
     BadSignature,
     /// An envelope whose link ended before its seal came.
@@ -129,6 +135,8 @@ impl Reason {
             Reason::LinkUp => "link-up",
             Reason::LinkDown => "link-down",
             Reason::Verified => "verified",
+            Reason::OriginLink => "origin-link",
+            Reason::TagVerified => "tag-verified",
             Reason::BadSignature => "bad-signature",
             Reason::Unsealed => "unsealed",
             Reason::EncodeFailed => "encode-failed",

@@ -662,8 +662,9 @@ async fn route_publishes(batch: &Batch<'_>, publishes: Vec<Accepted>) -> Result<
         .await;
     // Audited even when the session is ending: what was routed is on its
     // way.
-    shared.carry_out(actions).await;
-    for record in records {
+    // The core's records (deliveries it refused) after the publishes.
+    let refused = shared.announce(actions);
+    for record in records.into_iter().chain(refused) {
         shared.audit(record).await;
     }
     answered.map_err(|_| StreamError::Unexpected("publish after the session's end"))
