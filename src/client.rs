@@ -202,6 +202,26 @@ impl ClientOptions {
     }
 }
 
+/// A delivered message, and where it stands in a durable subscription if
+/// it came through one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The message.
+    pub delivery: Delivery,
+    /// Its durable subscription and sequence number there, to acknowledge
+    /// ([`Client::ack`]); `None` for a plain subscription's.
+    pub durable: Option<Cursor>,
+}
+
+/// A message's place in a durable subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// The subscription's name.
+    pub name: String,
+    /// The message's sequence number in it: ascending, never reused.
+    pub seq: u64,
+}
+
 /// Requests awaiting a reply; `None` once the connection's reader has
 /// stopped, so no new request can wait for a reply that will never come.
 type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Frame>>>>>;
@@ -213,9 +233,11 @@ pub struct Client {
     nation: Nation,
     principal: String,
     requests: mpsc::Sender<Bytes>,
+    /// Writes `requests` to the stream until they end.
+    writer: tokio::task::JoinHandle<()>,
     pending: Pending,
     next_request: AtomicU64,
-    deliveries: tokio::sync::Mutex<mpsc::Receiver<Delivery>>,
+    deliveries: tokio::sync::Mutex<(mpsc::Receiver<Received>, Vec<Received>)>,
     unawaited: Arc<Unawaited>,
 }
 
@@ -274,13 +296,18 @@ impl Client {
         };
 
         let (requests, mut outbox) = mpsc::channel::<Bytes>(REQUEST_BUFFER);
-        tokio::spawn(async move {
+        let writer = tokio::spawn(async move {
             let mut batch = Vec::new();
             while outbox.recv_many(&mut batch, WRITE_BATCH).await > 0 {
                 if crate::stream::write_all(&mut send, &mut batch).await.is_err() {
-                    break;
+                    return;
                 }
                 batch.clear();
+            }
+            // Closed by `close`: what was written reaches the node before
+            // the connection goes.
+            if send.finish().is_ok() {
+                let _ = send.stopped().await;
             }
         });
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
@@ -293,9 +320,10 @@ impl Client {
             nation,
             principal,
             requests,
+            writer,
             pending,
             next_request: AtomicU64::new(UNAWAITED + 1),
-            deliveries: tokio::sync::Mutex::new(deliveries),
+            deliveries: tokio::sync::Mutex::new((deliveries, Vec::new())),
             unawaited,
         })
     }
@@ -409,6 +437,38 @@ impl Client {
         }
     }
 
+    /// Subscribes to `pattern` under the durable subscription `name`,
+    /// creating it on first use: the node keeps what matches while this
+    /// principal is away, and delivers what was not acknowledged
+    /// ([`Client::ack`]) again, in order, to the next session that
+    /// subscribes under the same name. Returns once the node has attached
+    /// this session to it.
+    pub async fn subscribe_durable(&self, name: &str, pattern: &str) -> Result<(), ClientError> {
+        match self
+            .request(|request| Frame::SubscribeDurable {
+                request,
+                name: name.to_owned(),
+                pattern: pattern.to_owned(),
+            })
+            .await?
+        {
+            Frame::SubscribeAck { .. } => Ok(()),
+            other => Err(ClientError::Protocol(format!(
+                "expected SubscribeAck, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Acknowledges every message of the durable subscription `name` up to
+    /// sequence number `through`: the node forgets them. Without waiting.
+    pub async fn ack(&self, name: &str, through: u64) -> Result<(), ClientError> {
+        let frame = Bytes::from(wire::encode(&Frame::DurableAck {
+            name: name.to_owned(),
+            through,
+        })?);
+        self.requests.send(frame).await.map_err(|_| self.closed())
+    }
+
     /// Runs an admin command on the node, which must be this principal's
     /// own nation's, as an admin principal; waits for it to be applied.
     pub async fn admin(
@@ -426,7 +486,13 @@ impl Client {
     /// The next delivered message; an error once the connection is gone,
     /// with the node's reason (such as "slow consumer").
     pub async fn next_delivery(&self) -> Result<Delivery, ClientError> {
-        let next = self.deliveries.lock().await.recv().await;
+        self.next_received().await.map(|received| received.delivery)
+    }
+
+    /// The next delivered message, with its place in its durable
+    /// subscription if it came through one.
+    pub async fn next_received(&self) -> Result<Received, ClientError> {
+        let next = self.deliveries.lock().await.0.recv().await;
         next.ok_or_else(|| self.closed())
     }
 
@@ -435,15 +501,22 @@ impl Client {
     /// a subscriber that keeps up with a fast stream: one wake-up a batch.
     /// An error once the connection is gone and nothing is left.
     pub async fn next_deliveries(&self, out: &mut Vec<Delivery>, max: usize) -> Result<usize, ClientError> {
-        match self.deliveries.lock().await.recv_many(out, max.max(1)).await {
+        let mut deliveries = self.deliveries.lock().await;
+        let (receiver, buffer) = &mut *deliveries;
+        match receiver.recv_many(buffer, max.max(1)).await {
             0 => Err(self.closed()),
-            count => Ok(count),
+            count => {
+                out.extend(buffer.drain(..).map(|received| received.delivery));
+                Ok(count)
+            }
         }
     }
 
-    /// Closes the connection and waits briefly for the close to reach the
-    /// node.
+    /// Writes what was sent (acknowledgements included), closes the
+    /// connection and waits briefly for the close to reach the node.
     pub async fn close(self) {
+        drop(self.requests);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.writer).await;
         self.connection
             .close(VarInt::from_u32(close::NORMAL), b"client done");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
@@ -468,7 +541,7 @@ async fn read_replies(
     recv: quinn::RecvStream,
     pending: Pending,
     unawaited: Arc<Unawaited>,
-    delivered: mpsc::Sender<Delivery>,
+    delivered: mpsc::Sender<Received>,
 ) {
     let mut reader = FrameReader::new(recv);
     let mut frames = Vec::new();
@@ -476,7 +549,20 @@ async fn read_replies(
         for frame in frames.drain(..) {
             match frame {
                 Frame::Deliver(delivery) => {
-                    if delivered.send(delivery).await.is_err() {
+                    let received = Received {
+                        delivery,
+                        durable: None,
+                    };
+                    if delivered.send(received).await.is_err() {
+                        break 'read;
+                    }
+                }
+                Frame::DurableDeliver { name, seq, delivery } => {
+                    let received = Received {
+                        delivery,
+                        durable: Some(Cursor { name, seq }),
+                    };
+                    if delivered.send(received).await.is_err() {
                         break 'read;
                     }
                 }

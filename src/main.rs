@@ -95,6 +95,16 @@ enum Command {
         /// loses what the node held).
         #[arg(long, default_value = "sync")]
         durability: Durability,
+        /// How long a message may wait for a durable subscription whose
+        /// subscriber is away, such as 24h or 30m; older ones are dropped
+        /// and audited (durable-expired).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        durable_max_age: Duration,
+        /// Bytes of messages one durable subscription may hold waiting,
+        /// such as 64MiB; past it the oldest are dropped and audited
+        /// (durable-full).
+        #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+        durable_max_bytes: usize,
     },
     /// Publish one labelled message; exits 0 only once the node has acknowledged it.
     #[command(after_help = "Examples:
@@ -126,6 +136,12 @@ enum Command {
         /// Pattern: `.`-separated tokens; `*` matches one token, `>` the rest.
         #[arg(long)]
         topic: String,
+        /// Subscribe under this durable name: the node keeps what matches
+        /// while you are away, and delivers what was not acknowledged
+        /// again, in order, when you come back under the same name. Each
+        /// message is acknowledged once printed.
+        #[arg(long, value_name = "NAME")]
+        durable: Option<String>,
         /// Exit after this many messages.
         #[arg(long)]
         count: Option<u64>,
@@ -598,7 +614,8 @@ struct ConnectArgs {
 }
 
 impl ConnectArgs {
-    async fn connect(&self) -> anyhow::Result<Client> {
+    /// Where and as whom to connect, read once: a reconnect uses the same.
+    fn options(&self) -> anyhow::Result<ClientOptions> {
         let overrides = Overrides {
             node: self.node.clone(),
             cert: self.cert.clone(),
@@ -618,18 +635,44 @@ impl ConnectArgs {
         } else {
             Some(self.network.load()?)
         };
-        let options = ClientOptions::for_principal(
+        Ok(ClientOptions::for_principal(
             &self.principal,
             policy.as_ref(),
             &PkiLayout::new(&self.certs),
             &overrides,
-        )?;
-        Ok(Client::connect(options).await?)
+        )?)
+    }
+
+    async fn connect(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(self.options()?).await?)
     }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     entente::sim::scenario::parse_duration(text)
+}
+
+/// A size such as 64MiB, 512KiB, 1GiB or a plain number of bytes.
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: usize = digits.parse().map_err(|_| {
+        format!("`{text}` is not a size: use a number of bytes, or KiB, MiB or GiB, such as 64MiB")
+    })?;
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("`{other}` is not a unit of size: use B, KiB, MiB or GiB")),
+    };
+    match number.checked_mul(scale) {
+        Some(0) | None => Err(format!(
+            "`{text}` is not a usable size: it must be above 0 and fit in memory"
+        )),
+        Some(bytes) => Ok(bytes),
+    }
 }
 
 const DEFAULT_SCENARIO: &str = "config/scenarios/europe-cut-usa.toml";
@@ -757,55 +800,171 @@ fn single_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// What `sub` subscribes to.
+struct Subscription {
+    pattern: String,
+    durable: Option<String>,
+}
+
+impl Subscription {
+    async fn on(&self, client: &Client) -> Result<(), entente::client::ClientError> {
+        match &self.durable {
+            Some(name) => client.subscribe_durable(name, &self.pattern).await,
+            None => client.subscribe(&self.pattern).await,
+        }
+    }
+}
+
+/// Message ids `sub` remembers having printed, so a message delivered
+/// again after a reconnect (printed, but its acknowledgement lost with the
+/// connection) is printed once.
+const PRINTED_IDS: usize = 64 * 1024;
+/// The first and the longest wait between reconnection attempts.
+const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+const RECONNECT_LONGEST: Duration = Duration::from_secs(5);
+
 async fn subscribe(
     connect: ConnectArgs,
-    pattern: String,
+    subscription: Subscription,
     count: Option<u64>,
     timeout: Option<Duration>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let client = connect.connect().await?;
-    client.subscribe(&pattern).await.context("subscribe failed")?;
+    let options = connect.options()?;
+    // The first connection must work: a mistake in the options, or a node
+    // that is not there, is said at once rather than retried for ever.
+    let mut client = Client::connect(options.clone()).await?;
+    subscription.on(&client).await.context("subscribe failed")?;
+    let pattern = &subscription.pattern;
+    let durable = match &subscription.durable {
+        Some(name) => format!(" (durable {name})"),
+        None => String::new(),
+    };
     // On stderr even with --json, so scripts know when publishing is safe.
     // The principal's name is the node's word for it, so it is escaped.
     eprintln!(
-        "subscribed to {pattern} as {} ({})",
+        "subscribed to {pattern}{durable} as {} ({})",
         escape_text(client.principal()),
         client.nation()
     );
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut received = 0u64;
-    let mut stdout = std::io::stdout().lock();
+    let mut printed = std::collections::HashSet::new();
+    let mut printed_order = std::collections::VecDeque::new();
     let outcome = loop {
         if count.is_some_and(|n| received >= n) {
             break Ok(ExitCode::SUCCESS);
         }
-        let next = client.next_delivery();
-        let delivery = match deadline {
+        let next = client.next_received();
+        let next = match deadline {
             Some(deadline) => match tokio::time::timeout_at(deadline, next).await {
-                Ok(delivery) => delivery,
+                Ok(next) => next,
                 Err(_) => break timed_out(count, received),
             },
             None => tokio::select! {
-                delivery = next => delivery,
+                next = next => next,
                 () = ctrl_c() => break Ok(ExitCode::SUCCESS),
             },
         };
-        let delivery = match delivery {
-            Ok(delivery) => delivery,
-            Err(err) => break Err(anyhow::Error::new(err)),
+        let message = match next {
+            Ok(message) => message,
+            Err(err) => {
+                eprintln!("lost the node: {err}; reconnecting");
+                let lost = tokio::time::Instant::now();
+                client = match reconnect(&options, &subscription, deadline).await {
+                    Reconnected::Yes(client) => *client,
+                    Reconnected::Refused(err) => {
+                        break Err(err.context("subscribe failed after reconnecting"))
+                    }
+                    Reconnected::Deadline => break timed_out(count, received),
+                    Reconnected::Interrupted => break Ok(ExitCode::SUCCESS),
+                };
+                let away = lost.elapsed().as_secs_f64();
+                if subscription.durable.is_some() {
+                    eprintln!("reconnected after {away:.1}s; resuming{durable}");
+                } else {
+                    eprintln!(
+                        "reconnected after {away:.1}s; messages that reached the node meanwhile were not kept for this subscription (use --durable NAME to keep them)"
+                    );
+                }
+                continue;
+            }
         };
-        received += 1;
-        if json {
-            writeln!(stdout, "{}", delivery_json(&delivery))?;
-        } else {
-            writeln!(stdout, "{}", delivery_line(&delivery))?;
+        let id = message.delivery.id;
+        if printed.insert(id) {
+            printed_order.push_back(id);
+            if printed_order.len() > PRINTED_IDS {
+                if let Some(oldest) = printed_order.pop_front() {
+                    printed.remove(&oldest);
+                }
+            }
+            received += 1;
+            let line = if json {
+                delivery_json(&message.delivery).to_string()
+            } else {
+                delivery_line(&message.delivery)
+            };
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{line}")?;
+            stdout.flush()?;
         }
-        stdout.flush()?;
+        // Acknowledged once printed: a crash before this gets it again.
+        if let Some(cursor) = message.durable {
+            // A lost connection shows at the next read.
+            let _ = client.ack(&cursor.name, cursor.seq).await;
+        }
     };
-    drop(stdout);
     client.close().await;
     outcome
+}
+
+/// How a reconnection ended.
+enum Reconnected {
+    Yes(Box<Client>),
+    /// Connected, but the node refused the subscription.
+    Refused(anyhow::Error),
+    Deadline,
+    Interrupted,
+}
+
+/// Connects and subscribes again, with a growing pause between attempts,
+/// until it works, the node refuses the subscription, the deadline
+/// passes or the user interrupts.
+async fn reconnect(
+    options: &ClientOptions,
+    subscription: &Subscription,
+    deadline: Option<tokio::time::Instant>,
+) -> Reconnected {
+    let mut pause = RECONNECT_FIRST;
+    let mut said = false;
+    loop {
+        let wake = tokio::time::Instant::now() + pause;
+        let wake = deadline.map_or(wake, |deadline| wake.min(deadline));
+        tokio::select! {
+            () = tokio::time::sleep_until(wake) => {}
+            () = ctrl_c() => return Reconnected::Interrupted,
+        }
+        if deadline.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
+            return Reconnected::Deadline;
+        }
+        match Client::connect(options.clone()).await {
+            Ok(client) => match subscription.on(&client).await {
+                Ok(()) => return Reconnected::Yes(Box::new(client)),
+                Err(err @ entente::client::ClientError::Refused { .. }) => {
+                    return Reconnected::Refused(err.into())
+                }
+                // Lost again before the answer: try again.
+                Err(_) => {}
+            },
+            Err(err) => {
+                if !said {
+                    eprintln!("cannot reach the node yet ({err}); retrying");
+                    said = true;
+                }
+            }
+        }
+        pause = (pause * 2).min(RECONNECT_LONGEST);
+    }
 }
 
 fn timed_out(count: Option<u64>, received: u64) -> anyhow::Result<ExitCode> {
@@ -897,6 +1056,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_sessions_per_principal,
             max_connections,
             durability,
+            durable_max_age,
+            durable_max_bytes,
         } => cmd_node(
             nation,
             network,
@@ -907,6 +1068,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_sessions_per_principal,
                 max_connections,
                 durability,
+                durable_max_age,
+                durable_max_bytes,
                 ..NodeSettings::default()
             },
         ),
@@ -920,10 +1083,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sub {
             connect,
             topic,
+            durable,
             count,
             timeout,
             json,
-        } => cmd_sub(connect, topic, count, timeout, json),
+        } => cmd_sub(
+            connect,
+            Subscription {
+                pattern: topic,
+                durable,
+            },
+            count,
+            timeout,
+            json,
+        ),
         Command::Bench(BenchCommand::Memory {
             peers,
             sessions,
@@ -1277,12 +1450,12 @@ fn cmd_pub(
 
 fn cmd_sub(
     connect: ConnectArgs,
-    topic: String,
+    subscription: Subscription,
     count: Option<u64>,
     timeout: Option<Duration>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    runtime()?.block_on(subscribe(connect, topic, count, timeout, json))
+    runtime()?.block_on(subscribe(connect, subscription, count, timeout, json))
 }
 
 fn cmd_bench_memory(

@@ -37,6 +37,14 @@ const SEEN_FLOORS: TableDefinition<&str, u64> = TableDefinition::new("seen_floor
 /// restarted node knows of the others' links and interest before they
 /// announce again (checked again, signature and all, when loaded).
 const ANNOUNCEMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("announcements");
+/// (principal, durable subscription name) → its pattern and the last
+/// sequence number its subscriber acknowledged (8 bytes, big-endian, then
+/// the pattern's text).
+const DURABLE_SUBSCRIPTIONS: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("durable_subscriptions");
+/// (principal, durable subscription name, sequence number) → a message
+/// waiting for that subscription (`node::durable` encodes it).
+const DURABLE_HELD: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("durable_held");
 
 /// How hard a node holds on to what it takes custody of.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +147,38 @@ pub enum Change {
     },
     /// The ids created before this time are past the replay window.
     ForgetSeenBefore(u64),
+    /// A durable subscription, created or acknowledged up to `acked_through`.
+    DurableSubscription {
+        /// Whose.
+        principal: String,
+        /// Its name.
+        name: String,
+        /// Its topic pattern.
+        pattern: String,
+        /// The last sequence number its subscriber acknowledged.
+        acked_through: u64,
+    },
+    /// A message waits for a durable subscription as its entry `seq`.
+    DurableHold {
+        /// Whose subscription.
+        principal: String,
+        /// Its name.
+        name: String,
+        /// The message's place in the subscription's order.
+        seq: u64,
+        /// The message, encoded.
+        held: Bytes,
+    },
+    /// A durable subscription's entries up to `through` are gone
+    /// (acknowledged, expired, dropped for room).
+    DurableRelease {
+        /// Whose subscription.
+        principal: String,
+        /// Its name.
+        name: String,
+        /// The last entry to forget.
+        through: u64,
+    },
     /// A message was taken: a copy that comes again is a duplicate.
     Seen {
         /// Its origin.
@@ -170,6 +210,22 @@ pub struct SeenId {
     pub id: MessageId,
     /// When its origin created it.
     pub created_us: u64,
+}
+
+/// A durable subscription, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDurable {
+    /// Whose.
+    pub principal: String,
+    /// Its name.
+    pub name: String,
+    /// Its topic pattern.
+    pub pattern: String,
+    /// The last sequence number its subscriber acknowledged.
+    pub acked_through: u64,
+    /// What waits for it, in order: each entry's sequence number and
+    /// encoded message.
+    pub held: Vec<(u64, Bytes)>,
 }
 
 /// A node's custody store.
@@ -270,6 +326,8 @@ impl Store {
             let mut floors = txn.open_table(SEEN_FLOORS).or_fail()?;
             let mut counts = self.seen_counts();
             let mut announcements = txn.open_table(ANNOUNCEMENTS).or_fail()?;
+            let mut durables = txn.open_table(DURABLE_SUBSCRIPTIONS).or_fail()?;
+            let mut durable_held = txn.open_table(DURABLE_HELD).or_fail()?;
             let mut value = Vec::new();
             for change in changes {
                 match change {
@@ -306,6 +364,39 @@ impl Store {
                         if seen.insert(key, ()).or_fail()?.is_none() {
                             *counts.entry(*origin).or_insert(0) += 1;
                         }
+                    }
+                    Change::DurableSubscription {
+                        principal,
+                        name,
+                        pattern,
+                        acked_through,
+                    } => {
+                        value.clear();
+                        value.extend_from_slice(&acked_through.to_be_bytes());
+                        value.extend_from_slice(pattern.as_bytes());
+                        durables
+                            .insert((principal.as_str(), name.as_str()), value.as_slice())
+                            .or_fail()?;
+                    }
+                    Change::DurableHold {
+                        principal,
+                        name,
+                        seq,
+                        held,
+                    } => {
+                        durable_held
+                            .insert((principal.as_str(), name.as_str(), *seq), held.as_ref())
+                            .or_fail()?;
+                    }
+                    Change::DurableRelease {
+                        principal,
+                        name,
+                        through,
+                    } => {
+                        let (principal, name) = (principal.as_str(), name.as_str());
+                        durable_held
+                            .retain_in((principal, name, 0)..=(principal, name, *through), |_, _| false)
+                            .or_fail()?;
                     }
                     Change::ForgetSeenBefore(before_us) => {
                         for (origin, count) in counts.iter_mut() {
@@ -364,6 +455,44 @@ impl Store {
         for entry in table.iter().map_err(failed)? {
             let (_, value) = entry.map_err(failed)?;
             all.push(Bytes::copy_from_slice(value.value()));
+        }
+        Ok(all)
+    }
+
+    /// Every durable subscription, with what waits for it.
+    pub fn durables(&self) -> Result<Vec<StoredDurable>, StoreError> {
+        let txn = self.db.begin_read().map_err(failed)?;
+        let subscriptions = txn.open_table(DURABLE_SUBSCRIPTIONS).map_err(failed)?;
+        let held = txn.open_table(DURABLE_HELD).map_err(failed)?;
+        let mut all = Vec::new();
+        for entry in subscriptions.iter().map_err(failed)? {
+            let (key, value) = entry.map_err(failed)?;
+            let (principal, name) = key.value();
+            let value = value.value();
+            // Not something this code wrote: nothing to resume.
+            let Some((acked, pattern)) = value.split_first_chunk::<8>() else {
+                continue;
+            };
+            let Ok(pattern) = std::str::from_utf8(pattern) else {
+                continue;
+            };
+            let mut durable = StoredDurable {
+                principal: principal.to_owned(),
+                name: name.to_owned(),
+                pattern: pattern.to_owned(),
+                acked_through: u64::from_be_bytes(*acked),
+                held: Vec::new(),
+            };
+            for entry in held
+                .range((principal, name, 0)..=(principal, name, u64::MAX))
+                .map_err(failed)?
+            {
+                let (key, value) = entry.map_err(failed)?;
+                durable
+                    .held
+                    .push((key.value().2, Bytes::copy_from_slice(value.value())));
+            }
+            all.push(durable);
         }
         Ok(all)
     }
@@ -677,6 +806,50 @@ mod tests {
                 created_us: 500
             }]
         );
+    }
+
+    #[test]
+    fn durable_subscriptions_keep_their_entries_per_name_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let hold = |principal: &str, name: &str, seq: u64| Change::DurableHold {
+            principal: principal.into(),
+            name: name.into(),
+            seq,
+            held: Bytes::from(format!("{principal}/{name}/{seq}")),
+        };
+        let subscription = |principal: &str, name: &str, acked_through| Change::DurableSubscription {
+            principal: principal.into(),
+            name: name.into(),
+            pattern: "sigint.>".into(),
+            acked_through,
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut changes = vec![subscription("fra.a", "w", 0), subscription("fra.a", "x", 0)];
+            changes.extend((1..=4).map(|seq| hold("fra.a", "w", seq)));
+            changes.push(hold("fra.a", "x", 1));
+            store.commit(&changes, true).unwrap();
+            let release = Change::DurableRelease {
+                principal: "fra.a".into(),
+                name: "w".into(),
+                through: 2,
+            };
+            store
+                .commit(&[release, subscription("fra.a", "w", 2)], true)
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let durables = store.durables().unwrap();
+        assert_eq!(durables.len(), 2);
+        let w = &durables[0];
+        assert_eq!(
+            (w.name.as_str(), w.pattern.as_str(), w.acked_through),
+            ("w", "sigint.>", 2)
+        );
+        let held: Vec<(u64, &[u8])> = w.held.iter().map(|(seq, b)| (*seq, b.as_ref())).collect();
+        assert_eq!(held, [(3, &b"fra.a/w/3"[..]), (4, &b"fra.a/w/4"[..])]);
+        // Releasing one subscription's entries leaves the other's.
+        assert_eq!(durables[1].held.len(), 1);
     }
 
     #[test]

@@ -209,6 +209,37 @@ pub enum Frame {
     Resolution(SignedResolution),
     /// The end of the log a link opens with: after it, envelopes.
     ResolutionsSent,
+    /// A principal's request to subscribe to a pattern under a name its
+    /// node keeps while the principal is away: what matches waits there,
+    /// and is delivered (as `DurableDeliver`) until acknowledged.
+    SubscribeDurable {
+        /// The client's id for the request, echoed in the reply.
+        request: u64,
+        /// The subscription's name, unique per principal.
+        name: String,
+        /// The topic pattern.
+        pattern: String,
+    },
+    /// A message for a durable subscription, with its place in the
+    /// subscription's order.
+    DurableDeliver {
+        /// The subscription's name.
+        name: String,
+        /// The message's sequence number in the subscription: ascending,
+        /// never reused.
+        seq: u64,
+        /// The message.
+        delivery: Delivery,
+    },
+    /// From the subscriber: it has every message of the durable
+    /// subscription up to and including `through`, so the node may forget
+    /// them.
+    DurableAck {
+        /// The subscription's name.
+        name: String,
+        /// The last sequence number acknowledged.
+        through: u64,
+    },
 }
 
 fn config() -> impl bincode::config::Config {

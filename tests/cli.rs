@@ -1208,3 +1208,172 @@ event = "link-down FIN SWE"
         "{err}"
     );
 }
+
+/// A node process of `network`, started on its folder under `data`; waits
+/// until it says it listens.
+fn node_process(
+    network: &std::path::Path,
+    certs: &std::path::Path,
+    data: &std::path::Path,
+    nation: &str,
+) -> KillOnDrop {
+    let folder = data.join(nation);
+    let mut node = spawn(&[
+        "node",
+        "--nation",
+        nation,
+        "--network",
+        network.to_str().unwrap(),
+        "--certs",
+        certs.to_str().unwrap(),
+        "--data",
+        folder.to_str().unwrap(),
+    ]);
+    let mut out = std::io::BufReader::new(node.0.stdout.take().unwrap());
+    let first = read_line(&mut out);
+    assert!(
+        first.contains("listening"),
+        "{nation}'s node did not start: {first}"
+    );
+    node
+}
+
+/// The durable subscriber as an analyst runs it: LTU's analyst subscribes
+/// with `--durable`; LTU's node process is killed while GBR streams, and
+/// started again on the same folder; `sub` reconnects by itself and prints
+/// every message exactly once, in order.
+#[test]
+fn a_durable_sub_rides_out_its_node_being_killed_and_prints_everything_once_in_order() {
+    const MESSAGES: usize = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let network = dir.path().join("network.toml");
+    let certs = dir.path().join("certs");
+    let data = dir.path().join("data");
+    let ports = free_port_list(2);
+    std::fs::write(
+        &network,
+        format!(
+            r#"
+[nations.GBR]
+address = "127.0.0.1:{}"
+peers = ["LTU"]
+default_ceiling = "SECRET"
+[nations.LTU]
+address = "127.0.0.1:{}"
+peers = ["GBR"]
+default_ceiling = "SECRET"
+[[principals]]
+name = "gbr.analyst"
+nation = "GBR"
+clearance = "SECRET"
+publish = [">"]
+[[principals]]
+name = "ltu.analyst"
+nation = "LTU"
+clearance = "SECRET"
+subscribe = [">"]
+"#,
+            ports[0], ports[1]
+        ),
+    )
+    .unwrap();
+    let init = entente(&[
+        "certs",
+        "init",
+        "--network",
+        network.to_str().unwrap(),
+        "--out",
+        certs.to_str().unwrap(),
+    ]);
+    assert!(init.status.success(), "{init:?}");
+    let _gbr = node_process(&network, &certs, &data, "GBR");
+    let mut ltu = node_process(&network, &certs, &data, "LTU");
+
+    let mut sub = spawn(&[
+        "sub",
+        "--as",
+        "ltu.analyst",
+        "--network",
+        network.to_str().unwrap(),
+        "--certs",
+        certs.to_str().unwrap(),
+        "--durable",
+        "watch",
+        "--topic",
+        "sigint.>",
+        "--count",
+        &MESSAGES.to_string(),
+        "--timeout",
+        "120s",
+        "--json",
+    ]);
+    let sub_err = Collected::drain(&mut sub);
+    sub_err.wait_for("subscribed");
+    // GBR routes to LTU once its own link to LTU is up and LTU's interest
+    // has reached it.
+    let gbr_audit = data.join("GBR").join("audit.jsonl");
+    wait_for_audit_record(&gbr_audit, 0, |r| {
+        r["reason"] == "link-up" && r["subject"] == "LTU"
+    });
+    wait_for_audit_record(&gbr_audit, 0, |r| announces(r, "LTU", "GBR", "sigint.>"));
+
+    let published = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let publisher = {
+        let published = published.clone();
+        let layout = pki::PkiLayout::new(&certs);
+        let (cert, key) = layout.cert_and_key(&Identity::Principal {
+            nation: nation("GBR"),
+            name: "gbr.analyst".into(),
+        });
+        let ca = layout.ca_cert(nation("GBR"));
+        let address = format!("127.0.0.1:{}", ports[0]);
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async {
+                let options = entente::client::ClientOptions::from_files(&address, &cert, &key, &ca).unwrap();
+                let gbr = entente::client::Client::connect(options).await.unwrap();
+                for n in 0..MESSAGES {
+                    gbr.publish("sigint.ru", "SECRET//REL TO GBR, LTU", n.to_string().into_bytes())
+                        .await
+                        .unwrap();
+                    published.store(n + 1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                }
+                gbr.close().await;
+            });
+        })
+    };
+    // Killed (SIGKILL: no chance to tidy up) a third of the way through.
+    while published.load(std::sync::atomic::Ordering::SeqCst) < MESSAGES / 3 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    drop(ltu);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    ltu = node_process(&network, &certs, &data, "LTU");
+    publisher.join().unwrap();
+
+    let mut printed = String::new();
+    std::io::Read::read_to_string(&mut sub.0.stdout.take().unwrap(), &mut printed).unwrap();
+    let status = sub.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "sub exited with {status}; printed:\n{printed}\nsaid:\n{}",
+        sub_err.text()
+    );
+    let payloads: Vec<String> = printed
+        .lines()
+        .map(|line| {
+            let message: serde_json::Value = serde_json::from_str(line).unwrap();
+            message["payload"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let expected: Vec<String> = (0..MESSAGES).map(|n| n.to_string()).collect();
+    assert_eq!(
+        payloads,
+        expected,
+        "printed:\n{printed}\nsaid:\n{}",
+        sub_err.text()
+    );
+    assert!(sub_err.text().contains("reconnected"), "{}", sub_err.text());
+    drop(ltu);
+}

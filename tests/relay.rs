@@ -180,6 +180,29 @@ async fn two_paths_deliver_once_and_a_second_copy_is_a_duplicate() {
     // LVA is two hops from GBR through EST, and three through POL, LTU.
     let lva = subscriber(&net, "lva.analyst", ">", &["GBR"]).await;
     let ltu = subscriber(&net, "ltu.analyst", ">", &["GBR"]).await;
+    // Steady state: LVA and LTU know every link of the ring, and their
+    // view is older than the relay grace (for that long after its view
+    // changes, a relay also passes messages on by the tree it had, on
+    // purpose, and a ring still coming up may have made LVA the way to
+    // LTU).
+    for at in ["LVA", "LTU"] {
+        for (a, b) in [
+            ("FIN", "EST"),
+            ("EST", "LVA"),
+            ("EST", "GBR"),
+            ("GBR", "POL"),
+            ("POL", "LTU"),
+            ("LTU", "LVA"),
+        ] {
+            if at != a {
+                wait_for_announced_link(&net, at, a, b).await;
+            }
+            if at != b {
+                wait_for_announced_link(&net, at, b, a).await;
+            }
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_micros(entente::routing::RELAY_GRACE_US)).await;
     let gbr = net.client("gbr.analyst").await;
     let id = gbr
         .publish("sigint.ru", "SECRET//REL TO RING", b"once".to_vec())

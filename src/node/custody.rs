@@ -58,6 +58,8 @@ pub(super) struct Loaded {
     pub(super) seen_floors: BTreeMap<Nation, u64>,
     /// The newest announcement of each nation, as encoded frames.
     pub(super) announcements: Vec<Bytes>,
+    /// Every durable subscription, with what waits for it.
+    pub(super) durables: Vec<crate::store::StoredDurable>,
     /// Resolves once the store thread has ended and closed the store
     /// (with `sync`): it ends when the last handle to it is dropped.
     pub(super) store_released: Option<LetGo>,
@@ -86,6 +88,7 @@ impl Custody {
                 seen: Vec::new(),
                 seen_floors: BTreeMap::new(),
                 announcements: Vec::new(),
+                durables: Vec::new(),
                 store_released: None,
             });
         }
@@ -93,6 +96,7 @@ impl Custody {
         let seen = store.seen(seen_since_us)?;
         let seen_floors = store.seen_floors()?;
         let announcements = store.announcements()?;
+        let durables = store.durables()?;
         let outboxes = store.outboxes()?;
         let (jobs, receiver) = mpsc::channel(STORE_QUEUE);
         let (held, store_released) = holding();
@@ -124,6 +128,7 @@ impl Custody {
             seen,
             seen_floors,
             announcements,
+            durables,
             store_released: Some(store_released),
         })
     }

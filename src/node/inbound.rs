@@ -520,9 +520,14 @@ async fn ingress(
                             .message(&envelope, &route.marking)
                             .subject(peer),
                         );
-                        shared
-                            .router
-                            .deliver(&envelope, &route.marking, &route.deliver, &mut records);
+                        shared.router.deliver(
+                            &shared.durables,
+                            &envelope,
+                            &route.marking,
+                            &route.deliver,
+                            changes,
+                            &mut records,
+                        );
                         delivered_any = true;
                         if durable {
                             changes.push(seen(&envelope));
@@ -663,9 +668,14 @@ async fn ingress(
         actions.extend(more);
         to_confirm.push((authentic, marking.clone(), !delivered));
         let Ok(route) = route else { continue };
-        shared
-            .router
-            .deliver(&envelope, &marking, &route.deliver, &mut records);
+        shared.router.deliver(
+            &shared.durables,
+            &envelope,
+            &marking,
+            &route.deliver,
+            changes,
+            &mut records,
+        );
         if durable && !delivered {
             changes.push(seen(&envelope));
         }

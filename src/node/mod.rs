@@ -7,6 +7,7 @@ mod admission;
 mod connection;
 mod control;
 mod custody;
+mod durable;
 mod inbound;
 mod outbound;
 mod outbox;
@@ -146,6 +147,15 @@ pub struct NodeSettings {
     /// before it expires, audited (`expired`). Below the replay window
     /// (10 minutes), so what is resent is never refused as stale.
     pub custody_max_age: Duration,
+    /// How long a message may wait for a durable subscription (from when
+    /// this node took it) before it is dropped, audited
+    /// (`durable-expired`).
+    pub durable_max_age: Duration,
+    /// Bytes one durable subscription may hold waiting (payloads and
+    /// their headers): past it, its oldest message is dropped, audited
+    /// (`durable-full`). Each waits in memory too, so this with
+    /// [`durable::MAX_PER_PRINCIPAL`] bounds what a principal holds.
+    pub durable_max_bytes: usize,
     /// How long a new connection may take to open its stream and send
     /// `Hello`, so an idle or slow dialer cannot hold a slot.
     pub first_frame_timeout: Duration,
@@ -212,6 +222,8 @@ impl Default for NodeSettings {
             peer_queue_bytes: 64 * 1024 * 1024,
             durability: Durability::Sync,
             custody_max_age: Duration::from_secs(5 * 60),
+            durable_max_age: Duration::from_secs(24 * 60 * 60),
+            durable_max_bytes: 64 * 1024 * 1024,
             first_frame_timeout: Duration::from_secs(5),
             frame_timeout: Duration::from_secs(10),
             max_sessions_per_principal: DEFAULT_MAX_SESSIONS_PER_PRINCIPAL,
@@ -601,6 +613,8 @@ struct Shared {
     log_changed: watch::Sender<u64>,
     /// Sessions held per principal, for `max_sessions_per_principal`.
     principal_sessions: Arc<dashmap::DashMap<String, usize>>,
+    /// Every durable subscription, and what waits for it.
+    durables: durable::Durables,
     endpoint: Endpoint,
     shutdown: watch::Receiver<bool>,
     /// Last, so it drops after the audit writer and the store handles.
@@ -1089,6 +1103,7 @@ impl Node {
             seen,
             seen_floors,
             announcements,
+            durables,
             store_released,
         } = custody::Custody::open(
             &config.data_dir,
@@ -1145,6 +1160,7 @@ impl Node {
             store: store_released,
             socket: endpoint.socket_released,
         };
+        let durable_limits = durable::Limits::new(&config.settings);
         let shared = Arc::new(Shared {
             nation: config.nation,
             router: Router::new(routing),
@@ -1176,10 +1192,12 @@ impl Node {
             log_changed: watch::Sender::new(0),
             cut_by: RwLock::new(cut_by),
             principal_sessions: Arc::default(),
+            durables: durable::Durables::new(durable_limits),
             endpoint: endpoint.endpoint,
             shutdown: stopped,
             _held: held,
         });
+        durable::restore(&shared, durables);
         Ok(Node {
             shared,
             stop,
@@ -1252,6 +1270,7 @@ async fn serve(
         });
     }
     tasks.spawn(tick_forever(shared.clone()));
+    tasks.spawn(durable::pump_forever(shared.clone()));
     tasks.spawn(resolutions::take_returned(shared.clone(), returned));
     tasks.spawn(resolutions::write_forever(shared.clone()));
     shared.spawn_dialers(&mut tasks);

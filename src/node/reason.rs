@@ -33,6 +33,10 @@ pub enum Reason {
     LinkDown,
     /// A seal that checked out.
     Verified,
+    /// A message dropped from a durable subscription that was full.
+    DurableFull,
+    /// A message that waited for a durable subscription past its age limit.
+    DurableExpired,
     /// An envelope taken on its origin's own link before its seal came:
     /// the mutual-TLS connection proves who sent it.
     OriginLink,
@@ -135,6 +139,8 @@ impl Reason {
             Reason::LinkUp => "link-up",
             Reason::LinkDown => "link-down",
             Reason::Verified => "verified",
+            Reason::DurableFull => "durable-full",
+            Reason::DurableExpired => "durable-expired",
             Reason::OriginLink => "origin-link",
             Reason::TagVerified => "tag-verified",
             Reason::BadSignature => "bad-signature",

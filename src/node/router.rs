@@ -15,6 +15,7 @@ use dashmap::DashMap;
 use quinn::{Connection, VarInt};
 use rustls_pki_types::CertificateDer;
 
+use super::durable::Durables;
 use super::queue::{OfferError, QueueSender};
 use super::Reason;
 
@@ -24,6 +25,7 @@ use crate::identity::Identity;
 use crate::label::Nation;
 use crate::policy::Principal;
 use crate::routing::{Action, Routing, SessionId};
+use crate::store::Change;
 use crate::wire::{self, close};
 
 struct SessionEntry {
@@ -139,7 +141,7 @@ impl Router {
         }
     }
 
-    fn defer(&self, actions: Vec<Action>) {
+    pub(super) fn defer(&self, actions: Vec<Action>) {
         if actions.is_empty() {
             return;
         }
@@ -204,6 +206,12 @@ impl Router {
             self.deferred_ready.notify_one();
         }
         (result, actions)
+    }
+
+    /// A number for a session of the core that is not a connection's (a
+    /// durable subscription's).
+    pub(super) fn new_session_id(&self) -> SessionId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     pub(super) fn add_session(
@@ -449,12 +457,15 @@ impl Router {
 
     /// Offers `envelope` to the sessions the core chose, without waiting.
     /// Every delivery of the message shares one record listing its
-    /// recipients; a full queue disconnects its subscriber.
+    /// recipients; a full queue disconnects its subscriber. A durable
+    /// subscription among them holds it (its store entry joins `changes`).
     pub(super) fn deliver(
         &self,
+        durables: &Durables,
         envelope: &Envelope,
         marking: &str,
         sessions: &[SessionId],
+        changes: &mut Vec<Change>,
         records: &mut Vec<Record>,
     ) {
         if sessions.is_empty() {
@@ -475,6 +486,10 @@ impl Router {
         let mut slow = BTreeSet::new();
         for &id in sessions {
             let Some(session) = self.sessions.get(&id) else {
+                if let Some(durable) = durables.of_session(id) {
+                    durables.hold(&durable, envelope, marking, changes, records);
+                    delivered_to.push(durable.principal.clone());
+                }
                 continue;
             };
             match session.queue.offer(frame.clone()) {

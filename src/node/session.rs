@@ -14,8 +14,9 @@ use tracing::{debug, error, info, warn};
 use super::connection::{accept_hello, close_after, next_batch, write_frame, StreamError};
 use super::custody::Committed;
 use super::queue::QueueReceiver;
+use super::queue::QueueSender;
 use super::router::Offer;
-use super::{control, outbound, queue, Reason, Shared};
+use super::{control, durable, outbound, queue, Reason, Shared};
 use crate::admin::AdminCommand;
 use crate::audit::{now_us, Event, Record, Verdict};
 use crate::envelope::{Envelope, Unsigned};
@@ -42,9 +43,12 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal
 
     let (queue, outbox) = queue::bounded(shared.settings.session_queue, shared.settings.session_queue_bytes);
     let ending = Arc::new(Notify::new());
-    let session = shared
-        .router
-        .add_session(principal.clone(), queue, connection.clone(), ending.clone());
+    let session = shared.router.add_session(
+        principal.clone(),
+        queue.clone(),
+        connection.clone(),
+        ending.clone(),
+    );
     let (stop_writer, stop) = watch::channel(false);
     let mut writer = tokio::spawn(write_queue(send, outbox, stop));
 
@@ -68,6 +72,7 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal
                     let batch = Batch {
                         shared: &shared,
                         session,
+                        queue: &queue,
                         principal: &principal,
                         to_answer: &to_answer,
                         unanswered: &unanswered,
@@ -88,6 +93,8 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal
     }
     // No frame is queued for the session after this: its queue goes with it.
     shared.router.remove_session(session);
+    durable::detach(&shared, session);
+    drop(queue);
     let slow = matches!(result, Ok(End::SlowConsumer));
     // Every frame queued is written to the client or audited as not
     // delivered, never both and never neither. While the connection is
@@ -261,7 +268,9 @@ fn ack_allowance(shared: &Shared) -> usize {
 struct Batch<'a> {
     shared: &'a Arc<Shared>,
     session: SessionId,
-    principal: &'a Principal,
+    /// The session's queue, for the durable subscriptions it attaches to.
+    queue: &'a QueueSender,
+    principal: &'a Arc<Principal>,
     to_answer: &'a tokio::sync::mpsc::Sender<Stored>,
     unanswered: &'a Arc<tokio::sync::Semaphore>,
 }
@@ -343,7 +352,11 @@ async fn handle_batch(
     let audit_failure = shared.audit_failure();
     for frame in frames.drain(..) {
         match frame {
-            Frame::Publish { request, .. } | Frame::Subscribe { request, .. } if audit_failure.is_some() => {
+            Frame::Publish { request, .. }
+            | Frame::Subscribe { request, .. }
+            | Frame::SubscribeDurable { request, .. }
+                if audit_failure.is_some() =>
+            {
                 let cause = audit_failure.as_deref().unwrap_or_default();
                 let answer = refuse_unaudited(shared, principal, request, cause).await;
                 reply(shared, session, &answer).await?;
@@ -361,6 +374,21 @@ async fn handle_batch(
                 route_publishes(batch, std::mem::take(&mut publishes)).await?;
                 let answer = subscribe(shared, session, principal, request, pattern).await;
                 reply(shared, session, &answer).await?;
+            }
+            Frame::SubscribeDurable {
+                request,
+                name,
+                pattern,
+            } => {
+                route_publishes(batch, std::mem::take(&mut publishes)).await?;
+                let answer = subscribe_durable(batch, request, &name, pattern).await;
+                reply(shared, session, &answer).await?;
+            }
+            Frame::DurableAck { name, through } => {
+                // Acks follow what they acknowledge: publishes before them
+                // are routed first only to keep request order.
+                route_publishes(batch, std::mem::take(&mut publishes)).await?;
+                durable::acknowledge(shared, &principal.name, &name, through);
             }
             Frame::Admin { request, command } => {
                 route_publishes(batch, std::mem::take(&mut publishes)).await?;
@@ -592,6 +620,7 @@ async fn route_publishes(batch: &Batch<'_>, publishes: Vec<Accepted>) -> Result<
     let mut records = Vec::with_capacity(2 * publishes.len());
     let mut acks = Vec::with_capacity(publishes.len());
     let mut outgoing = Vec::new();
+    let mut changes = Vec::new();
     let (routes, actions) = shared.router.core(|core, now| {
         publishes
             .iter()
@@ -617,9 +646,14 @@ async fn route_publishes(batch: &Batch<'_>, publishes: Vec<Accepted>) -> Result<
         // A local publish is never refused by the core: its checks are
         // for what arrives from peers.
         let Ok(route) = route else { continue };
-        shared
-            .router
-            .deliver(&envelope, &marking, &route.deliver, &mut records);
+        shared.router.deliver(
+            &shared.durables,
+            &envelope,
+            &marking,
+            &route.deliver,
+            &mut changes,
+            &mut records,
+        );
         if !route.forward.is_empty()
             || !route.held.is_empty()
             || !route.denied.is_empty()
@@ -635,7 +669,6 @@ async fn route_publishes(batch: &Batch<'_>, publishes: Vec<Accepted>) -> Result<
             });
         }
     }
-    let mut changes = Vec::new();
     let unsealed = outbound::forward_batch(shared, outgoing, &mut changes, &mut records);
     // The deliveries and forwards go out before the sealer's leaf hashes,
     // the store, the acks and the records: none of them is on their way.
@@ -668,6 +701,40 @@ async fn route_publishes(batch: &Batch<'_>, publishes: Vec<Accepted>) -> Result<
         shared.audit(record).await;
     }
     answered.map_err(|_| StreamError::Unexpected("publish after the session's end"))
+}
+
+/// Attaches the session to the principal's durable subscription `name`,
+/// creating it on first use; what waits for it follows the ack.
+async fn subscribe_durable(batch: &Batch<'_>, request: u64, name: &str, pattern: String) -> Frame {
+    let Batch {
+        shared,
+        session,
+        queue,
+        principal,
+        ..
+    } = *batch;
+    let pattern = match Pattern::new(pattern) {
+        Ok(pattern) => pattern,
+        Err(err) => {
+            let code = Reason::BadPattern.code();
+            return refuse(shared, principal, request, code, err.to_string(), None).await;
+        }
+    };
+    match durable::attach(shared, principal, name, &pattern, session, queue.clone()).await {
+        Ok(_) => {
+            info!(%pattern, name, "attached to a durable subscription");
+            Frame::SubscribeAck { request }
+        }
+        Err(err) => {
+            let code = match &err {
+                durable::AttachError::Durable(err) => err.code(),
+                durable::AttachError::Refused((code, _)) => code,
+                durable::AttachError::Store(_) => Reason::StoreFailed.code(),
+            };
+            let sentence = format!("durable subscription {name:?} to {pattern}: {err}");
+            refuse(shared, principal, request, code, sentence, None).await
+        }
+    }
 }
 
 async fn subscribe(

@@ -1,0 +1,695 @@
+//! Durable subscriptions: a principal's named subscription that its node
+//! keeps while the principal is away. What matches waits in the node (in
+//! memory, and with `sync` in its store, in the same commit as the custody
+//! it came with), bounded by age and bytes; a session that attaches gets it
+//! in order, a window at a time, until it acknowledges. Each one is a
+//! session of the routing core of its own, so its interest is announced and
+//! the policy admits each message to it as to any session; the policy is
+//! asked again when a message is handed to the subscriber, so a clearance
+//! lowered or a principal removed while messages waited lets none through.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use super::queue::{OfferError, QueueSender};
+use super::{Reason, Shared};
+use crate::audit::{now_us, Event, Record, Verdict};
+use crate::envelope::Envelope;
+use crate::label::Label;
+use crate::policy::{Decision, Principal};
+use crate::routing::SessionId;
+use crate::store::{Change, StoredDurable};
+use crate::topic::{Pattern, Topic};
+use crate::wire::{self, Delivery, Frame};
+
+/// Durable subscriptions one principal may hold: each holds up to
+/// `durable_max_bytes`, so this bounds what one principal can make its
+/// node keep.
+pub const MAX_PER_PRINCIPAL: usize = 8;
+/// The longest durable subscription name.
+pub const MAX_NAME_LEN: usize = 64;
+/// How often every subscription is pumped, even untouched: one that found
+/// its session's queue full tries again.
+const PUMP_EVERY: Duration = Duration::from_millis(100);
+/// How often waiting messages are checked for age.
+const EXPIRE_EVERY: Duration = Duration::from_secs(1);
+
+/// Why a durable subscription was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurableError {
+    /// The name is empty, too long, or has characters other than letters,
+    /// digits, `-`, `_` and `.`.
+    #[error("durable subscription name {0:?} is not valid: use 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.'")]
+    BadName(String),
+    /// The principal holds [`MAX_PER_PRINCIPAL`] already.
+    #[error("a principal may hold at most {MAX_PER_PRINCIPAL} durable subscriptions")]
+    TooMany,
+    /// The name is taken by a subscription to another pattern.
+    #[error(
+        "durable subscription {name:?} exists with pattern {existing}; use that pattern or another name"
+    )]
+    OtherPattern {
+        /// The name asked for.
+        name: String,
+        /// The pattern it has.
+        existing: String,
+    },
+}
+
+impl DurableError {
+    /// The stable code a refusal carries.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DurableError::BadName(_) => "bad-durable-name",
+            DurableError::TooMany => "too-many-durables",
+            DurableError::OtherPattern { .. } => "durable-pattern-mismatch",
+        }
+    }
+}
+
+/// Checks a durable subscription's name.
+pub fn check_name(name: &str) -> Result<(), DurableError> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(DurableError::BadName(
+            name.chars().take(MAX_NAME_LEN + 1).collect(),
+        ))
+    }
+}
+
+/// A message waiting for a durable subscription, as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stored {
+    /// When this node took it for the subscription, microseconds since the
+    /// epoch: its age counts from here.
+    held_us: u64,
+    label: Label,
+    delivery: Delivery,
+}
+
+/// A message waiting for a durable subscription.
+struct Waiting {
+    seq: u64,
+    held_us: u64,
+    topic: Topic,
+    label: Label,
+    delivery: Delivery,
+    /// What it counts against the subscription's bytes.
+    bytes: usize,
+    /// Refused when it was to be handed out (the principal may no longer
+    /// see it): never offered, and gone once what is before it is.
+    denied: bool,
+}
+
+impl Waiting {
+    fn encode(&self) -> Option<Bytes> {
+        let stored = Stored {
+            held_us: self.held_us,
+            label: self.label.clone(),
+            delivery: self.delivery.clone(),
+        };
+        bincode::serde::encode_to_vec(&stored, bincode::config::standard())
+            .ok()
+            .map(Bytes::from)
+    }
+
+    fn decode(seq: u64, bytes: &[u8]) -> Option<Waiting> {
+        let (stored, _): (Stored, usize) =
+            bincode::serde::decode_from_slice(bytes, bincode::config::standard()).ok()?;
+        let topic = Topic::new(stored.delivery.topic.clone()).ok()?;
+        Some(Waiting {
+            seq,
+            held_us: stored.held_us,
+            topic,
+            label: stored.label,
+            bytes: cost(&stored.delivery),
+            delivery: stored.delivery,
+            denied: false,
+        })
+    }
+}
+
+/// What a waiting message counts against its subscription's bytes: its
+/// payload and the text around it.
+fn cost(delivery: &Delivery) -> usize {
+    delivery.payload.len() + delivery.topic.len() + delivery.marking.len() + delivery.publisher.len() + 64
+}
+
+/// The session a durable subscription is handed to, and how far.
+struct Attached {
+    session: SessionId,
+    queue: QueueSender,
+    /// The last sequence number offered to the session.
+    sent_through: u64,
+}
+
+struct State {
+    waiting: VecDeque<Waiting>,
+    bytes: usize,
+    next_seq: u64,
+    acked_through: u64,
+    attached: Option<Attached>,
+}
+
+/// One durable subscription.
+pub(super) struct Durable {
+    pub(super) principal: String,
+    pub(super) name: String,
+    pattern: Pattern,
+    state: Mutex<State>,
+}
+
+impl Durable {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn subscription(&self, acked_through: u64) -> Change {
+        Change::DurableSubscription {
+            principal: self.principal.clone(),
+            name: self.name.clone(),
+            pattern: self.pattern.as_str().to_owned(),
+            acked_through,
+        }
+    }
+
+    fn release(&self, through: u64) -> Change {
+        Change::DurableRelease {
+            principal: self.principal.clone(),
+            name: self.name.clone(),
+            through,
+        }
+    }
+}
+
+/// The limits of every durable subscription of a node.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    pub(super) max_age: Duration,
+    pub(super) max_bytes: usize,
+    /// Deliveries a subscriber may have unacknowledged, and their bytes:
+    /// kept well inside its session's queue, so waiting messages never
+    /// make it a slow consumer.
+    window: usize,
+    window_bytes: usize,
+    /// Whether subscriptions and what waits for them are stored.
+    stored: bool,
+}
+
+impl Limits {
+    pub(super) fn new(settings: &super::NodeSettings) -> Limits {
+        Limits {
+            max_age: settings.durable_max_age,
+            max_bytes: settings.durable_max_bytes.max(1),
+            window: (settings.session_queue / 4).max(1),
+            window_bytes: (settings.session_queue_bytes / 2).max(1),
+            stored: settings.durability == crate::store::Durability::Sync,
+        }
+    }
+}
+
+/// Every durable subscription of the node, by principal and name, and by
+/// the routing core's session number.
+pub(super) struct Durables {
+    limits: Limits,
+    by_name: Mutex<HashMap<(String, String), Arc<Durable>>>,
+    by_session: dashmap::DashMap<SessionId, Arc<Durable>>,
+    /// Subscriptions with something to hand out, for [`pump_forever`].
+    dirty: Mutex<BTreeSet<(String, String)>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Durables {
+    pub(super) fn new(limits: Limits) -> Durables {
+        Durables {
+            limits,
+            by_name: Mutex::default(),
+            by_session: dashmap::DashMap::new(),
+            dirty: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn by_name(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<Durable>>> {
+        self.by_name.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn mark(&self, durable: &Durable) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((durable.principal.clone(), durable.name.clone()));
+        self.wake.notify_one();
+    }
+
+    /// The subscription the core knows as `session`, if it is a durable one.
+    pub(super) fn of_session(&self, session: SessionId) -> Option<Arc<Durable>> {
+        self.by_session.get(&session).map(|entry| entry.clone())
+    }
+
+    /// Takes `envelope` for `durable`: it waits, in order, until its
+    /// subscriber acknowledges it. Past the byte bound the oldest waiting
+    /// go, each audited (`durable-full`).
+    pub(super) fn hold(
+        &self,
+        durable: &Durable,
+        envelope: &Envelope,
+        marking: &str,
+        changes: &mut Vec<Change>,
+        records: &mut Vec<Record>,
+    ) {
+        let delivery = Delivery {
+            id: envelope.id,
+            origin: envelope.origin,
+            publisher: envelope.publisher.clone(),
+            topic: envelope.topic.as_str().to_owned(),
+            marking: marking.to_owned(),
+            created_us: envelope.created_us,
+            payload: envelope.payload.clone(),
+        };
+        let mut state = durable.state();
+        let waiting = Waiting {
+            seq: state.next_seq,
+            held_us: now_us(),
+            topic: envelope.topic.clone(),
+            label: envelope.label.clone(),
+            bytes: cost(&delivery),
+            delivery,
+            denied: false,
+        };
+        state.next_seq += 1;
+        if self.limits.stored {
+            if let Some(held) = waiting.encode() {
+                changes.push(Change::DurableHold {
+                    principal: durable.principal.clone(),
+                    name: durable.name.clone(),
+                    seq: waiting.seq,
+                    held,
+                });
+            }
+        }
+        state.bytes += waiting.bytes;
+        state.waiting.push_back(waiting);
+        let mut dropped = None;
+        while state.bytes > self.limits.max_bytes {
+            let Some(oldest) = state.waiting.pop_front() else {
+                break;
+            };
+            state.bytes -= oldest.bytes;
+            records.push(
+                Record::new(Event::Deliver, Verdict::Deny, Reason::DurableFull.code())
+                    .about(oldest.delivery.id, &oldest.delivery.marking)
+                    .subject(&durable.principal)
+                    .detail(format!(
+                        "durable subscription {} holds at most {} bytes; its oldest message was dropped, never delivered",
+                        durable.name, self.limits.max_bytes
+                    )),
+            );
+            dropped = Some(oldest.seq);
+        }
+        if let Some(through) = dropped {
+            if let Some(attached) = &mut state.attached {
+                attached.sent_through = attached.sent_through.max(through);
+            }
+            if self.limits.stored {
+                changes.push(durable.release(through));
+            }
+        }
+        drop(state);
+        self.mark(durable);
+    }
+}
+
+/// Creates (or finds) `principal`'s durable subscription `name` to
+/// `pattern`, and hands it to `session`, whose queue is `queue`: every
+/// message not yet acknowledged goes to it, in order, taken from any
+/// session it was handed to before. `Ok(false)` if the core refused the
+/// pattern (its refusal is the caller's to make).
+pub(super) async fn attach(
+    shared: &Shared,
+    principal: &Arc<Principal>,
+    name: &str,
+    pattern: &Pattern,
+    session: SessionId,
+    queue: QueueSender,
+) -> Result<Arc<Durable>, AttachError> {
+    check_name(name)?;
+    let durables = &shared.durables;
+    let key = (principal.name.clone(), name.to_owned());
+    // Looked up and created under one lock, so two sessions attaching to
+    // a new name at once make one subscription.
+    let (durable, created) = {
+        let mut by_name = durables.by_name();
+        match by_name.get(&key) {
+            Some(durable) if durable.pattern != *pattern => {
+                return Err(DurableError::OtherPattern {
+                    name: name.to_owned(),
+                    existing: durable.pattern.as_str().to_owned(),
+                }
+                .into())
+            }
+            Some(durable) => (durable.clone(), false),
+            None => {
+                if by_name.keys().filter(|(p, _)| *p == principal.name).count() >= MAX_PER_PRINCIPAL {
+                    return Err(DurableError::TooMany.into());
+                }
+                let durable = Arc::new(Durable {
+                    principal: principal.name.clone(),
+                    name: name.to_owned(),
+                    pattern: pattern.clone(),
+                    state: Mutex::new(State {
+                        waiting: VecDeque::new(),
+                        bytes: 0,
+                        next_seq: 1,
+                        acked_through: 0,
+                        attached: None,
+                    }),
+                });
+                register(shared, principal.clone(), &durable, &mut by_name).map_err(AttachError::Refused)?;
+                (durable, true)
+            }
+        }
+    };
+    if created && durables.limits.stored {
+        // On disk before the subscriber hears it exists.
+        shared
+            .custody
+            .commit(vec![durable.subscription(0)])
+            .await
+            .map_err(AttachError::Store)?;
+    }
+    {
+        let mut state = durable.state();
+        state.attached = Some(Attached {
+            session,
+            queue,
+            sent_through: state.acked_through,
+        });
+    }
+    durables.mark(&durable);
+    Ok(durable)
+}
+
+/// Why a session could not attach to a durable subscription.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum AttachError {
+    #[error(transparent)]
+    Durable(#[from] DurableError),
+    /// The routing core refused the subscription: its code and sentence.
+    #[error("{}", .0 .1)]
+    Refused((&'static str, String)),
+    #[error("the node could not store the subscription: {0}")]
+    Store(String),
+}
+
+/// Makes `durable` a session of the routing core, subscribed to its
+/// pattern, and names it in the tables.
+fn register(
+    shared: &Shared,
+    principal: Arc<Principal>,
+    durable: &Arc<Durable>,
+    by_name: &mut HashMap<(String, String), Arc<Durable>>,
+) -> Result<(), (&'static str, String)> {
+    let session = shared.router.new_session_id();
+    let pattern = durable.pattern.clone();
+    let (subscribed, actions) = shared.router.core(|core, now| {
+        core.open_session(session, principal);
+        let subscribed = core.subscribe(session, pattern, now);
+        if subscribed.is_err() {
+            core.close_session(session, now);
+        }
+        subscribed
+    });
+    shared.router.defer(actions);
+    subscribed.map_err(|err| (err.code(), err.to_string()))?;
+    shared.durables.by_session.insert(session, durable.clone());
+    by_name.insert((durable.principal.clone(), durable.name.clone()), durable.clone());
+    Ok(())
+}
+
+/// Takes back the durable subscriptions a restarted node stored, with
+/// what waits for them. One whose principal is no longer in the rules is
+/// left in the store, unserved, until it is again.
+pub(super) fn restore(shared: &Shared, stored: Vec<StoredDurable>) {
+    let rules = shared.rules();
+    for entry in stored {
+        let Some(principal) = rules.policy.principal(&entry.principal) else {
+            warn!(principal = %entry.principal, name = %entry.name, "a stored durable subscription's principal is not in the rules: not served");
+            continue;
+        };
+        let Ok(pattern) = Pattern::new(entry.pattern.clone()) else {
+            continue;
+        };
+        let mut waiting: VecDeque<Waiting> = entry
+            .held
+            .iter()
+            .filter_map(|(seq, bytes)| Waiting::decode(*seq, bytes))
+            .filter(|w| w.seq > entry.acked_through)
+            .collect();
+        waiting.make_contiguous().sort_by_key(|w| w.seq);
+        let last = waiting.back().map_or(entry.acked_through, |w| w.seq);
+        let durable = Arc::new(Durable {
+            principal: entry.principal.clone(),
+            name: entry.name.clone(),
+            pattern,
+            state: Mutex::new(State {
+                bytes: waiting.iter().map(|w| w.bytes).sum(),
+                waiting,
+                next_seq: last.max(entry.acked_through) + 1,
+                acked_through: entry.acked_through,
+                attached: None,
+            }),
+        });
+        let registered = register(
+            shared,
+            Arc::new(principal.clone()),
+            &durable,
+            &mut shared.durables.by_name(),
+        );
+        if let Err((_, why)) = registered {
+            warn!(principal = %entry.principal, name = %entry.name, %why, "a stored durable subscription is no longer permitted: not served");
+        }
+    }
+}
+
+/// The subscriber of `principal`'s durable subscription `name` has every
+/// message up to `through`: they are forgotten, and more are handed out.
+pub(super) fn acknowledge(shared: &Shared, principal: &str, name: &str, through: u64) {
+    let Some(durable) = shared
+        .durables
+        .by_name()
+        .get(&(principal.to_owned(), name.to_owned()))
+        .cloned()
+    else {
+        return;
+    };
+    let mut state = durable.state();
+    // Only what was handed out can be acknowledged.
+    let sent = state
+        .attached
+        .as_ref()
+        .map_or(state.acked_through, |a| a.sent_through);
+    let through = through.min(sent);
+    if through <= state.acked_through {
+        return;
+    }
+    state.acked_through = through;
+    while state.waiting.front().is_some_and(|w| w.seq <= through) {
+        if let Some(gone) = state.waiting.pop_front() {
+            state.bytes -= gone.bytes;
+        }
+    }
+    drop(state);
+    if shared.durables.limits.stored {
+        shared
+            .custody
+            .write_later(vec![durable.release(through), durable.subscription(through)]);
+    }
+    shared.durables.mark(&durable);
+}
+
+/// The session has ended: whatever it was handed and did not acknowledge
+/// goes to the next session that attaches.
+pub(super) fn detach(shared: &Shared, session: SessionId) {
+    for durable in shared.durables.by_name().values() {
+        let mut state = durable.state();
+        if state.attached.as_ref().is_some_and(|a| a.session == session) {
+            state.attached = None;
+        }
+    }
+}
+
+/// Hands out what waits, to each attached subscriber, a window at a time;
+/// drops what waited past the age limit. Runs until shutdown.
+pub(super) async fn pump_forever(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    let mut last_sweep = tokio::time::Instant::now();
+    let mut last_expiry = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            () = shared.durables.wake.notified() => {}
+            () = tokio::time::sleep(PUMP_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+        let durables = &shared.durables;
+        let mut due = std::mem::take(&mut *durables.dirty.lock().unwrap_or_else(PoisonError::into_inner));
+        // Every one now and then, however busy some are: a queue that was
+        // full may have room, and what waits for one nobody touches ages.
+        let expire = last_expiry.elapsed() >= EXPIRE_EVERY;
+        if expire {
+            last_expiry = tokio::time::Instant::now();
+        }
+        if expire || last_sweep.elapsed() >= PUMP_EVERY {
+            last_sweep = tokio::time::Instant::now();
+            due.extend(durables.by_name().keys().cloned());
+        }
+        let mut records = Vec::new();
+        for key in due {
+            let Some(durable) = durables.by_name().get(&key).cloned() else {
+                continue;
+            };
+            if expire {
+                expire_waiting(&shared, &durable, &mut records);
+            }
+            pump(&shared, &durable, &mut records);
+        }
+        for record in records {
+            shared.audit(record).await;
+        }
+    }
+}
+
+/// Drops what waited for `durable` past the age limit, each audited.
+fn expire_waiting(shared: &Shared, durable: &Durable, records: &mut Vec<Record>) {
+    let limits = shared.durables.limits;
+    let max_age = u64::try_from(limits.max_age.as_micros()).unwrap_or(u64::MAX);
+    let before_us = now_us().saturating_sub(max_age);
+    let mut state = durable.state();
+    let mut through = None;
+    while state.waiting.front().is_some_and(|w| w.held_us < before_us) {
+        let Some(old) = state.waiting.pop_front() else {
+            break;
+        };
+        state.bytes -= old.bytes;
+        records.push(
+            Record::new(Event::Deliver, Verdict::Deny, Reason::DurableExpired.code())
+                .about(old.delivery.id, &old.delivery.marking)
+                .subject(&durable.principal)
+                .detail(format!(
+                    "waited for durable subscription {} longer than {:?}; expired, never delivered",
+                    durable.name, limits.max_age
+                )),
+        );
+        through = Some(old.seq);
+    }
+    if let Some(through) = through {
+        if let Some(attached) = &mut state.attached {
+            attached.sent_through = attached.sent_through.max(through);
+        }
+        if limits.stored {
+            shared.custody.write_later(vec![durable.release(through)]);
+        }
+    }
+}
+
+/// Offers the attached subscriber what waits past what it was offered,
+/// within its window. Each message is admitted again under the rules in
+/// force: one the principal may no longer see is audited and never
+/// offered; it goes once everything before it is acknowledged.
+fn pump(shared: &Shared, durable: &Durable, records: &mut Vec<Record>) {
+    let limits = shared.durables.limits;
+    let rules = shared.rules();
+    // Removed from the roster: its sessions are closed, and what waits
+    // for it stays until it expires or the principal is back.
+    let Some(principal) = rules.policy.principal(&durable.principal) else {
+        return;
+    };
+    let mut state = durable.state();
+    let Some(mut attached) = state.attached.take() else {
+        return;
+    };
+    let mut in_flight = 0;
+    let mut in_flight_bytes = 0;
+    let mut closed = false;
+    for entry in state.waiting.iter_mut() {
+        if entry.seq <= attached.sent_through {
+            if !entry.denied {
+                in_flight += 1;
+                in_flight_bytes += entry.bytes;
+            }
+            continue;
+        }
+        if in_flight >= limits.window
+            || (in_flight > 0 && in_flight_bytes + entry.bytes > limits.window_bytes)
+        {
+            break;
+        }
+        let verdict = rules
+            .policy
+            .may_deliver(principal, &entry.topic, &entry.label, entry.delivery.origin);
+        if let Decision::Deny { reason, message } = verdict {
+            records.push(
+                Record::new(Event::Deliver, Verdict::Deny, reason.code())
+                    .about(entry.delivery.id, &entry.delivery.marking)
+                    .subject(&durable.principal)
+                    .detail(format!(
+                        "waited for durable subscription {}; not delivered: {message}",
+                        durable.name
+                    )),
+            );
+            entry.denied = true;
+            attached.sent_through = entry.seq;
+            continue;
+        }
+        let frame = Frame::DurableDeliver {
+            name: durable.name.clone(),
+            seq: entry.seq,
+            delivery: entry.delivery.clone(),
+        };
+        let Ok(frame) = wire::encode(&frame) else {
+            continue;
+        };
+        match attached.queue.offer(Bytes::from(frame)) {
+            Ok(()) => {
+                attached.sent_through = entry.seq;
+                in_flight += 1;
+                in_flight_bytes += entry.bytes;
+            }
+            // Tried again at the next pump.
+            Err(OfferError::Full) => break,
+            Err(OfferError::Closed) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    if !closed {
+        state.attached = Some(attached);
+    }
+    // Refused ones at the front have nothing unacknowledged before them.
+    let mut released = None;
+    while state.waiting.front().is_some_and(|w| w.denied) {
+        if let Some(gone) = state.waiting.pop_front() {
+            state.bytes -= gone.bytes;
+            state.acked_through = gone.seq;
+            released = Some(gone.seq);
+        }
+    }
+    drop(state);
+    if let (Some(through), true) = (released, limits.stored) {
+        shared
+            .custody
+            .write_later(vec![durable.release(through), durable.subscription(through)]);
+    }
+}
