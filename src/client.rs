@@ -233,8 +233,8 @@ pub struct Client {
     nation: Nation,
     principal: String,
     requests: mpsc::Sender<Bytes>,
-    /// Writes `requests` to the stream until they end.
-    writer: tokio::task::JoinHandle<()>,
+    /// Writes `requests` to the stream; told to finish it by `close`.
+    writer: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
     pending: Pending,
     next_request: AtomicU64,
     deliveries: tokio::sync::Mutex<(mpsc::Receiver<Received>, Vec<Received>)>,
@@ -296,18 +296,39 @@ impl Client {
         };
 
         let (requests, mut outbox) = mpsc::channel::<Bytes>(REQUEST_BUFFER);
+        let (finish, mut finishing) = oneshot::channel::<()>();
         let writer = tokio::spawn(async move {
             let mut batch = Vec::new();
-            while outbox.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+            loop {
+                let finish = tokio::select! {
+                    count = outbox.recv_many(&mut batch, WRITE_BATCH) => {
+                        if count == 0 {
+                            // Dropped without `close`: the connection is
+                            // going, nothing more to say.
+                            return;
+                        }
+                        false
+                    }
+                    _ = &mut finishing => {
+                        while let Ok(frame) = outbox.try_recv() {
+                            batch.push(frame);
+                        }
+                        true
+                    }
+                };
                 if crate::stream::write_all(&mut send, &mut batch).await.is_err() {
                     return;
                 }
                 batch.clear();
-            }
-            // Closed by `close`: what was written reaches the node before
-            // the connection goes.
-            if send.finish().is_ok() {
-                let _ = send.stopped().await;
+                if finish {
+                    // What was written reaches the node before the
+                    // connection goes: the node sees the client end its
+                    // session.
+                    if send.finish().is_ok() {
+                        let _ = send.stopped().await;
+                    }
+                    return;
+                }
             }
         });
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
@@ -320,7 +341,7 @@ impl Client {
             nation,
             principal,
             requests,
-            writer,
+            writer: Some((finish, writer)),
             pending,
             next_request: AtomicU64::new(UNAWAITED + 1),
             deliveries: tokio::sync::Mutex::new((deliveries, Vec::new())),
@@ -459,6 +480,27 @@ impl Client {
         }
     }
 
+    /// Subscribes to `pattern` as [`Client::subscribe`] does, with a watch
+    /// named `name`: while no session holds it, the node counts (and
+    /// audits) what it takes for the pattern, for up to 10 minutes. A
+    /// session that subscribes again under the same name learns how many
+    /// messages it missed: `Some(count)`, or `None` if the node does not
+    /// know the watch (it is new, or was forgotten). A session that closes
+    /// the connection itself ([`Client::close`]) lets the watch go.
+    pub async fn subscribe_watched(&self, name: &str, pattern: &str) -> Result<Option<u64>, ClientError> {
+        match self
+            .request(|request| Frame::SubscribeWatched {
+                request,
+                name: name.to_owned(),
+                pattern: pattern.to_owned(),
+            })
+            .await?
+        {
+            Frame::Watched { missed, .. } => Ok(missed),
+            other => Err(ClientError::Protocol(format!("expected Watched, got {other:?}"))),
+        }
+    }
+
     /// Acknowledges every message of the durable subscription `name` up to
     /// sequence number `through`: the node forgets them. Without waiting.
     pub async fn ack(&self, name: &str, through: u64) -> Result<(), ClientError> {
@@ -514,12 +556,23 @@ impl Client {
 
     /// Writes what was sent (acknowledgements included), closes the
     /// connection and waits briefly for the close to reach the node.
-    pub async fn close(self) {
-        drop(self.requests);
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.writer).await;
+    pub async fn close(mut self) {
+        if let Some((finish, writer)) = self.writer.take() {
+            let _ = finish.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+        }
         self.connection
             .close(VarInt::from_u32(close::NORMAL), b"client done");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+impl Drop for Client {
+    /// Dropped without [`Client::close`]: the connection goes at once, as
+    /// if the client had crashed, and what it had not written is lost.
+    fn drop(&mut self) {
+        self.connection
+            .close(VarInt::from_u32(close::NORMAL), b"client dropped");
     }
 }
 
@@ -578,6 +631,7 @@ async fn read_replies(
                 }
                 Frame::PublishAck { request, .. }
                 | Frame::SubscribeAck { request }
+                | Frame::Watched { request, .. }
                 | Frame::AdminReply { request, .. }
                 | Frame::Refused { request, .. } => {
                     let waiter = pending

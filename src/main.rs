@@ -807,10 +807,13 @@ struct Subscription {
 }
 
 impl Subscription {
-    async fn on(&self, client: &Client) -> Result<(), entente::client::ClientError> {
+    /// Subscribes: under the durable name, or as a plain subscription with
+    /// a watch of this process's own (`watch`), so that after a
+    /// reconnection the node says how many messages were missed.
+    async fn on(&self, client: &Client, watch: &str) -> Result<Option<u64>, entente::client::ClientError> {
         match &self.durable {
-            Some(name) => client.subscribe_durable(name, &self.pattern).await,
-            None => client.subscribe(&self.pattern).await,
+            Some(name) => client.subscribe_durable(name, &self.pattern).await.map(|()| None),
+            None => client.subscribe_watched(watch, &self.pattern).await,
         }
     }
 }
@@ -834,7 +837,11 @@ async fn subscribe(
     // The first connection must work: a mistake in the options, or a node
     // that is not there, is said at once rather than retried for ever.
     let mut client = Client::connect(options.clone()).await?;
-    subscription.on(&client).await.context("subscribe failed")?;
+    let watch = format!("sub-{:016x}", rand_u64()?);
+    subscription
+        .on(&client, &watch)
+        .await
+        .context("subscribe failed")?;
     let pattern = &subscription.pattern;
     let durable = match &subscription.durable {
         Some(name) => format!(" (durable {name})"),
@@ -871,8 +878,9 @@ async fn subscribe(
             Err(err) => {
                 eprintln!("lost the node: {err}; reconnecting");
                 let lost = tokio::time::Instant::now();
-                client = match reconnect(&options, &subscription, deadline).await {
-                    Reconnected::Yes(client) => *client,
+                let missed;
+                (client, missed) = match reconnect(&options, (&subscription, &watch), deadline).await {
+                    Reconnected::Yes(client, missed) => (*client, missed),
                     Reconnected::Refused(err) => {
                         break Err(err.context("subscribe failed after reconnecting"))
                     }
@@ -880,12 +888,14 @@ async fn subscribe(
                     Reconnected::Interrupted => break Ok(ExitCode::SUCCESS),
                 };
                 let away = lost.elapsed().as_secs_f64();
-                if subscription.durable.is_some() {
-                    eprintln!("reconnected after {away:.1}s; resuming{durable}");
-                } else {
-                    eprintln!(
-                        "reconnected after {away:.1}s; messages that reached the node meanwhile were not kept for this subscription (use --durable NAME to keep them)"
-                    );
+                match (&subscription.durable, missed) {
+                    (Some(_), _) => eprintln!("reconnected after {away:.1}s; resuming{durable}"),
+                    (None, Some(missed)) => eprintln!(
+                        "reconnected after {away:.1}s; missed {missed} message(s) that reached the node meanwhile (use --durable NAME to keep them)"
+                    ),
+                    (None, None) => eprintln!(
+                        "reconnected after {away:.1}s; missed an unknown number of messages: the node no longer knew this subscription (it restarted without a store, or it was away over 10 minutes); use --durable NAME to keep them"
+                    ),
                 }
                 continue;
             }
@@ -918,9 +928,18 @@ async fn subscribe(
     outcome
 }
 
+/// 64 bits from the system's random source.
+fn rand_u64() -> anyhow::Result<u64> {
+    let mut bytes = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| anyhow::anyhow!("no system randomness"))?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
 /// How a reconnection ended.
 enum Reconnected {
-    Yes(Box<Client>),
+    /// With, for a plain subscription, how many messages it missed.
+    Yes(Box<Client>, Option<u64>),
     /// Connected, but the node refused the subscription.
     Refused(anyhow::Error),
     Deadline,
@@ -932,7 +951,7 @@ enum Reconnected {
 /// passes or the user interrupts.
 async fn reconnect(
     options: &ClientOptions,
-    subscription: &Subscription,
+    (subscription, watch): (&Subscription, &str),
     deadline: Option<tokio::time::Instant>,
 ) -> Reconnected {
     let mut pause = RECONNECT_FIRST;
@@ -948,8 +967,8 @@ async fn reconnect(
             return Reconnected::Deadline;
         }
         match Client::connect(options.clone()).await {
-            Ok(client) => match subscription.on(&client).await {
-                Ok(()) => return Reconnected::Yes(Box::new(client)),
+            Ok(client) => match subscription.on(&client, watch).await {
+                Ok(missed) => return Reconnected::Yes(Box::new(client), missed),
                 Err(err @ entente::client::ClientError::Refused { .. }) => {
                     return Reconnected::Refused(err.into())
                 }

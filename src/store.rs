@@ -37,9 +37,9 @@ const SEEN_FLOORS: TableDefinition<&str, u64> = TableDefinition::new("seen_floor
 /// restarted node knows of the others' links and interest before they
 /// announce again (checked again, signature and all, when loaded).
 const ANNOUNCEMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("announcements");
-/// (principal, durable subscription name) → its pattern and the last
-/// sequence number its subscriber acknowledged (8 bytes, big-endian, then
-/// the pattern's text).
+/// (principal, durable subscription name) → the last sequence number its
+/// subscriber acknowledged (8 bytes, big-endian), whether it keeps what
+/// it takes (1) or only counts it (0), then its pattern's text.
 const DURABLE_SUBSCRIPTIONS: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("durable_subscriptions");
 /// (principal, durable subscription name, sequence number) → a message
@@ -155,8 +155,17 @@ pub enum Change {
         name: String,
         /// Its topic pattern.
         pattern: String,
+        /// Whether it keeps what it takes, or only counts it.
+        keeps: bool,
         /// The last sequence number its subscriber acknowledged.
         acked_through: u64,
+    },
+    /// A durable subscription, and everything held for it, is gone.
+    DurableForget {
+        /// Whose.
+        principal: String,
+        /// Its name.
+        name: String,
     },
     /// A message waits for a durable subscription as its entry `seq`.
     DurableHold {
@@ -221,6 +230,8 @@ pub struct StoredDurable {
     pub name: String,
     /// Its topic pattern.
     pub pattern: String,
+    /// Whether it keeps what it takes, or only counts it.
+    pub keeps: bool,
     /// The last sequence number its subscriber acknowledged.
     pub acked_through: u64,
     /// What waits for it, in order: each entry's sequence number and
@@ -369,10 +380,12 @@ impl Store {
                         principal,
                         name,
                         pattern,
+                        keeps,
                         acked_through,
                     } => {
                         value.clear();
                         value.extend_from_slice(&acked_through.to_be_bytes());
+                        value.push(u8::from(*keeps));
                         value.extend_from_slice(pattern.as_bytes());
                         durables
                             .insert((principal.as_str(), name.as_str()), value.as_slice())
@@ -386,6 +399,13 @@ impl Store {
                     } => {
                         durable_held
                             .insert((principal.as_str(), name.as_str(), *seq), held.as_ref())
+                            .or_fail()?;
+                    }
+                    Change::DurableForget { principal, name } => {
+                        let (principal, name) = (principal.as_str(), name.as_str());
+                        durables.remove((principal, name)).or_fail()?;
+                        durable_held
+                            .retain_in((principal, name, 0)..=(principal, name, u64::MAX), |_, _| false)
                             .or_fail()?;
                     }
                     Change::DurableRelease {
@@ -470,7 +490,10 @@ impl Store {
             let (principal, name) = key.value();
             let value = value.value();
             // Not something this code wrote: nothing to resume.
-            let Some((acked, pattern)) = value.split_first_chunk::<8>() else {
+            let Some((acked, rest)) = value.split_first_chunk::<8>() else {
+                continue;
+            };
+            let Some((&keeps, pattern)) = rest.split_first() else {
                 continue;
             };
             let Ok(pattern) = std::str::from_utf8(pattern) else {
@@ -480,6 +503,7 @@ impl Store {
                 principal: principal.to_owned(),
                 name: name.to_owned(),
                 pattern: pattern.to_owned(),
+                keeps: keeps != 0,
                 acked_through: u64::from_be_bytes(*acked),
                 held: Vec::new(),
             };
@@ -821,6 +845,7 @@ mod tests {
             principal: principal.into(),
             name: name.into(),
             pattern: "sigint.>".into(),
+            keeps: true,
             acked_through,
         };
         {
@@ -850,6 +875,13 @@ mod tests {
         assert_eq!(held, [(3, &b"fra.a/w/3"[..]), (4, &b"fra.a/w/4"[..])]);
         // Releasing one subscription's entries leaves the other's.
         assert_eq!(durables[1].held.len(), 1);
+        let forget = Change::DurableForget {
+            principal: "fra.a".into(),
+            name: "w".into(),
+        };
+        store.commit(&[forget], true).unwrap();
+        let left: Vec<String> = store.durables().unwrap().into_iter().map(|d| d.name).collect();
+        assert_eq!(left, ["x"]);
     }
 
     #[test]

@@ -240,6 +240,27 @@ pub enum Frame {
         /// The last sequence number acknowledged.
         through: u64,
     },
+    /// A principal's request to subscribe to a pattern, as `Subscribe`
+    /// does, with a watch under `name` that counts what the node takes for
+    /// the pattern while no session holds the watch: a subscriber that
+    /// comes back under the same name learns how many messages it missed.
+    SubscribeWatched {
+        /// The client's id for the request, echoed in the reply.
+        request: u64,
+        /// The watch's name, unique per principal.
+        name: String,
+        /// The topic pattern.
+        pattern: String,
+    },
+    /// The node's answer to `SubscribeWatched`: subscribed, and how many
+    /// messages the watch counted while nobody held it; `None` if the
+    /// node did not know the watch (new, or forgotten).
+    Watched {
+        /// The request this answers.
+        request: u64,
+        /// Messages counted while the watch was not held.
+        missed: Option<u64>,
+    },
 }
 
 fn config() -> impl bincode::config::Config {

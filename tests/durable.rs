@@ -285,3 +285,60 @@ async fn durable_names_are_checked_limited_per_principal_and_bound_to_their_patt
     assert!(record.contains("fra.analyst"), "{record}");
     net.shutdown().await;
 }
+
+/// A plain subscription with a watch: a subscriber that lost its
+/// connection learns, when it subscribes again under the same watch, how
+/// many messages reached its node meanwhile (each audited), across a
+/// restart of the node too; one that left on purpose lets the watch go.
+#[tokio::test]
+async fn a_plain_subscriber_that_comes_back_learns_how_many_messages_it_missed() {
+    let mut net = TestNetwork::start().await;
+    let gbr = net.client("gbr.analyst").await;
+    let first = net.client("fra.analyst").await;
+    assert_eq!(
+        first.subscribe_watched("w", "sigint.>").await.unwrap(),
+        None,
+        "a new watch"
+    );
+    net.wait_for_interest(nation("GBR"), nation("FRA"), "sigint.>")
+        .await;
+    publish(&gbr, RELEASED, ["seen".to_owned()]).await;
+    assert_eq!(next(&first).await.delivery.payload, b"seen");
+    // Lost, not closed: the connection goes without a word.
+    drop(first);
+    net.wait_for_audit(nation("FRA"), |l| {
+        l.contains("\"event\":\"disconnect\"") && l.contains("fra.analyst")
+    })
+    .await;
+    publish(&gbr, RELEASED, numbered("missed", 0..3)).await;
+    net.wait_for_audit_count(nation("FRA"), 3, |l| l.contains("\"reason\":\"subscriber-away\""))
+        .await;
+    let back = net.client("fra.analyst").await;
+    assert_eq!(back.subscribe_watched("w", "sigint.>").await.unwrap(), Some(3));
+    publish(&gbr, RELEASED, ["live".to_owned()]).await;
+    assert_eq!(
+        text(&next(&back).await),
+        "live",
+        "none of the missed is delivered"
+    );
+
+    // The node restarts: the watch is stored and counts from its start.
+    net.restart(nation("FRA")).await;
+    net.wait_for_interest(nation("GBR"), nation("FRA"), "sigint.>")
+        .await;
+    publish(&gbr, RELEASED, numbered("while-restarted", 0..2)).await;
+    net.wait_for_audit_count(nation("FRA"), 5, |l| l.contains("\"reason\":\"subscriber-away\""))
+        .await;
+    let again = net.client("fra.analyst").await;
+    assert_eq!(again.subscribe_watched("w", "sigint.>").await.unwrap(), Some(2));
+
+    // Closed on purpose: nobody will ask, so the watch is gone.
+    again.close().await;
+    net.wait_for_audit(nation("FRA"), |l| {
+        l.contains("\"reason\":\"session-ended\"") && l.contains("fra.analyst")
+    })
+    .await;
+    let last = net.client("fra.analyst").await;
+    assert_eq!(last.subscribe_watched("w", "sigint.>").await.unwrap(), None);
+    net.shutdown().await;
+}

@@ -33,6 +33,12 @@ use crate::wire::{self, Delivery, Frame};
 pub const MAX_PER_PRINCIPAL: usize = 8;
 /// The longest durable subscription name.
 pub const MAX_NAME_LEN: usize = 64;
+/// Watches one principal may hold: past it, the one let go of longest ago
+/// is forgotten to make room.
+pub const MAX_WATCHES_PER_PRINCIPAL: usize = 16;
+/// How long a watch nobody holds keeps counting before it is forgotten:
+/// a subscriber away longer learns only that it missed an unknown number.
+const WATCH_KEPT_US: u64 = 10 * 60 * 1_000_000;
 /// How often every subscription is pumped, even untouched: one that found
 /// its session's queue full tries again.
 const PUMP_EVERY: Duration = Duration::from_millis(100);
@@ -59,6 +65,13 @@ pub enum DurableError {
         /// The pattern it has.
         existing: String,
     },
+    /// The name is taken by a subscription of the other kind (durable, or
+    /// a plain one's watch).
+    #[error("{0:?} names a subscription of the other kind (durable, or watched); use another name")]
+    OtherKind(String),
+    /// Every watch of the principal is held by a session.
+    #[error("a principal may hold at most {MAX_WATCHES_PER_PRINCIPAL} watched subscriptions at once")]
+    TooManyWatches,
 }
 
 impl DurableError {
@@ -68,6 +81,8 @@ impl DurableError {
             DurableError::BadName(_) => "bad-durable-name",
             DurableError::TooMany => "too-many-durables",
             DurableError::OtherPattern { .. } => "durable-pattern-mismatch",
+            DurableError::OtherKind(_) => "durable-name-taken",
+            DurableError::TooManyWatches => "too-many-watches",
         }
     }
 }
@@ -160,13 +175,36 @@ struct State {
     next_seq: u64,
     acked_through: u64,
     attached: Option<Attached>,
+    /// What a watch counted while nobody held it.
+    missed: u64,
+    /// When a session last let go of it (or the node started).
+    let_go_us: u64,
 }
 
-/// One durable subscription.
+impl State {
+    fn new(acked_through: u64, waiting: VecDeque<Waiting>) -> State {
+        let last = waiting.back().map_or(acked_through, |w| w.seq);
+        State {
+            bytes: waiting.iter().map(|w| w.bytes).sum(),
+            waiting,
+            next_seq: last.max(acked_through) + 1,
+            acked_through,
+            attached: None,
+            missed: 0,
+            let_go_us: now_us(),
+        }
+    }
+}
+
+/// One durable subscription, or a plain one's watch: a session of the
+/// routing core that keeps what it takes for the principal, or only
+/// counts it while nobody holds it.
 pub(super) struct Durable {
     pub(super) principal: String,
     pub(super) name: String,
     pattern: Pattern,
+    keeps: bool,
+    core_session: SessionId,
     state: Mutex<State>,
 }
 
@@ -180,7 +218,15 @@ impl Durable {
             principal: self.principal.clone(),
             name: self.name.clone(),
             pattern: self.pattern.as_str().to_owned(),
+            keeps: self.keeps,
             acked_through,
+        }
+    }
+
+    fn forget(&self) -> Change {
+        Change::DurableForget {
+            principal: self.principal.clone(),
+            name: self.name.clone(),
         }
     }
 
@@ -260,7 +306,9 @@ impl Durables {
 
     /// Takes `envelope` for `durable`: it waits, in order, until its
     /// subscriber acknowledges it. Past the byte bound the oldest waiting
-    /// go, each audited (`durable-full`).
+    /// go, each audited (`durable-full`). A watch only counts it, and
+    /// audits it (`subscriber-away`), while nobody holds the watch.
+    /// Whether it was kept.
     pub(super) fn hold(
         &self,
         durable: &Durable,
@@ -268,7 +316,23 @@ impl Durables {
         marking: &str,
         changes: &mut Vec<Change>,
         records: &mut Vec<Record>,
-    ) {
+    ) -> bool {
+        if !durable.keeps {
+            let mut state = durable.state();
+            if state.attached.is_none() {
+                state.missed += 1;
+                records.push(
+                    Record::new(Event::Deliver, Verdict::Deny, Reason::SubscriberAway.code())
+                        .message(envelope, marking)
+                        .subject(&durable.principal)
+                        .detail(format!(
+                            "its subscriber (watch {}) was away; not kept, as its subscription is not durable",
+                            durable.name
+                        )),
+                );
+            }
+            return false;
+        }
         let delivery = Delivery {
             id: envelope.id,
             origin: envelope.origin,
@@ -328,30 +392,34 @@ impl Durables {
         }
         drop(state);
         self.mark(durable);
+        true
     }
 }
 
-/// Creates (or finds) `principal`'s durable subscription `name` to
-/// `pattern`, and hands it to `session`, whose queue is `queue`: every
-/// message not yet acknowledged goes to it, in order, taken from any
-/// session it was handed to before. `Ok(false)` if the core refused the
-/// pattern (its refusal is the caller's to make).
+/// Creates (or finds) `principal`'s subscription `name` to `pattern`,
+/// durable (`keeps`) or a plain one's watch, and hands it to `session`,
+/// whose queue is `queue`. A durable one then hands out every message not
+/// yet acknowledged, in order, taken from any session it was handed to
+/// before. Returns, for a watch the node knew, what it counted while
+/// nobody held it.
 pub(super) async fn attach(
     shared: &Shared,
     principal: &Arc<Principal>,
-    name: &str,
-    pattern: &Pattern,
+    (name, pattern, keeps): (&str, &Pattern, bool),
     session: SessionId,
     queue: QueueSender,
-) -> Result<Arc<Durable>, AttachError> {
+) -> Result<Option<u64>, AttachError> {
     check_name(name)?;
     let durables = &shared.durables;
     let key = (principal.name.clone(), name.to_owned());
     // Looked up and created under one lock, so two sessions attaching to
     // a new name at once make one subscription.
-    let (durable, created) = {
+    let (durable, created, evicted) = {
         let mut by_name = durables.by_name();
         match by_name.get(&key) {
+            Some(durable) if durable.keeps != keeps => {
+                return Err(DurableError::OtherKind(name.to_owned()).into())
+            }
             Some(durable) if durable.pattern != *pattern => {
                 return Err(DurableError::OtherPattern {
                     name: name.to_owned(),
@@ -359,46 +427,81 @@ pub(super) async fn attach(
                 }
                 .into())
             }
-            Some(durable) => (durable.clone(), false),
+            Some(durable) => (durable.clone(), false, None),
             None => {
-                if by_name.keys().filter(|(p, _)| *p == principal.name).count() >= MAX_PER_PRINCIPAL {
-                    return Err(DurableError::TooMany.into());
+                let evicted = make_room(&by_name, &principal.name, keeps)?;
+                if let Some(evicted) = &evicted {
+                    unregister(shared, evicted, &mut by_name);
                 }
                 let durable = Arc::new(Durable {
                     principal: principal.name.clone(),
                     name: name.to_owned(),
                     pattern: pattern.clone(),
-                    state: Mutex::new(State {
-                        waiting: VecDeque::new(),
-                        bytes: 0,
-                        next_seq: 1,
-                        acked_through: 0,
-                        attached: None,
-                    }),
+                    keeps,
+                    core_session: shared.router.new_session_id(),
+                    state: Mutex::new(State::new(0, VecDeque::new())),
                 });
                 register(shared, principal.clone(), &durable, &mut by_name).map_err(AttachError::Refused)?;
-                (durable, true)
+                (durable, true, evicted)
             }
         }
     };
-    if created && durables.limits.stored {
+    if durables.limits.stored {
+        let mut changes = Vec::new();
+        if let Some(evicted) = evicted {
+            changes.push(evicted.forget());
+        }
+        if created {
+            changes.push(durable.subscription(0));
+        }
         // On disk before the subscriber hears it exists.
-        shared
-            .custody
-            .commit(vec![durable.subscription(0)])
-            .await
-            .map_err(AttachError::Store)?;
+        if !changes.is_empty() {
+            shared.custody.commit(changes).await.map_err(AttachError::Store)?;
+        }
     }
-    {
+    let missed = {
         let mut state = durable.state();
         state.attached = Some(Attached {
             session,
             queue,
             sent_through: state.acked_through,
         });
-    }
+        let missed = std::mem::take(&mut state.missed);
+        (!created).then_some(missed)
+    };
     durables.mark(&durable);
-    Ok(durable)
+    Ok(missed)
+}
+
+/// Whether `principal` may have one more subscription of its kind; for a
+/// watch, the one let go of longest ago makes room if every one is taken.
+fn make_room(
+    by_name: &HashMap<(String, String), Arc<Durable>>,
+    principal: &str,
+    keeps: bool,
+) -> Result<Option<Arc<Durable>>, DurableError> {
+    let mine: Vec<&Arc<Durable>> = by_name
+        .values()
+        .filter(|d| d.principal == principal && d.keeps == keeps)
+        .collect();
+    if keeps {
+        return if mine.len() >= MAX_PER_PRINCIPAL {
+            Err(DurableError::TooMany)
+        } else {
+            Ok(None)
+        };
+    }
+    if mine.len() < MAX_WATCHES_PER_PRINCIPAL {
+        return Ok(None);
+    }
+    mine.into_iter()
+        .filter_map(|d| {
+            let state = d.state();
+            state.attached.is_none().then_some((state.let_go_us, d))
+        })
+        .min_by_key(|(let_go_us, _)| *let_go_us)
+        .map(|(_, d)| Some(d.clone()))
+        .ok_or(DurableError::TooManyWatches)
 }
 
 /// Why a session could not attach to a durable subscription.
@@ -421,7 +524,7 @@ fn register(
     durable: &Arc<Durable>,
     by_name: &mut HashMap<(String, String), Arc<Durable>>,
 ) -> Result<(), (&'static str, String)> {
-    let session = shared.router.new_session_id();
+    let session = durable.core_session;
     let pattern = durable.pattern.clone();
     let (subscribed, actions) = shared.router.core(|core, now| {
         core.open_session(session, principal);
@@ -436,6 +539,16 @@ fn register(
     shared.durables.by_session.insert(session, durable.clone());
     by_name.insert((durable.principal.clone(), durable.name.clone()), durable.clone());
     Ok(())
+}
+
+/// Forgets `durable`: it leaves the core (its interest with it) and the
+/// tables. The caller removes it from the store ([`Durable::forget`]).
+fn unregister(shared: &Shared, durable: &Durable, by_name: &mut HashMap<(String, String), Arc<Durable>>) {
+    by_name.remove(&(durable.principal.clone(), durable.name.clone()));
+    shared.durables.by_session.remove(&durable.core_session);
+    let session = durable.core_session;
+    let actions = shared.router.core(|core, now| core.close_session(session, now)).1;
+    shared.router.defer(actions);
 }
 
 /// Takes back the durable subscriptions a restarted node stored, with
@@ -458,18 +571,13 @@ pub(super) fn restore(shared: &Shared, stored: Vec<StoredDurable>) {
             .filter(|w| w.seq > entry.acked_through)
             .collect();
         waiting.make_contiguous().sort_by_key(|w| w.seq);
-        let last = waiting.back().map_or(entry.acked_through, |w| w.seq);
         let durable = Arc::new(Durable {
             principal: entry.principal.clone(),
             name: entry.name.clone(),
             pattern,
-            state: Mutex::new(State {
-                bytes: waiting.iter().map(|w| w.bytes).sum(),
-                waiting,
-                next_seq: last.max(entry.acked_through) + 1,
-                acked_through: entry.acked_through,
-                attached: None,
-            }),
+            keeps: entry.keeps,
+            core_session: shared.router.new_session_id(),
+            state: Mutex::new(State::new(entry.acked_through, waiting)),
         });
         let registered = register(
             shared,
@@ -520,13 +628,55 @@ pub(super) fn acknowledge(shared: &Shared, principal: &str, name: &str, through:
 }
 
 /// The session has ended: whatever it was handed and did not acknowledge
-/// goes to the next session that attaches.
-pub(super) fn detach(shared: &Shared, session: SessionId) {
-    for durable in shared.durables.by_name().values() {
-        let mut state = durable.state();
-        if state.attached.as_ref().is_some_and(|a| a.session == session) {
+/// goes to the next session that attaches, and a watch starts counting.
+/// A watch whose subscriber left on purpose (`ended_by_client`) is
+/// forgotten: nobody will ask what it missed.
+pub(super) fn detach(shared: &Shared, session: SessionId, ended_by_client: bool) {
+    let mut forgotten = Vec::new();
+    {
+        let mut by_name = shared.durables.by_name();
+        let held: Vec<Arc<Durable>> = by_name
+            .values()
+            .filter(|d| d.state().attached.as_ref().is_some_and(|a| a.session == session))
+            .cloned()
+            .collect();
+        for durable in held {
+            if !durable.keeps && ended_by_client {
+                unregister(shared, &durable, &mut by_name);
+                forgotten.push(durable.forget());
+                continue;
+            }
+            let mut state = durable.state();
             state.attached = None;
+            state.let_go_us = now_us();
         }
+    }
+    if shared.durables.limits.stored && !forgotten.is_empty() {
+        shared.custody.write_later(forgotten);
+    }
+}
+
+/// Forgets the watches nobody has held for [`WATCH_KEPT_US`].
+fn forget_old_watches(shared: &Shared) {
+    let before_us = now_us().saturating_sub(WATCH_KEPT_US);
+    let mut forgotten = Vec::new();
+    {
+        let mut by_name = shared.durables.by_name();
+        let old: Vec<Arc<Durable>> = by_name
+            .values()
+            .filter(|d| {
+                let state = d.state();
+                !d.keeps && state.attached.is_none() && state.let_go_us < before_us
+            })
+            .cloned()
+            .collect();
+        for durable in old {
+            unregister(shared, &durable, &mut by_name);
+            forgotten.push(durable.forget());
+        }
+    }
+    if shared.durables.limits.stored && !forgotten.is_empty() {
+        shared.custody.write_later(forgotten);
     }
 }
 
@@ -549,6 +699,7 @@ pub(super) async fn pump_forever(shared: Arc<Shared>) {
         let expire = last_expiry.elapsed() >= EXPIRE_EVERY;
         if expire {
             last_expiry = tokio::time::Instant::now();
+            forget_old_watches(&shared);
         }
         if expire || last_sweep.elapsed() >= PUMP_EVERY {
             last_sweep = tokio::time::Instant::now();

@@ -35,6 +35,9 @@ pub enum Reason {
     Verified,
     /// A message dropped from a durable subscription that was full.
     DurableFull,
+    /// A message for a plain subscription whose subscriber was away:
+    /// counted by its watch, not kept.
+    SubscriberAway,
     /// A message that waited for a durable subscription past its age limit.
     DurableExpired,
     /// An envelope taken on its origin's own link before its seal came:
@@ -140,6 +143,7 @@ impl Reason {
             Reason::LinkDown => "link-down",
             Reason::Verified => "verified",
             Reason::DurableFull => "durable-full",
+            Reason::SubscriberAway => "subscriber-away",
             Reason::DurableExpired => "durable-expired",
             Reason::OriginLink => "origin-link",
             Reason::TagVerified => "tag-verified",

@@ -487,8 +487,9 @@ impl Router {
         for &id in sessions {
             let Some(session) = self.sessions.get(&id) else {
                 if let Some(durable) = durables.of_session(id) {
-                    durables.hold(&durable, envelope, marking, changes, records);
-                    delivered_to.push(durable.principal.clone());
+                    if durables.hold(&durable, envelope, marking, changes, records) {
+                        delivered_to.push(durable.principal.clone());
+                    }
                 }
                 continue;
             };

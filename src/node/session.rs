@@ -93,7 +93,8 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal
     }
     // No frame is queued for the session after this: its queue goes with it.
     shared.router.remove_session(session);
-    durable::detach(&shared, session);
+    let ended_by_client = matches!(result, Ok(End::Done)) && !*shared.shutdown.borrow();
+    durable::detach(&shared, session, ended_by_client);
     drop(queue);
     let slow = matches!(result, Ok(End::SlowConsumer));
     // Every frame queued is written to the client or audited as not
@@ -355,6 +356,7 @@ async fn handle_batch(
             Frame::Publish { request, .. }
             | Frame::Subscribe { request, .. }
             | Frame::SubscribeDurable { request, .. }
+            | Frame::SubscribeWatched { request, .. }
                 if audit_failure.is_some() =>
             {
                 let cause = audit_failure.as_deref().unwrap_or_default();
@@ -381,7 +383,21 @@ async fn handle_batch(
                 pattern,
             } => {
                 route_publishes(batch, std::mem::take(&mut publishes)).await?;
-                let answer = subscribe_durable(batch, request, &name, pattern).await;
+                let answer = subscribe_durable(batch, request, &name, pattern, true).await;
+                reply(shared, session, &answer).await?;
+            }
+            Frame::SubscribeWatched {
+                request,
+                name,
+                pattern,
+            } => {
+                route_publishes(batch, std::mem::take(&mut publishes)).await?;
+                let answer = match subscribe(shared, session, principal, request, pattern.clone()).await {
+                    Frame::SubscribeAck { .. } => {
+                        subscribe_durable(batch, request, &name, pattern, false).await
+                    }
+                    refused => refused,
+                };
                 reply(shared, session, &answer).await?;
             }
             Frame::DurableAck { name, through } => {
@@ -703,9 +719,17 @@ async fn route_publishes(batch: &Batch<'_>, publishes: Vec<Accepted>) -> Result<
     answered.map_err(|_| StreamError::Unexpected("publish after the session's end"))
 }
 
-/// Attaches the session to the principal's durable subscription `name`,
-/// creating it on first use; what waits for it follows the ack.
-async fn subscribe_durable(batch: &Batch<'_>, request: u64, name: &str, pattern: String) -> Frame {
+/// Attaches the session to the principal's durable subscription `name`
+/// (`keeps`), creating it on first use, and what waits for it follows the
+/// ack; or to its watch `name`, whose count of what was missed is the
+/// answer.
+async fn subscribe_durable(
+    batch: &Batch<'_>,
+    request: u64,
+    name: &str,
+    pattern: String,
+    keeps: bool,
+) -> Frame {
     let Batch {
         shared,
         session,
@@ -720,11 +744,12 @@ async fn subscribe_durable(batch: &Batch<'_>, request: u64, name: &str, pattern:
             return refuse(shared, principal, request, code, err.to_string(), None).await;
         }
     };
-    match durable::attach(shared, principal, name, &pattern, session, queue.clone()).await {
-        Ok(_) => {
+    match durable::attach(shared, principal, (name, &pattern, keeps), session, queue.clone()).await {
+        Ok(_) if keeps => {
             info!(%pattern, name, "attached to a durable subscription");
             Frame::SubscribeAck { request }
         }
+        Ok(missed) => Frame::Watched { request, missed },
         Err(err) => {
             let code = match &err {
                 durable::AttachError::Durable(err) => err.code(),
