@@ -129,7 +129,8 @@ enum Command {
     /// Subscribe and print each message delivered.
     #[command(after_help = "Examples:
   entente sub --as fra.analyst --topic 'sigint.>' --json
-  entente sub --as pol.airdef --topic '*.missile' --count 1 --timeout 30s")]
+  entente sub --as pol.airdef --topic '*.missile' --count 1 --timeout 30s
+  entente sub --as fra.analyst --topic 'sigint.>' --durable watch")]
     Sub {
         #[command(flatten)]
         connect: ConnectArgs,
@@ -139,7 +140,8 @@ enum Command {
         /// Subscribe under this durable name: the node keeps what matches
         /// while you are away, and delivers what was not acknowledged
         /// again, in order, when you come back under the same name. Each
-        /// message is acknowledged once printed.
+        /// message is acknowledged once printed. Without it, `sub` still
+        /// reconnects by itself, and says how many messages it missed.
         #[arg(long, value_name = "NAME")]
         durable: Option<String>,
         /// Exit after this many messages.
