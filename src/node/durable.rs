@@ -7,6 +7,8 @@
 //! the policy admits each message to it as to any session; the policy is
 //! asked again when a message is handed to the subscriber, so a clearance
 //! lowered or a principal removed while messages waited lets none through.
+//! A plain subscription's watch is the same without the keeping: while its
+//! subscriber is away it counts what it misses, to tell it on return.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -194,6 +196,36 @@ impl State {
             let_go_us: now_us(),
         }
     }
+
+    /// Drops the oldest waiting while `drop_next` says so, each audited as
+    /// not delivered to `principal` for `reason` (`why` says it); returns
+    /// the last sequence number dropped.
+    fn drop_oldest(
+        &mut self,
+        principal: &str,
+        (reason, why): (Reason, &str),
+        drop_next: impl Fn(&State) -> bool,
+        records: &mut Vec<Record>,
+    ) -> Option<u64> {
+        let mut through = None;
+        while drop_next(self) {
+            let Some(old) = self.waiting.pop_front() else {
+                break;
+            };
+            self.bytes -= old.bytes;
+            records.push(
+                Record::new(Event::Deliver, Verdict::Deny, reason.code())
+                    .about(old.delivery.id, &old.delivery.marking)
+                    .subject(principal)
+                    .detail(why),
+            );
+            through = Some(old.seq);
+        }
+        if let (Some(through), Some(attached)) = (through, &mut self.attached) {
+            attached.sent_through = attached.sent_through.max(through);
+        }
+        through
+    }
 }
 
 /// One durable subscription, or a plain one's watch: a session of the
@@ -365,30 +397,15 @@ impl Durables {
         }
         state.bytes += waiting.bytes;
         state.waiting.push_back(waiting);
-        let mut dropped = None;
-        while state.bytes > self.limits.max_bytes {
-            let Some(oldest) = state.waiting.pop_front() else {
-                break;
-            };
-            state.bytes -= oldest.bytes;
-            records.push(
-                Record::new(Event::Deliver, Verdict::Deny, Reason::DurableFull.code())
-                    .about(oldest.delivery.id, &oldest.delivery.marking)
-                    .subject(&durable.principal)
-                    .detail(format!(
-                        "durable subscription {} holds at most {} bytes; its oldest message was dropped, never delivered",
-                        durable.name, self.limits.max_bytes
-                    )),
-            );
-            dropped = Some(oldest.seq);
-        }
-        if let Some(through) = dropped {
-            if let Some(attached) = &mut state.attached {
-                attached.sent_through = attached.sent_through.max(through);
-            }
-            if self.limits.stored {
-                changes.push(durable.release(through));
-            }
+        let max_bytes = self.limits.max_bytes;
+        let why = format!(
+            "durable subscription {} holds at most {max_bytes} bytes; its oldest message was dropped, never delivered",
+            durable.name
+        );
+        let full = |state: &State| state.bytes > max_bytes;
+        let dropped = state.drop_oldest(&durable.principal, (Reason::DurableFull, &why), full, records);
+        if let (Some(through), true) = (dropped, self.limits.stored) {
+            changes.push(durable.release(through));
         }
         drop(state);
         self.mark(durable);
@@ -726,31 +743,17 @@ fn expire_waiting(shared: &Shared, durable: &Durable, records: &mut Vec<Record>)
     let limits = shared.durables.limits;
     let max_age = u64::try_from(limits.max_age.as_micros()).unwrap_or(u64::MAX);
     let before_us = now_us().saturating_sub(max_age);
-    let mut state = durable.state();
-    let mut through = None;
-    while state.waiting.front().is_some_and(|w| w.held_us < before_us) {
-        let Some(old) = state.waiting.pop_front() else {
-            break;
-        };
-        state.bytes -= old.bytes;
-        records.push(
-            Record::new(Event::Deliver, Verdict::Deny, Reason::DurableExpired.code())
-                .about(old.delivery.id, &old.delivery.marking)
-                .subject(&durable.principal)
-                .detail(format!(
-                    "waited for durable subscription {} longer than {:?}; expired, never delivered",
-                    durable.name, limits.max_age
-                )),
-        );
-        through = Some(old.seq);
-    }
-    if let Some(through) = through {
-        if let Some(attached) = &mut state.attached {
-            attached.sent_through = attached.sent_through.max(through);
-        }
-        if limits.stored {
-            shared.custody.write_later(vec![durable.release(through)]);
-        }
+    let why = format!(
+        "waited for durable subscription {} longer than {:?}; expired, never delivered",
+        durable.name, limits.max_age
+    );
+    let old = |state: &State| state.waiting.front().is_some_and(|w| w.held_us < before_us);
+    let expired =
+        durable
+            .state()
+            .drop_oldest(&durable.principal, (Reason::DurableExpired, &why), old, records);
+    if let (Some(through), true) = (expired, limits.stored) {
+        shared.custody.write_later(vec![durable.release(through)]);
     }
 }
 
