@@ -342,3 +342,35 @@ async fn a_plain_subscriber_that_comes_back_learns_how_many_messages_it_missed()
     assert_eq!(last.subscribe_watched("w", "sigint.>").await.unwrap(), None);
     net.shutdown().await;
 }
+
+/// A subscriber that acknowledges more than it was handed (a lying or
+/// broken client) makes the node forget only what it was handed: the rest
+/// still comes, a window at a time.
+#[tokio::test]
+async fn an_acknowledgement_past_what_was_handed_out_forgets_nothing_more() {
+    // A window of two: a quarter of a session queue of eight.
+    let net = TestNetwork::start_with(NodeSettings {
+        session_queue: 8,
+        ..NodeSettings::default()
+    })
+    .await;
+    let gbr = net.client("gbr.analyst").await;
+    let first = watching(&net, "fra.analyst").await;
+    first.close().await;
+    publish(&gbr, RELEASED, numbered("m", 0..5)).await;
+    net.wait_for_audit_count(nation("FRA"), 5, |l| l.contains("\"event\":\"deliver\""))
+        .await;
+    let back = net.client("fra.analyst").await;
+    back.subscribe_durable("watch", "sigint.>").await.unwrap();
+    let handed = [next(&back).await, next(&back).await];
+    assert_eq!(handed.iter().map(text).collect::<Vec<_>>(), ["m0", "m1"]);
+    back.ack("watch", u64::MAX).await.unwrap();
+    let mut rest = Vec::new();
+    for _ in 0..3 {
+        let received = next(&back).await;
+        back.ack("watch", seq(&received)).await.unwrap();
+        rest.push(text(&received));
+    }
+    assert_eq!(rest, ["m2", "m3", "m4"]);
+    net.shutdown().await;
+}
