@@ -318,15 +318,6 @@ async fn run_with(scenario: &Scenario, options: SimOptions) -> Report {
     .expect("the simulation runs")
 }
 
-fn leaks_to(report: &Report, subscriber: &str) -> usize {
-    report
-        .verdict
-        .findings
-        .iter()
-        .filter(|f| f.kind == "leak" && f.subscriber == subscriber)
-        .count()
-}
-
 /// A relay that crashes during a cut and restarts before the restore
 /// applies the cut from its peers' logs before it links to anyone, and
 /// nothing the cut nation published while cut is released by the restore.
@@ -374,10 +365,12 @@ fn cut_with_an_early_restart(dir: &Path) -> Scenario {
 }
 
 /// The oracle fails a run in which the restarted relay forgets the cut:
-/// it links to the cut nation again and releases its own messages to it
-/// (what other origins publish once they applied the cut does not pass
-/// through it: they sealed release sets without the cut nation, which
-/// `routing::tests::relays_route_by_the_origins_sealed_release` checks).
+/// it links to the cut nation again, and messages pass between the two,
+/// one way or both (what other origins publish once they applied the cut
+/// does not pass through it: they sealed release sets without the cut
+/// nation, which `routing::tests::relays_route_by_the_origins_sealed_release`
+/// checks). Which way shows first is the dialers' race after the restart
+/// (each backs off up to 5 s), so either counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_oracle_fails_a_run_where_a_restarted_node_forgets_a_cut() {
     let dir = tempfile::tempdir().unwrap();
@@ -390,15 +383,16 @@ async fn the_oracle_fails_a_run_where_a_restarted_node_forgets_a_cut() {
     )
     .await;
     assert!(!report.verdict.passed, "{}", report.summary());
-    assert!(leaks_to(&report, "deu.analyst") > 0, "{}", report.summary());
-    // Among them, the forgetting relay's own messages to the cut nation.
-    let own = report
-        .verdict
-        .findings
-        .iter()
-        .filter(|f| f.kind == "leak" && f.subscriber == "deu.analyst" && f.publisher == "pol.analyst")
-        .count();
-    assert!(own > 0, "{}", report.summary());
+    let between = |a: &str, b: &str| {
+        report
+            .verdict
+            .findings
+            .iter()
+            .filter(|f| f.kind == "leak" && f.publisher == a && f.subscriber == b)
+            .count()
+    };
+    let leaks = between("pol.analyst", "deu.analyst") + between("deu.analyst", "pol.analyst");
+    assert!(leaks > 0, "{}", report.summary());
 }
 
 /// The oracle fails a run in which the restore releases what the cut
