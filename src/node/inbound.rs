@@ -838,7 +838,8 @@ fn under_rules<T>(shared: &Shared, rules: &Arc<Rules>, check: impl FnOnce(&mut V
 /// signature was what proved the seal. A good seal's `admit` joins
 /// `admitted`, dated at arrival and written before its deliveries; a bad
 /// one's refusal goes after them, behind an `admit` for the tag that let
-/// it through when it came sealed in this batch (`came_sealed`). A failure is the origin's own doing
+/// it through when it came sealed in this batch (`came_sealed`). A
+/// failure is the origin's own doing
 /// (its tag for this node verified), so the verifier distrusts that
 /// origin's tags from then on, and it counts against the link only when
 /// the origin is the peer: past [`MAX_BAD_SEALS`] of those the rest are

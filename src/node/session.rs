@@ -13,8 +13,7 @@ use tracing::{debug, error, info, warn};
 
 use super::connection::{accept_hello, close_after, next_batch, write_frame, StreamError};
 use super::custody::Committed;
-use super::queue::QueueReceiver;
-use super::queue::QueueSender;
+use super::queue::{QueueReceiver, QueueSender};
 use super::router::Offer;
 use super::{control, durable, outbound, queue, Reason, Shared};
 use crate::admin::AdminCommand;
@@ -95,6 +94,7 @@ pub(super) async fn serve(shared: Arc<Shared>, connection: Connection, principal
     shared.router.remove_session(session);
     let ended_by_client = matches!(result, Ok(End::Done)) && !*shared.shutdown.borrow();
     durable::detach(&shared, session, ended_by_client);
+    // The last sender: the writer ends once what is queued is written.
     drop(queue);
     let slow = matches!(result, Ok(End::SlowConsumer));
     // Every frame queued is written to the client or audited as not
