@@ -16,7 +16,7 @@ use std::time::Duration;
 use entente::audit::now_us;
 use entente::authenticator::TagKeys;
 use entente::client::{Client, ClientError};
-use entente::envelope::{Envelope, MessageId, Seal, SealBatch, Signer, Unsigned};
+use entente::envelope::{Envelope, MessageId, MessageIds, Seal, SealBatch, Signer, Unsigned};
 use entente::identity::Identity;
 use entente::label::{Label, Level, Nation};
 use entente::node::NodeSettings;
@@ -92,13 +92,37 @@ fn test_id(tag: u8, n: u64) -> MessageId {
     MessageId(id)
 }
 
-/// The id a node's counter gives after `id` (ids are a per-run prefix
-/// and a counter): what a member that saw one can predict.
-fn after(id: MessageId, steps: u64) -> MessageId {
-    let mut bytes = id.0;
-    let counter = u64::from_be_bytes(bytes[8..].try_into().unwrap());
-    bytes[8..].copy_from_slice(&(counter + steps).to_be_bytes());
-    MessageId(bytes)
+/// The id secret of every node of the networks that play a member who
+/// knows a partner's next ids. Without it (invariant 8) no member can
+/// know them: this plays the strongest member there could be.
+const KNOWN_ID_SECRET: [u8; 32] = [0x1d; 32];
+
+/// Settings under which every node makes its ids from [`KNOWN_ID_SECRET`].
+fn known_ids() -> NodeSettings {
+    NodeSettings {
+        id_secret: Some(KNOWN_ID_SECRET),
+        ..NodeSettings::default()
+    }
+}
+
+/// The id a node under [`known_ids`] gives its `n`th message (from 0).
+fn nth_id(n: u64) -> MessageId {
+    let ids = MessageIds::new(KNOWN_ID_SECRET);
+    (0..n).for_each(|_| {
+        ids.next_id();
+    });
+    ids.next_id()
+}
+
+/// The id `steps` after `first`, the first id of a node under
+/// [`known_ids`].
+fn after(first: MessageId, steps: u64) -> MessageId {
+    assert_eq!(
+        first,
+        nth_id(0),
+        "a node under known_ids gives the known first id"
+    );
+    nth_id(steps)
 }
 
 /// Sends envelopes unsealed, as an origin does on its own link, then
@@ -127,7 +151,7 @@ fn reason(code: &str) -> String {
 /// GBR: ids are remembered per origin, and a forgery burns no id.
 #[tokio::test]
 async fn a_member_cannot_suppress_another_nations_messages_by_taking_their_ids() {
-    let net = TestNetwork::start().await;
+    let net = TestNetwork::start_with(known_ids()).await;
     let gbr = subscriber(&net, "gbr.analyst", "reports.>", &["FRA", "DEU"]).await;
     let fra = net.client("fra.analyst").await;
     let secret = |marking: &str| net.policy.scheme().parse(marking).unwrap();
@@ -215,7 +239,7 @@ async fn a_member_cannot_suppress_another_nations_messages_by_taking_their_ids()
 /// the id after. FIN's genuine messages still cross EST and reach LVA.
 #[tokio::test]
 async fn a_member_cannot_suppress_another_nations_messages_through_a_relay() {
-    let net = TestNetwork::start_from(RING, NodeSettings::default()).await;
+    let net = TestNetwork::start_from(RING, known_ids()).await;
     let lva = subscriber(&net, "lva.analyst", "reports.>", &["FIN", "GBR"]).await;
     let fin = net.client("fin.analyst").await;
     let first = fin

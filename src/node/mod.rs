@@ -193,6 +193,11 @@ pub struct NodeSettings {
     /// simulator's oracle catches it.
     #[cfg(feature = "fault-injection")]
     pub cut_faults: CutFaults,
+    /// Test only: the secret message ids are made under, instead of one
+    /// drawn at start, so a test can play a member that knows a partner's
+    /// next ids (which invariant 8 otherwise keeps from it).
+    #[cfg(feature = "fault-injection")]
+    pub id_secret: Option<[u8; 32]>,
 }
 
 /// Test only: ways to break invariant 5 on purpose.
@@ -237,6 +242,8 @@ impl Default for NodeSettings {
             audit_failure: None,
             #[cfg(feature = "fault-injection")]
             cut_faults: CutFaults::default(),
+            #[cfg(feature = "fault-injection")]
+            id_secret: None,
         }
     }
 }
@@ -1095,6 +1102,10 @@ impl Node {
                 "no system randomness for message ids".into(),
             ))
         })?;
+        #[cfg(feature = "fault-injection")]
+        if let Some(secret) = config.settings.id_secret {
+            id_secret = secret;
+        }
         let signer = Arc::new(config.signer);
         let settings = &config.settings;
         let now = now_us();
