@@ -23,6 +23,8 @@ use crate::label::Nation;
 
 /// Starts the bytes a tag covers, apart from every other use of the key.
 const TAG_CONTEXT: &[u8] = b"entente seal tag v1\0";
+/// Starts the bytes a receipt's tag covers.
+const RECEIPT_CONTEXT: &[u8] = b"entente receipt v1\0";
 /// HKDF's salt for pairwise keys.
 const PAIR_SALT: &[u8] = b"entente pairwise key v1";
 /// A tag's length: HMAC-SHA256 cut to 128 bits, as RFC 2104 allows; a
@@ -81,6 +83,35 @@ impl TagKey {
     /// constant time, so a forger learns nothing from how long it took).
     pub fn accepts(&self, tag: &Tag, root: &[u8; 32], signature: &[u8]) -> bool {
         self.mac(tag.nation, root, signature).ct_eq(&tag.mac).into()
+    }
+
+    /// The tag of a receipt: `from` says to `to` that it has the messages
+    /// `ids`. Apart from seal tags by its context; each end of the key
+    /// makes it for its own receipts only, as `from` is covered.
+    pub fn receipt_mac(&self, from: Nation, to: Nation, ids: &[crate::envelope::MessageId]) -> [u8; TAG_LEN] {
+        let mut context = hmac::Context::with_key(&self.0);
+        context.update(RECEIPT_CONTEXT);
+        context.update(&from.code());
+        context.update(&to.code());
+        context.update(&(ids.len() as u64).to_be_bytes());
+        for id in ids {
+            context.update(&id.0);
+        }
+        let mut mac = [0; TAG_LEN];
+        mac.copy_from_slice(&context.sign().as_ref()[..TAG_LEN]);
+        mac
+    }
+
+    /// Whether `mac` is this key's receipt tag over `from`, `to` and `ids`
+    /// (in constant time).
+    pub fn accepts_receipt(
+        &self,
+        mac: &[u8; TAG_LEN],
+        from: Nation,
+        to: Nation,
+        ids: &[crate::envelope::MessageId],
+    ) -> bool {
+        self.receipt_mac(from, to, ids).ct_eq(mac).into()
     }
 }
 

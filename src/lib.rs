@@ -61,6 +61,7 @@ pub mod label;
 pub mod node;
 pub mod pki;
 pub mod policy;
+pub mod receipt;
 pub mod resolution;
 pub mod routing;
 pub mod sim;
