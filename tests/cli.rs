@@ -727,9 +727,8 @@ impl Collected {
 
 /// The records of an audit log, as JSON.
 fn audit_records(path: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
+    entente_testkit::whole_lines(&std::fs::read_to_string(path).unwrap_or_default())
+        .iter()
         .map(|line| serde_json::from_str(line).expect("each audit line is JSON"))
         .collect()
 }

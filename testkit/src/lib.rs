@@ -366,12 +366,10 @@ impl TestNetwork {
         data_dir(self.dir.path(), nation).join("audit.jsonl")
     }
 
+    /// The whole lines of `nation`'s audit log: a line the writer is
+    /// still appending (read without its newline) is left for next time.
     pub fn audit_lines(&self, nation: Nation) -> Vec<String> {
-        std::fs::read_to_string(self.audit_path(nation))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        whole_lines(&std::fs::read_to_string(self.audit_path(nation)).unwrap_or_default())
     }
 
     /// Waits until a line of `nation`'s audit log matches. Panics after a
@@ -502,6 +500,13 @@ fn node_config(
     config.settings = settings.clone();
     config.policy_source = Some(entente::config::PolicySource::Network(root.join("network.toml")));
     config
+}
+
+/// The lines of `text` that end in a newline: a log read while its writer
+/// appends may end in part of a line.
+pub fn whole_lines(text: &str) -> Vec<String> {
+    let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+    whole.lines().map(str::to_owned).collect()
 }
 
 fn data_dir(root: &Path, nation: Nation) -> PathBuf {
