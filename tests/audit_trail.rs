@@ -439,3 +439,23 @@ async fn a_table_of_several_logs_is_sorted_by_time() {
         "{table}"
     );
 }
+
+/// A running node's log may end in a line it is still writing: `query`
+/// leaves that line for next time, without a word, and reads every whole
+/// one.
+#[tokio::test]
+async fn a_line_still_being_written_is_left_for_next_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = sample_log(dir.path()).await;
+    let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut file, b"{\"node\":\"GBR\",\"time_us\":17").unwrap();
+    drop(file);
+    let output = entente(&["audit", "query", log.to_str().unwrap()]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(stdout(&output).lines().count(), 4);
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -81,8 +81,18 @@ pub fn query(files: &[PathBuf], filter: &Filter, table: bool, out: &mut impl Wri
     for path in files {
         let file = std::fs::File::open(path)
             .map_err(|err| io::Error::new(err.kind(), format!("cannot read {}: {err}", path.display())))?;
-        for (number, line) in BufReader::new(file).split(b'\n').enumerate() {
-            let line = line?;
+        let mut reader = BufReader::new(file);
+        let mut line = Vec::new();
+        for number in 0u64.. {
+            line.clear();
+            if reader.read_until(b'\n', &mut line)? == 0 {
+                break;
+            }
+            // A last line without its newline is one a running node is
+            // still writing: it is read next time, whole.
+            if line.pop() != Some(b'\n') {
+                break;
+            }
             let record = match serde_json::from_slice(&line) {
                 Ok(serde_json::Value::Object(record)) => record,
                 _ => {
